@@ -1,0 +1,408 @@
+//! `file:///dir[?namespace=…]` — locks between processes on one host, on OS advisory file locks
+//! (`flock` on Unix, `LockFileEx` on Windows).
+//!
+//! - Lock `NAME` is the file `DIR/[namespace/]<escaped NAME>.lock`, held with an exclusive
+//!   advisory lock for as long as the guard lives. A process that dies, however it dies, drops
+//!   its locks at once: the OS closes its files.
+//! - Fencing tokens come from `<escaped NAME>.fence` beside it, read and bumped (written to a
+//!   temporary file, synced, renamed over) while the lock is held, so they survive process
+//!   crashes and restarts.
+//! - The lock file holds the current token and the holder metadata, for `status`.
+//! - Lock files stay in the directory after release (removing them would race with the next
+//!   holder); they are a few bytes each.
+//! - `force_release` removes the lock file: the next contender creates a new one, and the
+//!   evicted holder notices at its next check (every refresh interval) that its file is gone
+//!   and fires its loss signal.
+//! - Waiters in the same handle are woken at once by a release; waiters in other processes
+//!   retry with jittered backoff from 2 ms up to 50 ms, since the OS gives no cancellable
+//!   wait for an advisory lock.
+//! - There is no expiry: a live process keeps its locks until it releases them or exits. The
+//!   TTL only sets how often holders check their files.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io::{self, Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+
+use crate::lease::{KeepAlive, LeaseBackend, LeasePool};
+use crate::signal::lock;
+use crate::{
+    Capabilities, DistributedLock, Error, FencingToken, Grant, GrantRequest, GuardParts, LockGuard, LockName,
+    LockStatus, LockUrl, LossSignal, Namespace, Result, Settings, random_u64,
+};
+
+const BACKEND: &str = "file";
+
+/// Connects to a lock directory, creating it (and the namespace below it) if needed.
+pub fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
+    url.check_options(&[])?;
+    if url.hosts().iter().any(|h| h.host != "localhost") || url.username().is_some() || url.password().is_some() {
+        return Err(url.invalid("a file URL names a local directory: `file:///absolute/path`"));
+    }
+    let base = Path::new(url.path());
+    if !base.is_absolute() {
+        return Err(url.invalid("a file URL needs an absolute directory path: `file:///var/lock/myapp`"));
+    }
+    let mut settings = Settings::from_url(url)?;
+    settings.namespace = Namespace::new(url.option("namespace").unwrap_or(""));
+    let dir = settings.namespace.segments().iter().fold(base.to_path_buf(), |d, s| d.join(s));
+    fs::create_dir_all(&dir)
+        .map_err(|e| io_error(&format!("cannot create the lock directory {}", dir.display()), e))?;
+    Ok(Arc::new(FileLocks {
+        url: url.to_string(),
+        settings,
+        dir,
+        holdings: Arc::new(Holdings::default()),
+        pool: LeasePool::new(BACKEND),
+        released: Arc::new(Notify::new()),
+    }))
+}
+
+struct FileLocks {
+    url: String,
+    settings: Settings,
+    dir: PathBuf,
+    holdings: Arc<Holdings>,
+    pool: LeasePool,
+    /// Wakes this handle's waiters when one of its guards releases.
+    released: Arc<Notify>,
+}
+
+impl FileLocks {
+    fn paths(&self, name: &LockName) -> (PathBuf, PathBuf) {
+        let stem = name.file_stem();
+        (self.dir.join(format!("{stem}.lock")), self.dir.join(format!("{stem}.fence")))
+    }
+}
+
+#[async_trait]
+impl DistributedLock for FileLocks {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            fair: false,
+            server_fencing: true,
+            server_expiry: false,
+            crash_release: true,
+            cross_process: true,
+            shared_lease: true,
+            push_wakeups: false,
+            holder_metadata: true,
+        }
+    }
+
+    fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    async fn grant(&self, request: &GrantRequest) -> Result<Option<LockGuard>> {
+        let (ttl, holdings) = (request.ttl, self.holdings.clone());
+        let lease = self
+            .pool
+            .get(request.ttl, request.refresh_interval, || async move {
+                Ok((
+                    Arc::new(FileLease { holdings, ttl }) as Arc<dyn LeaseBackend>,
+                    format!("file-{}", std::process::id()),
+                ))
+            })
+            .await?;
+        let (lock_path, fence_path) = self.paths(&request.name);
+        let mut backoff = Duration::from_millis(2);
+        let (file, token) = loop {
+            let released = self.released.notified();
+            if let Some(file) =
+                try_lock(&lock_path).map_err(|e| io_error(&format!("cannot lock {}", lock_path.display()), e))?
+            {
+                let token = bump_fence(&fence_path)
+                    .and_then(|token| write_holder(&file, token, &request.holder).map(|()| token))
+                    .map_err(|e| io_error(&format!("cannot update the fencing counter {}", fence_path.display()), e))?;
+                break (file, token);
+            }
+            if !request.wait {
+                return Ok(None);
+            }
+            let jittered = backoff.mul_f64(0.5 + (random_u64() % 1000) as f64 / 1000.0);
+            tokio::select! {
+                _ = released => {}
+                _ = tokio::time::sleep(jittered) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_millis(50));
+        };
+        let signal = lease.grant_signal();
+        let id = self.holdings.add(&lock_path, &file, signal.clone());
+        let grant = FileGrant {
+            file,
+            path: lock_path,
+            id,
+            holdings: self.holdings.clone(),
+            released: self.released.clone(),
+            name: request.name.to_string(),
+        };
+        Ok(Some(LockGuard::new(GuardParts::new(
+            BACKEND,
+            request.name.clone(),
+            FencingToken::new(token),
+            lease,
+            signal,
+            Box::new(grant),
+        ))))
+    }
+
+    async fn inspect(&self, name: &LockName) -> Result<LockStatus> {
+        let (lock_path, _) = self.paths(name);
+        let read = || -> io::Result<LockStatus> {
+            let mut file = match File::open(&lock_path) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(LockStatus::free()),
+                other => other?,
+            };
+            match file.try_lock_shared() {
+                Ok(()) => return Ok(LockStatus::free()),
+                Err(TryLockError::WouldBlock) => {}
+                Err(TryLockError::Error(e)) => return Err(e),
+            }
+            let mut text = String::new();
+            file.read_to_string(&mut text)?;
+            let (token, holder) = parse_holder(&text);
+            Ok(LockStatus::held(holder, token, None))
+        };
+        read().map_err(|e| io_error(&format!("cannot read {}", lock_path.display()), e))
+    }
+
+    async fn evict(&self, name: &LockName) -> Result<bool> {
+        let (lock_path, _) = self.paths(name);
+        if matches!(self.inspect(name).await?, LockStatus { held: false, .. }) {
+            return Ok(false);
+        }
+        match fs::remove_file(&lock_path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_error(&format!("cannot remove {}", lock_path.display()), e)),
+        }
+    }
+}
+
+impl fmt::Debug for FileLocks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileLocks").field("url", &self.url).finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for FileLocks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "file backend {}", self.url)
+    }
+}
+
+/// Opens and locks the lock file, making sure the locked file is still the one at `path` (it
+/// may have been removed by `force_release` between open and lock). `None` when held elsewhere.
+fn try_lock(path: &Path) -> io::Result<Option<File>> {
+    loop {
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => return Ok(None),
+            Err(TryLockError::Error(e)) => return Err(e),
+        }
+        match fs::metadata(path) {
+            Ok(now) if same_file(&now, &file.metadata()?) => return Ok(Some(file)),
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Reads, increments and durably writes the fencing counter; only called under the lock.
+fn bump_fence(path: &Path) -> io::Result<u64> {
+    let last = match fs::read_to_string(path) {
+        Ok(text) => text.trim().parse::<u64>().map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "it holds {:?}, not a number; restore it, or remove it if nothing relies on earlier tokens",
+                    text.trim()
+                ),
+            )
+        })?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(e),
+    };
+    let next = last + 1;
+    let tmp = path.with_extension(format!("fence.{}-{:x}", std::process::id(), random_u64()));
+    let mut file = File::create(&tmp)?;
+    file.write_all(next.to_string().as_bytes())?;
+    file.sync_data()?;
+    fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = fs::remove_file(&tmp);
+    })?;
+    Ok(next)
+}
+
+fn write_holder(mut file: &File, token: u64, holder: &str) -> io::Result<()> {
+    file.set_len(0)?;
+    file.rewind()?;
+    write!(file, "token {token}\nholder {}\n", holder.replace('\n', " "))
+}
+
+fn parse_holder(text: &str) -> (Option<FencingToken>, Option<String>) {
+    let mut token = None;
+    let mut holder = None;
+    for line in text.lines() {
+        if let Some(t) = line.strip_prefix("token ") {
+            token = t.parse().ok().map(FencingToken::new);
+        } else if let Some(h) = line.strip_prefix("holder ") {
+            holder = Some(h.to_owned());
+        }
+    }
+    (token, holder)
+}
+
+#[cfg(unix)]
+fn same_file(a: &fs::Metadata, b: &fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    (a.dev(), a.ino()) == (b.dev(), b.ino())
+}
+
+#[cfg(not(unix))]
+fn same_file(a: &fs::Metadata, b: &fs::Metadata) -> bool {
+    a.created().ok() == b.created().ok() && a.len() == b.len()
+}
+
+fn io_error(what: &str, e: io::Error) -> Error {
+    let hint = match e.kind() {
+        io::ErrorKind::PermissionDenied => "; use a directory this process can write",
+        io::ErrorKind::InvalidData => "",
+        _ => "; check the directory and the disk",
+    };
+    Error::Backend {
+        backend: BACKEND,
+        message: format!("{what}: {e}{hint}"),
+        temporary: false,
+        source: Some(Box::new(e)),
+    }
+}
+
+/// The lock files this handle holds, checked at every refresh: a file that was removed or
+/// replaced behind the holder's back fires that grant's loss signal.
+#[derive(Default)]
+struct Holdings {
+    held: Mutex<HashMap<u64, Held>>,
+    ids: AtomicU64,
+}
+
+struct Held {
+    path: PathBuf,
+    meta: fs::Metadata,
+    signal: LossSignal,
+}
+
+impl Holdings {
+    fn add(&self, path: &Path, file: &File, signal: LossSignal) -> u64 {
+        let id = self.ids.fetch_add(1, Ordering::Relaxed);
+        if let Ok(meta) = file.metadata() {
+            lock(&self.held).insert(id, Held { path: path.to_owned(), meta, signal });
+        }
+        id
+    }
+
+    /// Fires the signal of every grant whose file is no longer at its path.
+    fn check(&self) {
+        lock(&self.held).retain(|_, held| {
+            let intact = fs::metadata(&held.path).is_ok_and(|now| same_file(&now, &held.meta));
+            if !intact {
+                held.signal
+                    .lose(format!("its lock file {} was removed or replaced (force_release?)", held.path.display()));
+            }
+            intact
+        });
+    }
+}
+
+struct FileLease {
+    holdings: Arc<Holdings>,
+    ttl: Duration,
+}
+
+#[async_trait]
+impl LeaseBackend for FileLease {
+    async fn keep_alive(&self) -> Result<KeepAlive> {
+        self.holdings.check();
+        Ok(KeepAlive::Alive(self.ttl))
+    }
+
+    async fn revoke(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+struct FileGrant {
+    file: File,
+    path: PathBuf,
+    id: u64,
+    holdings: Arc<Holdings>,
+    released: Arc<Notify>,
+    name: String,
+}
+
+#[async_trait]
+impl Grant for FileGrant {
+    async fn release(self: Box<Self>) -> Result<()> {
+        let intact = lock(&self.holdings.held).remove(&self.id).is_some()
+            && fs::metadata(&self.path).is_ok_and(|now| self.file.metadata().is_ok_and(|mine| same_file(&now, &mine)));
+        let unlocked = self.file.unlock();
+        drop(self.file);
+        self.released.notify_waiters();
+        if !intact {
+            return Err(Error::not_held(
+                BACKEND,
+                &self.name,
+                "its lock file was removed or replaced; the new file was left alone",
+            ));
+        }
+        unlocked.map_err(|e| io_error(&format!("cannot unlock {}", self.path.display()), e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_corrupt_fence_file_is_a_clear_error_not_a_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.fence");
+        assert_eq!(bump_fence(&path).unwrap(), 1);
+        assert_eq!(bump_fence(&path).unwrap(), 2);
+        fs::write(&path, "garbage").unwrap();
+        let err = bump_fence(&path).unwrap_err().to_string();
+        assert!(err.contains("not a number"), "{err}");
+        assert_eq!(fs::read_to_string(&path).unwrap(), "garbage");
+    }
+
+    #[test]
+    fn holder_lines_round_trip() {
+        assert_eq!(
+            parse_holder("token 7\nholder web-1 pid 9\n"),
+            (Some(FencingToken::new(7)), Some("web-1 pid 9".into()))
+        );
+        assert_eq!(parse_holder(""), (None, None));
+    }
+
+    #[test]
+    fn relative_paths_and_hosts_are_rejected() {
+        for (url, expected) in [("file://some/dir", "local directory"), ("file://", "absolute")] {
+            let err = connect(&LockUrl::parse(url).unwrap()).unwrap_err().to_string();
+            assert!(err.contains(expected), "{url}: {err}");
+        }
+    }
+}

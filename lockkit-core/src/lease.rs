@@ -1,0 +1,403 @@
+//! Leases: the liveness grants hang on, and the one refresh loop every backend shares.
+//!
+//! A driver implements [`LeaseBackend`] (the round trips: keep alive, revoke). The core wraps it
+//! in a [`KeptLease`], which refreshes it in the background, keeps the local deadline, retries
+//! transient failures and declares the lease lost. A [`LeasePool`] gives each backend handle one
+//! lease per TTL, so N locks cost one refresh stream.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
+
+use crate::signal::{LeaseState, LossSignal};
+use crate::{Error, Result};
+
+/// The liveness a grant hangs on: an etcd lease, a ZooKeeper or Consul session, or the set of
+/// keys one handle keeps alive on Redis, memory or file.
+///
+/// Get one from [`LockGuard::lease`](crate::LockGuard::lease).
+#[async_trait]
+pub trait Lease: Send + Sync + fmt::Debug {
+    /// The lease's id, for display (e.g. an etcd lease id in hex).
+    fn id(&self) -> &str;
+
+    /// The TTL granted.
+    fn ttl(&self) -> Duration;
+
+    /// The local deadline: when the last successful refresh was *sent*, plus the TTL, minus a
+    /// safety margin ([`safety_margin`](crate::safety_margin)). Past it the lease counts as lost.
+    fn valid_until(&self) -> Instant;
+
+    /// Whether the lease is lost (or past its deadline).
+    fn is_lost(&self) -> bool;
+
+    /// Refreshes now, besides the background refresh.
+    ///
+    /// # Errors
+    /// [`Error::LockLost`] when the backend says the lease is gone (the lease is then lost);
+    /// other errors when the refresh failed but the lease may still be alive.
+    async fn refresh(&self) -> Result<()>;
+
+    /// Ends the lease: every grant on it is released by the backend and every guard on it
+    /// fires its loss signal.
+    async fn revoke(&self) -> Result<()>;
+
+    /// Completes once the lease is lost, with the reason.
+    async fn lost(&self) -> String;
+}
+
+/// What a keep-alive round trip found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeepAlive {
+    /// Alive, for this TTL from when the request was sent.
+    Alive(Duration),
+    /// The backend says the lease is gone; the reason says how.
+    Gone(String),
+}
+
+/// The backend round trips of one lease, implemented by drivers.
+#[async_trait]
+pub trait LeaseBackend: Send + Sync + 'static {
+    /// Extends the lease. `Err` means "could not tell" (retried until the deadline);
+    /// [`KeepAlive::Gone`] means the lease is lost for good.
+    async fn keep_alive(&self) -> Result<KeepAlive>;
+
+    /// Ends the lease on the backend.
+    async fn revoke(&self) -> Result<()>;
+}
+
+/// A lease kept alive in the background: every refresh interval it calls
+/// [`LeaseBackend::keep_alive`]; a transient failure is retried with backoff until the local
+/// deadline; [`KeepAlive::Gone`] or a passed deadline loses the lease and fires every grant on it.
+///
+/// The refresh task ends when the lease is lost or dropped; dropping it revokes it.
+pub struct KeptLease {
+    state: Arc<LeaseState>,
+    backend: Arc<dyn LeaseBackend>,
+    stop: CancellationToken,
+    runtime: Option<Handle>,
+}
+
+impl KeptLease {
+    /// Starts keeping a lease the backend just granted. `granted_at` is when the grant request
+    /// was sent; `id` is for display.
+    pub fn start(
+        backend_name: &'static str,
+        id: String,
+        backend: Arc<dyn LeaseBackend>,
+        ttl: Duration,
+        refresh_interval: Duration,
+        granted_at: Instant,
+    ) -> Arc<Self> {
+        let state = LeaseState::new(backend_name, id, ttl, granted_at);
+        let stop = CancellationToken::new();
+        let runtime = Handle::try_current().ok();
+        if let Some(rt) = &runtime {
+            rt.spawn(refresh_loop(state.clone(), backend.clone(), refresh_interval, stop.clone()));
+        }
+        Arc::new(KeptLease { state, backend, stop, runtime })
+    }
+
+    /// A loss signal for a new grant on this lease: it fires when the lease is lost, and can be
+    /// fired alone by the driver ([`LossSignal::lose`]).
+    pub fn grant_signal(&self) -> LossSignal {
+        self.state.grant_signal()
+    }
+
+    /// Declares the lease lost (drivers call it when the backend tells them, e.g. a session
+    /// expired); every grant on it fires.
+    pub fn lose(&self, reason: impl Into<String>) {
+        self.state.lose(reason.into())
+    }
+}
+
+#[async_trait]
+impl Lease for KeptLease {
+    fn id(&self) -> &str {
+        &self.state.id
+    }
+
+    fn ttl(&self) -> Duration {
+        self.state.ttl
+    }
+
+    fn valid_until(&self) -> Instant {
+        self.state.valid_until()
+    }
+
+    fn is_lost(&self) -> bool {
+        self.state.is_lost()
+    }
+
+    async fn refresh(&self) -> Result<()> {
+        match refresh_once(&self.state, self.backend.as_ref()).await {
+            Ok(()) => Ok(()),
+            Err(Refresh::Gone(reason)) => {
+                Err(Error::LockLost { backend: self.state.backend, name: format!("lease {}", self.state.id), reason })
+            }
+            Err(Refresh::Failed(e)) => Err(e),
+        }
+    }
+
+    async fn revoke(&self) -> Result<()> {
+        let result = self.backend.revoke().await;
+        self.state.lose(format!("lease {} was revoked", self.state.id));
+        result
+    }
+
+    async fn lost(&self) -> String {
+        self.state.lost().await;
+        self.state.reason_text()
+    }
+}
+
+impl fmt::Debug for KeptLease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeptLease")
+            .field("backend", &self.state.backend)
+            .field("id", &self.state.id)
+            .field("ttl", &self.state.ttl)
+            .field("lost", &self.state.is_lost())
+            .finish()
+    }
+}
+
+impl Drop for KeptLease {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        if self.state.is_lost() {
+            return;
+        }
+        self.state.lose(format!("lease {} was dropped", self.state.id));
+        if let Some(rt) = &self.runtime {
+            let backend = self.backend.clone();
+            let (name, id) = (self.state.backend, self.state.id.clone());
+            rt.spawn(async move {
+                if let Err(e) = backend.revoke().await {
+                    tracing::debug!(backend = name, lease = %id, error = %e, "revoking a dropped lease failed; the TTL will end it");
+                }
+            });
+        }
+    }
+}
+
+enum Refresh {
+    Gone(String),
+    Failed(Error),
+}
+
+/// One keep-alive round trip, bounded by the lease's deadline.
+async fn refresh_once(state: &LeaseState, backend: &dyn LeaseBackend) -> std::result::Result<(), Refresh> {
+    let sent = Instant::now();
+    let deadline = state.valid_until();
+    let outcome = tokio::time::timeout_at(deadline.into(), backend.keep_alive()).await;
+    match outcome {
+        Ok(Ok(KeepAlive::Alive(ttl))) => {
+            state.confirm(sent, ttl);
+            tracing::trace!(backend = state.backend, lease = %state.id, "lease refreshed");
+            Ok(())
+        }
+        Ok(Ok(KeepAlive::Gone(reason))) => {
+            state.lose(reason.clone());
+            Err(Refresh::Gone(reason))
+        }
+        Ok(Err(e)) if Instant::now() < state.valid_until() => Err(Refresh::Failed(e)),
+        Ok(Err(e)) => {
+            let reason = format!("refreshing lease {} failed until its deadline passed: {e}", state.id);
+            state.lose(reason.clone());
+            Err(Refresh::Gone(reason))
+        }
+        Err(_) => {
+            let reason = format!("no refresh of lease {} was confirmed before its deadline", state.id);
+            state.lose(reason.clone());
+            Err(Refresh::Gone(reason))
+        }
+    }
+}
+
+async fn refresh_loop(
+    state: Arc<LeaseState>,
+    backend: Arc<dyn LeaseBackend>,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    let first_retry = (interval / 8).clamp(Duration::from_millis(10), Duration::from_millis(500));
+    let mut retry = first_retry;
+    let mut next = Instant::now() + interval;
+    loop {
+        let wake = next.min(state.valid_until());
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = state.lost() => return,
+            _ = tokio::time::sleep_until(wake.into()) => {}
+        }
+        let result = tokio::select! {
+            _ = stop.cancelled() => return,
+            result = refresh_once(&state, backend.as_ref()) => result,
+        };
+        match result {
+            Ok(()) => {
+                retry = first_retry;
+                next = Instant::now() + interval;
+            }
+            Err(Refresh::Gone(_)) => return,
+            Err(Refresh::Failed(e)) => {
+                tracing::warn!(backend = state.backend, lease = %state.id, error = %e, retry_in = ?retry, "lease refresh failed; retrying");
+                next = Instant::now() + retry;
+                retry = (retry * 2).min(interval);
+            }
+        }
+    }
+}
+
+/// One lease per (TTL, refresh interval) for a backend handle, granted on first use and
+/// granted anew after a loss, so every lock taken through the handle with the same TTL rides
+/// on one lease.
+pub struct LeasePool {
+    backend: &'static str,
+    leases: tokio::sync::Mutex<HashMap<(Duration, Duration), Arc<KeptLease>>>,
+}
+
+impl LeasePool {
+    /// An empty pool.
+    pub fn new(backend: &'static str) -> Self {
+        LeasePool { backend, leases: tokio::sync::Mutex::new(HashMap::new()) }
+    }
+
+    /// The live lease for `ttl` and `refresh_interval`, or a new one from `grant`, which
+    /// returns the driver's lease and its display id.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a lease granted by a cancelled call is dropped, which revokes it.
+    pub async fn get<F, Fut>(&self, ttl: Duration, refresh_interval: Duration, grant: F) -> Result<Arc<KeptLease>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<(Arc<dyn LeaseBackend>, String)>> + Send,
+    {
+        let mut leases = self.leases.lock().await;
+        if let Some(lease) = leases.get(&(ttl, refresh_interval))
+            && !lease.is_lost()
+        {
+            return Ok(lease.clone());
+        }
+        let sent = Instant::now();
+        let (backend, id) = grant().await?;
+        let lease = KeptLease::start(self.backend, id, backend, ttl, refresh_interval, sent);
+        leases.insert((ttl, refresh_interval), lease.clone());
+        Ok(lease)
+    }
+
+    /// Drops every lease of the pool (each is revoked once no guard uses it any more).
+    pub async fn clear(&self) {
+        self.leases.lock().await.clear();
+    }
+}
+
+impl fmt::Debug for LeasePool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LeasePool").field("backend", &self.backend).finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A lease backend whose answers the test scripts.
+    struct Scripted {
+        answers: Mutex<Vec<Result<KeepAlive>>>,
+        calls: AtomicUsize,
+        revoked: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl LeaseBackend for Scripted {
+        async fn keep_alive(&self) -> Result<KeepAlive> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let mut answers = self.answers.lock().unwrap();
+            if answers.is_empty() { Ok(KeepAlive::Alive(Duration::from_millis(600))) } else { answers.remove(0) }
+        }
+        async fn revoke(&self) -> Result<()> {
+            self.revoked.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    fn scripted(answers: Vec<Result<KeepAlive>>) -> Arc<Scripted> {
+        Arc::new(Scripted { answers: Mutex::new(answers), calls: AtomicUsize::new(0), revoked: AtomicUsize::new(0) })
+    }
+
+    fn keep(backend: &Arc<Scripted>) -> Arc<KeptLease> {
+        let ttl = Duration::from_millis(600);
+        KeptLease::start("test", "t".into(), backend.clone(), ttl, ttl / 3, Instant::now())
+    }
+
+    #[tokio::test]
+    async fn refreshes_keep_a_lease_alive_past_its_ttl() {
+        let backend = scripted(vec![]);
+        let lease = keep(&backend);
+        let signal = lease.grant_signal();
+        tokio::select! {
+            _ = signal.lost() => panic!("lost: {:?}", signal.reason()),
+            _ = tokio::time::sleep(Duration::from_millis(1500)) => {}
+        }
+        assert!(backend.calls.load(Ordering::SeqCst) >= 4);
+    }
+
+    #[tokio::test]
+    async fn transient_failures_are_retried() {
+        let failure = || Err(Error::connection("test", "nowhere", "refused", None));
+        let backend = scripted(vec![failure(), failure()]);
+        let lease = keep(&backend);
+        let signal = lease.grant_signal();
+        tokio::select! {
+            _ = signal.lost() => panic!("lost: {:?}", signal.reason()),
+            _ = tokio::time::sleep(Duration::from_millis(1200)) => {}
+        }
+        assert!(backend.calls.load(Ordering::SeqCst) >= 4);
+    }
+
+    #[tokio::test]
+    async fn a_gone_lease_fires_its_grants() {
+        let backend = scripted(vec![Ok(KeepAlive::Gone("lease not found".into()))]);
+        let lease = keep(&backend);
+        assert_eq!(lease.grant_signal().lost().await, "lease not found");
+        assert!(lease.is_lost());
+    }
+
+    #[tokio::test]
+    async fn failing_until_the_deadline_loses_the_lease() {
+        let failures = (0..100).map(|_| Err(Error::connection("test", "nowhere", "refused", None))).collect();
+        let lease = keep(&scripted(failures));
+        let reason = lease.grant_signal().lost().await;
+        assert!(reason.contains("deadline"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn dropping_a_lease_revokes_it_and_a_pool_grants_anew_after_loss() {
+        let backend = scripted(vec![]);
+        let pool = LeasePool::new("test");
+        let ttl = Duration::from_secs(5);
+        let grant = || async { Ok((backend.clone() as Arc<dyn LeaseBackend>, "a".to_owned())) };
+        let first = pool.get(ttl, ttl / 3, grant).await.unwrap();
+        let again = pool.get(ttl, ttl / 3, grant).await.unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        first.revoke().await.unwrap();
+        let fresh = pool.get(ttl, ttl / 3, grant).await.unwrap();
+        assert!(!Arc::ptr_eq(&first, &fresh));
+        drop((first, again));
+        assert_eq!(backend.revoked.load(Ordering::SeqCst), 1, "a revoked lease is not revoked again");
+        pool.clear().await;
+        drop(fresh);
+        tokio::task::yield_now().await;
+        assert_eq!(backend.revoked.load(Ordering::SeqCst), 2);
+    }
+}

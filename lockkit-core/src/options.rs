@@ -1,0 +1,241 @@
+//! What callers choose per lock, what a backend handle defaults to, and what a backend promises.
+
+use std::time::Duration;
+
+use crate::name::{LockName, Namespace};
+use crate::{FencingToken, LockUrl, Result};
+
+/// How long an acquire waits for a lock held elsewhere.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Wait {
+    /// Until granted (or the acquire future is dropped).
+    #[default]
+    Forever,
+    /// Not at all: try once.
+    NoWait,
+    /// At most this long, then fail with [`Error::Timeout`](crate::Error::Timeout).
+    Timeout(Duration),
+}
+
+/// Per-acquire choices; anything left `None` comes from the backend handle's [`Settings`].
+///
+/// ```
+/// use std::time::Duration;
+/// use lockkit_core::{LockOptions, Wait};
+/// let options = LockOptions::new()
+///     .ttl(Duration::from_secs(10))
+///     .wait(Wait::Timeout(Duration::from_secs(3)))
+///     .holder("report-builder on host-7");
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LockOptions {
+    /// How long the grant outlives its holder's last refresh (default: the handle's TTL).
+    pub ttl: Option<Duration>,
+    /// How long to wait for the lock (default: [`Wait::Forever`]).
+    pub wait: Wait,
+    /// How often the lease is refreshed (default: TTL / 3).
+    pub refresh_interval: Option<Duration>,
+    /// Who holds the lock, stored with the grant where the backend can (default:
+    /// `<hostname> pid <pid>`), shown by [`status`](crate::DistributedLock::status).
+    pub holder: Option<String>,
+}
+
+impl LockOptions {
+    /// Options with every default.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the TTL.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Sets the wait policy.
+    pub fn wait(mut self, wait: Wait) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// Sets the refresh interval; it must be shorter than the TTL.
+    pub fn refresh_interval(mut self, interval: Duration) -> Self {
+        self.refresh_interval = Some(interval);
+        self
+    }
+
+    /// Sets the holder metadata.
+    pub fn holder(mut self, holder: impl Into<String>) -> Self {
+        self.holder = Some(holder.into());
+        self
+    }
+}
+
+/// The defaults of one backend handle, read from its URL (`?ttl=`, `?refresh=`, `?timeout=`,
+/// `?namespace=` or the path).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Settings {
+    /// Default TTL of a grant (`ttl`, default 15 s).
+    pub ttl: Duration,
+    /// Default refresh interval (`refresh`, default TTL / 3).
+    pub refresh_interval: Option<Duration>,
+    /// Bound on connecting and on each request to the server (`timeout`, default 5 s).
+    pub timeout: Duration,
+    /// Prefix of every key (`namespace`, or the URL path).
+    pub namespace: Namespace,
+}
+
+impl Settings {
+    /// The default TTL.
+    pub const DEFAULT_TTL: Duration = Duration::from_secs(15);
+    /// The default request timeout.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+    /// Reads the common options of a URL.
+    pub fn from_url(url: &LockUrl) -> Result<Self> {
+        let settings = Settings {
+            ttl: url.duration_option("ttl")?.unwrap_or(Self::DEFAULT_TTL),
+            refresh_interval: url.duration_option("refresh")?,
+            timeout: url.duration_option("timeout")?.unwrap_or(Self::DEFAULT_TIMEOUT),
+            namespace: url.namespace(),
+        };
+        settings.check_timing(settings.ttl, settings.refresh_interval).map_err(|reason| url.invalid(reason))?;
+        if settings.timeout.is_zero() {
+            return Err(url.invalid("`timeout` must be above zero"));
+        }
+        Ok(settings)
+    }
+
+    /// Resolves the TTL and refresh interval of one acquire, or says why they do not fit.
+    pub(crate) fn check_timing(
+        &self,
+        ttl: Duration,
+        refresh: Option<Duration>,
+    ) -> std::result::Result<(Duration, Duration), String> {
+        if ttl < Duration::from_millis(100) {
+            return Err(format!("TTL {ttl:?} is too short; use at least 100ms"));
+        }
+        let refresh = refresh.unwrap_or(ttl / 3);
+        if refresh.is_zero() || refresh >= ttl {
+            return Err(format!(
+                "refresh interval {refresh:?} must be above zero and below the TTL {ttl:?}; the default is TTL / 3"
+            ));
+        }
+        Ok((ttl, refresh))
+    }
+}
+
+/// One acquire, as the core hands it to a driver: validated and with every default resolved.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct GrantRequest {
+    /// The lock.
+    pub name: LockName,
+    /// The grant's TTL.
+    pub ttl: Duration,
+    /// How often its lease is refreshed.
+    pub refresh_interval: Duration,
+    /// Holder metadata to store with the grant.
+    pub holder: String,
+    /// `false`: try once and answer `None` when the lock is held; `true`: wait until granted.
+    /// (A bounded wait is the core dropping the driver's future at the deadline, so every
+    /// driver's wait must be cancel safe.)
+    pub wait: bool,
+}
+
+impl GrantRequest {
+    /// A request with the given values (for drivers' own tests).
+    pub fn new(name: LockName, ttl: Duration, refresh_interval: Duration, holder: String, wait: bool) -> Self {
+        GrantRequest { name, ttl, refresh_interval, holder, wait }
+    }
+}
+
+/// What a backend guarantees, queryable at run time through
+/// [`DistributedLock::capabilities`](crate::DistributedLock::capabilities).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Waiters are granted in the order they arrived.
+    pub fair: bool,
+    /// Fencing tokens are minted by the server, not by a client.
+    pub server_fencing: bool,
+    /// The backend expires a grant whose holder stopped refreshing it (TTL on the server).
+    pub server_expiry: bool,
+    /// A holder's process dying releases its grants (at once or at TTL).
+    pub crash_release: bool,
+    /// Holders in different processes (and hosts, for network backends) exclude each other.
+    pub cross_process: bool,
+    /// Many locks of one handle share one lease, refreshed once for all.
+    pub shared_lease: bool,
+    /// Waiters are woken by the backend when the lock is released, instead of polling.
+    pub push_wakeups: bool,
+    /// Holder metadata is stored with the grant and visible to [`status`](crate::DistributedLock::status).
+    pub holder_metadata: bool,
+}
+
+/// What [`status`](crate::DistributedLock::status) found about a lock.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LockStatus {
+    /// Whether anyone holds it.
+    pub held: bool,
+    /// The holder metadata, where the backend stores it.
+    pub holder: Option<String>,
+    /// The current holder's fencing token, where the backend can tell.
+    pub token: Option<FencingToken>,
+    /// Time left before the grant expires unless refreshed, where the backend can tell.
+    pub ttl_left: Option<Duration>,
+}
+
+impl LockStatus {
+    /// Nobody holds the lock.
+    pub fn free() -> Self {
+        Self::default()
+    }
+
+    /// Someone holds it.
+    pub fn held(holder: Option<String>, token: Option<FencingToken>, ttl_left: Option<Duration>) -> Self {
+        LockStatus { held: true, holder, token, ttl_left }
+    }
+}
+
+/// The holder metadata used when the caller gives none: `<hostname> pid <pid>`.
+pub fn default_holder() -> String {
+    format!("{} pid {}", gethostname::gethostname().to_string_lossy(), std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_come_from_the_url() {
+        let url = LockUrl::parse("memory://x/app?ttl=2s&refresh=500ms&timeout=1s").unwrap();
+        let s = Settings::from_url(&url).unwrap();
+        assert_eq!(
+            (s.ttl, s.refresh_interval, s.timeout),
+            (Duration::from_secs(2), Some(Duration::from_millis(500)), Duration::from_secs(1))
+        );
+        assert_eq!(s.namespace.to_string(), "app");
+        let d = Settings::from_url(&LockUrl::parse("memory://").unwrap()).unwrap();
+        assert_eq!((d.ttl, d.timeout), (Settings::DEFAULT_TTL, Settings::DEFAULT_TIMEOUT));
+    }
+
+    #[test]
+    fn refresh_must_be_below_ttl() {
+        for (url, expected) in [
+            ("memory://?ttl=1s&refresh=1s", "must be above zero and below the TTL"),
+            ("memory://?ttl=10ms", "too short"),
+            ("memory://?timeout=0s", "above zero"),
+        ] {
+            let err = Settings::from_url(&LockUrl::parse(url).unwrap()).unwrap_err().to_string();
+            assert!(err.contains(expected), "{url}: {err}");
+        }
+    }
+
+    #[test]
+    fn default_holder_names_this_process() {
+        assert!(default_holder().ends_with(&format!("pid {}", std::process::id())));
+    }
+}

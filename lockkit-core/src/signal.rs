@@ -1,0 +1,225 @@
+//! Loss signals: how a guard learns that its lock may no longer be held.
+//!
+//! A lease has a local deadline and a cancellation token; each grant on it has a child token,
+//! so losing the lease fires every grant at once while a grant removed on its own (its key
+//! deleted behind the holder's back) fires only that grant.
+
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::FencingToken;
+
+/// How much earlier than the server a holder gives up: 5 % of the TTL plus 2 ms, for clock rate
+/// drift between client and server and for scheduling delays.
+pub fn safety_margin(ttl: Duration) -> Duration {
+    ttl / 20 + Duration::from_millis(2)
+}
+
+/// The shared state of one lease: its deadline and whether it is lost.
+#[derive(Debug)]
+pub(crate) struct LeaseState {
+    pub(crate) backend: &'static str,
+    pub(crate) id: String,
+    pub(crate) ttl: Duration,
+    valid_until: Mutex<Instant>,
+    lost: CancellationToken,
+    reason: OnceLock<String>,
+    grants: Mutex<Vec<Weak<GrantShared>>>,
+}
+
+impl LeaseState {
+    /// A lease whose last confirmation was sent at `confirmed_at`.
+    pub(crate) fn new(backend: &'static str, id: String, ttl: Duration, confirmed_at: Instant) -> Arc<Self> {
+        Arc::new(LeaseState {
+            backend,
+            id,
+            ttl,
+            valid_until: Mutex::new(confirmed_at + ttl - safety_margin(ttl)),
+            lost: CancellationToken::new(),
+            reason: OnceLock::new(),
+            grants: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub(crate) fn valid_until(&self) -> Instant {
+        *lock(&self.valid_until)
+    }
+
+    /// The server confirmed a refresh that was sent at `sent`, for `ttl`.
+    pub(crate) fn confirm(&self, sent: Instant, ttl: Duration) {
+        let mut until = lock(&self.valid_until);
+        *until = (*until).max(sent + ttl - safety_margin(ttl));
+    }
+
+    pub(crate) fn is_lost(&self) -> bool {
+        self.lost.is_cancelled() || Instant::now() >= self.valid_until()
+    }
+
+    /// Declares the lease lost (once); every grant on it fires.
+    pub(crate) fn lose(&self, reason: String) {
+        if self.reason.set(reason.clone()).is_err() {
+            return;
+        }
+        let grants: Vec<Arc<GrantShared>> = lock(&self.grants).iter().filter_map(Weak::upgrade).collect();
+        tracing::warn!(backend = self.backend, lease = %self.id, locks = grants.len(), %reason, "lease lost");
+        for grant in grants {
+            grant.log_loss(self.backend, &reason);
+        }
+        self.lost.cancel();
+    }
+
+    /// Why the lease was lost (a passed deadline when nobody said otherwise).
+    pub(crate) fn reason_text(&self) -> String {
+        match self.reason.get() {
+            Some(reason) => reason.clone(),
+            None => format!("no refresh of lease {} was confirmed before its deadline", self.id),
+        }
+    }
+
+    pub(crate) async fn lost(&self) {
+        self.lost.cancelled().await
+    }
+
+    /// A loss signal for a new grant on this lease.
+    pub(crate) fn grant_signal(self: &Arc<Self>) -> LossSignal {
+        let shared =
+            Arc::new(GrantShared { own: self.lost.child_token(), reason: OnceLock::new(), label: OnceLock::new() });
+        let mut grants = lock(&self.grants);
+        grants.retain(|g| g.strong_count() > 0);
+        grants.push(Arc::downgrade(&shared));
+        LossSignal { shared, lease: self.clone() }
+    }
+}
+
+#[derive(Debug)]
+struct GrantShared {
+    own: CancellationToken,
+    reason: OnceLock<String>,
+    /// Lock name and token, once the grant is complete, for log lines.
+    label: OnceLock<(String, FencingToken)>,
+}
+
+impl GrantShared {
+    fn log_loss(&self, backend: &'static str, reason: &str) {
+        if let Some((name, token)) = self.label.get() {
+            tracing::warn!(backend, lock = %name, token = token.get(), %reason, "lock lost");
+        }
+    }
+}
+
+/// Fires once a lock may no longer be held: its lease was lost or revoked, its local deadline
+/// passed without a confirmed refresh, or its grant was removed behind the holder's back.
+///
+/// Cheap to clone; every clone sees the same loss. Get one from
+/// [`LockGuard::loss_signal`](crate::LockGuard::loss_signal).
+#[derive(Clone, Debug)]
+pub struct LossSignal {
+    shared: Arc<GrantShared>,
+    lease: Arc<LeaseState>,
+}
+
+impl LossSignal {
+    /// Whether the lock may no longer be held (lost, or past its local deadline).
+    pub fn is_lost(&self) -> bool {
+        self.shared.own.is_cancelled() || Instant::now() >= self.lease.valid_until()
+    }
+
+    /// The local deadline: after it the lock counts as lost unless a refresh is confirmed first.
+    pub fn valid_until(&self) -> Instant {
+        self.lease.valid_until()
+    }
+
+    /// Why the lock was lost, once it was.
+    pub fn reason(&self) -> Option<String> {
+        match self.shared.reason.get() {
+            Some(reason) => Some(reason.clone()),
+            None => self.is_lost().then(|| self.lease.reason_text()),
+        }
+    }
+
+    /// Completes once the lock is lost, with the reason.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only watches.
+    pub async fn lost(&self) -> String {
+        loop {
+            let deadline = self.lease.valid_until();
+            tokio::select! {
+                _ = self.shared.own.cancelled() => break,
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    if Instant::now() >= self.lease.valid_until() {
+                        break;
+                    }
+                }
+            }
+        }
+        self.reason().unwrap_or_else(|| "lost".to_owned())
+    }
+
+    /// Declares this one grant lost (drivers call it when the grant is removed behind the
+    /// holder's back). The first reason given wins.
+    pub fn lose(&self, reason: impl Into<String>) {
+        let reason = reason.into();
+        if self.shared.reason.set(reason.clone()).is_ok() && !self.shared.own.is_cancelled() {
+            self.shared.log_loss(self.lease.backend, &reason);
+        }
+        self.shared.own.cancel();
+    }
+
+    /// Marks the grant as given back: clones of the signal see it as no longer held, without a
+    /// "lock lost" log line.
+    pub(crate) fn retire(&self) {
+        let _ = self.shared.reason.set("released by its holder".to_owned());
+        self.shared.own.cancel();
+    }
+
+    pub(crate) fn label(&self, name: &str, token: FencingToken) {
+        let _ = self.shared.label.set((name.to_owned(), token));
+    }
+}
+
+/// Locks a std mutex, ignoring poisoning (the data stays consistent: every critical section
+/// here is a plain assignment or a collection update that cannot panic halfway).
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn losing_the_lease_fires_every_grant_but_a_grant_can_be_lost_alone() {
+        let lease = LeaseState::new("test", "l1".into(), Duration::from_secs(10), Instant::now());
+        let (a, b) = (lease.grant_signal(), lease.grant_signal());
+        a.lose("key deleted");
+        assert!(a.is_lost() && !b.is_lost());
+        assert_eq!(a.lost().await, "key deleted");
+        lease.lose("lease revoked".into());
+        assert_eq!(b.lost().await, "lease revoked");
+        assert_eq!(a.reason().as_deref(), Some("key deleted"));
+    }
+
+    #[tokio::test]
+    async fn the_deadline_alone_makes_a_grant_lost() {
+        let lease = LeaseState::new("test", "l1".into(), Duration::from_millis(150), Instant::now());
+        let signal = lease.grant_signal();
+        assert!(!signal.is_lost());
+        let reason = signal.lost().await;
+        assert!(signal.is_lost() && reason.contains("deadline"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn a_confirmed_refresh_moves_the_deadline_forward_only() {
+        let start = Instant::now();
+        let lease = LeaseState::new("test", "l1".into(), Duration::from_secs(1), start);
+        let first = lease.valid_until();
+        assert_eq!(first, start + Duration::from_secs(1) - safety_margin(Duration::from_secs(1)));
+        lease.confirm(start + Duration::from_millis(300), Duration::from_secs(1));
+        assert_eq!(lease.valid_until(), first + Duration::from_millis(300));
+        lease.confirm(start, Duration::from_secs(1));
+        assert_eq!(lease.valid_until(), first + Duration::from_millis(300));
+    }
+}

@@ -34,7 +34,7 @@ use tokio::sync::Notify;
 use crate::lease::{KeepAlive, LeaseBackend, LeasePool};
 use crate::signal::lock;
 use crate::{
-    Capabilities, DistributedLock, Error, FencingToken, Grant, GrantRequest, GuardParts, LockGuard, LockName,
+    Capabilities, DistributedLock, Error, FencingToken, Grant, GrantRequest, GuardParts, Lease, LockGuard, LockName,
     LockStatus, LockUrl, LossSignal, Namespace, Result, Settings, random_u64,
 };
 
@@ -61,7 +61,6 @@ pub fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
         dir,
         holdings: Arc::new(Holdings::default()),
         pool: LeasePool::new(BACKEND),
-        released: Arc::new(Notify::new()),
     }))
 }
 
@@ -71,8 +70,6 @@ struct FileLocks {
     dir: PathBuf,
     holdings: Arc<Holdings>,
     pool: LeasePool,
-    /// Wakes this handle's waiters when one of its guards releases.
-    released: Arc<Notify>,
 }
 
 impl FileLocks {
@@ -110,16 +107,14 @@ impl DistributedLock for FileLocks {
         let lease = self
             .pool
             .get(request.ttl, request.refresh_interval, || async move {
-                Ok((
-                    Arc::new(FileLease { holdings, ttl }) as Arc<dyn LeaseBackend>,
-                    format!("file-{}", std::process::id()),
-                ))
+                let id = format!("file-{}-{}", std::process::id(), holdings.next_id());
+                Ok((Arc::new(FileLease { holdings, id: id.clone(), ttl }) as Arc<dyn LeaseBackend>, id))
             })
             .await?;
         let (lock_path, fence_path) = self.paths(&request.name);
         let mut backoff = Duration::from_millis(2);
         let (file, token) = loop {
-            let released = self.released.notified();
+            let released = RELEASED.notified();
             if let Some(file) =
                 try_lock(&lock_path).map_err(|e| io_error(&format!("cannot lock {}", lock_path.display()), e))?
             {
@@ -139,15 +134,10 @@ impl DistributedLock for FileLocks {
             backoff = (backoff * 2).min(Duration::from_millis(50));
         };
         let signal = lease.grant_signal();
-        let id = self.holdings.add(&lock_path, &file, signal.clone());
-        let grant = FileGrant {
-            file,
-            path: lock_path,
-            id,
-            holdings: self.holdings.clone(),
-            released: self.released.clone(),
-            name: request.name.to_string(),
-        };
+        let id = self.holdings.next_id();
+        let held = Held { file: Arc::new(file), path: lock_path, lease: lease.id().to_owned(), signal: signal.clone() };
+        lock(&self.holdings.held).insert(id, held);
+        let grant = FileGrant { id, holdings: self.holdings.clone(), name: request.name.to_string() };
         Ok(Some(LockGuard::new(GuardParts::new(
             BACKEND,
             request.name.clone(),
@@ -301,67 +291,90 @@ struct Holdings {
 }
 
 struct Held {
+    file: Arc<File>,
     path: PathBuf,
-    meta: fs::Metadata,
+    lease: String,
     signal: LossSignal,
 }
 
-impl Holdings {
-    fn add(&self, path: &Path, file: &File, signal: LossSignal) -> u64 {
-        let id = self.ids.fetch_add(1, Ordering::Relaxed);
-        if let Ok(meta) = file.metadata() {
-            lock(&self.held).insert(id, Held { path: path.to_owned(), meta, signal });
+impl Held {
+    fn intact(&self) -> bool {
+        match (fs::metadata(&self.path), self.file.metadata()) {
+            (Ok(now), Ok(mine)) => same_file(&now, &mine),
+            _ => false,
         }
-        id
-    }
-
-    /// Fires the signal of every grant whose file is no longer at its path.
-    fn check(&self) {
-        lock(&self.held).retain(|_, held| {
-            let intact = fs::metadata(&held.path).is_ok_and(|now| same_file(&now, &held.meta));
-            if !intact {
-                held.signal
-                    .lose(format!("its lock file {} was removed or replaced (force_release?)", held.path.display()));
-            }
-            intact
-        });
     }
 }
 
+impl Holdings {
+    fn next_id(&self) -> u64 {
+        self.ids.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Fires the signal of every grant of `lease` whose file is no longer at its path.
+    fn check(&self, lease: &str) {
+        lock(&self.held).retain(|_, held| {
+            let keep = held.lease != lease || held.intact();
+            if !keep {
+                held.signal
+                    .lose(format!("its lock file {} was removed or replaced (force_release?)", held.path.display()));
+            }
+            keep
+        });
+    }
+
+    /// Unlocks every grant of `lease`, firing their signals.
+    fn revoke(&self, lease: &str) {
+        lock(&self.held).retain(|_, held| {
+            if held.lease == lease {
+                let _ = held.file.unlock();
+                held.signal.lose("its lease was revoked");
+            }
+            held.lease != lease
+        });
+        RELEASED.notify_waiters();
+    }
+}
+
+/// Wakes this process's waiters when one of its guards releases.
+static RELEASED: Notify = Notify::const_new();
+
 struct FileLease {
     holdings: Arc<Holdings>,
+    id: String,
     ttl: Duration,
 }
 
 #[async_trait]
 impl LeaseBackend for FileLease {
     async fn keep_alive(&self) -> Result<KeepAlive> {
-        self.holdings.check();
+        self.holdings.check(&self.id);
         Ok(KeepAlive::Alive(self.ttl))
     }
 
     async fn revoke(&self) -> Result<()> {
+        self.holdings.revoke(&self.id);
         Ok(())
     }
 }
 
+/// A held lock file. Unlocks on release, and also when dropped without release (a guard
+/// dropped after its runtime shut down).
 struct FileGrant {
-    file: File,
-    path: PathBuf,
     id: u64,
     holdings: Arc<Holdings>,
-    released: Arc<Notify>,
     name: String,
 }
 
-#[async_trait]
-impl Grant for FileGrant {
-    async fn release(self: Box<Self>) -> Result<()> {
-        let intact = lock(&self.holdings.held).remove(&self.id).is_some()
-            && fs::metadata(&self.path).is_ok_and(|now| self.file.metadata().is_ok_and(|mine| same_file(&now, &mine)));
-        let unlocked = self.file.unlock();
-        drop(self.file);
-        self.released.notify_waiters();
+impl FileGrant {
+    fn finish(&self) -> Result<()> {
+        let Some(held) = lock(&self.holdings.held).remove(&self.id) else {
+            return Err(Error::not_held(BACKEND, &self.name, "its lock file was removed or its lease revoked"));
+        };
+        let intact = held.intact();
+        let unlocked = held.file.unlock();
+        drop(held);
+        RELEASED.notify_waiters();
         if !intact {
             return Err(Error::not_held(
                 BACKEND,
@@ -369,7 +382,20 @@ impl Grant for FileGrant {
                 "its lock file was removed or replaced; the new file was left alone",
             ));
         }
-        unlocked.map_err(|e| io_error(&format!("cannot unlock {}", self.path.display()), e))
+        unlocked.map_err(|e| io_error("cannot unlock the lock file", e))
+    }
+}
+
+#[async_trait]
+impl Grant for FileGrant {
+    async fn release(self: Box<Self>) -> Result<()> {
+        self.finish()
+    }
+}
+
+impl Drop for FileGrant {
+    fn drop(&mut self) {
+        let _ = self.finish();
     }
 }
 

@@ -1,0 +1,339 @@
+//! The conformance suite: what every backend must do. One function per property; the
+//! `conformance!` macro runs each of them as a test for a backend.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lockkit::{Error, FencingToken, LockOptions};
+
+use crate::support::{AfterAcquire, CriticalSection, TTL, Target, connect, holder_process};
+
+/// Runs every suite function as a `#[tokio::test]` for one backend: `conformance!(memory, Target::memory);`
+#[macro_export]
+macro_rules! conformance {
+    ($backend:ident, $target:expr) => {
+        mod $backend {
+            $crate::conformance!(@tests $target;
+                mutual_exclusion_holds_under_contention,
+                try_acquire_is_none_while_held_and_succeeds_after_release,
+                acquire_timeout_fails_close_to_the_requested_time,
+                fencing_tokens_increase_across_connections_and_processes,
+                a_vanished_holder_frees_the_lock_within_the_ttl,
+                a_refreshed_lock_is_held_for_three_ttls,
+                a_grant_removed_behind_the_holders_back_fires_the_loss_signal,
+                revoking_a_lease_fires_every_guard_on_it,
+                dropping_a_guard_lets_a_waiter_in_promptly,
+                a_dropped_acquire_leaves_nothing_behind,
+                a_stale_release_leaves_the_new_holder_alone,
+                names_are_escaped_and_validated,
+                namespaces_never_interfere,
+                one_connection_keeps_a_thousand_locks_alive,
+                status_shows_the_holder_and_token,
+            );
+        }
+    };
+    (@tests $target:expr; $($test:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() {
+                let target = $target();
+                $crate::suite::$test(&target).await;
+            }
+        )*
+    };
+}
+
+/// 8 tasks over 2 connections run 200 critical sections: never two inside at once, no lost
+/// update, and tokens strictly increase in the order the sections ran.
+pub async fn mutual_exclusion_holds_under_contention(t: &Target) {
+    let connections = [t.connect().await, t.connect().await];
+    let section = Arc::new(CriticalSection::default());
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let (locks, section) = (connections[i % 2].clone(), section.clone());
+            tokio::spawn(async move {
+                for _ in 0..25 {
+                    let guard = locks.acquire("counter").await.expect("acquire");
+                    section.enter(guard.fencing_token()).await;
+                    guard.release().await.expect("release");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("a contender panicked");
+    }
+    assert_eq!(section.count(), 200);
+    let tokens = section.tokens();
+    assert!(tokens.windows(2).all(|w| w[0] < w[1]), "tokens must strictly increase: {tokens:?}");
+}
+
+/// `try_acquire` gives `None` while the lock is held — also through the holder's own handle —
+/// and a guard once it is released.
+pub async fn try_acquire_is_none_while_held_and_succeeds_after_release(t: &Target) {
+    let (a, b) = (t.connect().await, t.connect().await);
+    let guard = a.try_acquire("door").await.unwrap().expect("a free lock is granted");
+    assert!(b.try_acquire("door").await.unwrap().is_none(), "granted to a second holder");
+    assert!(a.try_acquire("door").await.unwrap().is_none(), "granted twice through one handle");
+    guard.release().await.unwrap();
+    let again = b.try_acquire("door").await.unwrap().expect("granted after release");
+    assert!(again.is_held());
+}
+
+/// A bounded wait on a held lock fails with `Timeout` after about the time asked for.
+pub async fn acquire_timeout_fails_close_to_the_requested_time(t: &Target) {
+    let (a, b) = (t.connect().await, t.connect().await);
+    let _held = a.acquire("slow").await.unwrap();
+    let asked = Duration::from_millis(300);
+    let started = Instant::now();
+    let err = b.acquire_timeout("slow", asked).await.unwrap_err();
+    let waited = started.elapsed();
+    assert!(matches!(err, Error::Timeout { .. }), "{err}");
+    assert!(waited >= asked && waited < asked + Duration::from_millis(1500), "waited {waited:?} for {asked:?}");
+    assert!(err.to_string().contains("slow"), "the error names the lock: {err}");
+}
+
+/// Each grant's token is above every earlier one: across connections and, where the backend
+/// is shared between processes, across processes.
+pub async fn fencing_tokens_increase_across_connections_and_processes(t: &Target) {
+    let (a, b) = (t.connect().await, t.connect().await);
+    let mut tokens = Vec::new();
+    for locks in [&a, &b, &a] {
+        let guard = locks.acquire("fenced").await.unwrap();
+        tokens.push(guard.fencing_token());
+        guard.release().await.unwrap();
+    }
+    if a.capabilities().cross_process {
+        let child = holder_process(&t.url(), "fenced", AfterAcquire::Release).await;
+        tokens.push(child.token);
+        let status = child.child.wait_with_output().await.unwrap().status;
+        assert!(status.success(), "the holder process failed: {status}");
+        tokens.push(b.acquire("fenced").await.unwrap().fencing_token());
+    }
+    assert!(tokens.windows(2).all(|w| w[0] < w[1]), "tokens must strictly increase: {tokens:?}");
+}
+
+/// A holder that disappears without releasing — a process killed with SIGKILL, or (for an
+/// in-process backend) a runtime that stopped with the guard leaked — frees the lock within
+/// TTL plus slack, and the next grant's token is larger.
+pub async fn a_vanished_holder_frees_the_lock_within_the_ttl(t: &Target) {
+    let b = t.connect().await;
+    let vanished_token = if b.capabilities().cross_process {
+        let mut holder = holder_process(&t.url(), "vanishing", AfterAcquire::Hold).await;
+        assert!(b.try_acquire("vanishing").await.unwrap().is_none(), "the child holds the lock");
+        holder.child.start_kill().unwrap();
+        holder.child.wait().await.unwrap();
+        holder.token
+    } else {
+        let url = t.url();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let token = runtime.block_on(async {
+                let guard = connect(&url).await.acquire("vanishing").await.unwrap();
+                let token = guard.fencing_token();
+                std::mem::forget(guard);
+                token
+            });
+            drop(runtime);
+            token
+        })
+        .join()
+        .unwrap()
+    };
+    let next = b.acquire_timeout("vanishing", TTL + Duration::from_secs(3)).await.expect("freed within TTL + slack");
+    assert!(next.fencing_token() > vanished_token, "{:?} after {vanished_token:?}", next.fencing_token());
+}
+
+/// A lock kept for three TTLs is refreshed in the background and granted to nobody else.
+pub async fn a_refreshed_lock_is_held_for_three_ttls(t: &Target) {
+    let (a, b) = (t.connect().await, t.connect().await);
+    let guard = a.acquire("long-job").await.unwrap();
+    let err = b.acquire_timeout("long-job", TTL * 3).await.expect_err("granted to a second holder while refreshed");
+    assert!(matches!(err, Error::Timeout { .. }), "{err}");
+    assert!(guard.is_held(), "lost: {:?}", guard.loss_signal().reason());
+    guard.release().await.expect("still held, so the release succeeds");
+}
+
+/// When the grant is removed behind the holder's back (an administrator's `force_release`
+/// through another connection), the loss signal fires within the TTL, `is_held` turns false,
+/// and work run under the lock is cancelled with `LockLost`.
+pub async fn a_grant_removed_behind_the_holders_back_fires_the_loss_signal(t: &Target) {
+    let (a, admin) = (t.connect().await, t.connect().await);
+    let guard = a.acquire("stolen").await.unwrap();
+    let work = guard.run_while_held(std::future::pending::<()>());
+    let evict = async {
+        assert!(admin.force_release("stolen").await.unwrap(), "there was a grant to remove");
+        tokio::time::timeout(TTL, guard.lost()).await.expect("the loss signal fired within the TTL")
+    };
+    let (outcome, reason) = tokio::join!(work, evict);
+    assert!(!reason.is_empty());
+    assert!(!guard.is_held());
+    assert!(matches!(outcome, Err(Error::LockLost { .. })), "{outcome:?}");
+    assert!(admin.try_acquire("stolen").await.unwrap().is_some(), "the removed lock is free for others");
+}
+
+/// Revoking the lease that several locks of one handle share fires every guard on it, and the
+/// backend frees their locks.
+pub async fn revoking_a_lease_fires_every_guard_on_it(t: &Target) {
+    let (a, b) = (t.connect().await, t.connect().await);
+    let x = a.acquire("x").await.unwrap();
+    let y = a.acquire("y").await.unwrap();
+    assert_eq!(x.lease().id(), y.lease().id(), "one handle, one TTL: one lease");
+    x.lease().revoke().await.unwrap();
+    for guard in [&x, &y] {
+        tokio::time::timeout(TTL, guard.lost()).await.expect("every guard on the lease fires");
+    }
+    assert!(b.try_acquire("x").await.unwrap().is_some() && b.try_acquire("y").await.unwrap().is_some());
+    let fresh = a.acquire("z").await.unwrap();
+    assert_ne!(fresh.lease().id(), x.lease().id(), "a lost lease is replaced");
+    assert!(fresh.is_held());
+}
+
+/// Dropping a guard releases the lock: a waiter gets it far sooner than the TTL would allow.
+pub async fn dropping_a_guard_lets_a_waiter_in_promptly(t: &Target) {
+    let long_ttl = Duration::from_secs(30);
+    let (a, b) = (connect(&t.url_in("", long_ttl)).await, connect(&t.url_in("", long_ttl)).await);
+    let guard = a.acquire("handoff").await.unwrap();
+    let waiter = tokio::spawn(async move { b.acquire("handoff").await.map(|g| g.fencing_token()) });
+    let first = guard.fencing_token();
+    drop(guard);
+    let next = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("granted long before the 30 s TTL: the drop released it")
+        .unwrap()
+        .unwrap();
+    assert!(next > first);
+}
+
+/// An acquire that times out, or whose future is dropped while waiting — even right as the lock
+/// is handed to it — leaves no waiter and no orphan grant behind.
+pub async fn a_dropped_acquire_leaves_nothing_behind(t: &Target) {
+    let (a, b, c) = (t.connect().await, t.connect().await, t.connect().await);
+    let guard = a.acquire("cancel").await.unwrap();
+    assert!(b.acquire_timeout("cancel", Duration::from_millis(100)).await.is_err());
+    tokio::select! {
+        _ = b.acquire("cancel") => panic!("granted while held"),
+        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+    }
+    guard.release().await.unwrap();
+    let taken = c.try_acquire("cancel").await.unwrap().expect("no abandoned waiter is ahead in line");
+    taken.release().await.unwrap();
+    assert!(!c.status("cancel").await.unwrap().held, "nothing holds the lock");
+
+    for _ in 0..10 {
+        let guard = a.acquire("race").await.unwrap();
+        let b2 = b.clone();
+        let waiter = tokio::spawn(async move { b2.acquire("race").await });
+        tokio::task::yield_now().await;
+        drop(guard);
+        waiter.abort();
+        if let Ok(Ok(won)) = waiter.await {
+            drop(won);
+        }
+        let next = c.acquire_timeout("race", TTL / 2).await.expect("no orphan grant blocks the lock until its TTL");
+        next.release().await.unwrap();
+    }
+}
+
+/// Releasing a guard whose grant was removed and re-granted reports an error and leaves the
+/// new holder's grant untouched.
+pub async fn a_stale_release_leaves_the_new_holder_alone(t: &Target) {
+    let (a, b, admin) = (t.connect().await, t.connect().await, t.connect().await);
+    let stale = a.acquire("shared").await.unwrap();
+    assert!(admin.force_release("shared").await.unwrap());
+    let current = b.acquire_timeout("shared", TTL).await.unwrap();
+    let err = stale.release().await.expect_err("releasing a lost grant is an error");
+    assert!(matches!(err, Error::NotHeld { .. } | Error::LockLost { .. }), "{err}");
+    assert!(current.is_held());
+    assert!(admin.try_acquire("shared").await.unwrap().is_none(), "the new holder's grant is still there");
+    if let Some(token) = admin.status("shared").await.unwrap().token {
+        assert_eq!(token, current.fencing_token());
+    }
+}
+
+/// Names with separators, dots, NUL, unicode and the maximum length are distinct locks that
+/// stay inside the namespace; empty and oversized names are `InvalidName` everywhere.
+pub async fn names_are_escaped_and_validated(t: &Target) {
+    let (a, b) = (t.connect().await, t.connect().await);
+    let names = [
+        "plain".to_owned(),
+        "a/b".into(),
+        "a%2Fb".into(),
+        "a".into(),
+        ".".into(),
+        "..".into(),
+        "../escape".into(),
+        "nul\0byte".into(),
+        "ünïcødé 🔒 name".into(),
+        "x".repeat(lockkit::MAX_NAME_LEN),
+        "🔒".repeat(lockkit::MAX_NAME_LEN / 4),
+    ];
+    let mut guards = Vec::new();
+    for name in &names {
+        let guard = a.try_acquire(name).await.unwrap_or_else(|e| panic!("{name:?}: {e}"));
+        guards.push(guard.unwrap_or_else(|| panic!("{name:?} collided with another name")));
+    }
+    for name in &names {
+        assert!(b.try_acquire(name).await.unwrap().is_none(), "{name:?} is not really held");
+    }
+    // Where a naive join would have put `../escape` and `a/b`:
+    let root = connect(&t.root_url()).await;
+    assert!(root.try_acquire("escape").await.unwrap().is_some(), "`../escape` left its namespace");
+    let below = connect(&t.url_in("/a", TTL)).await;
+    assert!(below.try_acquire("b").await.unwrap().is_some(), "`a/b` reached into namespace `a`");
+    for bad in ["".to_owned(), "x".repeat(lockkit::MAX_NAME_LEN + 1)] {
+        assert!(matches!(a.try_acquire(&bad).await, Err(Error::InvalidName { .. })));
+        assert!(matches!(a.acquire(&bad).await, Err(Error::InvalidName { .. })));
+        assert!(matches!(a.status(&bad).await, Err(Error::InvalidName { .. })));
+        assert!(matches!(a.force_release(&bad).await, Err(Error::InvalidName { .. })));
+    }
+}
+
+/// The same name in two namespaces is two locks, also when one namespace nests in the other.
+pub async fn namespaces_never_interfere(t: &Target) {
+    let one = connect(&t.url_in("/one", TTL)).await;
+    let two = connect(&t.url_in("/two", TTL)).await;
+    let nested = connect(&t.url_in("/one/x", TTL)).await;
+    let _a = one.acquire("job").await.unwrap();
+    assert!(two.try_acquire("job").await.unwrap().is_some());
+    let _b = one.acquire("x/job").await.unwrap();
+    assert!(nested.try_acquire("job").await.unwrap().is_some(), "`x/job` in `one` is not `job` in `one/x`");
+}
+
+/// One connection holding 1,000 locks keeps every one alive past twice the TTL.
+pub async fn one_connection_keeps_a_thousand_locks_alive(t: &Target) {
+    let (a, b) = (t.connect().await, t.connect().await);
+    let mut guards = Vec::new();
+    for i in 0..1000 {
+        guards.push(a.acquire(&format!("many-{i}")).await.unwrap());
+    }
+    let first: Vec<FencingToken> = guards.iter().map(|g| g.fencing_token()).collect();
+    tokio::time::sleep(TTL * 2).await; // the point of the test: time passes
+    for (i, guard) in guards.iter().enumerate() {
+        assert!(guard.is_held(), "lock {i} lost: {:?}", guard.loss_signal().reason());
+        assert!(b.try_acquire(&format!("many-{i}")).await.unwrap().is_none(), "lock {i} expired");
+    }
+    assert_eq!(first, guards.iter().map(|g| g.fencing_token()).collect::<Vec<_>>());
+}
+
+/// `status` shows a held lock's holder metadata and token where the backend stores them, and a
+/// released lock as free.
+pub async fn status_shows_the_holder_and_token(t: &Target) {
+    let (a, b) = (t.connect().await, t.connect().await);
+    assert!(!b.status("shown").await.unwrap().held);
+    let options = LockOptions::new().holder("conformance holder 7");
+    let guard = a.acquire_with("shown", &options).await.unwrap().unwrap();
+    let status = b.status("shown").await.unwrap();
+    assert!(status.held);
+    if a.capabilities().holder_metadata {
+        assert_eq!(status.holder.as_deref(), Some("conformance holder 7"));
+    }
+    if let Some(token) = status.token {
+        assert_eq!(token, guard.fencing_token());
+    }
+    if let Some(left) = status.ttl_left {
+        assert!(left <= TTL, "{left:?}");
+    }
+    guard.release().await.unwrap();
+    assert!(!b.status("shown").await.unwrap().held);
+}

@@ -1,0 +1,148 @@
+//! What the suite needs besides the API: backend targets and a holder in another process.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lockkit::{DistributedLock, FencingToken};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// The TTL the suite uses: short, so expiry tests are fast.
+pub const TTL: Duration = Duration::from_secs(1);
+
+/// One backend under test, with a namespace of its own for each test.
+pub struct Target {
+    /// The URL without query, e.g. `memory://conformance` or `file:///tmp/x`.
+    base: String,
+    /// A namespace unique to this test.
+    namespace: String,
+    /// Keeps a temporary directory alive for the test.
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Target {
+    pub fn memory() -> Target {
+        Target { base: "memory://conformance".into(), namespace: unique("t"), _dir: None }
+    }
+
+    pub fn file() -> Target {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        Target { base: format!("file://{}", dir.path().display()), namespace: unique("t"), _dir: Some(dir) }
+    }
+
+    /// The URL of this test's namespace (plus `suffix`) with the suite's TTL.
+    pub fn url_in(&self, suffix: &str, ttl: Duration) -> String {
+        format!("{}?ttl={}ms&namespace={}{suffix}", self.base, ttl.as_millis(), self.namespace)
+    }
+
+    /// The URL of the backend's root namespace (shared by all tests: use unique names there).
+    pub fn root_url(&self) -> String {
+        format!("{}?ttl={}ms", self.base, TTL.as_millis())
+    }
+
+    pub fn url(&self) -> String {
+        self.url_in("", TTL)
+    }
+
+    /// A new, independent connection.
+    pub async fn connect(&self) -> Arc<dyn DistributedLock> {
+        connect(&self.url()).await
+    }
+}
+
+pub async fn connect(url: &str) -> Arc<dyn DistributedLock> {
+    lockkit::connect(url).await.unwrap_or_else(|e| panic!("connect {url}: {e}"))
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}{:x}", lockkit_core::random_u64())
+}
+
+/// A lock holder in another process: this test binary, run again as the `child::holder` helper.
+pub struct HolderProcess {
+    pub child: Child,
+    pub token: FencingToken,
+}
+
+/// What the helper process does once it holds the lock.
+#[derive(Clone, Copy)]
+pub enum AfterAcquire {
+    /// Release and exit.
+    Release,
+    /// Hold until killed.
+    Hold,
+}
+
+/// Starts a process that acquires `name` at `url` and reports its token.
+pub async fn holder_process(url: &str, name: &str, after: AfterAcquire) -> HolderProcess {
+    let mut child = Command::new(std::env::current_exe().expect("the test binary"))
+        .args(["--exact", "child::holder", "--ignored", "--nocapture", "--test-threads=1", "-q"])
+        .env("LOCKKIT_CHILD_URL", url)
+        .env("LOCKKIT_CHILD_NAME", name)
+        .env("LOCKKIT_CHILD_HOLD", matches!(after, AfterAcquire::Hold).to_string())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn the holder process");
+    let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+    let read_token = async {
+        while let Some(line) = lines.next_line().await.expect("read the holder's output") {
+            if let Some(token) = line.strip_prefix("LOCKKIT-TOKEN ") {
+                return FencingToken::new(token.trim().parse().expect("a token"));
+            }
+        }
+        panic!("the holder process exited without acquiring");
+    };
+    let token = tokio::time::timeout(Duration::from_secs(30), read_token).await.expect("the holder process acquired");
+    // Keep reading, so that the child never writes into a closed pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    HolderProcess { child, token }
+}
+
+/// The body of the `child::holder` helper: acquire, print the token, then release or hold.
+pub fn run_holder_child() {
+    let (Ok(url), Ok(name)) = (std::env::var("LOCKKIT_CHILD_URL"), std::env::var("LOCKKIT_CHILD_NAME")) else {
+        return;
+    };
+    let hold = std::env::var("LOCKKIT_CHILD_HOLD").as_deref() == Ok("true");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    runtime.block_on(async {
+        let locks = connect(&url).await;
+        let guard = locks.acquire(&name).await.expect("the child acquires");
+        println!("LOCKKIT-TOKEN {}", guard.fencing_token());
+        if hold {
+            std::future::pending::<()>().await;
+        }
+        guard.release().await.expect("the child releases");
+    });
+}
+
+/// Detects two holders inside a critical section at once, and lost updates.
+#[derive(Default)]
+pub struct CriticalSection {
+    inside: std::sync::atomic::AtomicBool,
+    count: std::sync::atomic::AtomicU64,
+    tokens: std::sync::Mutex<Vec<FencingToken>>,
+}
+
+impl CriticalSection {
+    /// Enters, does a deliberately non-atomic increment across an await, and leaves.
+    pub async fn enter(&self, token: FencingToken) {
+        use std::sync::atomic::Ordering::SeqCst;
+        assert!(!self.inside.swap(true, SeqCst), "two holders inside the critical section at once");
+        let seen = self.count.load(SeqCst);
+        tokio::task::yield_now().await;
+        self.count.store(seen + 1, SeqCst);
+        self.tokens.lock().unwrap().push(token);
+        self.inside.store(false, SeqCst);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn tokens(&self) -> Vec<FencingToken> {
+        self.tokens.lock().unwrap().clone()
+    }
+}

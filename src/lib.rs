@@ -79,3 +79,8 @@ pub async fn connect_from_env() -> Result<Arc<dyn DistributedLock>> {
     })?;
     connect(&url).await
 }
+
+/// The README's examples, run as doc tests so they stay true.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -230,3 +230,20 @@ impl fmt::Debug for LockGuard {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::DistributedLock;
+
+    #[test]
+    fn dropping_a_guard_after_its_runtime_is_gone_neither_panics_nor_blocks() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let locks = crate::memory::connect(&"memory://dead-runtime".parse().unwrap()).unwrap();
+        let guard = runtime.block_on(locks.acquire("x")).unwrap();
+        drop(runtime);
+        // Still within its deadline: the grant lives on the backend until the TTL ends it.
+        assert!(guard.is_held());
+        drop(guard);
+        drop(locks);
+    }
+}

@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 pub use lockkit_core::{
     COMMON_OPTIONS, Capabilities, DistributedLock, Error, FencingToken, Lease, LockGuard, LockName, LockOptions,
-    LockStatus, LockUrl, LossSignal, MAX_NAME_LEN, Result, Scheme, Settings, Wait, parse_duration,
+    LockStatus, LockUrl, LossSignal, MAX_NAME_LEN, Result, Scheme, Settings, Wait, default_holder, parse_duration,
 };
 pub use lockkit_core::{file, memory};
 

@@ -37,7 +37,8 @@ pub enum Error {
     /// The scheme is known, but its driver was not compiled in.
     #[error(
         "lock URL scheme `{scheme}` needs the `{feature}` feature of lockkit, which this build \
-         does not have; enable it in Cargo.toml: lockkit = {{ version = \"0.1\", features = [\"{feature}\"] }}"
+         does not have; enable it in Cargo.toml: lockkit = {{ version = \"0.1\", features = [\"{feature}\"] }} \
+         (command-line tool: cargo install lockkit --features {feature})"
     )]
     FeatureDisabled {
         /// The scheme that was given.

@@ -233,8 +233,6 @@ impl fmt::Debug for LockGuard {
 
 #[cfg(test)]
 mod tests {
-    use crate::DistributedLock;
-
     #[test]
     fn dropping_a_guard_after_its_runtime_is_gone_neither_panics_nor_blocks() {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

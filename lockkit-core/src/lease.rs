@@ -173,7 +173,7 @@ impl Drop for KeptLease {
         if self.state.is_lost() {
             return;
         }
-        self.state.lose(format!("lease {} was dropped", self.state.id));
+        self.state.end(format!("lease {} was dropped", self.state.id));
         if let Some(rt) = &self.runtime {
             let backend = self.backend.clone();
             let (name, id) = (self.state.backend, self.state.id.clone());
@@ -199,7 +199,7 @@ async fn refresh_once(state: &LeaseState, backend: &dyn LeaseBackend) -> std::re
     match outcome {
         Ok(Ok(KeepAlive::Alive(ttl))) => {
             state.confirm(sent, ttl);
-            tracing::trace!(backend = state.backend, lease = %state.id, "lease refreshed");
+            tracing::debug!(backend = state.backend, lease = %state.id, ttl = ?ttl, "lease refreshed");
             Ok(())
         }
         Ok(Ok(KeepAlive::Gone(reason))) => {

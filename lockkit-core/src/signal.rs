@@ -57,6 +57,14 @@ impl LeaseState {
         self.lost.is_cancelled() || Instant::now() >= self.valid_until()
     }
 
+    /// Ends the lease without a loss (it was dropped or revoked by its owner): grants on it
+    /// fire, quietly.
+    pub(crate) fn end(&self, reason: String) {
+        if self.reason.set(reason).is_ok() {
+            self.lost.cancel();
+        }
+    }
+
     /// Declares the lease lost (once); every grant on it fires.
     pub(crate) fn lose(&self, reason: String) {
         if self.reason.set(reason.clone()).is_err() {

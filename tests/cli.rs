@@ -1,0 +1,232 @@
+//! The `lockkit` command-line tool, driven as a user would: real processes, real signals.
+//! Every backend that can be shared between processes runs these, one `cli_tests!` line each.
+
+#[path = "conformance/support.rs"]
+#[allow(dead_code)]
+mod support;
+
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader, Lines};
+use tokio::process::{Child, Command};
+
+use support::Target;
+
+const LOCKKIT: &str = env!("CARGO_BIN_EXE_lockkit");
+
+macro_rules! cli_tests {
+    ($backend:ident, $target:expr) => {
+        mod $backend {
+            cli_tests!(@tests $target;
+                concurrent_runs_serialise_and_tokens_grow,
+                no_wait_and_timeout_exit_75_while_held,
+                a_signal_while_waiting_exits_cleanly_and_leaves_nothing_behind,
+                losing_the_lock_stops_the_whole_process_group,
+                status_reports_holder_and_token,
+                the_commands_exit_status_passes_through,
+                bad_input_gives_one_line_and_exit_64,
+            );
+        }
+    };
+    (@tests $target:expr; $($test:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() {
+                super::$test(&$target()).await;
+            }
+        )*
+    };
+}
+
+cli_tests!(file, crate::support::Target::file);
+
+fn lockkit(args: &[&str]) -> Command {
+    let mut command = Command::new(LOCKKIT);
+    command.args(args).kill_on_drop(true);
+    command
+}
+
+/// Runs to completion within a minute: (status, stdout, stderr).
+async fn output(mut command: Command) -> (ExitStatus, String, String) {
+    let out = tokio::time::timeout(Duration::from_secs(60), command.output())
+        .await
+        .expect("lockkit finished within a minute")
+        .expect("lockkit ran");
+    (out.status, String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+/// Reads lines until one satisfies `wanted`, within 30 s, and returns it.
+async fn line_matching<R: AsyncRead + Unpin>(lines: &mut Lines<BufReader<R>>, wanted: impl Fn(&str) -> bool) -> String {
+    let read = async {
+        while let Some(line) = lines.next_line().await.expect("readable output") {
+            if wanted(&line) {
+                return line;
+            }
+        }
+        panic!("output ended before the expected line");
+    };
+    tokio::time::timeout(Duration::from_secs(30), read).await.expect("the expected line within 30 s")
+}
+
+/// A `lockkit run` whose command prints `ready <token>` and then sleeps; returns once it holds.
+async fn holder(url: &str, extra: &[&str]) -> (Child, u64) {
+    let mut args = vec!["run", url, "job"];
+    args.extend_from_slice(extra);
+    args.extend(["--", "sh", "-c", "echo ready $LOCKKIT_FENCING_TOKEN; exec sleep 60"]);
+    let mut child = lockkit(&args).stdout(Stdio::piped()).spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = line_matching(&mut lines, |l| l.starts_with("ready ")).await;
+    (child, line["ready ".len()..].trim().parse().unwrap())
+}
+
+fn send(child: &Child, signal: i32) {
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(child.id().expect("running") as i32, signal) };
+}
+
+fn dead(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // A zombie whose parent is gone (and not yet reaped by init) is dead too.
+        Ok(stat) => stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
+}
+
+/// Four `lockkit run` at once never overlap, and each command sees a larger token.
+async fn concurrent_runs_serialise_and_tokens_grow(t: &Target) {
+    let scratch = tempfile::tempdir().unwrap();
+    let script = r#"if [ -e "$D/inside" ]; then echo overlap >> "$D/log"; fi
+touch "$D/inside"; sleep 0.1; rm "$D/inside"; echo "$LOCKKIT_FENCING_TOKEN" >> "$D/log""#;
+    let url = t.url();
+    let runs: Vec<_> = (0..4)
+        .map(|_| {
+            let mut command = lockkit(&["run", &url, "job", "--", "sh", "-c", script]);
+            command.env("D", scratch.path());
+            tokio::spawn(output(command))
+        })
+        .collect();
+    for run in runs {
+        let (status, _, stderr) = run.await.unwrap();
+        assert!(status.success(), "{status}: {stderr}");
+    }
+    let log = std::fs::read_to_string(scratch.path().join("log")).unwrap();
+    assert!(!log.contains("overlap"), "two commands ran at once:\n{log}");
+    let tokens: Vec<u64> = log.lines().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(tokens.len(), 4);
+    assert!(tokens.windows(2).all(|w| w[0] < w[1]), "{tokens:?}");
+}
+
+/// While another `lockkit run` holds the lock, `--no-wait` and `--timeout` exit 75.
+async fn no_wait_and_timeout_exit_75_while_held(t: &Target) {
+    let url = t.url();
+    let (mut held, _) = holder(&url, &[]).await;
+    let (status, _, stderr) = output(lockkit(&["run", &url, "job", "--no-wait", "--", "true"])).await;
+    assert_eq!(status.code(), Some(75), "{stderr}");
+    assert!(stderr.contains("held elsewhere"), "{stderr}");
+    let (status, _, stderr) = output(lockkit(&["run", &url, "job", "--timeout", "300ms", "--", "true"])).await;
+    assert_eq!(status.code(), Some(75), "{stderr}");
+    held.kill().await.unwrap();
+}
+
+/// SIGTERM while waiting makes `lockkit run` stop waiting and exit 143, without running the
+/// command and without leaving a waiter behind; SIGTERM to a holder is forwarded to its
+/// command, and the lock is released.
+async fn a_signal_while_waiting_exits_cleanly_and_leaves_nothing_behind(t: &Target) {
+    let url = t.url();
+    let (held, _) = holder(&url, &[]).await;
+    let mut waiter = lockkit(&["-v", "run", &url, "job", "--", "sh", "-c", "echo ran"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(waiter.stderr.take().unwrap()).lines();
+    line_matching(&mut stderr, |l| l.contains("waiting")).await;
+    send(&waiter, libc::SIGTERM);
+    let out = tokio::time::timeout(Duration::from_secs(10), waiter.wait_with_output()).await.unwrap().unwrap();
+    assert_eq!(out.status.code(), Some(143));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("ran"), "the command ran without the lock");
+
+    send(&held, libc::SIGTERM);
+    let status = tokio::time::timeout(Duration::from_secs(10), held.wait_with_output()).await.unwrap().unwrap().status;
+    assert_eq!(status.code(), Some(143), "the forwarded SIGTERM ended the command");
+    let (status, _, stderr) = output(lockkit(&["run", &url, "job", "--no-wait", "--", "true"])).await;
+    assert!(status.success(), "the lock is free again: {stderr}");
+}
+
+/// When the lock is lost, the command's whole process group — a grandchild too, even one that
+/// ignores SIGTERM — is stopped within the grace period, and lockkit exits 76.
+async fn losing_the_lock_stops_the_whole_process_group(t: &Target) {
+    let url = t.url();
+    let script = r#"trap "" TERM; sleep 60 & echo "grandchild $!"; wait"#;
+    let mut run = lockkit(&["run", &url, "job", "--grace", "500ms", "--", "sh", "-c", script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(run.stdout.take().unwrap()).lines();
+    let line = line_matching(&mut stdout, |l| l.starts_with("grandchild ")).await;
+    let grandchild: u32 = line["grandchild ".len()..].parse().unwrap();
+
+    assert!(support::connect(&url).await.force_release("job").await.unwrap());
+    let out = tokio::time::timeout(Duration::from_secs(15), run.wait_with_output()).await.unwrap().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(76), "{stderr}");
+    assert!(stderr.contains("lost lock `job`"), "{stderr}");
+    assert!(dead(grandchild), "grandchild {grandchild} survived the loss of the lock");
+}
+
+/// `lockkit status` shows the holder metadata and fencing token, as text and JSON, and exits 0
+/// while held and 1 when free.
+async fn status_reports_holder_and_token(t: &Target) {
+    let url = t.url();
+    let (mut held, token) = holder(&url, &["--holder", "nightly on host-7"]).await;
+    let (status, stdout, _) = output(lockkit(&["status", &url, "job"])).await;
+    assert_eq!(status.code(), Some(0));
+    assert!(stdout.contains("held by nightly on host-7") && stdout.contains(&format!("token {token}")), "{stdout}");
+    let (status, stdout, _) = output(lockkit(&["status", &url, "job", "--json"])).await;
+    assert_eq!(status.code(), Some(0));
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json["held"], true);
+    assert_eq!(json["holder"], "nightly on host-7");
+    assert_eq!(json["token"], token);
+    held.kill().await.unwrap();
+    held.wait().await.unwrap();
+    let (status, stdout, _) = output(lockkit(&["status", &url, "job", "--json"])).await;
+    assert_eq!(status.code(), Some(1), "{stdout}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&stdout).unwrap()["held"], false);
+}
+
+/// `lockkit run` exits with the command's status; a signal death is 128 + signal; a missing
+/// command is 127.
+async fn the_commands_exit_status_passes_through(t: &Target) {
+    let url = t.url();
+    for (script, expected) in [("exit 7", 7), ("kill -9 $$", 137), ("true", 0)] {
+        let (status, _, stderr) = output(lockkit(&["run", &url, "job", "--", "sh", "-c", script])).await;
+        assert_eq!(status.code(), Some(expected), "{script}: {stderr}");
+    }
+    let (status, _, stderr) = output(lockkit(&["run", &url, "job", "--", "/nonexistent/command"])).await;
+    assert_eq!(status.code(), Some(127), "{stderr}");
+    assert!(!Path::new("/nonexistent/command").exists());
+}
+
+/// Bad URLs, schemes, options, names and arguments: exit 64 and one clear line, no panic.
+async fn bad_input_gives_one_line_and_exit_64(t: &Target) {
+    let url = t.url();
+    let bad_option = format!("{url}&colour=blue");
+    let cases: [(&[&str], &str); 6] = [
+        (&["run", "not a url", "job", "--", "true"], "expected `scheme://"),
+        (&["run", "mysql://db", "job", "--", "true"], "unknown lock URL scheme"),
+        (&["run", "etcd://127.0.0.1:1", "job", "--", "true"], "features = [\"etcd\"]"),
+        (&["run", &bad_option, "job", "--", "true"], "unknown option `colour`"),
+        (&["run", &url, "", "--", "true"], "cannot be empty"),
+        (&["status", &url, "job", "--ttl", "5s"], "unexpected argument"),
+    ];
+    for (args, expected) in cases {
+        let (status, _, stderr) = output(lockkit(args)).await;
+        assert_eq!(status.code(), Some(64), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

@@ -60,6 +60,8 @@ pub async fn connect_url(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
     match url.scheme() {
         Scheme::Memory => memory::connect(url),
         Scheme::File => file::connect(url),
+        #[cfg(feature = "redis")]
+        Scheme::Redis | Scheme::Redlock => lockkit_redis::connect(url).await,
         other => Err(Error::FeatureDisabled {
             scheme: url.scheme_str().to_owned(),
             feature: other.feature().unwrap_or("unknown"),

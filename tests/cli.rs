@@ -1,6 +1,9 @@
 //! The `lockkit` command-line tool, driven as a user would: real processes, real signals.
 //! Every backend that can be shared between processes runs these, one `cli_tests!` line each.
 
+#[path = "conformance/servers.rs"]
+#[allow(dead_code)]
+mod servers;
 #[path = "conformance/support.rs"]
 #[allow(dead_code)]
 mod support;
@@ -41,6 +44,8 @@ macro_rules! cli_tests {
 }
 
 cli_tests!(file, crate::support::Target::file);
+#[cfg(feature = "redis")]
+cli_tests!(redis, crate::support::Target::redis);
 
 fn lockkit(args: &[&str]) -> Command {
     let mut command = Command::new(LOCKKIT);
@@ -191,7 +196,7 @@ async fn status_reports_holder_and_token(t: &Target) {
     assert_eq!(json["held"], true);
     assert_eq!(json["holder"], "nightly on host-7");
     assert_eq!(json["token"], token);
-    held.kill().await.unwrap();
+    send(&held, libc::SIGTERM); // stopped gracefully, it releases (a SIGKILL would leave the grant to its TTL)
     held.wait().await.unwrap();
     let (status, stdout, _) = output(lockkit(&["status", &url, "job", "--json"])).await;
     assert_eq!(status.code(), Some(1), "{stdout}");

@@ -1,11 +1,16 @@
 //! The conformance suite, run on every backend. Each backend is one `conformance!` line; a
 //! backend's own tests live beside its driver.
 
+mod servers;
 mod suite;
 mod support;
 
 conformance!(memory, crate::support::Target::memory);
 conformance!(file, crate::support::Target::file);
+#[cfg(feature = "redis")]
+conformance!(redis, crate::support::Target::redis);
+#[cfg(feature = "redis")]
+conformance!(redlock, crate::support::Target::redlock);
 
 mod child {
     /// Not a test: the helper process `support::holder_process` starts.

@@ -26,6 +26,14 @@ impl Target {
         Target { base: "memory://conformance".into(), namespace: unique("t"), _dir: None }
     }
 
+    pub fn redis() -> Target {
+        Target { base: crate::servers::shared_redis_url(), namespace: unique("t"), _dir: None }
+    }
+
+    pub fn redlock() -> Target {
+        Target { base: crate::servers::shared_redlock_url(), namespace: unique("t"), _dir: None }
+    }
+
     pub fn file() -> Target {
         let dir = tempfile::tempdir().expect("a temporary directory");
         Target { base: format!("file://{}", dir.path().display()), namespace: unique("t"), _dir: Some(dir) }
@@ -33,16 +41,21 @@ impl Target {
 
     /// The URL of this test's namespace (plus `suffix`) with the suite's TTL.
     pub fn url_in(&self, suffix: &str, ttl: Duration) -> String {
-        format!("{}?ttl={}ms&namespace={}{suffix}", self.base, ttl.as_millis(), self.namespace)
+        format!("{}{}ttl={}ms&namespace={}{suffix}", self.base, self.query_start(), ttl.as_millis(), self.namespace)
     }
 
     /// The URL of the backend's root namespace (shared by all tests: use unique names there).
     pub fn root_url(&self) -> String {
-        format!("{}?ttl={}ms", self.base, TTL.as_millis())
+        format!("{}{}ttl={}ms", self.base, self.query_start(), TTL.as_millis())
     }
 
     pub fn url(&self) -> String {
         self.url_in("", TTL)
+    }
+
+    /// `?`, or `&` when the base URL has a query already (a user's server URL).
+    fn query_start(&self) -> char {
+        if self.base.contains('?') { '&' } else { '?' }
     }
 
     /// A new, independent connection.

@@ -1,0 +1,101 @@
+//! One Redis server: a reconnecting connection, bounded calls, and errors mapped to lockkit's.
+
+use std::time::Duration;
+
+use lockkit_core::Error;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{ErrorKind, FromRedisValue, RedisError, ScriptInvocation};
+
+use crate::BACKEND;
+
+#[derive(Clone)]
+pub struct Instance {
+    /// `host:port`, for messages (never with credentials).
+    pub address: String,
+    pub client: redis::Client,
+    connection: ConnectionManager,
+    /// Bound on each call (Redlock keeps it small, so one dead instance does not stall a grant).
+    timeout: Duration,
+}
+
+impl Instance {
+    /// A lazily connecting instance; nothing is sent yet.
+    pub fn new(
+        address: String,
+        client: redis::Client,
+        connect_timeout: Duration,
+        timeout: Duration,
+    ) -> Result<Self, Error> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(connect_timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(200));
+        let connection =
+            ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(|e| error(&address, e))?;
+        Ok(Instance { address, client, connection, timeout })
+    }
+
+    /// Runs a script (EVALSHA, loading it on NOSCRIPT), bounded by the call timeout.
+    pub async fn run<T: FromRedisValue>(&self, invocation: ScriptInvocation<'_>) -> Result<T, Error> {
+        let mut connection = self.connection.clone();
+        match tokio::time::timeout(self.timeout, invocation.invoke_async(&mut connection)).await {
+            Ok(result) => result.map_err(|e| error(&self.address, e)),
+            Err(_) => Err(timed_out(&self.address, self.timeout)),
+        }
+    }
+
+    /// Runs a pipeline of invocations of one script in one round trip.
+    pub async fn run_many(
+        &self,
+        script: &redis::Script,
+        invocations: &[ScriptInvocation<'_>],
+    ) -> Result<Vec<i64>, Error> {
+        let mut pipe = redis::pipe();
+        pipe.load_script(script).ignore();
+        for invocation in invocations {
+            pipe.invoke_script(invocation);
+        }
+        let mut connection = self.connection.clone();
+        match tokio::time::timeout(self.timeout, pipe.query_async(&mut connection)).await {
+            Ok(result) => result.map_err(|e| error(&self.address, e)),
+            Err(_) => Err(timed_out(&self.address, self.timeout)),
+        }
+    }
+
+    /// Checks that the server answers and accepts the credentials.
+    pub async fn ping(&self) -> Result<(), Error> {
+        let mut connection = self.connection.clone();
+        match tokio::time::timeout(self.timeout, redis::cmd("PING").query_async::<()>(&mut connection)).await {
+            Ok(result) => result.map_err(|e| error(&self.address, e)),
+            Err(_) => Err(timed_out(&self.address, self.timeout)),
+        }
+    }
+}
+
+fn timed_out(address: &str, timeout: Duration) -> Error {
+    Error::connection(
+        BACKEND,
+        address,
+        format!("no answer within {timeout:?}; is the server up and the `timeout` option long enough?"),
+        None,
+    )
+}
+
+/// Maps a client error: authentication, connection trouble, or what the server answered.
+pub fn error(address: &str, e: RedisError) -> Error {
+    let auth =
+        e.kind() == ErrorKind::AuthenticationFailed || matches!(e.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"));
+    if auth {
+        return Error::Authentication { backend: BACKEND, endpoint: address.to_owned(), message: e.to_string() };
+    }
+    if e.is_io_error() || e.is_connection_refusal() || e.is_timeout() || e.is_connection_dropped() {
+        return Error::connection(BACKEND, address, format!("{e}; is the server up?"), Some(Box::new(e)));
+    }
+    Error::Backend {
+        backend: BACKEND,
+        message: format!("redis at {address} answered: {e}"),
+        temporary: false,
+        source: Some(Box::new(e)),
+    }
+}

@@ -1,0 +1,143 @@
+//! Redis driver for [lockkit](https://docs.rs/lockkit): `redis://` on one server and
+//! `redlock://` on a majority of N independent servers. Applications use it through
+//! `lockkit::connect` with the facade's `redis` feature.
+//!
+//! - **URLs**: `redis://[user:password@]host[:6379][/db][?namespace=…&ttl=…&timeout=…]` and
+//!   `redlock://host1:port,host2:port,host3:port[/db][?…]` (an odd number, at least 3).
+//!   The path is the database number, as in every Redis URL; the namespace is an option.
+//! - **Grant**: one script per server does `SET key owner PX ttl` if free and, only then,
+//!   `INCR key:fence` — the fencing token — and stores the holder metadata in `key:holder`.
+//!   The lock key is a plain string holding the owner token, as redis-py's `Lock` does, so the
+//!   two exclude each other on the same key.
+//! - **Release / refresh**: compare-owner-then-DEL / PEXPIRE scripts, so no grant of another
+//!   owner is ever deleted or extended. All locks of a handle are refreshed in one pipelined
+//!   round trip per server per tick; a refresh that finds a key gone fires that guard's loss.
+//! - **Waiting**: a release PUBLISHes on `key:released`; each handle keeps one pub/sub connection
+//!   per server, shared by all its waiters, and wakes one local waiter per message. A waiter
+//!   also wakes when the holder's TTL runs out (it knows the PTTL), and after a bounded,
+//!   jittered fallback (TTL / 4, 50 ms – 1 s) in case a message was missed.
+//! - **Redlock**: an attempt goes to every server at once and succeeds on a majority within the
+//!   validity time (TTL − elapsed − margin); otherwise the partial grants are deleted. The token
+//!   is the maximum of the majority's counters, written back to every server before the guard
+//!   is handed out, so any later majority overlaps one that has seen it.
+//! - **Limits**: a server that restarts without persistence loses its grants (holders are told
+//!   at their next refresh) and its fencing counters; on a single server, tokens then restart.
+//!   With Redlock, tokens keep increasing as long as a majority keeps its data.
+//! - **Cancel safety**: an acquire dropped mid-way deletes (compare-and-delete) any grant it may
+//!   have made; a reply lost to a dropped connection is recovered by asking again (the script
+//!   is idempotent for its owner).
+#![deny(missing_docs, missing_debug_implementations)]
+
+mod instance;
+mod locks;
+mod quorum;
+mod scripts;
+mod wakeups;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use lockkit_core::{DistributedLock, Error, LeasePool, LockUrl, Namespace, Result, Scheme, Settings};
+use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
+
+use crate::instance::Instance;
+use crate::locks::RedisLocks;
+use crate::quorum::Quorum;
+use crate::wakeups::Wakeups;
+
+/// The backend name of single-server errors.
+const BACKEND: &str = "redis";
+
+/// Connects to `redis://` or `redlock://`; checks that enough servers answer and accept the
+/// credentials.
+pub async fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
+    url.check_options(&[])?;
+    let redlock = url.scheme() == Scheme::Redlock;
+    let hosts = url.hosts();
+    if hosts.is_empty() {
+        return Err(url.invalid("name the server: redis://127.0.0.1:6379"));
+    }
+    if !redlock && hosts.len() > 1 {
+        return Err(
+            url.invalid("redis:// takes one server; for a majority of independent servers use redlock://h1,h2,h3")
+        );
+    }
+    if redlock && (hosts.len() < 3 || hosts.len() % 2 == 0) {
+        return Err(url.invalid("redlock:// needs an odd number of independent servers, at least 3"));
+    }
+    if url.tls() {
+        return Err(url.invalid(
+            "TLS to Redis is not supported by this version; use redis:// on a trusted network or through a TLS tunnel",
+        ));
+    }
+    let db = match url.path().trim_start_matches('/') {
+        "" => 0,
+        db => db.parse::<i64>().map_err(|_| {
+            url.invalid(format!(
+                "the path of a Redis URL is the database number, not `{db}`; set a namespace with ?namespace="
+            ))
+        })?,
+    };
+    let mut settings = Settings::from_url(url)?;
+    settings.namespace = Namespace::new(url.option("namespace").unwrap_or(""));
+    // Redlock bounds each server's answer well below the TTL, so one dead server cannot eat
+    // the validity time.
+    let call_timeout = if redlock {
+        settings.timeout.min((settings.ttl / 10).max(Duration::from_millis(50)))
+    } else {
+        settings.timeout
+    };
+    let mut redis_settings = RedisConnectionInfo::default().set_db(db);
+    if let Some(user) = url.username() {
+        redis_settings = redis_settings.set_username(user);
+    }
+    if let Some(password) = url.password() {
+        redis_settings = redis_settings.set_password(password.expose());
+    }
+    let mut instances = Vec::new();
+    for host in hosts {
+        let address = host.address(6379);
+        let info = ConnectionAddr::Tcp(host.host.clone(), host.port.unwrap_or(6379))
+            .into_connection_info()
+            .map_err(|e| instance::error(&address, e))?
+            .set_redis_settings(redis_settings.clone());
+        let client = redis::Client::open(info).map_err(|e| instance::error(&address, e))?;
+        instances.push(Instance::new(address, client, settings.timeout, call_timeout)?);
+    }
+    let wakeups = Wakeups::start(instances.iter().map(|i| i.client.clone()).collect(), settings.timeout);
+    let quorum = Quorum {
+        needed: instances.len() / 2 + 1,
+        backend: if redlock { "redlock" } else { BACKEND },
+        wakeups,
+        instances,
+    };
+    let pings = join_all(quorum.instances.iter().map(Instance::ping)).await;
+    if let Some(auth) = pings.iter().position(|p| matches!(p, Err(Error::Authentication { .. }))) {
+        return Err(pings.into_iter().nth(auth).and_then(Result::err).expect("an error"));
+    }
+    let answered = pings.iter().filter(|p| p.is_ok()).count();
+    if answered < quorum.needed {
+        let first = pings.into_iter().find_map(Result::err).expect("an error");
+        if quorum.instances.len() == 1 {
+            return Err(first);
+        }
+        return Err(Error::connection(
+            "redlock",
+            url.endpoints(6379),
+            format!(
+                "only {answered} of {} servers answered, and Redlock needs {}; first error: {first}",
+                quorum.instances.len(),
+                quorum.needed
+            ),
+            None,
+        ));
+    }
+    Ok(Arc::new(RedisLocks {
+        url: url.to_string(),
+        settings,
+        pool: LeasePool::new(quorum.backend),
+        quorum: Arc::new(quorum),
+        holdings: Default::default(),
+    }))
+}

@@ -1,0 +1,251 @@
+//! The backend handle: grants, waiting on pub/sub, the shared lease and release.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lockkit_core::{
+    Capabilities, DistributedLock, Error, Grant, GrantRequest, GuardParts, KeepAlive, Lease, LeaseBackend, LeasePool,
+    LockGuard, LockName, LockStatus, LossSignal, Result, Settings, random_u64,
+};
+
+use crate::quorum::{Attempt, Quorum};
+use crate::scripts::LockKeys;
+
+pub struct RedisLocks {
+    pub url: String,
+    pub settings: Settings,
+    pub quorum: Arc<Quorum>,
+    pub pool: LeasePool,
+    pub holdings: Arc<Holdings>,
+}
+
+#[async_trait]
+impl DistributedLock for RedisLocks {
+    fn backend(&self) -> &'static str {
+        self.quorum.backend
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            fair: false,
+            server_fencing: true,
+            server_expiry: true,
+            crash_release: true,
+            cross_process: true,
+            shared_lease: true,
+            push_wakeups: true,
+            holder_metadata: true,
+        }
+    }
+
+    fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    async fn grant(&self, request: &GrantRequest) -> Result<Option<LockGuard>> {
+        let (quorum, holdings, ttl) = (self.quorum.clone(), self.holdings.clone(), request.ttl);
+        let lease = self
+            .pool
+            .get(request.ttl, request.refresh_interval, || async move {
+                let id = format!("{}-{:x}", quorum.backend, random_u64());
+                Ok((Arc::new(RedisLease { quorum, holdings, id: id.clone(), ttl }) as Arc<dyn LeaseBackend>, id))
+            })
+            .await?;
+        let keys = LockKeys::new(self.settings.namespace.key(&request.name));
+        let owner = format!("{:016x}{:016x}", random_u64(), random_u64());
+        // Only for missed messages: a release publishes, and a vanished holder's expiry is known.
+        let fallback = (request.ttl / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let mut undo = Undo { quorum: self.quorum.clone(), keys: keys.clone(), owner: owner.clone(), armed: true };
+        let mut watch = None;
+        let token = loop {
+            match self.quorum.acquire(&keys, &owner, request.ttl, &request.holder).await? {
+                Attempt::Granted(token) => break token,
+                Attempt::Busy(_) if !request.wait => {
+                    undo.armed = false;
+                    return Ok(None);
+                }
+                Attempt::Busy(expires_in) => {
+                    let Some(watch) = &watch else {
+                        // Subscribe, then try again: a release between the two is not missed.
+                        watch = Some(self.quorum.wakeups.watch(&keys.channel).await);
+                        continue;
+                    };
+                    let jittered = fallback.mul_f64(0.5 + (random_u64() % 500) as f64 / 1000.0);
+                    let timer = expires_in.map_or(jittered, |e| e.min(jittered));
+                    tokio::select! {
+                        _ = watch.notify.notified() => {}
+                        _ = tokio::time::sleep(timer) => {}
+                    }
+                }
+            }
+        };
+        undo.armed = false;
+        let signal = lease.grant_signal();
+        let id = self.holdings.add(Held {
+            keys: keys.clone(),
+            owner: owner.clone(),
+            lease: lease.id().to_owned(),
+            signal: signal.clone(),
+        });
+        let grant = RedisGrant {
+            quorum: self.quorum.clone(),
+            holdings: self.holdings.clone(),
+            id,
+            keys,
+            owner,
+            name: request.name.to_string(),
+        };
+        Ok(Some(LockGuard::new(GuardParts::new(
+            self.quorum.backend,
+            request.name.clone(),
+            token,
+            lease,
+            signal,
+            Box::new(grant),
+        ))))
+    }
+
+    async fn inspect(&self, name: &LockName) -> Result<LockStatus> {
+        self.quorum.status(&LockKeys::new(self.settings.namespace.key(name))).await
+    }
+
+    async fn evict(&self, name: &LockName) -> Result<bool> {
+        self.quorum.evict(&LockKeys::new(self.settings.namespace.key(name))).await
+    }
+}
+
+impl fmt::Debug for RedisLocks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisLocks").field("url", &self.url).finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for RedisLocks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} backend {}", self.quorum.backend, self.url)
+    }
+}
+
+/// Deletes a grant an acquire may have made when the acquire is dropped mid-way.
+struct Undo {
+    quorum: Arc<Quorum>,
+    keys: LockKeys,
+    owner: String,
+    armed: bool,
+}
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (quorum, keys, owner) = (self.quorum.clone(), self.keys.clone(), std::mem::take(&mut self.owner));
+            runtime.spawn(async move { quorum.release(&keys, &owner).await });
+        }
+    }
+}
+
+/// The grants a handle holds, refreshed together by their lease.
+#[derive(Default)]
+pub struct Holdings {
+    held: Mutex<HashMap<u64, Held>>,
+    ids: AtomicU64,
+}
+
+struct Held {
+    keys: LockKeys,
+    owner: String,
+    lease: String,
+    signal: LossSignal,
+}
+
+impl Holdings {
+    fn add(&self, held: Held) -> u64 {
+        let id = self.ids.fetch_add(1, Ordering::Relaxed);
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).insert(id, held);
+        id
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut HashMap<u64, Held>) -> T) -> T {
+        f(&mut self.held.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// The keys a handle holds with one TTL: each refresh extends all of them in one pipelined
+/// round trip per instance.
+struct RedisLease {
+    quorum: Arc<Quorum>,
+    holdings: Arc<Holdings>,
+    id: String,
+    ttl: Duration,
+}
+
+#[async_trait]
+impl LeaseBackend for RedisLease {
+    async fn keep_alive(&self) -> Result<KeepAlive> {
+        let (ids, grants): (Vec<u64>, Vec<(LockKeys, String)>) = self.holdings.with(|held| {
+            held.iter()
+                .filter(|(_, h)| h.lease == self.id)
+                .map(|(id, h)| (*id, (h.keys.clone(), h.owner.clone())))
+                .unzip()
+        });
+        if grants.is_empty() {
+            return Ok(KeepAlive::Alive(self.ttl));
+        }
+        let (verdicts, error) = self.quorum.refresh(&grants, self.ttl).await;
+        self.holdings.with(|held| {
+            for (id, verdict) in ids.iter().zip(&verdicts) {
+                if *verdict == Some(false)
+                    && let Some(h) = held.remove(id)
+                {
+                    h.signal.lose("its key was deleted or taken over on the server (expired, DEL, flush or restart)");
+                }
+            }
+        });
+        match error {
+            Some(e) if verdicts.contains(&None) => Err(e),
+            _ => Ok(KeepAlive::Alive(self.ttl)),
+        }
+    }
+
+    async fn revoke(&self) -> Result<()> {
+        let revoked: Vec<Held> = self.holdings.with(|held| {
+            let ids: Vec<u64> = held.iter().filter(|(_, h)| h.lease == self.id).map(|(id, _)| *id).collect();
+            ids.iter().filter_map(|id| held.remove(id)).collect()
+        });
+        for held in revoked {
+            held.signal.lose("its lease was revoked");
+            self.quorum.release(&held.keys, &held.owner).await?;
+        }
+        Ok(())
+    }
+}
+
+struct RedisGrant {
+    quorum: Arc<Quorum>,
+    holdings: Arc<Holdings>,
+    id: u64,
+    keys: LockKeys,
+    owner: String,
+    name: String,
+}
+
+#[async_trait]
+impl Grant for RedisGrant {
+    async fn release(self: Box<Self>) -> Result<()> {
+        self.holdings.with(|held| held.remove(&self.id));
+        match self.quorum.release(&self.keys, &self.owner).await? {
+            0 => Err(Error::not_held(
+                self.quorum.backend,
+                &self.name,
+                "its key had expired or been deleted; any newer grant was left alone",
+            )),
+            _ => Ok(()),
+        }
+    }
+}

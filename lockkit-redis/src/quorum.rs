@@ -1,0 +1,181 @@
+//! Locks on N independent Redis servers, granted by a majority (Redlock). A single server is
+//! the quorum of one: `redis://` and `redlock://` share every line below.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use lockkit_core::{Error, FencingToken, LockStatus, safety_margin};
+
+use crate::instance::Instance;
+use crate::scripts::{self, LockKeys};
+use crate::wakeups::Wakeups;
+
+pub struct Quorum {
+    pub instances: Vec<Instance>,
+    /// How many must agree: N / 2 + 1.
+    pub needed: usize,
+    pub wakeups: Arc<Wakeups>,
+    pub backend: &'static str,
+}
+
+/// The outcome of one acquire attempt.
+pub enum Attempt {
+    Granted(FencingToken),
+    /// Held elsewhere; the current grant expires in this long, where known.
+    Busy(Option<Duration>),
+}
+
+impl Quorum {
+    /// One attempt on every instance at once. Grants when a majority granted within the
+    /// validity time (TTL minus the time taken minus the safety margin); otherwise undoes the
+    /// partial grants. Fails when fewer than a majority answered.
+    pub async fn acquire(&self, keys: &LockKeys, owner: &str, ttl: Duration, holder: &str) -> Result<Attempt, Error> {
+        let started = Instant::now();
+        let replies = join_all(self.instances.iter().map(|instance| async move {
+            let call = || instance.run::<(u64, i64)>(scripts::acquire(keys, owner, ttl, holder));
+            // The script is idempotent for its owner, so a reply lost to a dropped connection
+            // is recovered by asking again.
+            match call().await {
+                Err(e) if e.is_temporary() => call().await,
+                other => other,
+            }
+        }))
+        .await;
+        let mut fences = Vec::new();
+        let mut expires_in: Option<Duration> = None;
+        let mut errors = Vec::new();
+        for reply in replies {
+            match reply {
+                Ok((fence, _)) if fence > 0 => fences.push(fence),
+                Ok((_, pttl)) if pttl > 0 => {
+                    let pttl = Duration::from_millis(pttl as u64);
+                    expires_in = Some(expires_in.map_or(pttl, |e| e.min(pttl)));
+                }
+                Ok(_) => {}
+                Err(e) => errors.push(e),
+            }
+        }
+        let in_time = started.elapsed() + safety_margin(ttl) < ttl;
+        if fences.len() >= self.needed && in_time {
+            let token = fences.iter().copied().max().unwrap_or_default();
+            if self.instances.len() == 1 || self.raise_fences(keys, token).await >= self.needed {
+                return Ok(Attempt::Granted(FencingToken::new(token)));
+            }
+        }
+        if !fences.is_empty() || !errors.is_empty() {
+            let _ = self.release(keys, owner).await;
+        }
+        self.enough_answered(errors)?;
+        Ok(Attempt::Busy(expires_in))
+    }
+
+    /// Raises the fencing counter of every instance to `token`, so that any later majority
+    /// overlaps one that has seen it. Returns how many confirmed.
+    async fn raise_fences(&self, keys: &LockKeys, token: u64) -> usize {
+        let replies =
+            join_all(self.instances.iter().map(|instance| instance.run::<i64>(scripts::raise_fence(keys, token))))
+                .await;
+        replies.iter().filter(|r| r.is_ok()).count()
+    }
+
+    /// Deletes this owner's grant on every instance; `Ok(n)`: n instances had it.
+    pub async fn release(&self, keys: &LockKeys, owner: &str) -> Result<usize, Error> {
+        let replies =
+            join_all(self.instances.iter().map(|instance| instance.run::<i64>(scripts::release(keys, owner)))).await;
+        let released = replies.iter().filter(|r| matches!(r, Ok(1))).count();
+        self.enough_answered(replies.into_iter().filter_map(Result::err).collect())?;
+        Ok(released)
+    }
+
+    /// Extends these grants on every instance, one round trip per instance. For each grant:
+    /// `Some(true)` held by a majority, `Some(false)` gone from more than a minority (lost),
+    /// `None` undecided (too few answers).
+    pub async fn refresh(&self, grants: &[(LockKeys, String)], ttl: Duration) -> (Vec<Option<bool>>, Option<Error>) {
+        let invocations: Vec<_> = grants.iter().map(|(keys, owner)| scripts::refresh(keys, owner, ttl)).collect();
+        let replies =
+            join_all(self.instances.iter().map(|instance| instance.run_many(&scripts::REFRESH, &invocations))).await;
+        let allowed_missing = self.instances.len() - self.needed;
+        let mut first_error = None;
+        let verdicts = (0..grants.len())
+            .map(|i| {
+                let held = replies.iter().filter(|r| matches!(r, Ok(v) if v.get(i) == Some(&1))).count();
+                let gone = replies.iter().filter(|r| matches!(r, Ok(v) if v.get(i) == Some(&0))).count();
+                if held >= self.needed {
+                    Some(true)
+                } else if gone > allowed_missing {
+                    Some(false)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        for reply in replies {
+            if let Err(e) = reply {
+                first_error.get_or_insert(e);
+            }
+        }
+        (verdicts, first_error)
+    }
+
+    /// Deletes whatever grant there is, on every instance; `true` if any had one.
+    pub async fn evict(&self, keys: &LockKeys) -> Result<bool, Error> {
+        let replies = join_all(self.instances.iter().map(|instance| instance.run::<i64>(scripts::evict(keys)))).await;
+        let evicted = replies.iter().any(|r| matches!(r, Ok(1)));
+        self.enough_answered(replies.into_iter().filter_map(Result::err).collect())?;
+        Ok(evicted)
+    }
+
+    /// The lock as a majority sees it.
+    pub async fn status(&self, keys: &LockKeys) -> Result<LockStatus, Error> {
+        type Reply = (Option<String>, Option<String>, Option<u64>, i64);
+        let replies =
+            join_all(self.instances.iter().map(|instance| instance.run::<Reply>(scripts::status(keys)))).await;
+        let mut errors = Vec::new();
+        let mut held = Vec::new();
+        for reply in replies {
+            match reply {
+                Ok((Some(_owner), holder, fence, pttl)) => held.push((holder, fence, pttl)),
+                Ok(_) => {}
+                Err(e) => errors.push(e),
+            }
+        }
+        self.enough_answered(errors)?;
+        if held.len() < self.needed {
+            return Ok(LockStatus::free());
+        }
+        let holder = held.iter().find_map(|(h, ..)| h.clone());
+        // The counter is the holder's token only when lockkit took the grant (it writes the
+        // holder key); a redis-py lock on the same key has no token.
+        let token = holder.as_ref().and(held.iter().filter_map(|(_, f, _)| *f).max()).map(FencingToken::new);
+        let ttl_left = held.iter().filter(|(.., p)| *p >= 0).map(|(.., p)| Duration::from_millis(*p as u64)).min();
+        Ok(LockStatus::held(holder, token, ttl_left))
+    }
+
+    /// Fails when too few instances answered to decide: with an authentication error if there
+    /// was one, else with the connection error (of the only server, or a summary).
+    fn enough_answered(&self, mut errors: Vec<Error>) -> Result<(), Error> {
+        if self.instances.len() - errors.len() >= self.needed {
+            return Ok(());
+        }
+        if let Some(i) = errors.iter().position(|e| matches!(e, Error::Authentication { .. })) {
+            return Err(errors.swap_remove(i));
+        }
+        if self.instances.len() == 1 {
+            return Err(errors.remove(0));
+        }
+        let endpoints: Vec<&str> = self.instances.iter().map(|i| i.address.as_str()).collect();
+        Err(Error::connection(
+            self.backend,
+            endpoints.join(","),
+            format!(
+                "only {} of {} servers answered, and Redlock needs {}; first error: {}",
+                self.instances.len() - errors.len(),
+                self.instances.len(),
+                self.needed,
+                errors[0]
+            ),
+            None,
+        ))
+    }
+}

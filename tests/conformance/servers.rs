@@ -1,0 +1,112 @@
+//! Real servers for the tests, installed by `scripts/install-deps` from Debian packages and
+//! started here on free loopback ports with temporary directories.
+//!
+//! Each server runs under a small shell guard that kills it when this test process's end of a
+//! pipe closes, so no server outlives the tests, however the test process ends.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// A server process and its temporary directory; stopped when dropped.
+pub struct Server {
+    pub port: u16,
+    guard: Child,
+    /// While this end of the pipe is open, the guard keeps the server running.
+    lifeline: Option<ChildStdin>,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts `program args…` (with `{port}` and `{dir}` replaced) and waits until `ready`.
+    fn start(program: &str, args: &[&str], ready: impl Fn(u16) -> bool) -> Server {
+        let port = free_port();
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| a.replace("{port}", &port.to_string()).replace("{dir}", &dir.path().display().to_string()))
+            .collect();
+        let mut guard = Command::new("sh")
+            .arg("-c")
+            .arg(r#""$@" >"$LOCKKIT_SERVER_LOG" 2>&1 & server=$!; read _ignored; kill -9 $server"#)
+            .arg("server-guard")
+            .arg(program)
+            .args(&args)
+            .env("LOCKKIT_SERVER_LOG", dir.path().join("server.log"))
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {program}: {e}; run scripts/install-deps"));
+        let lifeline = guard.stdin.take();
+        let started = Instant::now();
+        while !ready(port) {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{program} did not start on port {port}; is it installed (scripts/install-deps)?"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Server { port, guard, lifeline, _dir: dir }
+    }
+
+    /// Stops the server at once (SIGKILL), like a crash.
+    pub fn kill(self) {
+        drop(self);
+    }
+
+    pub fn redis() -> Server {
+        Server::start(
+            "redis-server",
+            &["--bind", "127.0.0.1", "--port", "{port}", "--save", "", "--appendonly", "no", "--dir", "{dir}"],
+            redis_ready,
+        )
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        drop(self.lifeline.take());
+        let _ = self.guard.wait();
+    }
+}
+
+/// A port nobody listens on now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+}
+
+fn redis_ready(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let mut reply = [0u8; 7];
+    stream.set_read_timeout(Some(Duration::from_secs(1))).is_ok()
+        && stream.write_all(b"PING\r\n").is_ok()
+        && stream.read_exact(&mut reply).is_ok()
+        && &reply == b"+PONG\r\n"
+}
+
+/// The Redis server the whole test binary shares: `LOCKKIT_TEST_REDIS_URL`, or one started here.
+pub fn shared_redis_url() -> String {
+    static SERVER: OnceLock<String> = OnceLock::new();
+    SERVER
+        .get_or_init(|| match std::env::var("LOCKKIT_TEST_REDIS_URL") {
+            Ok(url) => url,
+            Err(_) => {
+                let server = Box::leak(Box::new(Server::redis()));
+                format!("redis://127.0.0.1:{}", server.port)
+            }
+        })
+        .clone()
+}
+
+/// Five Redis servers the whole test binary shares, as a Redlock URL.
+pub fn shared_redlock_url() -> String {
+    static SERVERS: OnceLock<String> = OnceLock::new();
+    SERVERS
+        .get_or_init(|| {
+            let hosts: Vec<String> =
+                (0..5).map(|_| format!("127.0.0.1:{}", Box::leak(Box::new(Server::redis())).port)).collect();
+            format!("redlock://{}", hosts.join(","))
+        })
+        .clone()
+}

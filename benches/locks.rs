@@ -6,7 +6,16 @@
 //!   holder; its latency runs from the previous holder's release call to the grant.
 //!   Reported: grants/s, handoffs/s, handoff p50 / p99, and how often the lock changed hands.
 //!
-//! `LOCKKIT_BENCH_SECONDS` sets the contended run time per row (default 2).
+//! - Redis: a raw-client baseline in the same run (the same round trips made directly with the
+//!   `redis` crate), one raw round trip (PING), and the server commands per grant while
+//!   contended (from `INFO stats`).
+//!
+//! `LOCKKIT_BENCH_SECONDS` sets the contended run time per row (default 2). Servers are started
+//! like the tests start them (`scripts/install-deps` installs them).
+
+#[path = "../tests/conformance/servers.rs"]
+#[allow(dead_code)]
+mod servers;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,35 +29,126 @@ struct Row {
     p50: Duration,
     p99: Duration,
     changed_hands: Option<f64>,
+    commands_per_grant: Option<f64>,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let seconds: u64 = std::env::var("LOCKKIT_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let targets = vec![
-        ("memory".to_owned(), "memory://bench".to_owned()),
-        ("file".to_owned(), format!("file://{}", dir.path().display())),
+    let mut targets = vec![
+        ("memory".to_owned(), "memory://bench".to_owned(), None),
+        ("file".to_owned(), format!("file://{}", dir.path().display()), None),
     ];
     let mut rows = Vec::new();
-    for (backend, url) in &targets {
+    #[cfg(feature = "redis")]
+    let _redis_servers = {
+        let servers: Vec<servers::Server> = (0..5).map(|_| servers::Server::redis()).collect();
+        let single = format!("redis://127.0.0.1:{}", servers[0].port);
+        let quorum: Vec<String> = servers.iter().map(|s| format!("127.0.0.1:{}", s.port)).collect();
+        rows.extend(redis_raw::baseline(&single, 2000).await);
+        targets.push(("redis".to_owned(), single.clone(), Some(single)));
+        targets.push(("redlock (5)".to_owned(), format!("redlock://{}", quorum.join(",")), None));
+        servers
+    };
+    for (backend, url, stats) in &targets {
         rows.push(uncontended(backend, url, 2000).await);
         for contenders in [4, 16] {
-            rows.push(contended(backend, url, contenders, Duration::from_secs(seconds)).await);
+            rows.push(contended(backend, url, stats.as_deref(), contenders, Duration::from_secs(seconds)).await);
         }
     }
-    println!("\n| backend | case | ops/s | p50 | p99 | changed hands |");
-    println!("|---|---|---:|---:|---:|---:|");
+    println!("\n| backend | case | ops/s | p50 | p99 | changed hands | server cmds/grant |");
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    let dash = || "–".to_owned();
     for r in rows {
-        let changed = r.changed_hands.map(|c| format!("{:.0} %", c * 100.0)).unwrap_or_else(|| "–".into());
+        let changed = r.changed_hands.map_or_else(dash, |c| format!("{:.0} %", c * 100.0));
+        let commands = r.commands_per_grant.map_or_else(dash, |c| format!("{c:.1}"));
         println!(
-            "| {} | {} | {:.0} | {} | {} | {changed} |",
+            "| {} | {} | {:.0} | {} | {} | {changed} | {commands} |",
             r.backend,
             r.case,
             r.ops_per_sec,
             micros(r.p50),
             micros(r.p99)
         );
+    }
+}
+
+/// The same round trips as the Redis driver's, made directly with the `redis` crate.
+#[cfg(feature = "redis")]
+mod redis_raw {
+    use super::*;
+
+    const RELEASE: &str =
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+
+    /// Raw SET NX PX + compare-and-delete, one raw round trip, and lockkit's acquire+release,
+    /// interleaved iteration by iteration so that all three see the same machine load.
+    pub async fn baseline(url: &str, iterations: usize) -> Vec<Row> {
+        let client = redis::Client::open(url).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let release = redis::Script::new(RELEASE);
+        let locks = connect(url).await;
+        let mut lock_samples = Vec::with_capacity(iterations);
+        let mut ping_samples = Vec::with_capacity(iterations);
+        let mut lockkit_samples = Vec::with_capacity(iterations);
+        for i in 0..iterations + iterations / 10 {
+            let t = Instant::now();
+            let _: Option<String> = redis::cmd("SET")
+                .arg("raw-bench")
+                .arg("owner")
+                .arg("NX")
+                .arg("PX")
+                .arg(15000)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            let _: i64 = release.key("raw-bench").arg("owner").invoke_async(&mut conn).await.unwrap();
+            let lock = t.elapsed();
+            let t = Instant::now();
+            let _: String = redis::cmd("PING").query_async(&mut conn).await.unwrap();
+            let ping = t.elapsed();
+            let t = Instant::now();
+            locks.acquire("lockkit-bench").await.unwrap().release().await.unwrap();
+            if i >= iterations / 10 {
+                lock_samples.push(lock);
+                ping_samples.push(ping);
+                lockkit_samples.push(t.elapsed());
+            }
+        }
+        let row = |case: &str, samples: &mut Vec<Duration>| {
+            let total: Duration = samples.iter().sum();
+            let (p50, p99) = percentiles(samples);
+            Row {
+                backend: "redis raw".into(),
+                case: case.into(),
+                ops_per_sec: samples.len() as f64 / total.as_secs_f64(),
+                p50,
+                p99,
+                changed_hands: None,
+                commands_per_grant: None,
+            }
+        };
+        let mut rows = vec![
+            row("SET NX PX + compare-and-delete", &mut lock_samples),
+            row("one round trip (PING)", &mut ping_samples),
+        ];
+        let raw_p50 = rows[0].p50.as_secs_f64();
+        let mut lockkit = row("lockkit acquire+release, interleaved with the raw rows", &mut lockkit_samples);
+        lockkit.backend = format!("redis ({:.2}× raw p50)", lockkit.p50.as_secs_f64() / raw_p50);
+        rows.push(lockkit);
+        rows
+    }
+
+    /// Commands the server has processed so far.
+    pub async fn commands(url: &str) -> u64 {
+        let client = redis::Client::open(url).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let info: String = redis::cmd("INFO").arg("stats").query_async(&mut conn).await.unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_commands_processed:"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
     }
 }
 
@@ -79,6 +179,7 @@ async fn uncontended(backend: &str, url: &str, iterations: usize) -> Row {
         p50,
         p99,
         changed_hands: None,
+        commands_per_grant: None,
     }
 }
 
@@ -88,15 +189,20 @@ struct LastRelease {
     at: Instant,
 }
 
-async fn contended(backend: &str, url: &str, contenders: usize, run: Duration) -> Row {
+/// `stats`: a Redis URL whose commands are counted during the run.
+async fn contended(backend: &str, url: &str, stats: Option<&str>, contenders: usize, run: Duration) -> Row {
     let name = format!("contended-{}", lockkit_core::random_u64());
     let last = Arc::new(Mutex::new(LastRelease { holder: usize::MAX, at: Instant::now() }));
     let handoffs = Arc::new(Mutex::new(Vec::new()));
     let grants = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut connections = Vec::new();
+    for _ in 0..contenders {
+        connections.push(connect(url).await);
+    }
+    let commands_before = command_count(stats).await;
     let deadline = Instant::now() + run;
     let mut tasks = Vec::new();
-    for me in 0..contenders {
-        let locks = connect(url).await;
+    for (me, locks) in connections.into_iter().enumerate() {
         let (name, last, handoffs, grants) = (name.clone(), last.clone(), handoffs.clone(), grants.clone());
         tasks.push(tokio::spawn(async move {
             while Instant::now() < deadline {
@@ -119,6 +225,10 @@ async fn contended(backend: &str, url: &str, contenders: usize, run: Duration) -
         task.await.unwrap();
     }
     let grants = grants.load(std::sync::atomic::Ordering::Relaxed);
+    let commands = command_count(stats)
+        .await
+        .zip(commands_before)
+        .map(|(after, before)| (after - before) as f64 / grants.max(1) as f64);
     let mut samples = handoffs.lock().unwrap().clone();
     let changed = samples.len() as f64 / grants.max(1) as f64;
     let handoffs_per_sec = samples.len() as f64 / run.as_secs_f64();
@@ -130,7 +240,17 @@ async fn contended(backend: &str, url: &str, contenders: usize, run: Duration) -
         p50,
         p99,
         changed_hands: Some(changed),
+        commands_per_grant: commands,
     }
+}
+
+async fn command_count(stats: Option<&str>) -> Option<u64> {
+    #[cfg(feature = "redis")]
+    if let Some(url) = stats {
+        return Some(redis_raw::commands(url).await);
+    }
+    let _ = stats;
+    None
 }
 
 fn percentiles(samples: &mut [Duration]) -> (Duration, Duration) {

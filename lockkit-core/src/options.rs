@@ -202,7 +202,10 @@ impl LockStatus {
 
 /// The holder metadata used when the caller gives none: `<hostname> pid <pid>`.
 pub fn default_holder() -> String {
-    format!("{} pid {}", gethostname::gethostname().to_string_lossy(), std::process::id())
+    static HOLDER: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!("{} pid {}", gethostname::gethostname().to_string_lossy(), std::process::id())
+    });
+    HOLDER.clone()
 }
 
 #[cfg(test)]

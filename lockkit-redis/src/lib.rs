@@ -63,7 +63,7 @@ pub async fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
             url.invalid("redis:// takes one server; for a majority of independent servers use redlock://h1,h2,h3")
         );
     }
-    if redlock && (hosts.len() < 3 || hosts.len() % 2 == 0) {
+    if redlock && (hosts.len() < 3 || hosts.len().is_multiple_of(2)) {
         return Err(url.invalid("redlock:// needs an odd number of independent servers, at least 3"));
     }
     if url.tls() {

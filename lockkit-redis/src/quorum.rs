@@ -26,13 +26,25 @@ pub enum Attempt {
     Busy(Option<Duration>),
 }
 
+/// Runs `call` on every instance at once (directly when there is only one).
+async fn on_all<'a, T, F, Fut>(instances: &'a [Instance], call: F) -> Vec<T>
+where
+    F: Fn(&'a Instance) -> Fut,
+    Fut: Future<Output = T>,
+{
+    match instances {
+        [only] => vec![call(only).await],
+        _ => join_all(instances.iter().map(call)).await,
+    }
+}
+
 impl Quorum {
     /// One attempt on every instance at once. Grants when a majority granted within the
     /// validity time (TTL minus the time taken minus the safety margin); otherwise undoes the
     /// partial grants. Fails when fewer than a majority answered.
     pub async fn acquire(&self, keys: &LockKeys, owner: &str, ttl: Duration, holder: &str) -> Result<Attempt, Error> {
         let started = Instant::now();
-        let replies = join_all(self.instances.iter().map(|instance| async move {
+        let replies = on_all(&self.instances, |instance| async move {
             let call = || instance.run::<(u64, i64)>(scripts::acquire(keys, owner, ttl, holder));
             // The script is idempotent for its owner, so a reply lost to a dropped connection
             // is recovered by asking again.
@@ -40,7 +52,7 @@ impl Quorum {
                 Err(e) if e.is_temporary() => call().await,
                 other => other,
             }
-        }))
+        })
         .await;
         let mut fences = Vec::new();
         let mut expires_in: Option<Duration> = None;
@@ -73,16 +85,13 @@ impl Quorum {
     /// Raises the fencing counter of every instance to `token`, so that any later majority
     /// overlaps one that has seen it. Returns how many confirmed.
     async fn raise_fences(&self, keys: &LockKeys, token: u64) -> usize {
-        let replies =
-            join_all(self.instances.iter().map(|instance| instance.run::<i64>(scripts::raise_fence(keys, token))))
-                .await;
+        let replies = on_all(&self.instances, |instance| instance.run::<i64>(scripts::raise_fence(keys, token))).await;
         replies.iter().filter(|r| r.is_ok()).count()
     }
 
     /// Deletes this owner's grant on every instance; `Ok(n)`: n instances had it.
     pub async fn release(&self, keys: &LockKeys, owner: &str) -> Result<usize, Error> {
-        let replies =
-            join_all(self.instances.iter().map(|instance| instance.run::<i64>(scripts::release(keys, owner)))).await;
+        let replies = on_all(&self.instances, |instance| instance.run::<i64>(scripts::release(keys, owner))).await;
         let released = replies.iter().filter(|r| matches!(r, Ok(1))).count();
         self.enough_answered(replies.into_iter().filter_map(Result::err).collect())?;
         Ok(released)
@@ -93,8 +102,7 @@ impl Quorum {
     /// `None` undecided (too few answers).
     pub async fn refresh(&self, grants: &[(LockKeys, String)], ttl: Duration) -> (Vec<Option<bool>>, Option<Error>) {
         let invocations: Vec<_> = grants.iter().map(|(keys, owner)| scripts::refresh(keys, owner, ttl)).collect();
-        let replies =
-            join_all(self.instances.iter().map(|instance| instance.run_many(&scripts::REFRESH, &invocations))).await;
+        let replies = on_all(&self.instances, |instance| instance.run_many(&scripts::REFRESH, &invocations)).await;
         let allowed_missing = self.instances.len() - self.needed;
         let mut first_error = None;
         let verdicts = (0..grants.len())
@@ -120,7 +128,7 @@ impl Quorum {
 
     /// Deletes whatever grant there is, on every instance; `true` if any had one.
     pub async fn evict(&self, keys: &LockKeys) -> Result<bool, Error> {
-        let replies = join_all(self.instances.iter().map(|instance| instance.run::<i64>(scripts::evict(keys)))).await;
+        let replies = on_all(&self.instances, |instance| instance.run::<i64>(scripts::evict(keys))).await;
         let evicted = replies.iter().any(|r| matches!(r, Ok(1)));
         self.enough_answered(replies.into_iter().filter_map(Result::err).collect())?;
         Ok(evicted)
@@ -129,8 +137,7 @@ impl Quorum {
     /// The lock as a majority sees it.
     pub async fn status(&self, keys: &LockKeys) -> Result<LockStatus, Error> {
         type Reply = (Option<String>, Option<String>, Option<u64>, i64);
-        let replies =
-            join_all(self.instances.iter().map(|instance| instance.run::<Reply>(scripts::status(keys)))).await;
+        let replies = on_all(&self.instances, |instance| instance.run::<Reply>(scripts::status(keys))).await;
         let mut errors = Vec::new();
         let mut held = Vec::new();
         for reply in replies {

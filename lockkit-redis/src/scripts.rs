@@ -36,13 +36,13 @@ impl LockKeys {
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local current = redis.call('GET', KEYS[1])
-if current == false or current == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[2])
-  if current == false then
-    return {redis.call('INCR', KEYS[3]), 0}
-  end
+  return {redis.call('INCR', KEYS[3]), 0}
+end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[2])
   return {tonumber(redis.call('GET', KEYS[3]) or '0'), 0}
 end
 return {0, redis.call('PTTL', KEYS[1])}

@@ -21,8 +21,7 @@ pub struct Server {
 
 impl Server {
     /// Starts `program args…` (with `{port}` and `{dir}` replaced) and waits until `ready`.
-    fn start(program: &str, args: &[&str], ready: impl Fn(u16) -> bool) -> Server {
-        let port = free_port();
+    fn start(port: u16, program: &str, args: &[&str], ready: impl Fn(u16) -> bool) -> Server {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let args: Vec<String> = args
             .iter()
@@ -56,11 +55,19 @@ impl Server {
     }
 
     pub fn redis() -> Server {
-        Server::start(
-            "redis-server",
-            &["--bind", "127.0.0.1", "--port", "{port}", "--save", "", "--appendonly", "no", "--dir", "{dir}"],
-            redis_ready,
-        )
+        Server::redis_with(free_port(), &[])
+    }
+
+    /// A Redis server on `port` with extra arguments (e.g. `--requirepass`), no persistence.
+    pub fn redis_with(port: u16, extra: &[&str]) -> Server {
+        let mut args =
+            vec!["--bind", "127.0.0.1", "--port", "{port}", "--save", "", "--appendonly", "no", "--dir", "{dir}"];
+        args.extend_from_slice(extra);
+        let ready = |port| {
+            extra.is_empty() && redis_ready(port)
+                || !extra.is_empty() && TcpStream::connect(("127.0.0.1", port)).is_ok()
+        };
+        Server::start(port, "redis-server", &args, ready)
     }
 }
 

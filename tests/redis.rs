@@ -1,0 +1,163 @@
+//! What only the Redis driver does: Redlock quorums with servers down, server restarts,
+//! deletion by another client, authentication, and interop with redis-py's `Lock`.
+#![cfg(feature = "redis")]
+
+#[path = "conformance/servers.rs"]
+#[allow(dead_code)]
+mod servers;
+#[path = "conformance/support.rs"]
+#[allow(dead_code)]
+mod support;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use lockkit::Error;
+use servers::Server;
+use support::{connect, unique};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+const TTL: Duration = Duration::from_secs(2);
+
+fn redlock_url(servers: &[Server], namespace: &str) -> String {
+    let hosts: Vec<String> = servers.iter().map(|s| format!("127.0.0.1:{}", s.port)).collect();
+    format!("redlock://{}?ttl={}ms&namespace={namespace}", hosts.join(","), TTL.as_millis())
+}
+
+/// With 2 of 5 servers down, Redlock still grants, and tokens keep increasing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redlock_grants_with_two_of_five_servers_down() {
+    let mut servers: Vec<Server> = (0..5).map(|_| Server::redis()).collect();
+    let locks = connect(&redlock_url(&servers, &unique("r"))).await;
+    let before = locks.acquire("quorum").await.unwrap();
+    let first = before.fencing_token();
+    before.release().await.unwrap();
+    servers.pop().unwrap().kill();
+    servers.pop().unwrap().kill();
+    let after = locks.acquire_timeout("quorum", Duration::from_secs(5)).await.expect("a majority is still up");
+    assert!(after.fencing_token() > first);
+    assert!(locks.try_acquire("quorum").await.unwrap().is_none(), "still exclusive");
+}
+
+/// With 3 of 5 servers down, an acquire fails with a clear connection error, within its timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redlock_fails_clearly_with_three_of_five_servers_down() {
+    let mut servers: Vec<Server> = (0..5).map(|_| Server::redis()).collect();
+    let locks = connect(&redlock_url(&servers, &unique("r"))).await;
+    for _ in 0..3 {
+        servers.pop().unwrap().kill();
+    }
+    let started = Instant::now();
+    let err = locks.acquire_timeout("quorum", Duration::from_secs(5)).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(matches!(err, Error::Connection { .. }), "{err}");
+    assert!(err.to_string().contains("only 2 of 5 servers answered, and Redlock needs 3"), "{err}");
+}
+
+/// A server restarted without persistence has forgotten the grant: the holder's guard reports
+/// loss at its next refresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restart_without_persistence_fires_the_loss_signal() {
+    let server = Server::redis();
+    let port = server.port;
+    let locks = connect(&format!("redis://127.0.0.1:{port}?ttl={}ms", TTL.as_millis())).await;
+    let guard = locks.acquire("restarted").await.unwrap();
+    server.kill();
+    let _restarted = Server::redis_with(port, &[]);
+    let reason = tokio::time::timeout(TTL, guard.lost()).await.expect("loss within the TTL");
+    assert!(!guard.is_held());
+    assert!(reason.contains("deleted"), "the restarted server no longer has the key: {reason}");
+}
+
+/// A grant deleted with DEL by another client fires the loss signal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_deleted_by_another_client_fires_the_loss_signal() {
+    let server = Server::redis();
+    let namespace = unique("r");
+    let locks =
+        connect(&format!("redis://127.0.0.1:{}?ttl={}ms&namespace={namespace}", server.port, TTL.as_millis())).await;
+    let guard = locks.acquire("deleted").await.unwrap();
+    let output = tokio::process::Command::new("redis-cli")
+        .args(["-p", &server.port.to_string(), "DEL", &format!("{namespace}/deleted")])
+        .output()
+        .await
+        .expect("redis-cli runs (scripts/install-deps installs redis-tools)");
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "1", "the key was there");
+    let reason = tokio::time::timeout(TTL, guard.lost()).await.expect("loss within the TTL");
+    assert!(reason.contains("deleted"), "{reason}");
+}
+
+/// A wrong password, or an ACL user with a wrong password, is an authentication error that
+/// does not show the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_give_a_clear_authentication_error() {
+    let port = servers::free_port();
+    let _server = Server::redis_with(
+        port,
+        &["--requirepass", "right-secret", "--user", "alice", "on", ">alice-secret", "~*", "&*", "+@all"],
+    );
+    for url in [
+        format!("redis://:hunter2-wrong@127.0.0.1:{port}"),
+        format!("redis://alice:hunter2-wrong@127.0.0.1:{port}"),
+        format!("redis://127.0.0.1:{port}"),
+    ] {
+        let err = lockkit::connect(&url).await.unwrap_err();
+        assert!(matches!(err, Error::Authentication { .. }), "{url}: {err}");
+        let text = format!("{err} {err:?}");
+        assert!(text.contains("authentication failed"), "{text}");
+        assert!(!text.contains("hunter2"), "the password leaked: {text}");
+    }
+    for url in
+        [format!("redis://:right-secret@127.0.0.1:{port}"), format!("redis://alice:alice-secret@127.0.0.1:{port}")]
+    {
+        let locks = connect(&url).await;
+        assert!(locks.try_acquire("authenticated").await.unwrap().is_some(), "{url}");
+    }
+}
+
+/// A redis-py `Lock` and a lockkit lock on the same key exclude each other, both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_py_locks_and_lockkit_exclude_each_other() {
+    let server = Server::redis();
+    let namespace = unique("r");
+    let locks =
+        connect(&format!("redis://127.0.0.1:{}?ttl={}ms&namespace={namespace}", server.port, TTL.as_millis())).await;
+    let key = format!("{namespace}/shared");
+    // A small redis-py peer: answers each command line with one result line.
+    let peer = r#"
+import sys, redis
+r = redis.Redis(port=int(sys.argv[1]))
+lock = r.lock(sys.argv[2], timeout=30)
+for line in sys.stdin:
+    cmd = line.strip()
+    if cmd == "try":
+        print(lock.acquire(blocking=False), flush=True)
+    elif cmd == "release":
+        lock.release()
+        print("released", flush=True)
+"#;
+    let mut python = tokio::process::Command::new("python3")
+        .args(["-c", peer, &server.port.to_string(), &key])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 with redis-py (scripts/install-deps installs it)");
+    let mut to_py = python.stdin.take().unwrap();
+    let mut from_py = BufReader::new(python.stdout.take().unwrap()).lines();
+    let mut ask = async |command: &str| {
+        to_py.write_all(format!("{command}\n").as_bytes()).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), from_py.next_line()).await.unwrap().unwrap().expect("an answer")
+    };
+
+    let guard = locks.acquire("shared").await.unwrap();
+    assert_eq!(ask("try").await, "False", "redis-py got a lock lockkit holds");
+    guard.release().await.unwrap();
+    assert_eq!(ask("try").await, "True");
+    assert!(locks.try_acquire("shared").await.unwrap().is_none(), "lockkit got a lock redis-py holds");
+    let waiter = tokio::spawn(async move {
+        locks.acquire_timeout("shared", Duration::from_secs(10)).await.map(|g| g.fencing_token())
+    });
+    assert_eq!(ask("release").await, "released");
+    waiter.await.unwrap().expect("granted once redis-py released");
+}

@@ -60,6 +60,8 @@ pub async fn connect_url(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
     match url.scheme() {
         Scheme::Memory => memory::connect(url),
         Scheme::File => file::connect(url),
+        #[cfg(feature = "etcd")]
+        Scheme::Etcd => lockkit_etcd::connect(url).await,
         #[cfg(feature = "redis")]
         Scheme::Redis | Scheme::Redlock => lockkit_redis::connect(url).await,
         other => Err(Error::FeatureDisabled {

@@ -44,6 +44,8 @@ macro_rules! cli_tests {
 }
 
 cli_tests!(file, crate::support::Target::file);
+#[cfg(feature = "etcd")]
+cli_tests!(etcd, crate::support::Target::etcd);
 #[cfg(feature = "redis")]
 cli_tests!(redis, crate::support::Target::redis);
 
@@ -216,22 +218,39 @@ async fn the_commands_exit_status_passes_through(t: &Target) {
     assert!(!Path::new("/nonexistent/command").exists());
 }
 
-/// Bad URLs, schemes, options, names and arguments: exit 64 and one clear line, no panic.
+/// Bad URLs, schemes, options, names and arguments exit 64, an unreachable server 69: one
+/// clear line each, no panic.
 async fn bad_input_gives_one_line_and_exit_64(t: &Target) {
     let url = t.url();
     let bad_option = format!("{url}&colour=blue");
-    let cases: [(&[&str], &str); 6] = [
-        (&["run", "not a url", "job", "--", "true"], "expected `scheme://"),
-        (&["run", "mysql://db", "job", "--", "true"], "unknown lock URL scheme"),
-        (&["run", "etcd://127.0.0.1:1", "job", "--", "true"], "features = [\"etcd\"]"),
-        (&["run", &bad_option, "job", "--", "true"], "unknown option `colour`"),
-        (&["run", &url, "", "--", "true"], "cannot be empty"),
-        (&["status", &url, "job", "--ttl", "5s"], "unexpected argument"),
+    let mut cases: Vec<(Vec<&str>, &str, i32)> = vec![
+        (vec!["run", "not a url", "job", "--", "true"], "expected `scheme://", 64),
+        (vec!["run", "mysql://db", "job", "--", "true"], "unknown lock URL scheme", 64),
+        (vec!["run", &bad_option, "job", "--", "true"], "unknown option `colour`", 64),
+        (vec!["run", &url, "", "--", "true"], "cannot be empty", 64),
+        (vec!["status", &url, "job", "--ttl", "5s"], "unexpected argument", 64),
     ];
-    for (args, expected) in cases {
-        let (status, _, stderr) = output(lockkit(args)).await;
-        assert_eq!(status.code(), Some(64), "{args:?}: {stderr}");
+    // A scheme whose driver this build lacks, and a server nobody runs, where there are any.
+    let drivers = [
+        ("zk://127.0.0.1:1", "zookeeper", cfg!(feature = "zookeeper")),
+        ("etcd://127.0.0.1:1", "etcd", cfg!(feature = "etcd")),
+        ("redis://127.0.0.1:1", "redis", cfg!(feature = "redis")),
+    ];
+    if let Some((off, feature, _)) = drivers.iter().find(|(.., on)| !on) {
+        cases.push((vec!["run", off, "job", "--", "true"], feature, 64));
+    }
+    if let Some((on, ..)) = drivers.iter().find(|(.., on)| *on) {
+        cases.push((vec!["run", on, "job", "--", "true"], "cannot reach 127.0.0.1:1", 69));
+    }
+    for (args, expected, code) in cases {
+        let (status, _, stderr) = output(lockkit(&args)).await;
+        assert_eq!(status.code(), Some(code), "{args:?}: {stderr}");
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        if stderr.starts_with("lockkit: ") {
+            assert_eq!(stderr.lines().count(), 1, "{args:?}: one line: {stderr}");
+        } else {
+            assert!(stderr.contains("Usage:"), "{args:?}: clap explains the usage: {stderr}");
+        }
     }
 }

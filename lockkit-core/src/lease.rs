@@ -296,6 +296,21 @@ impl LeasePool {
     pub async fn clear(&self) {
         self.leases.lock().await.clear();
     }
+
+    /// Revokes every lease of the pool now and waits for the backend to confirm: whatever was
+    /// held or queued on them is gone when this returns.
+    pub async fn close(&self) -> Result<()> {
+        let leases: Vec<Arc<KeptLease>> = self.leases.lock().await.drain().map(|(_, lease)| lease).collect();
+        let mut result = Ok(());
+        for lease in leases {
+            if !lease.is_lost()
+                && let Err(e) = lease.revoke().await
+            {
+                result = Err(e);
+            }
+        }
+        result
+    }
 }
 
 impl fmt::Debug for LeasePool {

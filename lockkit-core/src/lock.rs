@@ -75,6 +75,21 @@ pub trait DistributedLock: Send + Sync + fmt::Debug + fmt::Display {
     /// tool; the holder's guard fires its loss signal). `true` when there was a grant.
     async fn evict(&self, name: &LockName) -> Result<bool>;
 
+    /// Driver hook: ends the handle's leases or sessions now, so that nothing it held or
+    /// queued outlives it (a program about to exit calls [`close`](Self::close)). The default
+    /// does nothing, for backends whose grants end with their guards.
+    async fn shutdown(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Releases everything this handle holds or waits for, and waits for the backend to
+    /// confirm. Guards of the handle fire their loss signals. Call it before a program exits:
+    /// dropping a handle releases in the background, which an exiting runtime may not finish.
+    async fn close(&self) -> Result<()> {
+        tracing::debug!(backend = self.backend(), "closing the handle");
+        self.shutdown().await
+    }
+
     /// Waits until the lock is granted, with the handle's defaults.
     ///
     /// # Cancel safety

@@ -109,6 +109,10 @@ impl DistributedLock for RedisLocks {
         ))))
     }
 
+    async fn shutdown(&self) -> Result<()> {
+        self.pool.close().await
+    }
+
     async fn inspect(&self, name: &LockName) -> Result<LockStatus> {
         self.quorum.status(&LockKeys::new(self.settings.namespace.key(name))).await
     }

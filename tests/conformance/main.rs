@@ -8,6 +8,8 @@ mod support;
 
 conformance!(memory, crate::support::Target::memory);
 conformance!(file, crate::support::Target::file);
+#[cfg(feature = "etcd")]
+conformance!(etcd, crate::support::Target::etcd);
 #[cfg(feature = "redis")]
 conformance!(redis, crate::support::Target::redis);
 #[cfg(feature = "redis")]

@@ -23,9 +23,14 @@ impl Server {
     /// Starts `program args…` (with `{port}` and `{dir}` replaced) and waits until `ready`.
     fn start(port: u16, program: &str, args: &[&str], ready: impl Fn(u16) -> bool) -> Server {
         let dir = tempfile::tempdir().expect("a temporary directory");
+        let peer = free_port().to_string();
         let args: Vec<String> = args
             .iter()
-            .map(|a| a.replace("{port}", &port.to_string()).replace("{dir}", &dir.path().display().to_string()))
+            .map(|a| {
+                a.replace("{port}", &port.to_string())
+                    .replace("{peer}", &peer)
+                    .replace("{dir}", &dir.path().display().to_string())
+            })
             .collect();
         let mut guard = Command::new("sh")
             .arg("-c")
@@ -76,6 +81,48 @@ impl Drop for Server {
         drop(self.lifeline.take());
         let _ = self.guard.wait();
     }
+}
+
+impl Server {
+    /// A single-node etcd cluster.
+    pub fn etcd() -> Server {
+        Server::start(
+            free_port(),
+            "etcd",
+            &[
+                "--name=node",
+                "--data-dir={dir}/data",
+                "--listen-client-urls=http://127.0.0.1:{port}",
+                "--advertise-client-urls=http://127.0.0.1:{port}",
+                "--listen-peer-urls=http://127.0.0.1:{peer}",
+                "--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
+                "--initial-cluster=node=http://127.0.0.1:{peer}",
+                "--log-level=error",
+            ],
+            |port| http_get(port, "/health").is_some_and(|body| body.contains(r#""health":"true""#)),
+        )
+    }
+}
+
+/// A plain HTTP GET on loopback; the response, if any.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    Some(response)
+}
+
+/// The etcd server the whole test binary shares: `LOCKKIT_TEST_ETCD_URL`, or one started here.
+pub fn shared_etcd_url() -> String {
+    static SERVER: OnceLock<String> = OnceLock::new();
+    SERVER
+        .get_or_init(|| match std::env::var("LOCKKIT_TEST_ETCD_URL") {
+            Ok(url) => url,
+            Err(_) => format!("etcd://127.0.0.1:{}", Box::leak(Box::new(Server::etcd())).port),
+        })
+        .clone()
 }
 
 /// A port nobody listens on now.

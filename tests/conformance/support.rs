@@ -26,6 +26,10 @@ impl Target {
         Target { base: "memory://conformance".into(), namespace: unique("t"), _dir: None }
     }
 
+    pub fn etcd() -> Target {
+        Target { base: crate::servers::shared_etcd_url(), namespace: unique("t"), _dir: None }
+    }
+
     pub fn redis() -> Target {
         Target { base: crate::servers::shared_redis_url(), namespace: unique("t"), _dir: None }
     }

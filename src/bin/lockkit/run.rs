@@ -52,8 +52,24 @@ pub async fn run(args: RunArgs, verbose: bool) -> u8 {
         },
         number = signals.recv() => return 128 + number as u8,
     };
+    let code = run_locked(locks.as_ref(), &url, &args, &mut signals, verbose).await;
+    // Before exiting: nothing of this process (a waiter's queue entry, a lease) may linger.
+    if let Ok(Err(e)) = tokio::time::timeout(locks.settings().timeout, locks.close()).await {
+        eprintln!("lockkit: warning: {e}");
+    }
+    code
+}
+
+/// Acquires, runs the command, releases; the exit status.
+async fn run_locked(
+    locks: &dyn DistributedLock,
+    url: &LockUrl,
+    args: &RunArgs,
+    signals: &mut Signals,
+    verbose: bool,
+) -> u8 {
     let guard = tokio::select! {
-        acquired = acquire(locks.as_ref(), &args, verbose) => match acquired {
+        acquired = acquire(locks, args, verbose) => match acquired {
             Ok(guard) => guard,
             Err(code) => return code,
         },

@@ -1,0 +1,145 @@
+//! etcd v3 driver for [lockkit](https://docs.rs/lockkit): `etcd://`. Applications use it
+//! through `lockkit::connect` with the facade's `etcd` feature.
+//!
+//! - **URL**: `etcd://[user:password@]host1:2379,host2:2379[/namespace][?ttl=…&timeout=…]`.
+//!   Several endpoints are one cluster; requests go to any live one.
+//! - **One lease per handle** (per TTL), granted on first use and kept alive by the core's
+//!   refresh loop at TTL / 3 through one keep-alive stream; a keep-alive answering TTL 0 or
+//!   "lease not found" loses the lease, fires every guard on it, and the next acquire grants a
+//!   new one. etcd counts TTLs in whole seconds: a TTL is rounded up.
+//! - **Key layout of Go's `concurrency.Mutex` and `etcdctl lock`**: lock `NAME` (after the
+//!   namespace) is the prefix `NAME/`; each contender puts `NAME/<lease id in lowercase hex>`
+//!   with its lease; the holder is the key with the lowest create revision. A lockkit guard and
+//!   an `etcdctl lock NAME` exclude each other, both ways. The value is the holder metadata
+//!   (`etcdctl` writes it empty; both are accepted).
+//! - **Acquire** is one transaction (put-if-absent with the lease, plus a read of the first
+//!   contender). A waiter watches **only its predecessor**, from the revision after its read (a
+//!   synced watch, so the deletion arrives at once), and its own key; when woken, one
+//!   transaction re-reads the predecessor and checks that its own key still exists — a waiter
+//!   paused past its lease never takes the lock. FIFO, no herd.
+//! - **Fencing token** = the holder key's create revision.
+//! - **Loss**: the guard watches its own key (all watches of a handle share one watch stream),
+//!   so a deleted key or a revoked lease fires the loss signal at once.
+//! - **Release** deletes the key only if its create revision is still the grant's, so a stale
+//!   release never deletes a newer grant. A dropped acquire deletes its waiter key.
+//! - **Same name twice through one handle**: the second acquire waits (in the process) until
+//!   the first guard is released — both would use the same key — or gives `None` when trying.
+//! - TLS (`etcds://`) is not supported yet.
+#![deny(missing_docs, missing_debug_implementations)]
+
+mod lease;
+mod locks;
+mod watches;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions};
+use lockkit_core::{DistributedLock, Error, LeasePool, LockGuard, LockUrl, Result, Settings};
+
+use crate::locks::EtcdLocks;
+use crate::watches::Watches;
+
+const BACKEND: &str = "etcd";
+
+/// Connects to an etcd cluster and checks that it answers and accepts the credentials.
+pub async fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
+    url.check_options(&[])?;
+    if url.hosts().is_empty() {
+        return Err(url.invalid("name at least one endpoint: etcd://127.0.0.1:2379"));
+    }
+    if url.tls() {
+        return Err(url.invalid(
+            "TLS to etcd is not supported by this version; use etcd:// on a trusted network or through a TLS tunnel",
+        ));
+    }
+    let settings = Settings::from_url(url)?;
+    let endpoints = url.endpoints(2379);
+    let addresses: Vec<String> = url.hosts().iter().map(|h| format!("http://{}", h.address(2379))).collect();
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(settings.timeout)
+        .with_keep_alive(settings.timeout, settings.timeout);
+    match (url.username(), url.password()) {
+        (Some(user), Some(password)) => options = options.with_user(user, password.expose()),
+        (None, None) => {}
+        _ => return Err(url.invalid("give both user and password: etcd://user:password@host:2379")),
+    }
+    let connecting = async {
+        let mut client = Client::connect(&addresses, Some(options)).await?;
+        client.status().await?;
+        Ok::<_, etcd_client::Error>(client)
+    };
+    let client = match tokio::time::timeout(settings.timeout, connecting).await {
+        Ok(result) => result.map_err(|e| error(&endpoints, e))?,
+        Err(_) => {
+            return Err(Error::connection(
+                BACKEND,
+                &endpoints,
+                format!("no answer within {:?}; is etcd running there?", settings.timeout),
+                None,
+            ));
+        }
+    };
+    Ok(Arc::new(EtcdLocks {
+        url: url.to_string(),
+        endpoints,
+        watches: Watches::new(client.clone()),
+        client,
+        settings,
+        pool: LeasePool::new(BACKEND),
+        local: Mutex::new(HashMap::new()),
+    }))
+}
+
+/// A comparison that holds only while `guard`'s grant is current — put it in your own etcd
+/// transactions to write only while you still hold the lock:
+/// `Txn::new().when([lockkit_etcd::ownership(&*locks, &guard)]).and_then([...])`.
+pub fn ownership(locks: &dyn DistributedLock, guard: &LockGuard) -> Compare {
+    let name = lockkit_core::LockName::new(guard.name()).expect("a guard's name is valid");
+    let key = format!("{}/{}", locks.settings().namespace.key(&name), guard.lease().id());
+    Compare::create_revision(key, CompareOp::Equal, guard.fencing_token().get() as i64)
+}
+
+/// Maps a client error: authentication, connection trouble, or what the server answered.
+fn error(endpoints: &str, e: etcd_client::Error) -> Error {
+    use etcd_client::Error as E;
+    let text = e.to_string();
+    match &e {
+        E::GRpcStatus(status)
+            if status.code() as i32 == grpc::UNAUTHENTICATED
+                || text.contains("authentication failed")
+                || text.contains("invalid auth token")
+                || text.contains("permission denied") =>
+        {
+            Error::Authentication {
+                backend: BACKEND,
+                endpoint: endpoints.to_owned(),
+                message: status.message().to_owned(),
+            }
+        }
+        E::GRpcStatus(status) if [grpc::UNAVAILABLE, grpc::DEADLINE_EXCEEDED].contains(&(status.code() as i32)) => {
+            Error::connection(
+                BACKEND,
+                endpoints,
+                format!("{}; is etcd running there?", status.message()),
+                Some(Box::new(e)),
+            )
+        }
+        E::TransportError(_) | E::IoError(_) => {
+            Error::connection(BACKEND, endpoints, format!("{text}; is etcd running there?"), Some(Box::new(e)))
+        }
+        _ => Error::Backend {
+            backend: BACKEND,
+            message: format!("etcd at {endpoints} answered: {text}"),
+            temporary: false,
+            source: Some(Box::new(e)),
+        },
+    }
+}
+
+/// The gRPC status codes the mapping needs (their numbers are fixed by the gRPC spec).
+mod grpc {
+    pub const DEADLINE_EXCEEDED: i32 = 4;
+    pub const UNAVAILABLE: i32 = 14;
+    pub const UNAUTHENTICATED: i32 = 16;
+}

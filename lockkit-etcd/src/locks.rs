@@ -1,0 +1,375 @@
+//! The backend handle and the lock protocol of Go's `concurrency.Mutex`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{
+    Client, Compare, CompareOp, GetOptions, KeyValue, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
+    TxnResponse,
+};
+use lockkit_core::{
+    Capabilities, DistributedLock, Error, FencingToken, Grant, GrantRequest, GuardParts, Lease, LeaseBackend,
+    LeasePool, LockGuard, LockName, LockStatus, Result, Settings,
+};
+use tokio::sync::{Notify, OwnedMutexGuard};
+
+use crate::lease::EtcdLease;
+use crate::watches::{OnDelete, Watches};
+use crate::{BACKEND, error};
+
+pub struct EtcdLocks {
+    pub url: String,
+    pub endpoints: String,
+    pub settings: Settings,
+    pub client: Client,
+    pub pool: LeasePool,
+    pub watches: Arc<Watches>,
+    /// One holder key per lease and lock: acquires of the same key in this process queue here.
+    pub local: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Where a lock lives: `prefix/` holds one key per contender, `prefix/<lease id in hex>`.
+struct Keys {
+    prefix: String,
+    mine: String,
+}
+
+impl Keys {
+    /// Whether `key` is a contender of this lock (and not a key of a namespace nested below it).
+    fn contender(&self, kv: &KeyValue) -> bool {
+        kv.key_str().ok().and_then(|k| k.strip_prefix(&self.prefix)).is_some_and(|rest| !rest.contains('/'))
+    }
+}
+
+fn first(prefix_order: SortOrder) -> GetOptions {
+    GetOptions::new().with_prefix().with_sort(SortTarget::Create, prefix_order)
+}
+
+fn responses(txn: &TxnResponse) -> Vec<Vec<KeyValue>> {
+    txn.op_responses()
+        .into_iter()
+        .map(|r| match r {
+            TxnOpResponse::Get(get) => get.kvs().to_vec(),
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+impl EtcdLocks {
+    /// A unary call, bounded by the request timeout.
+    async fn call<T>(&self, call: impl Future<Output = Result<T, etcd_client::Error>>) -> Result<T> {
+        match tokio::time::timeout(self.settings.timeout, call).await {
+            Ok(result) => result.map_err(|e| error(&self.endpoints, e)),
+            Err(_) => Err(Error::connection(
+                BACKEND,
+                &self.endpoints,
+                format!(
+                    "no answer within {:?}; is the cluster up and the `timeout` option long enough?",
+                    self.settings.timeout
+                ),
+                None,
+            )),
+        }
+    }
+
+    /// The first contender in `order` among `candidates` (the limit-1 answer), looking at every
+    /// contender only when that answer is a nested key.
+    async fn first_contender(
+        &self,
+        keys: &Keys,
+        candidates: Vec<KeyValue>,
+        options: GetOptions,
+    ) -> Result<Option<KeyValue>> {
+        match candidates.into_iter().next() {
+            None => Ok(None),
+            Some(kv) if keys.contender(&kv) => Ok(Some(kv)),
+            Some(_) => {
+                let all = self.call(self.client.clone().get(keys.prefix.clone(), Some(options))).await?;
+                Ok(all.kvs().iter().find(|kv| keys.contender(kv)).cloned())
+            }
+        }
+    }
+
+    /// Puts my key if absent; returns its create revision and whether it is first.
+    async fn enqueue(&self, keys: &Keys, lease: i64, holder: &str) -> Result<(i64, bool)> {
+        let head = first(SortOrder::Ascend).with_limit(1);
+        let txn = Txn::new()
+            .when([Compare::create_revision(keys.mine.clone(), CompareOp::Equal, 0)])
+            .and_then([
+                TxnOp::put(keys.mine.clone(), holder, Some(PutOptions::new().with_lease(lease))),
+                TxnOp::get(keys.prefix.clone(), Some(head.clone())),
+            ])
+            .or_else([TxnOp::get(keys.mine.clone(), None), TxnOp::get(keys.prefix.clone(), Some(head))]);
+        let response = self.call(self.client.clone().txn(txn)).await?;
+        let mut gets = responses(&response).into_iter();
+        let mine = gets.next().unwrap_or_default();
+        let revision = match (response.succeeded(), response.header()) {
+            (true, Some(header)) => header.revision(),
+            (false, _) => mine.first().map(KeyValue::create_revision).unwrap_or_default(),
+            (true, None) => 0,
+        };
+        if revision == 0 {
+            return Err(Error::backend(BACKEND, "etcd answered the acquire transaction without a revision"));
+        }
+        let head = self.first_contender(keys, gets.next().unwrap_or_default(), first(SortOrder::Ascend)).await?;
+        Ok((revision, head.is_some_and(|kv| kv.create_revision() == revision)))
+    }
+
+    /// Waits until every contender before me is gone. Watches only the predecessor.
+    async fn wait_turn(&self, keys: &Keys, mine: i64, lease: &dyn Lease) -> Result<()> {
+        let before_me = first(SortOrder::Descend).with_max_create_revision(mine - 1);
+        loop {
+            let txn = Txn::new().and_then([
+                TxnOp::get(keys.prefix.clone(), Some(before_me.clone().with_limit(1))),
+                TxnOp::get(keys.mine.clone(), None),
+            ]);
+            let response = self.call(self.client.clone().txn(txn)).await?;
+            let revision = response.header().map(|h| h.revision()).unwrap_or_default();
+            let mut gets = responses(&response).into_iter();
+            let predecessor = self.first_contender(keys, gets.next().unwrap_or_default(), before_me.clone()).await?;
+            // A waiter paused past its lease must not take the lock: its own key must still
+            // be there, with its revision, and its lease still valid.
+            let still_mine = gets.next().unwrap_or_default().first().is_some_and(|kv| kv.create_revision() == mine);
+            if !still_mine || lease.is_lost() {
+                return Err(Error::LockLost {
+                    backend: BACKEND,
+                    name: keys.prefix.trim_end_matches('/').to_owned(),
+                    reason: "while waiting, its key disappeared (lease expired or revoked, or the key deleted)".into(),
+                });
+            }
+            let Some(predecessor) = predecessor else { return Ok(()) };
+            let woken = Arc::new(Notify::new());
+            let pred_key = predecessor.key_str().unwrap_or_default().to_owned();
+            // From the revision after the read: a synced watch, so the deletion arrives at once.
+            let watch = self.watches.watch(&pred_key, revision + 1, OnDelete::Wake(woken.clone()));
+            let own = self.watches.watch(&keys.mine, revision + 1, OnDelete::Wake(woken.clone()));
+            let ids = [
+                watch.await.map_err(|e| error(&self.endpoints, e))?,
+                own.await.map_err(|e| error(&self.endpoints, e))?,
+            ];
+            let _unwatch = Unwatch(self.watches.clone(), ids);
+            tokio::select! {
+                _ = woken.notified() => {}
+                _ = lease.lost() => {}
+            }
+        }
+    }
+
+    fn local_mutex(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
+        local.retain(|_, m| Arc::strong_count(m) > 1);
+        local.entry(key.to_owned()).or_default().clone()
+    }
+}
+
+/// Cancels watches when dropped.
+struct Unwatch(Arc<Watches>, [i64; 2]);
+
+impl Drop for Unwatch {
+    fn drop(&mut self) {
+        for id in self.1 {
+            self.0.unwatch(id);
+        }
+    }
+}
+
+#[async_trait]
+impl DistributedLock for EtcdLocks {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            fair: true,
+            server_fencing: true,
+            server_expiry: true,
+            crash_release: true,
+            cross_process: true,
+            shared_lease: true,
+            push_wakeups: true,
+            holder_metadata: true,
+        }
+    }
+
+    fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    async fn grant(&self, request: &GrantRequest) -> Result<Option<LockGuard>> {
+        let (client, endpoints, ttl) = (self.client.clone(), self.endpoints.clone(), request.ttl);
+        let lease = self
+            .pool
+            .get(request.ttl, request.refresh_interval, || async move {
+                let lease = EtcdLease::grant(&client, ttl, &endpoints).await?;
+                let id = format!("{:x}", lease.id);
+                Ok((Arc::new(lease) as Arc<dyn LeaseBackend>, id))
+            })
+            .await?;
+        let lease_id =
+            i64::from_str_radix(lease.id(), 16).map_err(|_| Error::backend(BACKEND, "a lease id is not hex"))?;
+        let prefix = format!("{}/", self.settings.namespace.key(&request.name));
+        let keys = Keys { mine: format!("{prefix}{}", lease.id()), prefix };
+        let local = self.local_mutex(&keys.mine);
+        let turn = match request.wait {
+            true => local.lock_owned().await,
+            false => match local.try_lock_owned() {
+                Ok(turn) => turn,
+                Err(_) => return Ok(None),
+            },
+        };
+        let mut cleanup = Cleanup { client: self.client.clone(), key: keys.mine.clone(), turn: Some(turn) };
+        let (revision, first) = self.enqueue(&keys, lease_id, &request.holder).await?;
+        if !first {
+            if !request.wait {
+                cleanup.now().await;
+                return Ok(None);
+            }
+            self.wait_turn(&keys, revision, lease.as_ref()).await?;
+        }
+        let signal = lease.grant_signal();
+        let watch = self
+            .watches
+            .watch(&keys.mine, revision + 1, OnDelete::Lose(signal.clone()))
+            .await
+            .map_err(|e| error(&self.endpoints, e))?;
+        let grant = EtcdGrant {
+            client: self.client.clone(),
+            watches: self.watches.clone(),
+            watch,
+            key: keys.mine,
+            revision,
+            name: request.name.to_string(),
+            endpoints: self.endpoints.clone(),
+            timeout: self.settings.timeout,
+            _turn: cleanup.disarm(),
+        };
+        Ok(Some(LockGuard::new(GuardParts::new(
+            BACKEND,
+            request.name.clone(),
+            FencingToken::new(revision as u64),
+            lease,
+            signal,
+            Box::new(grant),
+        ))))
+    }
+
+    async fn shutdown(&self) -> Result<()> {
+        self.pool.close().await
+    }
+
+    async fn inspect(&self, name: &LockName) -> Result<LockStatus> {
+        let prefix = format!("{}/", self.settings.namespace.key(name));
+        let keys = Keys { mine: String::new(), prefix };
+        let options = first(SortOrder::Ascend);
+        let head = self.call(self.client.clone().get(keys.prefix.clone(), Some(options.clone().with_limit(1)))).await?;
+        let Some(holder) = self.first_contender(&keys, head.kvs().to_vec(), options).await? else {
+            return Ok(LockStatus::free());
+        };
+        let ttl_left = match holder.lease() {
+            0 => None,
+            lease => self
+                .call(self.client.clone().lease_time_to_live(lease, None))
+                .await
+                .ok()
+                .filter(|t| t.ttl() >= 0)
+                .map(|t| Duration::from_secs(t.ttl() as u64)),
+        };
+        let metadata = holder.value_str().ok().filter(|v| !v.is_empty()).map(str::to_owned);
+        Ok(LockStatus::held(metadata, Some(FencingToken::new(holder.create_revision() as u64)), ttl_left))
+    }
+
+    async fn evict(&self, name: &LockName) -> Result<bool> {
+        let prefix = format!("{}/", self.settings.namespace.key(name));
+        let keys = Keys { mine: String::new(), prefix };
+        let options = first(SortOrder::Ascend);
+        let head = self.call(self.client.clone().get(keys.prefix.clone(), Some(options.clone().with_limit(1)))).await?;
+        let Some(holder) = self.first_contender(&keys, head.kvs().to_vec(), options).await? else { return Ok(false) };
+        let deleted = self.call(self.client.clone().delete(holder.key().to_vec(), None)).await?;
+        Ok(deleted.deleted() > 0)
+    }
+}
+
+impl fmt::Debug for EtcdLocks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdLocks").field("url", &self.url).finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for EtcdLocks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "etcd backend {}", self.url)
+    }
+}
+
+/// Deletes the waiter key of an acquire that failed or was dropped, keeping this process's
+/// turn on the key until the delete is done (so a later acquire cannot lose its new key to it).
+struct Cleanup {
+    client: Client,
+    key: String,
+    turn: Option<OwnedMutexGuard<()>>,
+}
+
+impl Cleanup {
+    async fn now(&mut self) {
+        let _ = self.client.clone().delete(self.key.clone(), None).await;
+        self.turn = None;
+    }
+
+    fn disarm(mut self) -> Option<OwnedMutexGuard<()>> {
+        self.turn.take()
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let Some(turn) = self.turn.take() else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let (mut client, key) = (self.client.clone(), std::mem::take(&mut self.key));
+        runtime.spawn(async move {
+            let _ = client.delete(key, None).await;
+            drop(turn);
+        });
+    }
+}
+
+struct EtcdGrant {
+    client: Client,
+    watches: Arc<Watches>,
+    watch: i64,
+    key: String,
+    revision: i64,
+    name: String,
+    endpoints: String,
+    timeout: Duration,
+    _turn: Option<OwnedMutexGuard<()>>,
+}
+
+#[async_trait]
+impl Grant for EtcdGrant {
+    async fn release(self: Box<Self>) -> Result<()> {
+        self.watches.unwatch(self.watch);
+        let txn = Txn::new()
+            .when([Compare::create_revision(self.key.clone(), CompareOp::Equal, self.revision)])
+            .and_then([TxnOp::delete(self.key.clone(), None)]);
+        let response = tokio::time::timeout(self.timeout, self.client.clone().txn(txn))
+            .await
+            .map_err(|_| {
+                Error::connection(
+                    BACKEND,
+                    &self.endpoints,
+                    "no answer to the release; the lease TTL will end the grant",
+                    None,
+                )
+            })?
+            .map_err(|e| error(&self.endpoints, e))?;
+        if response.succeeded() {
+            Ok(())
+        } else {
+            Err(Error::not_held(BACKEND, &self.name, "its key was gone or re-created; any newer grant was left alone"))
+        }
+    }
+}

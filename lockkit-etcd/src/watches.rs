@@ -1,0 +1,167 @@
+//! One watch stream per backend handle, carrying every watch the handle needs: waiters watch
+//! their predecessor's key, guards their own key, each from a known revision, for deletions.
+//! The stream is reopened (and every watch registered again from its revision) when it breaks.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+use etcd_client::{Client, EventType, WatchFilterType, WatchOptions, WatchRequestSender, WatchResponseStream};
+use lockkit_core::LossSignal;
+use tokio::sync::{Mutex, Notify};
+use tokio_util::sync::CancellationToken;
+
+/// What a deletion of the watched key does.
+#[derive(Clone)]
+pub enum OnDelete {
+    /// Wakes a waiter.
+    Wake(Arc<Notify>),
+    /// Fires a guard's loss signal.
+    Lose(LossSignal),
+}
+
+struct Target {
+    key: Vec<u8>,
+    from: i64,
+    on_delete: OnDelete,
+}
+
+pub struct Watches {
+    client: Client,
+    state: Mutex<State>,
+    ids: AtomicI64,
+    stop: CancellationToken,
+    runtime: tokio::runtime::Handle,
+}
+
+#[derive(Default)]
+struct State {
+    sender: Option<WatchRequestSender>,
+    targets: HashMap<i64, Target>,
+}
+
+fn options(id: i64, from: i64) -> WatchOptions {
+    WatchOptions::new().with_watch_id(id).with_start_revision(from).with_filters([WatchFilterType::NoPut])
+}
+
+impl Watches {
+    pub fn new(client: Client) -> Arc<Self> {
+        Arc::new(Watches {
+            client,
+            state: Mutex::new(State::default()),
+            ids: AtomicI64::new(1),
+            stop: CancellationToken::new(),
+            runtime: tokio::runtime::Handle::current(),
+        })
+    }
+
+    /// Watches `key` for its deletion at revision `from` or later. Cancelled on `unwatch`.
+    pub async fn watch(self: &Arc<Self>, key: &str, from: i64, on_delete: OnDelete) -> Result<i64, etcd_client::Error> {
+        let id = self.ids.fetch_add(1, Ordering::Relaxed);
+        let mut state = self.state.lock().await;
+        state.targets.insert(id, Target { key: key.as_bytes().to_vec(), from, on_delete });
+        let sent = match &mut state.sender {
+            Some(sender) => sender.watch(key, Some(options(id, from))).await,
+            None => self.open(&mut state).await,
+        };
+        if sent.is_err() {
+            state.targets.remove(&id);
+        }
+        sent.map(|()| id)
+    }
+
+    /// Stops a watch (in the background: it may be called from `Drop`).
+    pub fn unwatch(self: &Arc<Self>, id: i64) {
+        let watches = self.clone();
+        self.runtime.spawn(async move {
+            let mut state = watches.state.lock().await;
+            if state.targets.remove(&id).is_some()
+                && let Some(sender) = &mut state.sender
+            {
+                let _ = sender.cancel(id).await;
+            }
+        });
+    }
+
+    /// Opens the stream with every registered watch, and starts reading it. (Boxed: it and
+    /// `dispatch` start each other.)
+    fn open<'a>(self: &'a Arc<Self>, state: &'a mut State) -> BoxFuture<'a, Result<(), etcd_client::Error>> {
+        Box::pin(self.open_inner(state))
+    }
+
+    async fn open_inner(self: &Arc<Self>, state: &mut State) -> Result<(), etcd_client::Error> {
+        let mut targets = state.targets.iter();
+        let Some((&first_id, first)) = targets.next() else { return Ok(()) };
+        let stream = self.client.clone().watch(first.key.clone(), Some(options(first_id, first.from))).await?;
+        let (mut sender, responses) = stream.split();
+        for (&id, target) in targets {
+            sender.watch(target.key.clone(), Some(options(id, target.from))).await?;
+        }
+        state.sender = Some(sender);
+        let (watches, stop) = (Arc::downgrade(self), self.stop.clone());
+        self.runtime.spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = dispatch(watches, responses) => {}
+            }
+        });
+        Ok(())
+    }
+}
+
+impl Drop for Watches {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Reads the stream, firing targets on deletion; reopens the stream when it breaks.
+async fn dispatch(watches: Weak<Watches>, mut responses: WatchResponseStream) {
+    loop {
+        let message = responses.message().await;
+        let Some(watches) = watches.upgrade() else { return };
+        let mut state = watches.state.lock().await;
+        match message {
+            Ok(Some(response)) => {
+                let id = response.watch_id();
+                let deleted = response.events().iter().any(|e| e.event_type() == EventType::Delete);
+                if !(deleted || response.canceled()) {
+                    continue;
+                }
+                if let Some(target) = state.targets.remove(&id) {
+                    match target.on_delete {
+                        OnDelete::Wake(notify) => notify.notify_one(),
+                        OnDelete::Lose(signal) if deleted => signal
+                            .lose("its key was deleted behind its back (lease revoked or expired, or the key removed)"),
+                        OnDelete::Lose(signal) => signal.lose(format!(
+                            "etcd stopped watching its key ({}); it can no longer be sure to hold the lock",
+                            response.cancel_reason()
+                        )),
+                    }
+                }
+                if deleted && let Some(sender) = &mut state.sender {
+                    let _ = sender.cancel(id).await;
+                }
+            }
+            _ => {
+                // The stream broke (server restart, leader change, network): reopen it, with
+                // every watch registered again from its revision, so no deletion is missed.
+                state.sender = None;
+                let mut backoff = Duration::from_millis(50);
+                loop {
+                    match watches.open(&mut state).await {
+                        Ok(()) => return,
+                        Err(e) => tracing::debug!(error = %e, "reopening the etcd watch stream failed"),
+                    }
+                    drop(state);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    state = watches.state.lock().await;
+                }
+            }
+        }
+    }
+}

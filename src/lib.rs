@@ -34,6 +34,12 @@ pub use lockkit_core::{
     LockStatus, LockUrl, LossSignal, MAX_NAME_LEN, Result, Scheme, Settings, Wait, default_holder, parse_duration,
 };
 pub use lockkit_core::{file, memory};
+/// The etcd driver's extras (e.g. `ownership`, for guarding your own transactions).
+#[cfg(feature = "etcd")]
+pub use lockkit_etcd as etcd;
+/// The Redis driver.
+#[cfg(feature = "redis")]
+pub use lockkit_redis as redis;
 
 /// The environment variable [`connect_from_env`] reads.
 pub const URL_ENV: &str = "LOCKKIT_URL";

@@ -19,9 +19,13 @@ pub struct EtcdLease {
 
 impl EtcdLease {
     /// Grants a lease of `ttl` (rounded up to whole seconds, as etcd counts).
-    pub async fn grant(client: &Client, ttl: Duration, endpoints: &str) -> Result<Self> {
+    pub async fn grant(client: &Client, ttl: Duration, endpoints: &str, timeout: Duration) -> Result<Self> {
         let seconds = ttl.as_secs_f64().ceil().max(1.0) as i64;
-        let granted = client.clone().lease_grant(seconds, None).await.map_err(|e| error(endpoints, e))?;
+        let granted = crate::retry(timeout, endpoints, || {
+            let mut client = client.clone();
+            async move { client.lease_grant(seconds, None).await }
+        })
+        .await?;
         Ok(EtcdLease {
             client: client.clone(),
             id: granted.id(),

@@ -38,7 +38,10 @@ use etcd_client::{Client, Compare, CompareOp, ConnectOptions};
 use lockkit_core::{DistributedLock, Error, LeasePool, LockGuard, LockUrl, Result, Settings};
 
 use crate::locks::EtcdLocks;
+
 use crate::watches::Watches;
+/// The etcd client this driver uses, for building transactions around [`ownership`].
+pub use etcd_client;
 
 const BACKEND: &str = "etcd";
 
@@ -64,22 +67,16 @@ pub async fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
         (None, None) => {}
         _ => return Err(url.invalid("give both user and password: etcd://user:password@host:2379")),
     }
-    let connecting = async {
-        let mut client = Client::connect(&addresses, Some(options)).await?;
-        client.status().await?;
-        Ok::<_, etcd_client::Error>(client)
-    };
-    let client = match tokio::time::timeout(settings.timeout, connecting).await {
-        Ok(result) => result.map_err(|e| error(&endpoints, e))?,
-        Err(_) => {
-            return Err(Error::connection(
-                BACKEND,
-                &endpoints,
-                format!("no answer within {:?}; is etcd running there?", settings.timeout),
-                None,
-            ));
+    // Requests go to any live endpoint; until one answers (or the timeout), try again.
+    let client = retry(settings.timeout, &endpoints, || {
+        let (addresses, options) = (addresses.clone(), options.clone());
+        async move {
+            let mut client = Client::connect(&addresses, Some(options)).await?;
+            client.status().await?;
+            Ok(client)
         }
-    };
+    })
+    .await?;
     Ok(Arc::new(EtcdLocks {
         url: url.to_string(),
         endpoints,
@@ -98,6 +95,49 @@ pub fn ownership(locks: &dyn DistributedLock, guard: &LockGuard) -> Compare {
     let name = lockkit_core::LockName::new(guard.name()).expect("a guard's name is valid");
     let key = format!("{}/{}", locks.settings().namespace.key(&name), guard.lease().id());
     Compare::create_revision(key, CompareOp::Equal, guard.fencing_token().get() as i64)
+}
+
+/// Runs a unary call, bounded by `timeout`, trying again while it fails with connection trouble
+/// (a dead member of the cluster), so that another member answers.
+pub(crate) async fn retry<T, F, Fut>(timeout: std::time::Duration, endpoints: &str, mut call: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, etcd_client::Error>>,
+{
+    let mut last_error = None;
+    let attempts = async {
+        loop {
+            match call().await {
+                Err(e) if is_transient(&e) => {
+                    last_error = Some(e);
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                other => return other,
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, attempts).await {
+        Ok(result) => result.map_err(|e| error(endpoints, e)),
+        Err(_) => Err(match last_error {
+            Some(e) => error(endpoints, e),
+            None => Error::connection(
+                BACKEND,
+                endpoints,
+                format!("no answer within {timeout:?}; is etcd running there, and the `timeout` option long enough?"),
+                None,
+            ),
+        }),
+    }
+}
+
+/// Whether a client error is connection trouble that another try may get past.
+pub(crate) fn is_transient(e: &etcd_client::Error) -> bool {
+    use etcd_client::Error as E;
+    match e {
+        E::TransportError(_) | E::IoError(_) => true,
+        E::GRpcStatus(status) => [grpc::UNAVAILABLE, grpc::DEADLINE_EXCEEDED].contains(&(status.code() as i32)),
+        _ => false,
+    }
 }
 
 /// Maps a client error: authentication, connection trouble, or what the server answered.

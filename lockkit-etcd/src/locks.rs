@@ -59,20 +59,41 @@ fn responses(txn: &TxnResponse) -> Vec<Vec<KeyValue>> {
 }
 
 impl EtcdLocks {
-    /// A unary call, bounded by the request timeout.
-    async fn call<T>(&self, call: impl Future<Output = Result<T, etcd_client::Error>>) -> Result<T> {
-        match tokio::time::timeout(self.settings.timeout, call).await {
-            Ok(result) => result.map_err(|e| error(&self.endpoints, e)),
-            Err(_) => Err(Error::connection(
-                BACKEND,
-                &self.endpoints,
-                format!(
-                    "no answer within {:?}; is the cluster up and the `timeout` option long enough?",
-                    self.settings.timeout
-                ),
-                None,
-            )),
-        }
+    /// A unary call, bounded by the request timeout, tried again on connection trouble.
+    async fn call<T, F, Fut>(&self, call: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        crate::retry(self.settings.timeout, &self.endpoints, call).await
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
+        self.call(|| {
+            let (mut client, txn) = (self.client.clone(), txn.clone());
+            async move { client.txn(txn).await }
+        })
+        .await
+    }
+
+    async fn get(&self, key: &str, options: GetOptions) -> Result<Vec<KeyValue>> {
+        let response = self
+            .call(|| {
+                let (mut client, key, options) = (self.client.clone(), key.to_owned(), options.clone());
+                async move { client.get(key, Some(options)).await }
+            })
+            .await?;
+        Ok(response.kvs().to_vec())
+    }
+
+    async fn delete(&self, key: &[u8]) -> Result<i64> {
+        let response = self
+            .call(|| {
+                let (mut client, key) = (self.client.clone(), key.to_vec());
+                async move { client.delete(key, None).await }
+            })
+            .await?;
+        Ok(response.deleted())
     }
 
     /// The first contender in `order` among `candidates` (the limit-1 answer), looking at every
@@ -87,33 +108,45 @@ impl EtcdLocks {
             None => Ok(None),
             Some(kv) if keys.contender(&kv) => Ok(Some(kv)),
             Some(_) => {
-                let all = self.call(self.client.clone().get(keys.prefix.clone(), Some(options))).await?;
-                Ok(all.kvs().iter().find(|kv| keys.contender(kv)).cloned())
+                let all = self.get(&keys.prefix, options).await?;
+                Ok(all.into_iter().find(|kv| keys.contender(kv)))
             }
         }
     }
 
-    /// Puts my key if absent; returns its create revision and whether it is first.
+    /// Puts a new key of mine; returns its create revision and whether it is first. A key of
+    /// mine left over from an earlier grant (whose release failed) is deleted first, so every
+    /// grant gets a new revision, hence a new token.
     async fn enqueue(&self, keys: &Keys, lease: i64, holder: &str) -> Result<(i64, bool)> {
-        let head = first(SortOrder::Ascend).with_limit(1);
-        let txn = Txn::new()
-            .when([Compare::create_revision(keys.mine.clone(), CompareOp::Equal, 0)])
-            .and_then([
-                TxnOp::put(keys.mine.clone(), holder, Some(PutOptions::new().with_lease(lease))),
-                TxnOp::get(keys.prefix.clone(), Some(head.clone())),
-            ])
-            .or_else([TxnOp::get(keys.mine.clone(), None), TxnOp::get(keys.prefix.clone(), Some(head))]);
-        let response = self.call(self.client.clone().txn(txn)).await?;
-        let mut gets = responses(&response).into_iter();
-        let mine = gets.next().unwrap_or_default();
-        let revision = match (response.succeeded(), response.header()) {
-            (true, Some(header)) => header.revision(),
-            (false, _) => mine.first().map(KeyValue::create_revision).unwrap_or_default(),
-            (true, None) => 0,
-        };
-        if revision == 0 {
-            return Err(Error::backend(BACKEND, "etcd answered the acquire transaction without a revision"));
+        let (revision, first) = self.try_enqueue(keys, lease, holder).await?;
+        if revision > 0 {
+            return Ok((revision, first));
         }
+        self.delete(keys.mine.as_bytes()).await?;
+        match self.try_enqueue(keys, lease, holder).await? {
+            (0, _) => Err(Error::backend(
+                BACKEND,
+                format!("key {} keeps coming back; is another process using this lease?", keys.mine),
+            )),
+            enqueued => Ok(enqueued),
+        }
+    }
+
+    /// One put-if-absent; revision 0 when my key already existed.
+    async fn try_enqueue(&self, keys: &Keys, lease: i64, holder: &str) -> Result<(i64, bool)> {
+        let head = first(SortOrder::Ascend).with_limit(1);
+        let txn = Txn::new().when([Compare::create_revision(keys.mine.clone(), CompareOp::Equal, 0)]).and_then([
+            TxnOp::put(keys.mine.clone(), holder, Some(PutOptions::new().with_lease(lease))),
+            TxnOp::get(keys.prefix.clone(), Some(head)),
+        ]);
+        let response = self.txn(txn).await?;
+        if !response.succeeded() {
+            return Ok((0, false));
+        }
+        let Some(revision) = response.header().map(|h| h.revision()) else {
+            return Err(Error::backend(BACKEND, "etcd answered the acquire transaction without a revision"));
+        };
+        let mut gets = responses(&response).into_iter().skip(1);
         let head = self.first_contender(keys, gets.next().unwrap_or_default(), first(SortOrder::Ascend)).await?;
         Ok((revision, head.is_some_and(|kv| kv.create_revision() == revision)))
     }
@@ -126,7 +159,7 @@ impl EtcdLocks {
                 TxnOp::get(keys.prefix.clone(), Some(before_me.clone().with_limit(1))),
                 TxnOp::get(keys.mine.clone(), None),
             ]);
-            let response = self.call(self.client.clone().txn(txn)).await?;
+            let response = self.txn(txn).await?;
             let revision = response.header().map(|h| h.revision()).unwrap_or_default();
             let mut gets = responses(&response).into_iter();
             let predecessor = self.first_contender(keys, gets.next().unwrap_or_default(), before_me.clone()).await?;
@@ -200,36 +233,49 @@ impl DistributedLock for EtcdLocks {
     }
 
     async fn grant(&self, request: &GrantRequest) -> Result<Option<LockGuard>> {
-        let (client, endpoints, ttl) = (self.client.clone(), self.endpoints.clone(), request.ttl);
-        let lease = self
-            .pool
-            .get(request.ttl, request.refresh_interval, || async move {
-                let lease = EtcdLease::grant(&client, ttl, &endpoints).await?;
-                let id = format!("{:x}", lease.id);
-                Ok((Arc::new(lease) as Arc<dyn LeaseBackend>, id))
-            })
-            .await?;
-        let lease_id =
-            i64::from_str_radix(lease.id(), 16).map_err(|_| Error::backend(BACKEND, "a lease id is not hex"))?;
-        let prefix = format!("{}/", self.settings.namespace.key(&request.name));
-        let keys = Keys { mine: format!("{prefix}{}", lease.id()), prefix };
-        let local = self.local_mutex(&keys.mine);
-        let turn = match request.wait {
-            true => local.lock_owned().await,
-            false => match local.try_lock_owned() {
-                Ok(turn) => turn,
-                Err(_) => return Ok(None),
-            },
-        };
-        let mut cleanup = Cleanup { client: self.client.clone(), key: keys.mine.clone(), turn: Some(turn) };
-        let (revision, first) = self.enqueue(&keys, lease_id, &request.holder).await?;
-        if !first {
-            if !request.wait {
-                cleanup.now().await;
-                return Ok(None);
+        // A lease revoked behind our back is noticed here at the latest: lose it, take a new one.
+        let mut retried = false;
+        let (lease, keys, revision, cleanup) = loop {
+            let (client, endpoints, ttl, timeout) =
+                (self.client.clone(), self.endpoints.clone(), request.ttl, self.settings.timeout);
+            let lease = self
+                .pool
+                .get(request.ttl, request.refresh_interval, || async move {
+                    let lease = EtcdLease::grant(&client, ttl, &endpoints, timeout).await?;
+                    let id = format!("{:x}", lease.id);
+                    Ok((Arc::new(lease) as Arc<dyn LeaseBackend>, id))
+                })
+                .await?;
+            let lease_id =
+                i64::from_str_radix(lease.id(), 16).map_err(|_| Error::backend(BACKEND, "a lease id is not hex"))?;
+            let prefix = format!("{}/", self.settings.namespace.key(&request.name));
+            let keys = Keys { mine: format!("{prefix}{}", lease.id()), prefix };
+            let local = self.local_mutex(&keys.mine);
+            let turn = match request.wait {
+                true => local.lock_owned().await,
+                false => match local.try_lock_owned() {
+                    Ok(turn) => turn,
+                    Err(_) => return Ok(None),
+                },
+            };
+            let mut cleanup = Cleanup { client: self.client.clone(), key: keys.mine.clone(), turn: Some(turn) };
+            match self.enqueue(&keys, lease_id, &request.holder).await {
+                Ok((revision, true)) => break (lease, keys, revision, cleanup),
+                Ok((_, false)) if !request.wait => {
+                    cleanup.now().await;
+                    return Ok(None);
+                }
+                Ok((revision, false)) => {
+                    self.wait_turn(&keys, revision, lease.as_ref()).await?;
+                    break (lease, keys, revision, cleanup);
+                }
+                Err(e) if !retried && e.to_string().contains("lease not found") => {
+                    lease.lose(format!("etcd lease {} is gone (revoked or expired)", lease.id()));
+                    retried = true;
+                }
+                Err(e) => return Err(e),
             }
-            self.wait_turn(&keys, revision, lease.as_ref()).await?;
-        }
+        };
         let signal = lease.grant_signal();
         let watch = self
             .watches
@@ -265,14 +311,17 @@ impl DistributedLock for EtcdLocks {
         let prefix = format!("{}/", self.settings.namespace.key(name));
         let keys = Keys { mine: String::new(), prefix };
         let options = first(SortOrder::Ascend);
-        let head = self.call(self.client.clone().get(keys.prefix.clone(), Some(options.clone().with_limit(1)))).await?;
-        let Some(holder) = self.first_contender(&keys, head.kvs().to_vec(), options).await? else {
+        let head = self.get(&keys.prefix, options.clone().with_limit(1)).await?;
+        let Some(holder) = self.first_contender(&keys, head, options).await? else {
             return Ok(LockStatus::free());
         };
         let ttl_left = match holder.lease() {
             0 => None,
             lease => self
-                .call(self.client.clone().lease_time_to_live(lease, None))
+                .call(|| {
+                    let mut client = self.client.clone();
+                    async move { client.lease_time_to_live(lease, None).await }
+                })
                 .await
                 .ok()
                 .filter(|t| t.ttl() >= 0)
@@ -286,10 +335,9 @@ impl DistributedLock for EtcdLocks {
         let prefix = format!("{}/", self.settings.namespace.key(name));
         let keys = Keys { mine: String::new(), prefix };
         let options = first(SortOrder::Ascend);
-        let head = self.call(self.client.clone().get(keys.prefix.clone(), Some(options.clone().with_limit(1)))).await?;
-        let Some(holder) = self.first_contender(&keys, head.kvs().to_vec(), options).await? else { return Ok(false) };
-        let deleted = self.call(self.client.clone().delete(holder.key().to_vec(), None)).await?;
-        Ok(deleted.deleted() > 0)
+        let head = self.get(&keys.prefix, options.clone().with_limit(1)).await?;
+        let Some(holder) = self.first_contender(&keys, head, options).await? else { return Ok(false) };
+        Ok(self.delete(holder.key()).await? > 0)
     }
 }
 

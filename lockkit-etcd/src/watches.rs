@@ -95,7 +95,15 @@ impl Watches {
     async fn open_inner(self: &Arc<Self>, state: &mut State) -> Result<(), etcd_client::Error> {
         let mut targets = state.targets.iter();
         let Some((&first_id, first)) = targets.next() else { return Ok(()) };
-        let stream = self.client.clone().watch(first.key.clone(), Some(options(first_id, first.from))).await?;
+        // Opening may hit a dead member first: try a few times, as unary calls do.
+        let mut attempt = 0;
+        let stream = loop {
+            match self.client.clone().watch(first.key.clone(), Some(options(first_id, first.from))).await {
+                Err(e) if attempt < 20 && crate::is_transient(&e) => attempt += 1,
+                other => break other?,
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         let (mut sender, responses) = stream.split();
         for (&id, target) in targets {
             sender.watch(target.key.clone(), Some(options(id, target.from))).await?;

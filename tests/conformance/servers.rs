@@ -20,15 +20,22 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `program args…` (with `{port}` and `{dir}` replaced) and waits until `ready`.
+    /// Starts `program args…` (with `{port}`, `{peer}` and `{dir}` replaced) and waits until
+    /// `ready`.
     fn start(port: u16, program: &str, args: &[&str], ready: impl Fn(u16) -> bool) -> Server {
+        let server = Server::spawn(port, free_port(), program, args);
+        server.wait_until(program, ready);
+        server
+    }
+
+    /// Starts the server without waiting for it.
+    fn spawn(port: u16, peer: u16, program: &str, args: &[&str]) -> Server {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let peer = free_port().to_string();
         let args: Vec<String> = args
             .iter()
             .map(|a| {
                 a.replace("{port}", &port.to_string())
-                    .replace("{peer}", &peer)
+                    .replace("{peer}", &peer.to_string())
                     .replace("{dir}", &dir.path().display().to_string())
             })
             .collect();
@@ -43,15 +50,19 @@ impl Server {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {program}: {e}; run scripts/install-deps"));
         let lifeline = guard.stdin.take();
+        Server { port, guard, lifeline, _dir: dir }
+    }
+
+    fn wait_until(&self, program: &str, ready: impl Fn(u16) -> bool) {
         let started = Instant::now();
-        while !ready(port) {
+        while !ready(self.port) {
             assert!(
                 started.elapsed() < Duration::from_secs(30),
-                "{program} did not start on port {port}; is it installed (scripts/install-deps)?"
+                "{program} did not start on port {}; is it installed (scripts/install-deps)?",
+                self.port
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Server { port, guard, lifeline, _dir: dir }
     }
 
     /// Stops the server at once (SIGKILL), like a crash.
@@ -86,21 +97,41 @@ impl Drop for Server {
 impl Server {
     /// A single-node etcd cluster.
     pub fn etcd() -> Server {
-        Server::start(
-            free_port(),
-            "etcd",
-            &[
-                "--name=node",
-                "--data-dir={dir}/data",
-                "--listen-client-urls=http://127.0.0.1:{port}",
-                "--advertise-client-urls=http://127.0.0.1:{port}",
-                "--listen-peer-urls=http://127.0.0.1:{peer}",
-                "--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
-                "--initial-cluster=node=http://127.0.0.1:{peer}",
-                "--log-level=error",
-            ],
-            |port| http_get(port, "/health").is_some_and(|body| body.contains(r#""health":"true""#)),
-        )
+        Server::etcd_cluster(1).pop().expect("one member")
+    }
+
+    /// An etcd cluster of `size` members on loopback, ready when it has a leader.
+    pub fn etcd_cluster(size: usize) -> Vec<Server> {
+        let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
+        let cluster: Vec<String> =
+            ports.iter().enumerate().map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}")).collect();
+        let cluster = format!("--initial-cluster={}", cluster.join(","));
+        let token = format!("--initial-cluster-token=lockkit-{}", free_port());
+        let members: Vec<Server> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (port, peer))| {
+                let name = format!("--name=m{i}");
+                let args = [
+                    name.as_str(),
+                    "--data-dir={dir}/data",
+                    "--listen-client-urls=http://127.0.0.1:{port}",
+                    "--advertise-client-urls=http://127.0.0.1:{port}",
+                    "--listen-peer-urls=http://127.0.0.1:{peer}",
+                    "--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
+                    cluster.as_str(),
+                    token.as_str(),
+                    "--log-level=error",
+                ];
+                Server::spawn(*port, *peer, "etcd", &args)
+            })
+            .collect();
+        for member in &members {
+            member.wait_until("etcd", |port| {
+                http_get(port, "/health").is_some_and(|body| body.contains(r#""health":"true""#))
+            });
+        }
+        members
     }
 }
 

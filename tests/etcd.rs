@@ -1,0 +1,188 @@
+//! What only the etcd driver does: interop with `etcdctl lock`, loss through `etcdctl`, a
+//! 3-member cluster losing its leader, authentication, unreachable endpoints.
+#![cfg(feature = "etcd")]
+
+#[path = "conformance/servers.rs"]
+#[allow(dead_code)]
+mod servers;
+#[path = "conformance/support.rs"]
+#[allow(dead_code)]
+mod support;
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lockkit::Error;
+use servers::Server;
+use support::{CriticalSection, connect, unique};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+const TTL: Duration = Duration::from_secs(2);
+
+fn url(server: &Server, namespace: &str) -> String {
+    format!("etcd://127.0.0.1:{}/{namespace}?ttl={}ms", server.port, TTL.as_millis())
+}
+
+fn etcdctl(server: &Server, args: &[&str]) -> Command {
+    let mut command = Command::new("etcdctl");
+    command.arg(format!("--endpoints=127.0.0.1:{}", server.port)).args(args).env("ETCDCTL_API", "3").kill_on_drop(true);
+    command
+}
+
+async fn run(mut command: Command) -> String {
+    let out = tokio::time::timeout(Duration::from_secs(20), command.output())
+        .await
+        .expect("etcdctl finished")
+        .expect("etcdctl ran");
+    assert!(out.status.success(), "etcdctl failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A lockkit holder makes `etcdctl lock` wait, and an `etcdctl lock` holder keeps lockkit out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_lock_and_lockkit_exclude_each_other() {
+    let server = Server::etcd();
+    let namespace = unique("e");
+    let locks = connect(&url(&server, &namespace)).await;
+    let name = format!("{namespace}/shared");
+
+    // lockkit holds: etcdctl waits, and runs its command only after the release.
+    let guard = locks.acquire("shared").await.unwrap();
+    let mut waiting = etcdctl(&server, &["lock", &name, "echo", "etcdctl-ran"]).stdout(Stdio::piped()).spawn().unwrap();
+    let finished = tokio::time::timeout(Duration::from_millis(1500), waiting.wait()).await;
+    assert!(finished.is_err(), "etcdctl lock did not wait for lockkit's holder");
+    guard.release().await.unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(10), waiting.wait_with_output()).await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("etcdctl-ran"));
+
+    // etcdctl holds (it prints its key once it has the lock): lockkit stays out until it lets go.
+    let mut holding = etcdctl(&server, &["lock", "--ttl=5", &name]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut lines = BufReader::new(holding.stdout.take().unwrap()).lines();
+    let key = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await.unwrap().unwrap().unwrap();
+    assert!(key.starts_with(&format!("{name}/")), "the etcdctl key layout: {key}");
+    assert!(locks.try_acquire("shared").await.unwrap().is_none(), "lockkit got a lock etcdctl holds");
+    let status = locks.status("shared").await.unwrap();
+    assert!(status.held && status.holder.is_none(), "etcdctl's empty value means no holder metadata: {status:?}");
+    unsafe { libc::kill(holding.id().unwrap() as i32, libc::SIGINT) };
+    let guard = locks.acquire_timeout("shared", Duration::from_secs(10)).await.expect("granted once etcdctl let go");
+    assert!(guard.is_held());
+}
+
+/// Revoking the holder's lease with `etcdctl lease revoke`, or deleting its key with `etcdctl
+/// del`, fires the loss signal at once (well within the TTL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_the_lease_or_deleting_the_key_with_etcdctl_fires_the_loss_signal() {
+    let server = Server::etcd();
+    let namespace = unique("e");
+    let locks = connect(&url(&server, &namespace)).await;
+
+    let guard = locks.acquire("revoked").await.unwrap();
+    run(etcdctl(&server, &["lease", "revoke", guard.lease().id()])).await;
+    let reason = tokio::time::timeout(TTL, guard.lost()).await.expect("loss within the TTL");
+    assert!(reason.contains("deleted") || reason.contains("gone"), "{reason}");
+
+    let guard = locks.acquire("deleted").await.unwrap();
+    let key = format!("{namespace}/deleted/{}", guard.lease().id());
+    assert_eq!(run(etcdctl(&server, &["del", &key])).await.trim(), "1");
+    let reason = tokio::time::timeout(TTL, guard.lost()).await.expect("loss within the TTL");
+    assert!(reason.contains("deleted"), "{reason}");
+    let other = connect(&url(&server, &namespace)).await;
+    assert!(other.try_acquire("deleted").await.unwrap().is_some());
+}
+
+/// The guard's `ownership` comparison lets a caller's own transaction write only while the
+/// lock is still held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ownership_comparison_guards_a_callers_own_transactions() {
+    use lockkit::etcd::etcd_client::{Client, Txn, TxnOp};
+    let server = Server::etcd();
+    let namespace = unique("e");
+    let locks = connect(&url(&server, &namespace)).await;
+    let mut client = Client::connect([format!("127.0.0.1:{}", server.port)], None).await.unwrap();
+    let guard = locks.acquire("owned").await.unwrap();
+    let write = |guard: &lockkit::LockGuard| {
+        Txn::new().when([lockkit::etcd::ownership(&*locks, guard)]).and_then([TxnOp::put("protected", "v", None)])
+    };
+    assert!(client.txn(write(&guard)).await.unwrap().succeeded(), "the holder can write");
+    assert!(locks.force_release("owned").await.unwrap());
+    assert!(!client.txn(write(&guard)).await.unwrap().succeeded(), "a former holder cannot");
+}
+
+/// A 3-member cluster whose leader is killed while locks are held and contended: nobody gets
+/// a double grant, holders keep their locks or are told they lost them, acquiring works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_losing_its_leader_never_double_grants() {
+    let mut members = Server::etcd_cluster(3);
+    let endpoints: Vec<String> = members.iter().map(|m| format!("127.0.0.1:{}", m.port)).collect();
+    let url = format!("etcd://{}/{}?ttl={}ms", endpoints.join(","), unique("e"), TTL.as_millis());
+    let section = Arc::new(CriticalSection::default());
+    let deadline = Instant::now() + Duration::from_secs(6);
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        let (locks, section) = (connect(&url).await, section.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut entered = 0;
+            while Instant::now() < deadline {
+                let Ok(guard) = locks.acquire_timeout("contended", Duration::from_secs(5)).await else { continue };
+                if guard.run_while_held(section.enter(guard.fencing_token())).await.is_ok() {
+                    entered += 1;
+                }
+                let _ = guard.release().await;
+            }
+            entered
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await; // contention under way
+    let leader = leader_index(&members).await;
+    members.remove(leader).kill();
+    let mut entered = 0;
+    for task in tasks {
+        entered += task.await.expect("no double grant (a panic in the critical section)");
+    }
+    assert!(entered > 0);
+    let tokens = section.tokens();
+    assert!(tokens.windows(2).all(|w| w[0] < w[1]), "tokens in grant order: {tokens:?}");
+    let after = connect(&url).await;
+    let guard =
+        after.acquire_timeout("contended", Duration::from_secs(10)).await.expect("acquiring works after the election");
+    assert!(guard.fencing_token() > *tokens.last().unwrap());
+}
+
+/// Which member leads, from `etcdctl endpoint status`.
+async fn leader_index(members: &[Server]) -> usize {
+    let endpoints: Vec<String> = members.iter().map(|m| format!("127.0.0.1:{}", m.port)).collect();
+    let out = Command::new("etcdctl")
+        .args([&format!("--endpoints={}", endpoints.join(",")), "endpoint", "status", "-w", "json"])
+        .output()
+        .await
+        .unwrap();
+    let statuses: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("etcdctl endpoint status JSON");
+    statuses.iter().position(|s| s["Status"]["leader"] == s["Status"]["header"]["member_id"]).expect("one member leads")
+}
+
+/// With authentication enabled, a wrong password is a clear authentication error (without the
+/// password in it); the right one works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_give_a_clear_authentication_error() {
+    let server = Server::etcd();
+    run(etcdctl(&server, &["user", "add", "root:root-secret"])).await;
+    run(etcdctl(&server, &["auth", "enable"])).await;
+    let err = lockkit::connect(&format!("etcd://root:hunter2-wrong@127.0.0.1:{}", server.port)).await.unwrap_err();
+    assert!(matches!(err, Error::Authentication { .. }), "{err}");
+    assert!(!format!("{err} {err:?}").contains("hunter2"), "the password leaked: {err:?}");
+    let locks = connect(&format!("etcd://root:root-secret@127.0.0.1:{}", server.port)).await;
+    assert!(locks.try_acquire("authenticated").await.unwrap().is_some());
+}
+
+/// An endpoint nobody listens on gives a clear connection error within the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_endpoint_is_a_clear_error_within_the_timeout() {
+    let port = servers::free_port();
+    let started = Instant::now();
+    let err = lockkit::connect(&format!("etcd://127.0.0.1:{port}?timeout=1s")).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    assert!(matches!(err, Error::Connection { .. }), "{err}");
+    assert!(err.to_string().contains(&format!("127.0.0.1:{port}")), "{err}");
+}

@@ -51,6 +51,14 @@ async fn main() {
         targets.push(("redlock (5)".to_owned(), format!("redlock://{}", quorum.join(",")), None));
         servers
     };
+    #[cfg(feature = "etcd")]
+    let _etcd_server = {
+        let server = servers::Server::etcd();
+        let url = format!("etcd://127.0.0.1:{}", server.port);
+        rows.extend(etcd_raw::baseline(&url, server.port, 1000).await);
+        targets.push(("etcd".to_owned(), url, None));
+        server
+    };
     for (backend, url, stats) in &targets {
         rows.push(uncontended(backend, url, 2000).await);
         for contenders in [4, 16] {
@@ -241,6 +249,69 @@ async fn contended(backend: &str, url: &str, stats: Option<&str>, contenders: us
         p99,
         changed_hands: Some(changed),
         commands_per_grant: commands,
+    }
+}
+
+/// The same writes as the etcd driver's, made directly with `etcd-client`: a put-if-absent
+/// transaction with an existing lease (reading the first contender, as the driver does), then
+/// a delete; interleaved with lockkit's acquire+release.
+#[cfg(feature = "etcd")]
+mod etcd_raw {
+    use lockkit::etcd::etcd_client::{
+        Client, Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
+    };
+
+    use super::*;
+
+    pub async fn baseline(url: &str, port: u16, iterations: usize) -> Vec<Row> {
+        let mut client = Client::connect([format!("127.0.0.1:{port}")], None).await.unwrap();
+        let lease = client.lease_grant(60, None).await.unwrap().id();
+        let locks = connect(url).await;
+        let (mut raw, mut ours, mut trips) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..iterations + iterations / 10 {
+            let key = format!("raw-bench/{lease:x}");
+            let first = GetOptions::new().with_prefix().with_sort(SortTarget::Create, SortOrder::Ascend).with_limit(1);
+            let txn = Txn::new().when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)]).and_then([
+                TxnOp::put(key.clone(), "", Some(PutOptions::new().with_lease(lease))),
+                TxnOp::get("raw-bench/", Some(first)),
+            ]);
+            let t = Instant::now();
+            client.txn(txn).await.unwrap();
+            client.delete(key, None).await.unwrap();
+            let r = t.elapsed();
+            let t = Instant::now();
+            client.get("raw-bench/none", None).await.unwrap();
+            let trip = t.elapsed();
+            let t = Instant::now();
+            locks.acquire("lockkit-bench").await.unwrap().release().await.unwrap();
+            if i >= iterations / 10 {
+                raw.push(r);
+                trips.push(trip);
+                ours.push(t.elapsed());
+            }
+        }
+        let row = |backend: String, case: &str, samples: &mut Vec<Duration>| {
+            let total: Duration = samples.iter().sum();
+            let (p50, p99) = percentiles(samples);
+            Row {
+                backend,
+                case: case.into(),
+                ops_per_sec: samples.len() as f64 / total.as_secs_f64(),
+                p50,
+                p99,
+                changed_hands: None,
+                commands_per_grant: None,
+            }
+        };
+        let raw_row = row("etcd raw".into(), "txn put-if-absent (existing lease) + delete", &mut raw);
+        let trip_row = row("etcd raw".into(), "one round trip (GET)", &mut trips);
+        let ratio = percentiles(&mut ours).0.as_secs_f64() / raw_row.p50.as_secs_f64();
+        let ours_row = row(
+            format!("etcd ({ratio:.2}× raw p50)"),
+            "lockkit acquire+release, interleaved with the raw rows",
+            &mut ours,
+        );
+        vec![raw_row, trip_row, ours_row]
     }
 }
 

@@ -176,13 +176,19 @@ impl EtcdLocks {
             let Some(predecessor) = predecessor else { return Ok(()) };
             let woken = Arc::new(Notify::new());
             let pred_key = predecessor.key_str().unwrap_or_default().to_owned();
-            // From the revision after the read: a synced watch, so the deletion arrives at once.
-            let watch = self.watches.watch(&pred_key, revision + 1, OnDelete::Wake(woken.clone()));
-            let own = self.watches.watch(&keys.mine, revision + 1, OnDelete::Wake(woken.clone()));
-            let ids = [
-                watch.await.map_err(|e| error(&self.endpoints, e))?,
-                own.await.map_err(|e| error(&self.endpoints, e))?,
-            ];
+            // Two watches on the predecessor: from now (a synced watch, whose events etcd sends
+            // at once) and from the revision after the read (which also covers a deletion in
+            // between, but may be served by etcd's 100 ms catch-up loop when other writes came
+            // first). And one on my key: a waiter whose key vanished must stop.
+            let mut ids = Vec::with_capacity(3);
+            for (key, from) in [(&pred_key, 0), (&pred_key, revision + 1), (&keys.mine, revision + 1)] {
+                ids.push(
+                    self.watches
+                        .watch(key, from, OnDelete::Wake(woken.clone()))
+                        .await
+                        .map_err(|e| error(&self.endpoints, e))?,
+                );
+            }
             let _unwatch = Unwatch(self.watches.clone(), ids);
             tokio::select! {
                 _ = woken.notified() => {}
@@ -199,12 +205,12 @@ impl EtcdLocks {
 }
 
 /// Cancels watches when dropped.
-struct Unwatch(Arc<Watches>, [i64; 2]);
+struct Unwatch(Arc<Watches>, Vec<i64>);
 
 impl Drop for Unwatch {
     fn drop(&mut self) {
-        for id in self.1 {
-            self.0.unwatch(id);
+        for id in &self.1 {
+            self.0.unwatch(*id);
         }
     }
 }

@@ -43,8 +43,10 @@ struct State {
     targets: HashMap<i64, Target>,
 }
 
+/// A deletions-only watch with a chosen id, from revision `from` (0: from now on).
 fn options(id: i64, from: i64) -> WatchOptions {
-    WatchOptions::new().with_watch_id(id).with_start_revision(from).with_filters([WatchFilterType::NoPut])
+    let options = WatchOptions::new().with_watch_id(id).with_filters([WatchFilterType::NoPut]);
+    if from > 0 { options.with_start_revision(from) } else { options }
 }
 
 impl Watches {

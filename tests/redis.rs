@@ -112,6 +112,8 @@ async fn wrong_credentials_give_a_clear_authentication_error() {
     {
         let locks = connect(&url).await;
         assert!(locks.try_acquire("authenticated").await.unwrap().is_some(), "{url}");
+        let shown = format!("{locks} {locks:?}");
+        assert!(shown.starts_with("redis backend redis://") && !shown.contains("secret"), "{shown}");
     }
 }
 

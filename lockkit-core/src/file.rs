@@ -20,7 +20,6 @@
 //!   TTL only sets how often holders check their files.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
@@ -55,17 +54,10 @@ pub fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
     let dir = settings.namespace.segments().iter().fold(base.to_path_buf(), |d, s| d.join(s));
     fs::create_dir_all(&dir)
         .map_err(|e| io_error(&format!("cannot create the lock directory {}", dir.display()), e))?;
-    Ok(Arc::new(FileLocks {
-        url: url.to_string(),
-        settings,
-        dir,
-        holdings: Arc::new(Holdings::default()),
-        pool: LeasePool::new(BACKEND),
-    }))
+    Ok(Arc::new(FileLocks { settings, dir, holdings: Arc::new(Holdings::default()), pool: LeasePool::new(BACKEND) }))
 }
 
 struct FileLocks {
-    url: String,
     settings: Settings,
     dir: PathBuf,
     holdings: Arc<Holdings>,
@@ -178,18 +170,6 @@ impl DistributedLock for FileLocks {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(io_error(&format!("cannot remove {}", lock_path.display()), e)),
         }
-    }
-}
-
-impl fmt::Debug for FileLocks {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FileLocks").field("url", &self.url).finish_non_exhaustive()
-    }
-}
-
-impl fmt::Display for FileLocks {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "file backend {}", self.url)
     }
 }
 

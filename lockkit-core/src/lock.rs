@@ -51,7 +51,7 @@ use crate::{Capabilities, Error, GrantRequest, LockGuard, LockName, LockOptions,
 /// It SHOULD wake waiters through the backend (watch, pub/sub, blocking query) rather than by
 /// polling, and declare what it guarantees in [`capabilities`](Self::capabilities).
 #[async_trait]
-pub trait DistributedLock: Send + Sync + fmt::Debug + fmt::Display {
+pub trait DistributedLock: Send + Sync {
     /// The backend's name, e.g. `"etcd"`.
     fn backend(&self) -> &'static str;
 
@@ -172,5 +172,18 @@ pub trait DistributedLock: Send + Sync + fmt::Debug + fmt::Display {
         let name = LockName::new(name)?;
         tracing::warn!(backend = self.backend(), lock = %name, "force release");
         self.evict(&name).await
+    }
+}
+
+/// `etcd backend etcd://10.0.0.1:2379/jobs` (credentials redacted).
+impl fmt::Display for dyn DistributedLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} backend {}", self.backend(), self.settings().url)
+    }
+}
+
+impl fmt::Debug for dyn DistributedLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DistributedLock").field("backend", &self.backend()).field("url", &self.settings().url).finish()
     }
 }

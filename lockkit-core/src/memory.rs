@@ -17,7 +17,6 @@
 //! ```
 
 use std::collections::{HashMap, VecDeque};
-use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -48,7 +47,6 @@ pub fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
     }
     let store_name = url.hosts().first().map(|h| h.host.clone()).unwrap_or_default();
     Ok(Arc::new(MemoryLocks {
-        url: url.to_string(),
         settings: Settings::from_url(url)?,
         store: Store::named(&store_name),
         pool: LeasePool::new(BACKEND),
@@ -57,7 +55,6 @@ pub fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
 
 /// A handle on an in-process store.
 struct MemoryLocks {
-    url: String,
     settings: Settings,
     store: Arc<Store>,
     pool: LeasePool,
@@ -139,18 +136,6 @@ impl DistributedLock for MemoryLocks {
         let Some(slot) = slots.get_mut(&key) else { return Ok(false) };
         slot.expire();
         Ok(slot.remove_holder("the grant was removed by force_release").is_some())
-    }
-}
-
-impl fmt::Debug for MemoryLocks {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MemoryLocks").field("url", &self.url).finish_non_exhaustive()
-    }
-}
-
-impl fmt::Display for MemoryLocks {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "memory backend {}", self.url)
     }
 }
 

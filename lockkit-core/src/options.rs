@@ -77,6 +77,8 @@ impl LockOptions {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Settings {
+    /// The handle's URL, with credentials redacted (what `Display` shows).
+    pub url: String,
     /// Default TTL of a grant (`ttl`, default 15 s).
     pub ttl: Duration,
     /// Default refresh interval (`refresh`, default TTL / 3).
@@ -96,6 +98,7 @@ impl Settings {
     /// Reads the common options of a URL.
     pub fn from_url(url: &LockUrl) -> Result<Self> {
         let settings = Settings {
+            url: url.to_string(),
             ttl: url.duration_option("ttl")?.unwrap_or(Self::DEFAULT_TTL),
             refresh_interval: url.duration_option("refresh")?,
             timeout: url.duration_option("timeout")?.unwrap_or(Self::DEFAULT_TIMEOUT),

@@ -78,7 +78,6 @@ pub async fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
     })
     .await?;
     Ok(Arc::new(EtcdLocks {
-        url: url.to_string(),
         endpoints,
         watches: Watches::new(client.clone()),
         client,

@@ -1,7 +1,6 @@
 //! The backend handle and the lock protocol of Go's `concurrency.Mutex`.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,7 +20,6 @@ use crate::watches::{OnDelete, Watches};
 use crate::{BACKEND, error};
 
 pub struct EtcdLocks {
-    pub url: String,
     pub endpoints: String,
     pub settings: Settings,
     pub client: Client,
@@ -344,18 +342,6 @@ impl DistributedLock for EtcdLocks {
         let head = self.get(&keys.prefix, options.clone().with_limit(1)).await?;
         let Some(holder) = self.first_contender(&keys, head, options).await? else { return Ok(false) };
         Ok(self.delete(holder.key()).await? > 0)
-    }
-}
-
-impl fmt::Debug for EtcdLocks {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EtcdLocks").field("url", &self.url).finish_non_exhaustive()
-    }
-}
-
-impl fmt::Display for EtcdLocks {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "etcd backend {}", self.url)
     }
 }
 

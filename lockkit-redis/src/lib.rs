@@ -134,7 +134,6 @@ pub async fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
         ));
     }
     Ok(Arc::new(RedisLocks {
-        url: url.to_string(),
         settings,
         pool: LeasePool::new(quorum.backend),
         quorum: Arc::new(quorum),

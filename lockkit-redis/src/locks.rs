@@ -1,7 +1,6 @@
 //! The backend handle: grants, waiting on pub/sub, the shared lease and release.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,7 +15,6 @@ use crate::quorum::{Attempt, Quorum};
 use crate::scripts::LockKeys;
 
 pub struct RedisLocks {
-    pub url: String,
     pub settings: Settings,
     pub quorum: Arc<Quorum>,
     pub pool: LeasePool,
@@ -119,18 +117,6 @@ impl DistributedLock for RedisLocks {
 
     async fn evict(&self, name: &LockName) -> Result<bool> {
         self.quorum.evict(&LockKeys::new(self.settings.namespace.key(name))).await
-    }
-}
-
-impl fmt::Debug for RedisLocks {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisLocks").field("url", &self.url).finish_non_exhaustive()
-    }
-}
-
-impl fmt::Display for RedisLocks {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} backend {}", self.quorum.backend, self.url)
     }
 }
 

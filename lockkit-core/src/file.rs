@@ -78,16 +78,7 @@ impl DistributedLock for FileLocks {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            fair: false,
-            server_fencing: true,
-            server_expiry: false,
-            crash_release: true,
-            cross_process: true,
-            shared_lease: true,
-            push_wakeups: false,
-            holder_metadata: true,
-        }
+        Capabilities { fair: false, server_expiry: false, push_wakeups: false, ..Capabilities::ALL }
     }
 
     fn settings(&self) -> &Settings {

@@ -67,16 +67,7 @@ impl DistributedLock for MemoryLocks {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            fair: true,
-            server_fencing: true,
-            server_expiry: true,
-            crash_release: true,
-            cross_process: false,
-            shared_lease: true,
-            push_wakeups: true,
-            holder_metadata: true,
-        }
+        Capabilities { cross_process: false, ..Capabilities::ALL }
     }
 
     fn settings(&self) -> &Settings {

@@ -177,6 +177,20 @@ pub struct Capabilities {
     pub holder_metadata: bool,
 }
 
+impl Capabilities {
+    /// Every guarantee; a backend says what it lacks: `Capabilities { fair: false, ..Capabilities::ALL }`.
+    pub const ALL: Capabilities = Capabilities {
+        fair: true,
+        server_fencing: true,
+        server_expiry: true,
+        crash_release: true,
+        cross_process: true,
+        shared_lease: true,
+        push_wakeups: true,
+        holder_metadata: true,
+    };
+}
+
 /// What [`status`](crate::DistributedLock::status) found about a lock.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]

@@ -220,16 +220,7 @@ impl DistributedLock for EtcdLocks {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            fair: true,
-            server_fencing: true,
-            server_expiry: true,
-            crash_release: true,
-            cross_process: true,
-            shared_lease: true,
-            push_wakeups: true,
-            holder_metadata: true,
-        }
+        Capabilities::ALL
     }
 
     fn settings(&self) -> &Settings {

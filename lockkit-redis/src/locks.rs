@@ -28,16 +28,7 @@ impl DistributedLock for RedisLocks {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            fair: false,
-            server_fencing: true,
-            server_expiry: true,
-            crash_release: true,
-            cross_process: true,
-            shared_lease: true,
-            push_wakeups: true,
-            holder_metadata: true,
-        }
+        Capabilities { fair: false, ..Capabilities::ALL }
     }
 
     fn settings(&self) -> &Settings {

@@ -186,3 +186,25 @@ async fn an_unreachable_endpoint_is_a_clear_error_within_the_timeout() {
     assert!(matches!(err, Error::Connection { .. }), "{err}");
     assert!(err.to_string().contains(&format!("127.0.0.1:{port}")), "{err}");
 }
+
+/// `etcds://` talks TLS: trusted through `?ca=`, refused without it; a wrong `ca` path is a
+/// clear URL error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcds_uses_tls_and_checks_the_server_certificate() {
+    let certs = tempfile::tempdir().unwrap();
+    servers::make_certificates(certs.path());
+    let file = |name: &str| certs.path().join(name).display().to_string();
+    let server = Server::etcd_tls(&file("server.crt"), &file("server.key"));
+    let ca = file("ca.crt");
+
+    let locks = connect(&format!("etcds://127.0.0.1:{}?ca={ca}", server.port)).await;
+    let guard = locks.acquire("over-tls").await.unwrap();
+    assert!(locks.status("over-tls").await.unwrap().held);
+    guard.release().await.unwrap();
+
+    let err = lockkit::connect(&format!("etcds://127.0.0.1:{}?timeout=2s", server.port)).await.unwrap_err();
+    assert!(matches!(err, Error::Connection { .. }), "an untrusted server certificate: {err}");
+
+    let err = lockkit::connect(&format!("etcds://127.0.0.1:{}?ca=/nonexistent/ca.crt", server.port)).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidUrl { .. }) && err.to_string().contains("cannot read the `ca` file"), "{err}");
+}

@@ -163,3 +163,41 @@ for line in sys.stdin:
     assert_eq!(ask("release").await, "released");
     waiter.await.unwrap().expect("granted once redis-py released");
 }
+
+/// `rediss://` talks TLS: trusted through `?ca=`, refused (clearly) without it, and a wrong
+/// `ca` path is a clear URL error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_uses_tls_and_checks_the_server_certificate() {
+    let certs = tempfile::tempdir().unwrap();
+    servers::make_certificates(certs.path());
+    let file = |name: &str| certs.path().join(name).display().to_string();
+    let port = servers::free_port();
+    let (cert, key, ca) = (file("server.crt"), file("server.key"), file("ca.crt"));
+    let tls = [
+        "--port",
+        "0",
+        "--tls-port",
+        "{port}",
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &ca,
+        "--tls-auth-clients",
+        "no",
+    ];
+    let _server = Server::redis_with(port, &tls);
+
+    let locks = connect(&format!("rediss://127.0.0.1:{port}?ca={ca}")).await;
+    let guard = locks.acquire("over-tls").await.unwrap();
+    assert!(locks.status("over-tls").await.unwrap().held);
+    guard.release().await.unwrap();
+
+    let err = lockkit::connect(&format!("rediss://127.0.0.1:{port}?timeout=2s")).await.unwrap_err();
+    assert!(matches!(err, Error::Connection { .. }), "an untrusted server certificate: {err}");
+    assert!(err.to_string().to_lowercase().contains("certificate") || err.to_string().contains("Issuer"), "{err}");
+
+    let err = lockkit::connect(&format!("rediss://127.0.0.1:{port}?ca=/nonexistent/ca.crt")).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidUrl { .. }) && err.to_string().contains("cannot read the `ca` file"), "{err}");
+}

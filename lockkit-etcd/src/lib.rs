@@ -24,7 +24,8 @@
 //!   release never deletes a newer grant. A dropped acquire deletes its waiter key.
 //! - **Same name twice through one handle**: the second acquire waits (in the process) until
 //!   the first guard is released — both would use the same key — or gives `None` when trying.
-//! - TLS (`etcds://`) is not supported yet.
+//! - **TLS**: `etcds://` checks the server against the public roots, or against
+//!   `?ca=/path/ca.pem`; `&cert=…&key=…` give a client certificate (etcd's `--client-cert-auth`).
 #![deny(missing_docs, missing_debug_implementations)]
 
 mod lease;
@@ -47,21 +48,20 @@ const BACKEND: &str = "etcd";
 
 /// Connects to an etcd cluster and checks that it answers and accepts the credentials.
 pub async fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
-    url.check_options(&[])?;
+    url.check_options(&["ca", "cert", "key"])?;
     if url.hosts().is_empty() {
         return Err(url.invalid("name at least one endpoint: etcd://127.0.0.1:2379"));
     }
-    if url.tls() {
-        return Err(url.invalid(
-            "TLS to etcd is not supported by this version; use etcd:// on a trusted network or through a TLS tunnel",
-        ));
-    }
     let settings = Settings::from_url(url)?;
     let endpoints = url.endpoints(2379);
-    let addresses: Vec<String> = url.hosts().iter().map(|h| format!("http://{}", h.address(2379))).collect();
+    let scheme = if url.tls() { "https" } else { "http" };
+    let addresses: Vec<String> = url.hosts().iter().map(|h| format!("{scheme}://{}", h.address(2379))).collect();
     let mut options = ConnectOptions::new()
         .with_connect_timeout(settings.timeout)
         .with_keep_alive(settings.timeout, settings.timeout);
+    if let Some(tls) = tls_options(url)? {
+        options = options.with_tls(tls);
+    }
     match (url.username(), url.password()) {
         (Some(user), Some(password)) => options = options.with_user(user, password.expose()),
         (None, None) => {}
@@ -85,6 +85,35 @@ pub async fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
         pool: LeasePool::new(BACKEND),
         local: Mutex::new(HashMap::new()),
     }))
+}
+
+/// TLS settings for `etcds://`: the `ca` to trust (else the public roots) and a client
+/// certificate from `cert` and `key`. Files are read now, so a wrong path is an error at connect.
+fn tls_options(url: &LockUrl) -> Result<Option<etcd_client::TlsOptions>> {
+    let read = |option: &str| -> Result<Option<Vec<u8>>> {
+        url.option(option)
+            .map(|path| {
+                std::fs::read(path).map_err(|e| url.invalid(format!("cannot read the `{option}` file {path}: {e}")))
+            })
+            .transpose()
+    };
+    let (ca, cert, key) = (read("ca")?, read("cert")?, read("key")?);
+    if !url.tls() {
+        return match ca.is_some() || cert.is_some() || key.is_some() {
+            true => Err(url.invalid("`ca`, `cert` and `key` are for TLS: use etcds://")),
+            false => Ok(None),
+        };
+    }
+    let mut tls = etcd_client::TlsOptions::new().with_webpki_roots();
+    if let Some(ca) = ca {
+        tls = tls.ca_certificate(etcd_client::Certificate::from_pem(ca));
+    }
+    match (cert, key) {
+        (Some(cert), Some(key)) => tls = tls.identity(etcd_client::Identity::from_pem(cert, key)),
+        (None, None) => {}
+        _ => return Err(url.invalid("give both `cert` and `key` for a client certificate")),
+    }
+    Ok(Some(tls))
 }
 
 /// A comparison that holds only while `guard`'s grant is current — put it in your own etcd

@@ -5,6 +5,8 @@
 //! - **URLs**: `redis://[user:password@]host[:6379][/db][?namespace=…&ttl=…&timeout=…]` and
 //!   `redlock://host1:port,host2:port,host3:port[/db][?…]` (an odd number, at least 3).
 //!   The path is the database number, as in every Redis URL; the namespace is an option.
+//!   `rediss://` and `redlocks://` use TLS: the server is checked against the public roots,
+//!   or against `?ca=/path/ca.pem`; `&cert=…&key=…` give a client certificate (mutual TLS).
 //! - **Grant**: one script per server does `SET key owner PX ttl` if free and, only then,
 //!   `INCR key:fence` — the fencing token — and stores the holder metadata in `key:holder`.
 //!   The lock key is a plain string holding the owner token, as redis-py's `Lock` does, so the
@@ -52,7 +54,7 @@ const BACKEND: &str = "redis";
 /// Connects to `redis://` or `redlock://`; checks that enough servers answer and accept the
 /// credentials.
 pub async fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
-    url.check_options(&[])?;
+    url.check_options(&["ca", "cert", "key"])?;
     let redlock = url.scheme() == Scheme::Redlock;
     let hosts = url.hosts();
     if hosts.is_empty() {
@@ -66,11 +68,7 @@ pub async fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
     if redlock && (hosts.len() < 3 || hosts.len().is_multiple_of(2)) {
         return Err(url.invalid("redlock:// needs an odd number of independent servers, at least 3"));
     }
-    if url.tls() {
-        return Err(url.invalid(
-            "TLS to Redis is not supported by this version; use redis:// on a trusted network or through a TLS tunnel",
-        ));
-    }
+    let certificates = tls_certificates(url)?;
     let db = match url.path().trim_start_matches('/') {
         "" => 0,
         db => db.parse::<i64>().map_err(|_| {
@@ -98,11 +96,20 @@ pub async fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
     let mut instances = Vec::new();
     for host in hosts {
         let address = host.address(6379);
-        let info = ConnectionAddr::Tcp(host.host.clone(), host.port.unwrap_or(6379))
+        let (name, port) = (host.host.clone(), host.port.unwrap_or(6379));
+        let addr = match url.tls() {
+            true => ConnectionAddr::TcpTls { host: name, port, insecure: false, tls_params: None },
+            false => ConnectionAddr::Tcp(name, port),
+        };
+        let info = addr
             .into_connection_info()
             .map_err(|e| instance::error(&address, e))?
             .set_redis_settings(redis_settings.clone());
-        let client = redis::Client::open(info).map_err(|e| instance::error(&address, e))?;
+        let client = match &certificates {
+            Some(certificates) => redis::Client::build_with_tls(info, certificates.clone()),
+            None => redis::Client::open(info),
+        }
+        .map_err(|e| instance::error(&address, e))?;
         instances.push(Instance::new(address, client, settings.timeout, call_timeout)?);
     }
     let wakeups = Wakeups::start(instances.iter().map(|i| i.client.clone()).collect(), settings.timeout);
@@ -139,4 +146,30 @@ pub async fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
         quorum: Arc::new(quorum),
         holdings: Default::default(),
     }))
+}
+
+/// The CA and client certificate files named by `ca`, `cert` and `key`, read now so that a
+/// wrong path is an error at connect. `None` when there are none (public roots are used).
+fn tls_certificates(url: &LockUrl) -> Result<Option<redis::TlsCertificates>> {
+    let read = |option: &str| -> Result<Option<Vec<u8>>> {
+        url.option(option)
+            .map(|path| {
+                std::fs::read(path).map_err(|e| url.invalid(format!("cannot read the `{option}` file {path}: {e}")))
+            })
+            .transpose()
+    };
+    let (ca, cert, key) = (read("ca")?, read("cert")?, read("key")?);
+    if !url.tls() && (ca.is_some() || cert.is_some()) {
+        return Err(url.invalid("`ca`, `cert` and `key` are for TLS: use rediss:// or redlocks://"));
+    }
+    if url.tls() {
+        // The redis client's rustls has no crypto provider of its own; one per process.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    let client_tls = match (cert, key) {
+        (Some(client_cert), Some(client_key)) => Some(redis::ClientTlsConfig { client_cert, client_key }),
+        (None, None) => None,
+        _ => return Err(url.invalid("give both `cert` and `key` for a client certificate")),
+    };
+    Ok((ca.is_some() || client_tls.is_some()).then_some(redis::TlsCertificates { client_tls, root_cert: ca }))
 }

@@ -135,6 +135,37 @@ impl Server {
     }
 }
 
+/// A throwaway CA and a server certificate for 127.0.0.1 (with openssl), in `dir`.
+pub fn make_certificates(dir: &std::path::Path) {
+    let script = r#"set -e
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key -out ca.crt -days 1 -subj "/CN=lockkit test CA"
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout server.key -out server.csr -subj "/CN=127.0.0.1"
+printf "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n" > ext.cnf
+openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 1 -extfile ext.cnf"#;
+    let out = std::process::Command::new("sh").arg("-c").arg(script).current_dir(dir).output().expect("openssl runs");
+    assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl Server {
+    /// A single-node etcd that serves clients over TLS only, with this certificate.
+    pub fn etcd_tls(cert: &str, key: &str) -> Server {
+        let (cert, key) = (format!("--cert-file={cert}"), format!("--key-file={key}"));
+        let args = [
+            "--name=tls",
+            "--data-dir={dir}/data",
+            "--listen-client-urls=https://127.0.0.1:{port}",
+            "--advertise-client-urls=https://127.0.0.1:{port}",
+            "--listen-peer-urls=http://127.0.0.1:{peer}",
+            "--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
+            "--initial-cluster=tls=http://127.0.0.1:{peer}",
+            cert.as_str(),
+            key.as_str(),
+            "--log-level=error",
+        ];
+        Server::start(free_port(), "etcd", &args, |port| TcpStream::connect(("127.0.0.1", port)).is_ok())
+    }
+}
+
 /// A plain HTTP GET on loopback; the response, if any.
 fn http_get(port: u16, path: &str) -> Option<String> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;

@@ -96,7 +96,7 @@ pub trait DistributedLock: Send + Sync {
     /// Cancel safe: dropping the future leaves no waiter and no grant behind.
     async fn acquire(&self, name: &str) -> Result<LockGuard> {
         let guard = self.acquire_with(name, &LockOptions::new()).await?;
-        Ok(guard.expect("waiting forever only ends with a grant"))
+        guard.ok_or_else(|| no_grant(self.backend(), name))
     }
 
     /// Tries once: `None` when the lock is held elsewhere.
@@ -113,7 +113,7 @@ pub trait DistributedLock: Send + Sync {
     /// Cancel safe.
     async fn acquire_timeout(&self, name: &str, timeout: Duration) -> Result<LockGuard> {
         let guard = self.acquire_with(name, &LockOptions::new().wait(Wait::Timeout(timeout))).await?;
-        Ok(guard.expect("a bounded wait ends with a grant or an error"))
+        guard.ok_or_else(|| no_grant(self.backend(), name))
     }
 
     /// Acquires with explicit options. `None` only with [`Wait::NoWait`] when the lock is held.
@@ -173,6 +173,14 @@ pub trait DistributedLock: Send + Sync {
         tracing::warn!(backend = self.backend(), lock = %name, "force release");
         self.evict(&name).await
     }
+}
+
+/// A waiting grant that ended without a guard: a driver bug, reported rather than panicked on.
+fn no_grant(backend: &'static str, name: &str) -> Error {
+    Error::backend(
+        backend,
+        format!("lock `{name}`: the driver ended a wait without a grant or an error (a bug; please report it)"),
+    )
 }
 
 /// `etcd backend etcd://10.0.0.1:2379/jobs` (credentials redacted).

@@ -540,6 +540,38 @@ mod tests {
         assert_eq!(LockUrl::parse("etcd://h/a?namespace=c").unwrap().namespace().to_string(), "c");
     }
 
+    /// Random mixtures of URL punctuation, digits, letters and multi-byte characters never make
+    /// the parsers panic, and every failure is a clear error.
+    #[test]
+    fn no_input_makes_the_parsers_panic() {
+        let alphabet: Vec<char> = ":/@?&=,[]%.#-_ 0123456789aZé🔒\0msh".chars().collect();
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        for _ in 0..20_000 {
+            let len = (seed % 24) as usize;
+            let text: String = (0..len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    alphabet[(seed % alphabet.len() as u64) as usize]
+                })
+                .collect();
+            for candidate in [text.clone(), format!("etcd://{text}"), format!("redis://u:p@{text}?ttl={text}")] {
+                if let Ok(url) = LockUrl::parse(&candidate) {
+                    let _ = (
+                        url.to_string(),
+                        url.duration_option("ttl"),
+                        url.check_options(&[]),
+                        url.without_credentials(),
+                    );
+                } else if let Err(e) = LockUrl::parse(&candidate) {
+                    assert!(!e.to_string().is_empty());
+                }
+            }
+            let _ = parse_duration(&text);
+        }
+    }
+
     #[test]
     fn durations() {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));

@@ -47,7 +47,8 @@ async fn main() {
         let single = format!("redis://127.0.0.1:{}", servers[0].port);
         let quorum: Vec<String> = servers.iter().map(|s| format!("127.0.0.1:{}", s.port)).collect();
         rows.extend(redis_raw::baseline(&single, 2000).await);
-        targets.push(("redis".to_owned(), single.clone(), Some(single)));
+        targets.push(("redis".to_owned(), single.clone(), Some(single.clone())));
+        targets.push(("redis fair=true".to_owned(), format!("{single}?fair=true"), Some(single)));
         targets.push(("redlock (5)".to_owned(), format!("redlock://{}", quorum.join(",")), None));
         servers
     };

@@ -201,3 +201,48 @@ async fn rediss_uses_tls_and_checks_the_server_certificate() {
     let err = lockkit::connect(&format!("rediss://127.0.0.1:{port}?ca=/nonexistent/ca.crt")).await.unwrap_err();
     assert!(matches!(err, Error::InvalidUrl { .. }) && err.to_string().contains("cannot read the `ca` file"), "{err}");
 }
+
+/// With `fair=true`, waiters are granted in the order they arrived, and a try does not barge
+/// ahead of the line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fair_mode_grants_in_arrival_order() {
+    let server = Server::redis();
+    let namespace = unique("r");
+    let url = format!("redis://127.0.0.1:{}?fair=true&ttl={}ms&namespace={namespace}", server.port, TTL.as_millis());
+    let holder = connect(&url).await;
+    assert!(holder.capabilities().fair);
+    let guard = holder.acquire("line").await.unwrap();
+    let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut waiters = Vec::new();
+    for i in 0..3 {
+        let (locks, order) = (connect(&url).await, order.clone());
+        waiters.push(tokio::spawn(async move {
+            let guard = locks.acquire("line").await.unwrap();
+            order.lock().unwrap().push(i);
+            guard.release().await.unwrap();
+        }));
+        // Arrival order is what the server saw: wait until this waiter is in line.
+        let started = Instant::now();
+        while queue_length(&server, &format!("{namespace}/line:queue")).await != i + 1 {
+            assert!(started.elapsed() < Duration::from_secs(10), "waiter {i} never joined the line");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    guard.release().await.unwrap();
+    // A try right after the release must not jump the line (unless the line is already through).
+    let barged = holder.try_acquire("line").await.unwrap().is_some();
+    assert!(!barged || order.lock().unwrap().len() == 3, "a try jumped the line");
+    for waiter in waiters {
+        waiter.await.unwrap();
+    }
+    assert_eq!(*order.lock().unwrap(), vec![0, 1, 2]);
+}
+
+async fn queue_length(server: &Server, key: &str) -> usize {
+    let out = tokio::process::Command::new("redis-cli")
+        .args(["-p", &server.port.to_string(), "LLEN", key])
+        .output()
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
+}

@@ -5,6 +5,9 @@
 //! - **URLs**: `redis://[user:password@]host[:6379][/db][?namespace=…&ttl=…&timeout=…]` and
 //!   `redlock://host1:port,host2:port,host3:port[/db][?…]` (an odd number, at least 3).
 //!   The path is the database number, as in every Redis URL; the namespace is an option.
+//!   `?fair=true` (redis:// only) grants in arrival order: waiters queue inside the scripts
+//!   (`K:queue`, entries expire one TTL after their waiter last asked), a release wakes only the
+//!   first in line, and a plain acquire does not barge ahead of the line.
 //!   `rediss://` and `redlocks://` use TLS: the server is checked against the public roots,
 //!   or against `?ca=/path/ca.pem`; `&cert=…&key=…` give a client certificate (mutual TLS).
 //! - **Grant**: one script per server does `SET key owner PX ttl` if free and, only then,
@@ -54,7 +57,7 @@ const BACKEND: &str = "redis";
 /// Connects to `redis://` or `redlock://`; checks that enough servers answer and accept the
 /// credentials.
 pub async fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
-    url.check_options(&["ca", "cert", "key"])?;
+    url.check_options(&["ca", "cert", "key", "fair"])?;
     let redlock = url.scheme() == Scheme::Redlock;
     let hosts = url.hosts();
     if hosts.is_empty() {
@@ -69,6 +72,12 @@ pub async fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
         return Err(url.invalid("redlock:// needs an odd number of independent servers, at least 3"));
     }
     let certificates = tls_certificates(url)?;
+    let fair = match url.option("fair") {
+        None | Some("false") => false,
+        Some("true") if !redlock => true,
+        Some("true") => return Err(url.invalid("`fair=true` is for redis://; Redlock grants by majority, not in line")),
+        Some(other) => return Err(url.invalid(format!("`fair` is true or false, not `{other}`"))),
+    };
     let db = match url.path().trim_start_matches('/') {
         "" => 0,
         db => db.parse::<i64>().map_err(|_| {
@@ -116,6 +125,7 @@ pub async fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
     let quorum = Quorum {
         needed: instances.len() / 2 + 1,
         backend: if redlock { "redlock" } else { BACKEND },
+        fair,
         wakeups,
         instances,
     };

@@ -28,7 +28,7 @@ impl DistributedLock for RedisLocks {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { fair: false, ..Capabilities::ALL }
+        Capabilities { fair: self.quorum.fair, ..Capabilities::ALL }
     }
 
     fn settings(&self) -> &Settings {
@@ -51,7 +51,9 @@ impl DistributedLock for RedisLocks {
         let mut undo = Undo { quorum: self.quorum.clone(), keys: keys.clone(), owner: owner.clone(), armed: true };
         let mut watch = None;
         let token = loop {
-            match self.quorum.acquire(&keys, &owner, request.ttl, &request.holder).await? {
+            // Take a place in line (fair mode) only once subscribed, so its wake-up is not missed.
+            let join = watch.is_some();
+            match self.quorum.acquire(&keys, &owner, request.ttl, &request.holder, join).await? {
                 Attempt::Granted(token) => break token,
                 Attempt::Busy(_) if !request.wait => {
                     undo.armed = false;
@@ -60,7 +62,7 @@ impl DistributedLock for RedisLocks {
                 Attempt::Busy(expires_in) => {
                     let Some(watch) = &watch else {
                         // Subscribe, then try again: a release between the two is not missed.
-                        watch = Some(self.quorum.wakeups.watch(&keys.channel).await);
+                        watch = Some(self.quorum.wakeups.watch(&keys.channel, &owner).await);
                         continue;
                     };
                     let jittered = fallback.mul_f64(0.5 + (random_u64() % 500) as f64 / 1000.0);

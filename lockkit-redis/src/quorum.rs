@@ -17,6 +17,8 @@ pub struct Quorum {
     pub needed: usize,
     pub wakeups: Arc<Wakeups>,
     pub backend: &'static str,
+    /// `fair=true`: waiters queue inside the scripts and are granted in arrival order.
+    pub fair: bool,
 }
 
 /// The outcome of one acquire attempt.
@@ -42,10 +44,19 @@ impl Quorum {
     /// One attempt on every instance at once. Grants when a majority granted within the
     /// validity time (TTL minus the time taken minus the safety margin); otherwise undoes the
     /// partial grants. Fails when fewer than a majority answered.
-    pub async fn acquire(&self, keys: &LockKeys, owner: &str, ttl: Duration, holder: &str) -> Result<Attempt, Error> {
+    /// `join`: in fair mode, take a place in line when the lock is not granted.
+    pub async fn acquire(
+        &self,
+        keys: &LockKeys,
+        owner: &str,
+        ttl: Duration,
+        holder: &str,
+        join: bool,
+    ) -> Result<Attempt, Error> {
+        let queue = self.fair.then_some(join);
         let started = Instant::now();
         let replies = on_all(&self.instances, |instance| async move {
-            let call = || instance.run::<(u64, i64)>(scripts::acquire(keys, owner, ttl, holder));
+            let call = || instance.run::<(u64, i64)>(scripts::acquire(keys, owner, ttl, holder, queue));
             // The script is idempotent for its owner, so a reply lost to a dropped connection
             // is recovered by asking again.
             match call().await {
@@ -91,7 +102,8 @@ impl Quorum {
 
     /// Deletes this owner's grant on every instance; `Ok(n)`: n instances had it.
     pub async fn release(&self, keys: &LockKeys, owner: &str) -> Result<usize, Error> {
-        let replies = on_all(&self.instances, |instance| instance.run::<i64>(scripts::release(keys, owner))).await;
+        let replies =
+            on_all(&self.instances, |instance| instance.run::<i64>(scripts::release(keys, owner, self.fair))).await;
         let released = replies.iter().filter(|r| matches!(r, Ok(1))).count();
         self.enough_answered(replies.into_iter().filter_map(Result::err).collect())?;
         Ok(released)

@@ -1,6 +1,7 @@
 //! Wake-ups on release: one pub/sub connection per instance and backend handle, shared by all
-//! its waiters. A waiter watches its lock's channel; a release publishes on it; the handle wakes
-//! one local waiter of that lock.
+//! its waiters. A waiter watches its lock's channel; a release publishes on it. An empty message
+//! wakes one local waiter of that lock; a message naming an owner (fair mode: the first in
+//! line) wakes that waiter only.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -27,9 +28,22 @@ struct State {
     channels: HashMap<String, Channel>,
 }
 
+/// The local waiters of one channel, in arrival order: (owner, its wake-up).
 struct Channel {
-    watchers: usize,
-    notify: Arc<Notify>,
+    watchers: Vec<(String, Arc<Notify>)>,
+}
+
+impl Channel {
+    /// Wakes the waiter `message` names, or the first one for an empty message.
+    fn wake(&self, message: &str) {
+        let waiter = match message {
+            "" => self.watchers.first(),
+            owner => self.watchers.iter().find(|(o, _)| o == owner),
+        };
+        if let Some((_, notify)) = waiter {
+            notify.notify_one();
+        }
+    }
 }
 
 impl Wakeups {
@@ -54,15 +68,14 @@ impl Wakeups {
         wakeups
     }
 
-    /// Watches a channel: subscribed (and confirmed by every reachable instance) on return.
-    pub async fn watch(self: &Arc<Self>, channel: &str) -> Watch {
+    /// Watches a channel for `owner`: subscribed (and confirmed by every reachable instance) on
+    /// return.
+    pub async fn watch(self: &Arc<Self>, channel: &str, owner: &str) -> Watch {
         let mut state = self.state.lock().await;
-        let entry = state
-            .channels
-            .entry(channel.to_owned())
-            .or_insert_with(|| Channel { watchers: 0, notify: Arc::new(Notify::new()) });
-        entry.watchers += 1;
-        let (first, notify) = (entry.watchers == 1, entry.notify.clone());
+        let entry = state.channels.entry(channel.to_owned()).or_insert_with(|| Channel { watchers: Vec::new() });
+        let notify = Arc::new(Notify::new());
+        entry.watchers.push((owner.to_owned(), notify.clone()));
+        let first = entry.watchers.len() == 1;
         if first {
             let subscribes = state.sinks.iter().flatten().cloned().map(|mut sink| {
                 let channel = channel.to_owned();
@@ -70,7 +83,7 @@ impl Wakeups {
             });
             join_all(subscribes).await;
         }
-        Watch { wakeups: self.clone(), channel: channel.to_owned(), notify }
+        Watch { wakeups: self.clone(), channel: channel.to_owned(), owner: owner.to_owned(), notify }
     }
 }
 
@@ -84,17 +97,19 @@ impl Drop for Wakeups {
 pub struct Watch {
     wakeups: Arc<Wakeups>,
     channel: String,
+    owner: String,
     pub notify: Arc<Notify>,
 }
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        let (wakeups, channel) = (self.wakeups.clone(), std::mem::take(&mut self.channel));
+        let (wakeups, channel, owner) =
+            (self.wakeups.clone(), std::mem::take(&mut self.channel), std::mem::take(&mut self.owner));
         self.wakeups.runtime.spawn(async move {
             let mut state = wakeups.state.lock().await;
             let Some(entry) = state.channels.get_mut(&channel) else { return };
-            entry.watchers -= 1;
-            if entry.watchers > 0 {
+            entry.watchers.retain(|(o, _)| *o != owner);
+            if !entry.watchers.is_empty() {
                 return;
             }
             state.channels.remove(&channel);
@@ -121,12 +136,12 @@ async fn listen(wakeups: Weak<Wakeups>, index: usize, client: redis::Client, tim
                 }
                 state.sinks[index] = Some(sink);
                 // Releases may have been missed while disconnected: let every waiter try again.
-                state.channels.values().for_each(|c| c.notify.notify_one());
+                state.channels.values().flat_map(|c| &c.watchers).for_each(|(_, notify)| notify.notify_one());
             }
             while let Some(message) = stream.next().await {
                 let Some(wakeups) = wakeups.upgrade() else { return };
                 if let Some(channel) = wakeups.state.lock().await.channels.get(message.get_channel_name()) {
-                    channel.notify.notify_one();
+                    channel.wake(&message.get_payload::<String>().unwrap_or_default());
                 }
             }
             let Some(wakeups) = wakeups.upgrade() else { return };

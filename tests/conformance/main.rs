@@ -13,6 +13,8 @@ conformance!(etcd, crate::support::Target::etcd);
 #[cfg(feature = "redis")]
 conformance!(redis, crate::support::Target::redis);
 #[cfg(feature = "redis")]
+conformance!(redis_fair, crate::support::Target::redis_fair);
+#[cfg(feature = "redis")]
 conformance!(redlock, crate::support::Target::redlock);
 
 mod child {

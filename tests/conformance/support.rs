@@ -34,6 +34,11 @@ impl Target {
         Target { base: crate::servers::shared_redis_url(), namespace: unique("t"), _dir: None }
     }
 
+    /// Redis with `fair=true`: waiters queue inside the scripts.
+    pub fn redis_fair() -> Target {
+        Target { base: format!("{}?fair=true", crate::servers::shared_redis_url()), namespace: unique("t"), _dir: None }
+    }
+
     pub fn redlock() -> Target {
         Target { base: crate::servers::shared_redlock_url(), namespace: unique("t"), _dir: None }
     }

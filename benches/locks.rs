@@ -98,10 +98,7 @@ mod redis_raw {
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
         let release = redis::Script::new(RELEASE);
         let locks = connect(url).await;
-        let mut lock_samples = Vec::with_capacity(iterations);
-        let mut ping_samples = Vec::with_capacity(iterations);
-        let mut lockkit_samples = Vec::with_capacity(iterations);
-        for i in 0..iterations + iterations / 10 {
+        let [raw, trip, ours] = interleave(iterations, async || {
             let t = Instant::now();
             let _: Option<String> = redis::cmd("SET")
                 .arg("raw-bench")
@@ -113,40 +110,16 @@ mod redis_raw {
                 .await
                 .unwrap();
             let _: i64 = release.key("raw-bench").arg("owner").invoke_async(&mut conn).await.unwrap();
-            let lock = t.elapsed();
+            let raw = t.elapsed();
             let t = Instant::now();
             let _: String = redis::cmd("PING").query_async(&mut conn).await.unwrap();
-            let ping = t.elapsed();
+            let trip = t.elapsed();
             let t = Instant::now();
             locks.acquire("lockkit-bench").await.unwrap().release().await.unwrap();
-            if i >= iterations / 10 {
-                lock_samples.push(lock);
-                ping_samples.push(ping);
-                lockkit_samples.push(t.elapsed());
-            }
-        }
-        let row = |case: &str, samples: &mut Vec<Duration>| {
-            let total: Duration = samples.iter().sum();
-            let (p50, p99) = percentiles(samples);
-            Row {
-                backend: "redis raw".into(),
-                case: case.into(),
-                ops_per_sec: samples.len() as f64 / total.as_secs_f64(),
-                p50,
-                p99,
-                changed_hands: None,
-                commands_per_grant: None,
-            }
-        };
-        let mut rows = vec![
-            row("SET NX PX + compare-and-delete", &mut lock_samples),
-            row("one round trip (PING)", &mut ping_samples),
-        ];
-        let raw_p50 = rows[0].p50.as_secs_f64();
-        let mut lockkit = row("lockkit acquire+release, interleaved with the raw rows", &mut lockkit_samples);
-        lockkit.backend = format!("redis ({:.2}× raw p50)", lockkit.p50.as_secs_f64() / raw_p50);
-        rows.push(lockkit);
-        rows
+            [raw, trip, t.elapsed()]
+        })
+        .await;
+        baseline_rows("redis", "SET NX PX + compare-and-delete", "one round trip (PING)", raw, trip, ours)
     }
 
     /// Commands the server has processed so far.
@@ -172,24 +145,13 @@ async fn uncontended(backend: &str, url: &str, iterations: usize) -> Row {
         locks.acquire(&name).await.unwrap().release().await.unwrap();
     }
     let mut samples = Vec::with_capacity(iterations);
-    let started = Instant::now();
     for _ in 0..iterations {
         let t = Instant::now();
         let guard = locks.acquire(&name).await.unwrap();
         guard.release().await.unwrap();
         samples.push(t.elapsed());
     }
-    let total = started.elapsed();
-    let (p50, p99) = percentiles(&mut samples);
-    Row {
-        backend: backend.into(),
-        case: "uncontended acquire+release".into(),
-        ops_per_sec: iterations as f64 / total.as_secs_f64(),
-        p50,
-        p99,
-        changed_hands: None,
-        commands_per_grant: None,
-    }
+    row(backend, "uncontended acquire+release", samples, None, None)
 }
 
 /// Who released last and when: the next grant to someone else is a handoff.
@@ -238,19 +200,12 @@ async fn contended(backend: &str, url: &str, stats: Option<&str>, contenders: us
         .await
         .zip(commands_before)
         .map(|(after, before)| (after - before) as f64 / grants.max(1) as f64);
-    let mut samples = handoffs.lock().unwrap().clone();
+    let samples = handoffs.lock().unwrap().clone();
     let changed = samples.len() as f64 / grants.max(1) as f64;
     let handoffs_per_sec = samples.len() as f64 / run.as_secs_f64();
-    let (p50, p99) = percentiles(&mut samples);
-    Row {
-        backend: backend.into(),
-        case: format!("{contenders} contenders: handoffs"),
-        ops_per_sec: handoffs_per_sec,
-        p50,
-        p99,
-        changed_hands: Some(changed),
-        commands_per_grant: commands,
-    }
+    let mut row = row(backend, &format!("{contenders} contenders: handoffs"), samples, Some(changed), commands);
+    row.ops_per_sec = handoffs_per_sec;
+    row
 }
 
 /// The same writes as the etcd driver's, made directly with `etcd-client`: a put-if-absent
@@ -268,52 +223,74 @@ mod etcd_raw {
         let mut client = Client::connect([format!("127.0.0.1:{port}")], None).await.unwrap();
         let lease = client.lease_grant(60, None).await.unwrap().id();
         let locks = connect(url).await;
-        let (mut raw, mut ours, mut trips) = (Vec::new(), Vec::new(), Vec::new());
-        for i in 0..iterations + iterations / 10 {
-            let key = format!("raw-bench/{lease:x}");
-            let first = GetOptions::new().with_prefix().with_sort(SortTarget::Create, SortOrder::Ascend).with_limit(1);
+        let key = format!("raw-bench/{lease:x}");
+        let first = GetOptions::new().with_prefix().with_sort(SortTarget::Create, SortOrder::Ascend).with_limit(1);
+        let [raw, trip, ours] = interleave(iterations, async || {
             let txn = Txn::new().when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)]).and_then([
                 TxnOp::put(key.clone(), "", Some(PutOptions::new().with_lease(lease))),
-                TxnOp::get("raw-bench/", Some(first)),
+                TxnOp::get("raw-bench/", Some(first.clone())),
             ]);
             let t = Instant::now();
             client.txn(txn).await.unwrap();
-            client.delete(key, None).await.unwrap();
-            let r = t.elapsed();
+            client.delete(key.clone(), None).await.unwrap();
+            let raw = t.elapsed();
             let t = Instant::now();
             client.get("raw-bench/none", None).await.unwrap();
             let trip = t.elapsed();
             let t = Instant::now();
             locks.acquire("lockkit-bench").await.unwrap().release().await.unwrap();
-            if i >= iterations / 10 {
-                raw.push(r);
-                trips.push(trip);
-                ours.push(t.elapsed());
+            [raw, trip, t.elapsed()]
+        })
+        .await;
+        baseline_rows("etcd", "txn put-if-absent (existing lease) + delete", "one round trip (GET)", raw, trip, ours)
+    }
+}
+
+/// Runs `step` (raw operation, raw round trip, lockkit's acquire+release) `iterations` times
+/// after a 10 % warm-up, so that all three see the same machine load.
+#[cfg(any(feature = "redis", feature = "etcd"))]
+async fn interleave(iterations: usize, mut step: impl AsyncFnMut() -> [Duration; 3]) -> [Vec<Duration>; 3] {
+    let mut samples = [Vec::new(), Vec::new(), Vec::new()];
+    for i in 0..iterations + iterations / 10 {
+        let taken = step().await;
+        if i >= iterations / 10 {
+            for (column, sample) in samples.iter_mut().zip(taken) {
+                column.push(sample);
             }
         }
-        let row = |backend: String, case: &str, samples: &mut Vec<Duration>| {
-            let total: Duration = samples.iter().sum();
-            let (p50, p99) = percentiles(samples);
-            Row {
-                backend,
-                case: case.into(),
-                ops_per_sec: samples.len() as f64 / total.as_secs_f64(),
-                p50,
-                p99,
-                changed_hands: None,
-                commands_per_grant: None,
-            }
-        };
-        let raw_row = row("etcd raw".into(), "txn put-if-absent (existing lease) + delete", &mut raw);
-        let trip_row = row("etcd raw".into(), "one round trip (GET)", &mut trips);
-        let ratio = percentiles(&mut ours).0.as_secs_f64() / raw_row.p50.as_secs_f64();
-        let ours_row = row(
-            format!("etcd ({ratio:.2}× raw p50)"),
-            "lockkit acquire+release, interleaved with the raw rows",
-            &mut ours,
-        );
-        vec![raw_row, trip_row, ours_row]
     }
+    samples
+}
+
+/// The rows of a raw baseline and of lockkit measured beside it, with the p50 ratio.
+#[cfg(any(feature = "redis", feature = "etcd"))]
+fn baseline_rows(
+    backend: &str,
+    raw_case: &str,
+    trip_case: &str,
+    raw: Vec<Duration>,
+    trip: Vec<Duration>,
+    ours: Vec<Duration>,
+) -> Vec<Row> {
+    let raw = row(&format!("{backend} raw"), raw_case, raw, None, None);
+    let trip = row(&format!("{backend} raw"), trip_case, trip, None, None);
+    let mut ours = row(backend, "lockkit acquire+release, interleaved with the raw rows", ours, None, None);
+    ours.backend = format!("{backend} ({:.2}× raw p50)", ours.p50.as_secs_f64() / raw.p50.as_secs_f64());
+    vec![raw, trip, ours]
+}
+
+/// A row from latency samples (ops/s from their sum).
+fn row(
+    backend: &str,
+    case: &str,
+    mut samples: Vec<Duration>,
+    changed_hands: Option<f64>,
+    commands_per_grant: Option<f64>,
+) -> Row {
+    let total: Duration = samples.iter().sum();
+    let ops_per_sec = samples.len() as f64 / total.as_secs_f64().max(f64::MIN_POSITIVE);
+    let (p50, p99) = percentiles(&mut samples);
+    Row { backend: backend.into(), case: case.into(), ops_per_sec, p50, p99, changed_hands, commands_per_grant }
 }
 
 async fn command_count(stats: Option<&str>) -> Option<u64> {

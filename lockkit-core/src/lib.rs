@@ -32,7 +32,7 @@ pub use name::{LockName, MAX_NAME_LEN, Namespace};
 pub use options::{Capabilities, GrantRequest, LockOptions, LockStatus, Settings, Wait, default_holder};
 pub use signal::{LossSignal, safety_margin};
 pub use token::FencingToken;
-pub use url::{COMMON_OPTIONS, Host, LockUrl, Scheme, Secret, parse_duration};
+pub use url::{COMMON_OPTIONS, Host, LockUrl, Scheme, Secret, TLS_OPTIONS, TlsFiles, parse_duration};
 
 /// A random number, different at every call (not for cryptography): for drivers' per-grant
 /// owner tokens and for jitter.

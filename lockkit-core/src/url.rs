@@ -116,6 +116,24 @@ impl Host {
     }
 }
 
+/// TLS material named by a URL's `ca`, `cert` and `key` options, read from disk (PEM).
+#[derive(Clone, Default)]
+pub struct TlsFiles {
+    /// The CA to trust instead of the public roots (`ca`).
+    pub ca: Option<Vec<u8>>,
+    /// A client certificate and its key, for mutual TLS (`cert` and `key`).
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsFiles").field("ca", &self.ca.is_some()).field("identity", &self.identity.is_some()).finish()
+    }
+}
+
+/// The TLS options every TLS-capable driver accepts (pass them to [`LockUrl::check_options`]).
+pub const TLS_OPTIONS: &[&str] = &["ca", "cert", "key"];
+
 /// Option names whose values are secrets (redacted like passwords).
 const SECRET_OPTIONS: &[&str] = &["token", "password"];
 
@@ -269,6 +287,29 @@ impl LockUrl {
             }
         }
         Ok(())
+    }
+
+    /// Reads the files of the `ca`, `cert` and `key` options now, so that a wrong path is an
+    /// error at connect. They are for TLS schemes only; `cert` and `key` go together.
+    pub fn tls_files(&self) -> Result<TlsFiles> {
+        let read = |option: &str| -> Result<Option<Vec<u8>>> {
+            self.option(option)
+                .map(|path| {
+                    std::fs::read(path)
+                        .map_err(|e| self.invalid(format!("cannot read the `{option}` file {path}: {e}")))
+                })
+                .transpose()
+        };
+        let (ca, cert, key) = (read("ca")?, read("cert")?, read("key")?);
+        if !self.tls && (ca.is_some() || cert.is_some() || key.is_some()) {
+            return Err(self.invalid(format!("`ca`, `cert` and `key` are for TLS: use {}s://", self.scheme_text)));
+        }
+        let identity = match (cert, key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => return Err(self.invalid("give both `cert` and `key` for a client certificate")),
+        };
+        Ok(TlsFiles { ca, identity })
     }
 
     /// An [`Error::InvalidUrl`] for this URL (redacted).
@@ -569,6 +610,23 @@ mod tests {
                 }
             }
             let _ = parse_duration(&text);
+        }
+    }
+
+    #[test]
+    fn tls_files_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "PEM").unwrap();
+        let url = LockUrl::parse(&format!("rediss://h?ca={}", ca.display())).unwrap();
+        assert_eq!(url.tls_files().unwrap().ca.as_deref(), Some(&b"PEM"[..]));
+        for (text, expected) in [
+            (format!("redis://h?ca={}", ca.display()), "are for TLS: use rediss://"),
+            ("etcds://h?ca=/nonexistent".to_owned(), "cannot read the `ca` file /nonexistent"),
+            (format!("etcds://h?cert={}", ca.display()), "give both `cert` and `key`"),
+        ] {
+            let err = LockUrl::parse(&text).unwrap().tls_files().unwrap_err().to_string();
+            assert!(err.contains(expected), "{text}: {err}");
         }
     }
 

@@ -48,7 +48,7 @@ const BACKEND: &str = "etcd";
 
 /// Connects to an etcd cluster and checks that it answers and accepts the credentials.
 pub async fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
-    url.check_options(&["ca", "cert", "key"])?;
+    url.check_options(lockkit_core::TLS_OPTIONS)?;
     if url.hosts().is_empty() {
         return Err(url.invalid("name at least one endpoint: etcd://127.0.0.1:2379"));
     }
@@ -88,30 +88,18 @@ pub async fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
 }
 
 /// TLS settings for `etcds://`: the `ca` to trust (else the public roots) and a client
-/// certificate from `cert` and `key`. Files are read now, so a wrong path is an error at connect.
+/// certificate from `cert` and `key`.
 fn tls_options(url: &LockUrl) -> Result<Option<etcd_client::TlsOptions>> {
-    let read = |option: &str| -> Result<Option<Vec<u8>>> {
-        url.option(option)
-            .map(|path| {
-                std::fs::read(path).map_err(|e| url.invalid(format!("cannot read the `{option}` file {path}: {e}")))
-            })
-            .transpose()
-    };
-    let (ca, cert, key) = (read("ca")?, read("cert")?, read("key")?);
+    let files = url.tls_files()?;
     if !url.tls() {
-        return match ca.is_some() || cert.is_some() || key.is_some() {
-            true => Err(url.invalid("`ca`, `cert` and `key` are for TLS: use etcds://")),
-            false => Ok(None),
-        };
+        return Ok(None);
     }
     let mut tls = etcd_client::TlsOptions::new().with_webpki_roots();
-    if let Some(ca) = ca {
+    if let Some(ca) = files.ca {
         tls = tls.ca_certificate(etcd_client::Certificate::from_pem(ca));
     }
-    match (cert, key) {
-        (Some(cert), Some(key)) => tls = tls.identity(etcd_client::Identity::from_pem(cert, key)),
-        (None, None) => {}
-        _ => return Err(url.invalid("give both `cert` and `key` for a client certificate")),
+    if let Some((cert, key)) = files.identity {
+        tls = tls.identity(etcd_client::Identity::from_pem(cert, key));
     }
     Ok(Some(tls))
 }

@@ -57,7 +57,7 @@ const BACKEND: &str = "redis";
 /// Connects to `redis://` or `redlock://`; checks that enough servers answer and accept the
 /// credentials.
 pub async fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
-    url.check_options(&["ca", "cert", "key", "fair"])?;
+    url.check_options(&["ca", "cert", "key", "fair"])?; // lockkit_core::TLS_OPTIONS and `fair`
     let redlock = url.scheme() == Scheme::Redlock;
     let hosts = url.hosts();
     if hosts.is_empty() {
@@ -158,28 +158,15 @@ pub async fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
     }))
 }
 
-/// The CA and client certificate files named by `ca`, `cert` and `key`, read now so that a
-/// wrong path is an error at connect. `None` when there are none (public roots are used).
+/// The CA and client certificate of the `ca`, `cert` and `key` options; `None` when there are
+/// none (public roots are used).
 fn tls_certificates(url: &LockUrl) -> Result<Option<redis::TlsCertificates>> {
-    let read = |option: &str| -> Result<Option<Vec<u8>>> {
-        url.option(option)
-            .map(|path| {
-                std::fs::read(path).map_err(|e| url.invalid(format!("cannot read the `{option}` file {path}: {e}")))
-            })
-            .transpose()
-    };
-    let (ca, cert, key) = (read("ca")?, read("cert")?, read("key")?);
-    if !url.tls() && (ca.is_some() || cert.is_some()) {
-        return Err(url.invalid("`ca`, `cert` and `key` are for TLS: use rediss:// or redlocks://"));
-    }
+    let files = url.tls_files()?;
     if url.tls() {
         // The redis client's rustls has no crypto provider of its own; one per process.
         let _ = rustls::crypto::ring::default_provider().install_default();
     }
-    let client_tls = match (cert, key) {
-        (Some(client_cert), Some(client_key)) => Some(redis::ClientTlsConfig { client_cert, client_key }),
-        (None, None) => None,
-        _ => return Err(url.invalid("give both `cert` and `key` for a client certificate")),
-    };
-    Ok((ca.is_some() || client_tls.is_some()).then_some(redis::TlsCertificates { client_tls, root_cert: ca }))
+    let client_tls = files.identity.map(|(client_cert, client_key)| redis::ClientTlsConfig { client_cert, client_key });
+    Ok((files.ca.is_some() || client_tls.is_some())
+        .then_some(redis::TlsCertificates { client_tls, root_cert: files.ca }))
 }

@@ -115,13 +115,13 @@ impl EtcdLocks {
     /// Puts a new key of mine; returns its create revision and whether it is first. A key of
     /// mine left over from an earlier grant (whose release failed) is deleted first, so every
     /// grant gets a new revision, hence a new token.
-    async fn enqueue(&self, keys: &Keys, lease: i64, holder: &str) -> Result<(i64, bool)> {
-        let (revision, first) = self.try_enqueue(keys, lease, holder).await?;
+    async fn enqueue(&self, keys: &Keys, lease: i64, holder: &str, cleanup: &mut Cleanup) -> Result<(i64, bool)> {
+        let (revision, first) = self.try_enqueue(keys, lease, holder, cleanup).await?;
         if revision > 0 {
             return Ok((revision, first));
         }
         self.delete(keys.mine.as_bytes()).await?;
-        match self.try_enqueue(keys, lease, holder).await? {
+        match self.try_enqueue(keys, lease, holder, cleanup).await? {
             (0, _) => Err(Error::backend(
                 BACKEND,
                 format!("key {} keeps coming back; is another process using this lease?", keys.mine),
@@ -131,13 +131,30 @@ impl EtcdLocks {
     }
 
     /// One put-if-absent; revision 0 when my key already existed.
-    async fn try_enqueue(&self, keys: &Keys, lease: i64, holder: &str) -> Result<(i64, bool)> {
+    ///
+    /// The put runs in a task of its own: if the acquire is dropped meanwhile, the put still
+    /// completes, and `cleanup` deletes the key only after it (etcd does not order two requests
+    /// in flight at once, so a delete sent alongside could land first and orphan the key).
+    async fn try_enqueue(&self, keys: &Keys, lease: i64, holder: &str, cleanup: &mut Cleanup) -> Result<(i64, bool)> {
         let head = first(SortOrder::Ascend).with_limit(1);
         let txn = Txn::new().when([Compare::create_revision(keys.mine.clone(), CompareOp::Equal, 0)]).and_then([
             TxnOp::put(keys.mine.clone(), holder, Some(PutOptions::new().with_lease(lease))),
             TxnOp::get(keys.prefix.clone(), Some(head)),
         ]);
-        let response = self.txn(txn).await?;
+        let (client, timeout, endpoints) = (self.client.clone(), self.settings.timeout, self.endpoints.clone());
+        let (done, finished) = tokio::sync::oneshot::channel::<()>();
+        cleanup.in_flight = Some(finished);
+        let put = tokio::spawn(async move {
+            let response = crate::retry(timeout, &endpoints, || {
+                let (mut client, txn) = (client.clone(), txn.clone());
+                async move { client.txn(txn).await }
+            })
+            .await;
+            drop(done);
+            response
+        });
+        let response =
+            put.await.map_err(|e| Error::backend(BACKEND, format!("the acquire transaction's task failed: {e}")))??;
         if !response.succeeded() {
             return Ok((0, false));
         }
@@ -253,8 +270,9 @@ impl DistributedLock for EtcdLocks {
                     Err(_) => return Ok(None),
                 },
             };
-            let mut cleanup = Cleanup { client: self.client.clone(), key: keys.mine.clone(), turn: Some(turn) };
-            match self.enqueue(&keys, lease_id, &request.holder).await {
+            let mut cleanup =
+                Cleanup { client: self.client.clone(), key: keys.mine.clone(), turn: Some(turn), in_flight: None };
+            match self.enqueue(&keys, lease_id, &request.holder, &mut cleanup).await {
                 Ok((revision, true)) => break (lease, keys, revision, cleanup),
                 Ok((_, false)) if !request.wait => {
                     cleanup.now().await;
@@ -342,6 +360,8 @@ struct Cleanup {
     client: Client,
     key: String,
     turn: Option<OwnedMutexGuard<()>>,
+    /// Completes (its sender dropped) when the put of the key has been answered.
+    in_flight: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl Cleanup {
@@ -359,8 +379,11 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         let Some(turn) = self.turn.take() else { return };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-        let (mut client, key) = (self.client.clone(), std::mem::take(&mut self.key));
+        let (mut client, key, in_flight) = (self.client.clone(), std::mem::take(&mut self.key), self.in_flight.take());
         runtime.spawn(async move {
+            if let Some(put) = in_flight {
+                let _ = put.await;
+            }
             let _ = client.delete(key, None).await;
             drop(turn);
         });

@@ -7,7 +7,8 @@
 //!   The path is the database number, as in every Redis URL; the namespace is an option.
 //!   `?fair=true` (redis:// only) grants in arrival order: waiters queue inside the scripts
 //!   (`K:queue`, entries expire one TTL after their waiter last asked), a release wakes only the
-//!   first in line, and a plain acquire does not barge ahead of the line.
+//!   first in line, and a plain acquire does not barge ahead of the line. Handles without
+//!   `fair=true` on the same lock ignore the line (and may get ahead of it).
 //!   `rediss://` and `redlocks://` use TLS: the server is checked against the public roots,
 //!   or against `?ca=/path/ca.pem`; `&cert=…&key=…` give a client certificate (mutual TLS).
 //! - **Grant**: one script per server does `SET key owner PX ttl` if free and, only then,

@@ -14,6 +14,9 @@ use tokio::runtime::Handle;
 use tokio::sync::{Mutex, Notify};
 use tokio_util::sync::CancellationToken;
 
+/// How long a channel stays subscribed after its last local waiter left.
+const LINGER: Duration = Duration::from_secs(1);
+
 pub struct Wakeups {
     /// Subscriptions change only under this lock, so an unsubscribe can never undo a newer
     /// subscribe of the same channel.
@@ -31,6 +34,8 @@ struct State {
 /// The local waiters of one channel, in arrival order: (owner, its wake-up).
 struct Channel {
     watchers: Vec<(String, Arc<Notify>)>,
+    /// Not subscribed yet (a new entry).
+    fresh: bool,
 }
 
 impl Channel {
@@ -72,10 +77,13 @@ impl Wakeups {
     /// return.
     pub async fn watch(self: &Arc<Self>, channel: &str, owner: &str) -> Watch {
         let mut state = self.state.lock().await;
-        let entry = state.channels.entry(channel.to_owned()).or_insert_with(|| Channel { watchers: Vec::new() });
+        let entry =
+            state.channels.entry(channel.to_owned()).or_insert_with(|| Channel { watchers: Vec::new(), fresh: true });
         let notify = Arc::new(Notify::new());
+        // A channel without watchers may still be subscribed (lingering): no new SUBSCRIBE.
+        let first = entry.watchers.is_empty() && entry.fresh;
+        entry.fresh = false;
         entry.watchers.push((owner.to_owned(), notify.clone()));
-        let first = entry.watchers.len() == 1;
         if first {
             let subscribes = state.sinks.iter().flatten().cloned().map(|mut sink| {
                 let channel = channel.to_owned();
@@ -110,6 +118,14 @@ impl Drop for Watch {
             let Some(entry) = state.channels.get_mut(&channel) else { return };
             entry.watchers.retain(|(o, _)| *o != owner);
             if !entry.watchers.is_empty() {
+                return;
+            }
+            // Stay subscribed a little while: a contender usually waits again soon, and then
+            // needs no SUBSCRIBE round trip. Unsubscribe if nobody came back.
+            drop(state);
+            tokio::time::sleep(LINGER).await;
+            let mut state = wakeups.state.lock().await;
+            if !state.channels.get(&channel).is_some_and(|c| c.watchers.is_empty()) {
                 return;
             }
             state.channels.remove(&channel);

@@ -153,11 +153,6 @@ impl Error {
         Error::Backend { backend, message: message.into(), temporary: false, source: None }
     }
 
-    /// A backend error that may go away when tried again.
-    pub fn temporary(backend: &'static str, message: impl Into<String>, source: impl Into<Source>) -> Self {
-        Error::Backend { backend, message: message.into(), temporary: true, source: Some(source.into()) }
-    }
-
     /// A connection error.
     pub fn connection(
         backend: &'static str,

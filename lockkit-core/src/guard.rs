@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio::runtime::Handle;
+use tracing::Instrument;
 
 use crate::lease::{KeptLease, Lease};
 use crate::signal::LossSignal;
@@ -187,9 +188,9 @@ impl LockGuard {
     pub async fn release(mut self) -> Result<()> {
         let grant = self.grant.take().expect("a guard's grant is only taken by release or drop");
         let span = tracing::debug_span!("lockkit.release", backend = self.backend, lock = %self.name, token = self.token.get());
-        let _enter = span.enter();
-        let result = grant.release().await;
+        let result = grant.release().instrument(span.clone()).await;
         self.signal.retire();
+        let _enter = span.enter();
         match &result {
             Ok(()) => tracing::debug!(held_for = ?self.acquired_at.elapsed(), "released"),
             Err(e) => tracing::warn!(error = %e, "release failed"),

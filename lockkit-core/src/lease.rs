@@ -292,11 +292,6 @@ impl LeasePool {
         Ok(lease)
     }
 
-    /// Drops every lease of the pool (each is revoked once no guard uses it any more).
-    pub async fn clear(&self) {
-        self.leases.lock().await.clear();
-    }
-
     /// Revokes every lease of the pool now and waits for the backend to confirm: whatever was
     /// held or queued on them is gone when this returns.
     pub async fn close(&self) -> Result<()> {
@@ -410,7 +405,7 @@ mod tests {
         assert!(!Arc::ptr_eq(&first, &fresh));
         drop((first, again));
         assert_eq!(backend.revoked.load(Ordering::SeqCst), 1, "a revoked lease is not revoked again");
-        pool.clear().await;
+        drop(pool);
         drop(fresh);
         tokio::task::yield_now().await;
         assert_eq!(backend.revoked.load(Ordering::SeqCst), 2);

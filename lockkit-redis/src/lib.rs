@@ -58,7 +58,7 @@ const BACKEND: &str = "redis";
 /// Connects to `redis://` or `redlock://`; checks that enough servers answer and accept the
 /// credentials.
 pub async fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
-    url.check_options(&["ca", "cert", "key", "fair"])?; // lockkit_core::TLS_OPTIONS and `fair`
+    url.check_options(&[lockkit_core::TLS_OPTIONS, &["fair"]].concat())?;
     let redlock = url.scheme() == Scheme::Redlock;
     let hosts = url.hosts();
     if hosts.is_empty() {

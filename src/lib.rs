@@ -40,6 +40,9 @@ pub use lockkit_etcd as etcd;
 /// The Redis driver.
 #[cfg(feature = "redis")]
 pub use lockkit_redis as redis;
+/// The ZooKeeper driver.
+#[cfg(feature = "zookeeper")]
+pub use lockkit_zk as zookeeper;
 
 /// The environment variable [`connect_from_env`] reads.
 pub const URL_ENV: &str = "LOCKKIT_URL";
@@ -70,6 +73,8 @@ pub async fn connect_url(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
         Scheme::Etcd => lockkit_etcd::connect(url).await,
         #[cfg(feature = "redis")]
         Scheme::Redis | Scheme::Redlock => lockkit_redis::connect(url).await,
+        #[cfg(feature = "zookeeper")]
+        Scheme::ZooKeeper => lockkit_zk::connect(url).await,
         other => Err(Error::FeatureDisabled {
             scheme: url.scheme_str().to_owned(),
             feature: other.feature().unwrap_or("unknown"),

@@ -10,6 +10,8 @@ conformance!(memory, crate::support::Target::memory);
 conformance!(file, crate::support::Target::file);
 #[cfg(feature = "etcd")]
 conformance!(etcd, crate::support::Target::etcd);
+#[cfg(feature = "zookeeper")]
+conformance!(zookeeper, crate::support::Target::zookeeper);
 #[cfg(feature = "redis")]
 conformance!(redis, crate::support::Target::redis);
 #[cfg(feature = "redis")]

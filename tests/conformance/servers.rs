@@ -135,6 +135,75 @@ impl Server {
     }
 }
 
+impl Server {
+    /// A standalone ZooKeeper (tickTime 100 ms, so sessions can be as short as 200 ms).
+    pub fn zookeeper() -> Server {
+        Server::zookeeper_ensemble(1).pop().expect("one server")
+    }
+
+    /// A ZooKeeper ensemble of `size` servers on loopback, each ready when it answers `ruok`
+    /// (a standalone server for size 1). Heap capped at 256 MiB each.
+    pub fn zookeeper_ensemble(size: usize) -> Vec<Server> {
+        let ports: Vec<(u16, u16, u16)> = (0..size).map(|_| (free_port(), free_port(), free_port())).collect();
+        let peers: String = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, quorum, election))| format!("server.{}=127.0.0.1:{quorum}:{election}\\n", i + 1))
+            .collect();
+        let servers: Vec<Server> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (port, quorum, _))| {
+                let peers = if size > 1 { peers.as_str() } else { "" };
+                let config = [
+                    "tickTime=100",
+                    "initLimit=50",
+                    "syncLimit=20",
+                    "dataDir={dir}",
+                    "clientPort={port}",
+                    "clientPortAddress=127.0.0.1",
+                    "admin.enableServer=false",
+                    "4lw.commands.whitelist=*",
+                    "maxSessionTimeout=60000",
+                ]
+                .join("\\n");
+                let script = format!(
+                    "printf '{config}\\n{peers}' > {{dir}}/zoo.cfg && echo {} > {{dir}}/myid && exec java -Xmx256m \
+                     -cp /etc/zookeeper/conf:/usr/share/java/zookeeper.jar \
+                     org.apache.zookeeper.server.quorum.QuorumPeerMain {{dir}}/zoo.cfg",
+                    i + 1
+                );
+                Server::spawn(*port, *quorum, "sh", &["-c", &script])
+            })
+            .collect();
+        for server in &servers {
+            server.wait_until("zookeeper (java)", |port| four_letter_word(port, "ruok").as_deref() == Some("imok"));
+        }
+        servers
+    }
+}
+
+/// A ZooKeeper four-letter-word command's answer (`ruok`, `srvr`, …).
+pub fn four_letter_word(port: u16, word: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    stream.write_all(word.as_bytes()).ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    Some(answer)
+}
+
+/// The ZooKeeper server the whole test binary shares: `LOCKKIT_TEST_ZK_URL`, or one started here.
+pub fn shared_zk_url() -> String {
+    static SERVER: OnceLock<String> = OnceLock::new();
+    SERVER
+        .get_or_init(|| match std::env::var("LOCKKIT_TEST_ZK_URL") {
+            Ok(url) => url,
+            Err(_) => format!("zk://127.0.0.1:{}", Box::leak(Box::new(Server::zookeeper())).port),
+        })
+        .clone()
+}
+
 /// A throwaway CA and a server certificate for 127.0.0.1 (with openssl), in `dir`.
 pub fn make_certificates(dir: &std::path::Path) {
     let script = r#"set -e

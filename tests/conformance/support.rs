@@ -30,6 +30,10 @@ impl Target {
         Target { base: crate::servers::shared_etcd_url(), namespace: unique("t"), _dir: None }
     }
 
+    pub fn zookeeper() -> Target {
+        Target { base: crate::servers::shared_zk_url(), namespace: unique("t"), _dir: None }
+    }
+
     pub fn redis() -> Target {
         Target { base: crate::servers::shared_redis_url(), namespace: unique("t"), _dir: None }
     }

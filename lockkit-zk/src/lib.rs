@@ -1,0 +1,110 @@
+//! ZooKeeper driver for [lockkit](https://docs.rs/lockkit): `zk://` (alias `zookeeper://`).
+//! Applications use it through `lockkit::connect` with the facade's `zookeeper` feature.
+//!
+//! - **URL**: `zk://[user:password@]host1:2181,host2:2181[/chroot][?namespace=…&session_timeout=…&timeout=…&recipe=…]`.
+//!   The path is a chroot: every lock lives under it (created as needed). `user:password` is
+//!   ZooKeeper `digest` authentication. `session_timeout` is the TTL (`ttl` says the same).
+//! - **One session per handle** (per TTL), opened at connect. Its state drives every guard:
+//!   a disconnection makes them *suspect* — `is_held()` turns false once the session timeout
+//!   has passed since the last confirmed round trip — a reconnection in time clears that, and
+//!   `Expired`/`Closed`/`AuthFailed` fire every guard's loss signal. Later acquires open a new
+//!   session.
+//! - **Recipe of Apache Curator's `InterProcessMutex`**: lock `NAME` is the directory
+//!   `/chroot/namespace/NAME`; each contender creates an ephemeral sequential node
+//!   `_c_<uuid>-lock-<seq>` there, the lowest sequence holds the lock, and each waiter watches
+//!   **only its predecessor** — FIFO, no herd. A Curator `InterProcessMutex` on the same path
+//!   and a lockkit guard exclude each other. `recipe=kazoo` uses kazoo's `Lock` layout
+//!   (`<uuid>__lock__<seq>`) instead.
+//! - **Fencing token** = the `czxid` of the holder's node (global and monotonic, unlike
+//!   sequence numbers, which restart when a directory is re-created).
+//! - **Cancellation and lost replies**: a create whose reply is lost finds its node again by
+//!   its uuid; a dropped acquire deletes its node (ZooKeeper runs one session's requests in
+//!   order, so the delete always comes after the create).
+//! - **Loss**: the guard watches its own node; deleted behind its back → loss signal.
+//! - **Release** deletes the node at the version it was created with. Lock directories are
+//!   container nodes, which ZooKeeper removes once they are empty (as Curator does).
+//! - **Holder metadata** is the node's data.
+//! - **Same name twice through one handle**: the second acquire waits in line behind the
+//!   first, like any other contender (or gives `None` when trying).
+#![deny(missing_docs, missing_debug_implementations)]
+
+mod locks;
+mod recipe;
+mod session;
+
+use std::sync::Arc;
+
+use lockkit_core::{DistributedLock, Error, LeasePool, LockUrl, Namespace, Result, Settings};
+
+use crate::locks::ZkLocks;
+use crate::recipe::Recipe;
+use crate::session::Connector;
+
+const BACKEND: &str = "zookeeper";
+
+/// Options of `zk://` URLs besides the common ones.
+const OPTIONS: &[&str] = &["session_timeout", "recipe"];
+
+/// Connects to a ZooKeeper ensemble: opens the handle's first session, so a wrong address or
+/// an ensemble that does not answer is an error here.
+pub async fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
+    url.check_options(OPTIONS)?;
+    if url.hosts().is_empty() {
+        return Err(url.invalid("name at least one server: zk://127.0.0.1:2181"));
+    }
+    if url.tls() {
+        return Err(url.invalid("TLS is not supported for ZooKeeper yet; use zk://"));
+    }
+    let mut settings = Settings::from_url(url)?;
+    if let Some(ttl) = url.duration_option("session_timeout")? {
+        if url.option("ttl").is_some() {
+            return Err(url.invalid("give `session_timeout` or `ttl`, not both: they are the same"));
+        }
+        settings.ttl = ttl;
+    }
+    settings.namespace = Namespace::new(url.option("namespace").unwrap_or(""));
+    let digest = match (url.username(), url.password()) {
+        (Some(user), Some(password)) => Some((user.to_owned(), password.clone())),
+        (None, None) => None,
+        _ => return Err(url.invalid("give both user and password: zk://user:password@host:2181")),
+    };
+    let endpoints = url.endpoints(2181);
+    let locks = ZkLocks {
+        connector: Connector { endpoints: endpoints.clone(), digest, timeout: settings.timeout },
+        root: Namespace::new(url.path()),
+        recipe: Recipe::from_url(url)?,
+        pool: LeasePool::new(BACKEND),
+        sessions: Default::default(),
+        endpoints,
+        settings,
+    };
+    locks.session(locks.settings.ttl, locks.settings.ttl / 3).await?;
+    Ok(Arc::new(locks))
+}
+
+/// Maps a client error: authentication, connection trouble, or what the server answered.
+fn error(endpoints: &str, e: zookeeper_client::Error) -> Error {
+    use zookeeper_client::Error as E;
+    match e {
+        E::AuthFailed | E::NoAuth => Error::Authentication {
+            backend: BACKEND,
+            endpoint: endpoints.to_owned(),
+            message: format!("{e}; check the user and password (digest) and the nodes' ACLs"),
+        },
+        E::ConnectionLoss | E::NoHosts | E::Timeout => {
+            Error::connection(BACKEND, endpoints, format!("{e}; is ZooKeeper running there?"), Some(Box::new(e)))
+        }
+        E::SessionExpired | E::SessionMoved | E::ClientClosed => Error::Backend {
+            backend: BACKEND,
+            message: format!("ZooKeeper at {endpoints}: {e}"),
+            temporary: true,
+            source: Some(Box::new(e)),
+        },
+        _ => Error::Backend {
+            backend: BACKEND,
+            message: format!("ZooKeeper at {endpoints} answered: {e}"),
+            temporary: false,
+            source: Some(Box::new(e)),
+        },
+    }
+}

@@ -1,0 +1,102 @@
+//! Node naming: Apache Curator's `InterProcessMutex` layout (the default) or kazoo's.
+
+use lockkit_core::LockUrl;
+
+/// Which client library's node names a lock uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recipe {
+    /// Curator's `InterProcessMutex`: `_c_<uuid>-lock-<seq>`, ordered by the digits after the
+    /// last `lock-`.
+    Curator,
+    /// kazoo's `Lock`: `<uuid hex>__lock__<seq>`; kazoo's read-lock nodes (`__rlock__`) are
+    /// contenders too.
+    Kazoo,
+}
+
+/// A contender's node name under the lock's directory, with its place in line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Contender {
+    pub name: String,
+    pub sequence: i64,
+}
+
+impl Recipe {
+    /// The `recipe` option of a URL: `curator` (default) or `kazoo`.
+    pub fn from_url(url: &LockUrl) -> lockkit_core::Result<Self> {
+        match url.option("recipe") {
+            None | Some("curator") => Ok(Recipe::Curator),
+            Some("kazoo") => Ok(Recipe::Kazoo),
+            Some(other) => Err(url.invalid(format!("option `recipe`: `{other}` is not a recipe; use curator or kazoo"))),
+        }
+    }
+
+    /// The name a new contender creates (ZooKeeper appends the sequence number). `id` is a
+    /// random 128-bit value, which finds the node again after a create whose reply was lost.
+    pub fn node_prefix(self, id: u128) -> String {
+        let hex = format!("{id:032x}");
+        match self {
+            Recipe::Curator => {
+                format!("_c_{}-{}-{}-{}-{}-lock-", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
+            }
+            Recipe::Kazoo => format!("{hex}__lock__"),
+        }
+    }
+
+    fn markers(self) -> &'static [&'static str] {
+        match self {
+            Recipe::Curator => &["lock-"],
+            Recipe::Kazoo => &["__lock__", "__rlock__"],
+        }
+    }
+
+    /// The contenders among a lock directory's children, first in line first. Children that
+    /// are not contenders of this recipe (e.g. a lease node of another recipe) are ignored.
+    pub fn contenders(self, children: Vec<String>) -> Vec<Contender> {
+        let mut contenders: Vec<Contender> = children
+            .into_iter()
+            .filter_map(|name| {
+                let digits = self.markers().iter().find_map(|m| name.rfind(m).map(|i| &name[i + m.len()..]))?;
+                let sequence = digits.parse().ok()?;
+                Some(Contender { name, sequence })
+            })
+            .collect();
+        contenders.sort_by_key(|c| c.sequence);
+        contenders
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn curator_names_look_like_curators_and_sort_by_sequence() {
+        let prefix = Recipe::Curator.node_prefix(0x0123456789abcdef0123456789abcdef);
+        assert_eq!(prefix, "_c_01234567-89ab-cdef-0123-456789abcdef-lock-");
+        let children = vec![
+            format!("{prefix}0000000012"),
+            "_c_ffffffff-0000-0000-0000-000000000000-lock-0000000003".to_owned(),
+            "leases".to_owned(),
+            "x-lock-notdigits".to_owned(),
+        ];
+        let order: Vec<i64> = Recipe::Curator.contenders(children).iter().map(|c| c.sequence).collect();
+        assert_eq!(order, [3, 12]);
+    }
+
+    #[test]
+    fn kazoo_names_and_read_locks_count() {
+        let prefix = Recipe::Kazoo.node_prefix(7);
+        assert_eq!(prefix, "00000000000000000000000000000007__lock__");
+        let children =
+            vec![format!("{prefix}0000000005"), "abc__rlock__0000000002".to_owned(), "lease_holder".to_owned()];
+        let order: Vec<String> = Recipe::Kazoo.contenders(children).into_iter().map(|c| c.name).collect();
+        assert_eq!(order, ["abc__rlock__0000000002".to_owned(), format!("{prefix}0000000005")]);
+    }
+
+    #[test]
+    fn an_unknown_recipe_is_a_clear_error() {
+        let url = LockUrl::parse("zk://127.0.0.1:2181?recipe=etcd").unwrap();
+        let err = Recipe::from_url(&url).unwrap_err().to_string();
+        assert!(err.contains("curator or kazoo"), "{err}");
+    }
+}

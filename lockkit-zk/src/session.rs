@@ -1,0 +1,148 @@
+//! A ZooKeeper session: the lease every lock of a handle rides on.
+//!
+//! The core's refresh loop confirms the session with one round trip every TTL / 3; the local
+//! deadline (last confirmed round trip + session timeout) is what makes a disconnected
+//! session's guards *suspect*: `is_held()` turns false when it passes, and a reconnection
+//! before then confirms the session again. A terminal state (`Expired`, `Closed`,
+//! `AuthFailed`) fires every guard at once, through the session monitor.
+
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lockkit_core::{Error, KeepAlive, KeptLease, LeaseBackend, Result};
+use zookeeper_client::{Client, SessionState};
+
+use crate::{BACKEND, error};
+
+pub struct ZkSession {
+    /// Taken when the session is revoked, which closes it once the last clone is gone.
+    client: Mutex<Option<Client>>,
+    pub endpoints: String,
+    pub timeout: Duration,
+}
+
+/// How a handle reaches ZooKeeper: the connect string and credentials, for new sessions.
+#[derive(Clone)]
+pub struct Connector {
+    pub endpoints: String,
+    pub digest: Option<(String, lockkit_core::Secret)>,
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector").field("endpoints", &self.endpoints).finish_non_exhaustive()
+    }
+}
+
+impl Connector {
+    /// Opens a session whose timeout is `ttl`, within the request timeout.
+    pub async fn open(&self, ttl: Duration) -> Result<(Arc<ZkSession>, String)> {
+        let mut connector = Client::connector().with_session_timeout(ttl).with_connection_timeout(self.timeout.min(ttl));
+        if let Some((user, password)) = &self.digest {
+            connector = connector.with_auth("digest", format!("{user}:{}", password.expose()).as_bytes());
+        }
+        let client = match tokio::time::timeout(self.timeout, connector.connect(&self.endpoints)).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => return Err(error(&self.endpoints, e)),
+            Err(_) => {
+                return Err(Error::connection(
+                    BACKEND,
+                    &self.endpoints,
+                    format!(
+                        "no session within {:?}; is ZooKeeper running there, and the `timeout` option long enough?",
+                        self.timeout
+                    ),
+                    None,
+                ));
+            }
+        };
+        let negotiated = client.session_timeout();
+        if negotiated < ttl {
+            return Err(Error::backend(
+                BACKEND,
+                format!(
+                    "ZooKeeper at {} gave a session timeout of {negotiated:?}, below the TTL {ttl:?} asked for (its \
+                     maxSessionTimeout); use a TTL of at most {negotiated:?}",
+                    self.endpoints
+                ),
+            ));
+        }
+        let id = format!("{:x}", client.session_id().0);
+        let session =
+            ZkSession { client: Mutex::new(Some(client)), endpoints: self.endpoints.clone(), timeout: self.timeout };
+        Ok((Arc::new(session), id))
+    }
+}
+
+impl ZkSession {
+    /// The session's client, or an error once it was revoked.
+    pub fn client(&self) -> Result<Client> {
+        let client = self.client.lock().unwrap_or_else(|e| e.into_inner());
+        client.clone().ok_or_else(|| Error::backend(BACKEND, "the ZooKeeper session was closed"))
+    }
+
+    /// Watches the session state for `lease`: a terminal state loses it (and every guard on
+    /// it); a disconnection is logged (the guards' deadline keeps running meanwhile).
+    pub fn monitor(&self, lease: &Arc<KeptLease>) {
+        let Ok(client) = self.client() else { return };
+        let mut states = client.state_watcher();
+        drop(client);
+        let lease: Weak<KeptLease> = Arc::downgrade(lease);
+        tokio::spawn(async move {
+            loop {
+                let state = states.changed().await;
+                let Some(lease) = lease.upgrade() else { return };
+                let id = lockkit_core::Lease::id(lease.as_ref()).to_owned();
+                match state {
+                    SessionState::Disconnected => {
+                        tracing::warn!(backend = BACKEND, session = %id, "ZooKeeper session disconnected; its locks are suspect until it reconnects or its timeout passes")
+                    }
+                    SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
+                        tracing::info!(backend = BACKEND, session = %id, "ZooKeeper session reconnected")
+                    }
+                    SessionState::Expired | SessionState::Closed | SessionState::AuthFailed => {
+                        lease.lose(format!("ZooKeeper session {id} ended: {state}"));
+                        return;
+                    }
+                }
+            }
+        });
+    }
+}
+
+#[async_trait]
+impl LeaseBackend for ZkSession {
+    async fn keep_alive(&self) -> Result<KeepAlive> {
+        let client = self.client()?;
+        match client.check_stat("/").await {
+            Ok(_) => Ok(KeepAlive::Alive(client.session_timeout())),
+            Err(e @ (zookeeper_client::Error::SessionExpired
+            | zookeeper_client::Error::ClientClosed
+            | zookeeper_client::Error::AuthFailed)) => Ok(KeepAlive::Gone(format!("ZooKeeper session ended: {e}"))),
+            Err(e) => Err(error(&self.endpoints, e)),
+        }
+    }
+
+    /// Deletes the session's nodes (so their locks are free at once) and closes it.
+    async fn revoke(&self) -> Result<()> {
+        let Ok(client) = self.client() else { return Ok(()) };
+        let result = async {
+            for path in client.list_ephemerals("/").await? {
+                match client.delete(&path, None).await {
+                    Ok(()) | Err(zookeeper_client::Error::NoNode) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        };
+        let outcome = tokio::time::timeout(self.timeout, result).await;
+        self.client.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match outcome {
+            Ok(Ok(())) | Ok(Err(zookeeper_client::Error::SessionExpired)) => Ok(()),
+            Ok(Err(e)) => Err(error(&self.endpoints, e)),
+            Err(_) => Err(Error::connection(BACKEND, &self.endpoints, "no answer while closing the session", None)),
+        }
+    }
+}

@@ -48,6 +48,8 @@ cli_tests!(file, crate::support::Target::file);
 cli_tests!(etcd, crate::support::Target::etcd);
 #[cfg(feature = "redis")]
 cli_tests!(redis, crate::support::Target::redis);
+#[cfg(feature = "zookeeper")]
+cli_tests!(zookeeper, crate::support::Target::zookeeper);
 
 fn lockkit(args: &[&str]) -> Command {
     let mut command = Command::new(LOCKKIT);

@@ -65,6 +65,13 @@ impl Server {
         }
     }
 
+    /// Sends a signal to a server that wrote its pid to `pid` in its directory (ZooKeeper).
+    pub fn signal(&self, signal: &str) {
+        let pid = std::fs::read_to_string(self._dir.path().join("pid")).expect("the server wrote its pid");
+        let status = Command::new("kill").args([&format!("-{signal}"), pid.trim()]).status().expect("kill runs");
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
     /// Stops the server at once (SIGKILL), like a crash.
     pub fn kill(self) {
         drop(self);
@@ -168,7 +175,7 @@ impl Server {
                 ]
                 .join("\\n");
                 let script = format!(
-                    "printf '{config}\\n{peers}' > {{dir}}/zoo.cfg && echo {} > {{dir}}/myid && exec java -Xmx256m \
+                    "printf '{config}\\n{peers}' > {{dir}}/zoo.cfg && echo {} > {{dir}}/myid && echo $$ > {{dir}}/pid && exec java -Xmx256m \
                      -cp /etc/zookeeper/conf:/usr/share/java/zookeeper.jar \
                      org.apache.zookeeper.server.quorum.QuorumPeerMain {{dir}}/zoo.cfg",
                     i + 1

@@ -6,6 +6,7 @@
 //!   holder; its latency runs from the previous holder's release call to the grant.
 //!   Reported: grants/s, handoffs/s, handoff p50 / p99, and how often the lock changed hands.
 //!
+//! - etcd and ZooKeeper: a raw-client baseline and one raw round trip in the same run.
 //! - Redis: a raw-client baseline in the same run (the same round trips made directly with the
 //!   `redis` crate), one raw round trip (PING), and the server commands per grant while
 //!   contended (from `INFO stats`).
@@ -58,6 +59,14 @@ async fn main() {
         let url = format!("etcd://127.0.0.1:{}", server.port);
         rows.extend(etcd_raw::baseline(&url, server.port, 1000).await);
         targets.push(("etcd".to_owned(), url, None));
+        server
+    };
+    #[cfg(feature = "zookeeper")]
+    let _zk_server = {
+        let server = servers::Server::zookeeper();
+        let url = format!("zk://127.0.0.1:{}", server.port);
+        rows.extend(zk_raw::baseline(&url, server.port, 1000).await);
+        targets.push(("zookeeper".to_owned(), url, None));
         server
     };
     for (backend, url, stats) in &targets {
@@ -246,9 +255,49 @@ mod etcd_raw {
     }
 }
 
+/// The same requests as the ZooKeeper driver's, made directly with `zookeeper-client`: create
+/// an ephemeral sequential node, list the directory, delete the node; interleaved with lockkit's
+/// acquire+release.
+#[cfg(feature = "zookeeper")]
+mod zk_raw {
+    use lockkit::zookeeper::zookeeper_client::{Acls, Client, CreateMode};
+
+    use super::*;
+
+    pub async fn baseline(url: &str, port: u16, iterations: usize) -> Vec<Row> {
+        let client = Client::connect(&format!("127.0.0.1:{port}")).await.unwrap();
+        let directory = CreateMode::Persistent.with_acls(Acls::anyone_all());
+        client.create("/raw-bench", &[], &directory).await.unwrap();
+        let node = CreateMode::EphemeralSequential.with_acls(Acls::anyone_all());
+        let locks = connect(url).await;
+        let [raw, trip, ours] = interleave(iterations, async || {
+            let t = Instant::now();
+            let (_, sequence) = client.create("/raw-bench/n-", b"holder", &node).await.unwrap();
+            client.list_children("/raw-bench").await.unwrap();
+            client.delete(&format!("/raw-bench/n-{sequence}"), None).await.unwrap();
+            let raw = t.elapsed();
+            let t = Instant::now();
+            client.check_stat("/raw-bench").await.unwrap();
+            let trip = t.elapsed();
+            let t = Instant::now();
+            locks.acquire("lockkit-bench").await.unwrap().release().await.unwrap();
+            [raw, trip, t.elapsed()]
+        })
+        .await;
+        baseline_rows(
+            "zookeeper",
+            "create ephemeral-sequential + list + delete",
+            "one round trip (exists)",
+            raw,
+            trip,
+            ours,
+        )
+    }
+}
+
 /// Runs `step` (raw operation, raw round trip, lockkit's acquire+release) `iterations` times
 /// after a 10 % warm-up, so that all three see the same machine load.
-#[cfg(any(feature = "redis", feature = "etcd"))]
+#[cfg(any(feature = "redis", feature = "etcd", feature = "zookeeper"))]
 async fn interleave(iterations: usize, mut step: impl AsyncFnMut() -> [Duration; 3]) -> [Vec<Duration>; 3] {
     let mut samples = [Vec::new(), Vec::new(), Vec::new()];
     for i in 0..iterations + iterations / 10 {
@@ -263,7 +312,7 @@ async fn interleave(iterations: usize, mut step: impl AsyncFnMut() -> [Duration;
 }
 
 /// The rows of a raw baseline and of lockkit measured beside it, with the p50 ratio.
-#[cfg(any(feature = "redis", feature = "etcd"))]
+#[cfg(any(feature = "redis", feature = "etcd", feature = "zookeeper"))]
 fn baseline_rows(
     backend: &str,
     raw_case: &str,

@@ -106,7 +106,8 @@ async fn nodes_follow_curators_layout_under_the_chroot() {
     let locks = connect(&url(&server, &format!("/{root}"), "&namespace=jobs")).await;
     let _guard = locks.acquire("nightly").await.unwrap();
     let mut kazoo = Kazoo::start(&server);
-    let children: Vec<String> = serde_json::from_str(&kazoo.ask("children", &format!("/{root}/jobs/nightly")).await).unwrap();
+    let children: Vec<String> =
+        serde_json::from_str(&kazoo.ask("children", &format!("/{root}/jobs/nightly")).await).unwrap();
     assert_eq!(children.len(), 1, "{children:?}");
     let name = &children[0];
     let (uuid, sequence) = name.strip_prefix("_c_").and_then(|n| n.split_once("-lock-")).expect(name);

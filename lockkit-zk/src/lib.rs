@@ -39,6 +39,8 @@ use lockkit_core::{DistributedLock, Error, LeasePool, LockUrl, Namespace, Result
 use crate::locks::ZkLocks;
 use crate::recipe::Recipe;
 use crate::session::Connector;
+/// The ZooKeeper client this driver uses.
+pub use zookeeper_client;
 
 const BACKEND: &str = "zookeeper";
 

@@ -60,9 +60,9 @@ impl ZkLocks {
             sessions.insert(lease.id().to_owned(), Arc::downgrade(&session));
         }
         let session = sessions.get(lease.id()).and_then(Weak::upgrade);
-        session
-            .map(|s| (lease, s))
-            .ok_or_else(|| Error::backend(BACKEND, "a ZooKeeper session vanished from the handle (a bug; please report it)"))
+        session.map(|s| (lease, s)).ok_or_else(|| {
+            Error::backend(BACKEND, "a ZooKeeper session vanished from the handle (a bug; please report it)")
+        })
     }
 
     /// The client of the handle's default session, for status and force-release.
@@ -257,13 +257,16 @@ impl DistributedLock for ZkLocks {
 
     async fn grant(&self, request: &GrantRequest) -> Result<Option<LockGuard>> {
         let directory = self.directory(&request.name)?;
-        let prefix = self.recipe.node_prefix(u128::from(lockkit_core::random_u64()) << 64 | u128::from(lockkit_core::random_u64()));
+        let prefix = self
+            .recipe
+            .node_prefix(u128::from(lockkit_core::random_u64()) << 64 | u128::from(lockkit_core::random_u64()));
         // A session that ended behind our back is noticed here at the latest: lose it, open a new one.
         let mut retried = false;
         let (lease, client, node, own_watch, mut cleanup) = loop {
             let (lease, session) = self.session(request.ttl, request.refresh_interval).await?;
             let client = session.client()?;
-            let mut cleanup = Cleanup { client: client.clone(), directory: directory.clone(), prefix: prefix.clone(), armed: true };
+            let mut cleanup =
+                Cleanup { client: client.clone(), directory: directory.clone(), prefix: prefix.clone(), armed: true };
             let outcome = async {
                 let node = self.create(&client, &directory, &prefix, &request.holder).await?;
                 let watch = self.wait_turn(&client, &directory, &node, &lease, request.wait).await?;
@@ -383,7 +386,11 @@ impl Drop for Cleanup {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-        runtime.spawn(delete_node(self.client.clone(), std::mem::take(&mut self.directory), std::mem::take(&mut self.prefix)));
+        runtime.spawn(delete_node(
+            self.client.clone(),
+            std::mem::take(&mut self.directory),
+            std::mem::take(&mut self.prefix),
+        ));
     }
 }
 

@@ -26,7 +26,9 @@ impl Recipe {
         match url.option("recipe") {
             None | Some("curator") => Ok(Recipe::Curator),
             Some("kazoo") => Ok(Recipe::Kazoo),
-            Some(other) => Err(url.invalid(format!("option `recipe`: `{other}` is not a recipe; use curator or kazoo"))),
+            Some(other) => {
+                Err(url.invalid(format!("option `recipe`: `{other}` is not a recipe; use curator or kazoo")))
+            }
         }
     }
 

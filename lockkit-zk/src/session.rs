@@ -39,7 +39,8 @@ impl std::fmt::Debug for Connector {
 impl Connector {
     /// Opens a session whose timeout is `ttl`, within the request timeout.
     pub async fn open(&self, ttl: Duration) -> Result<(Arc<ZkSession>, String)> {
-        let mut connector = Client::connector().with_session_timeout(ttl).with_connection_timeout(self.timeout.min(ttl));
+        let mut connector =
+            Client::connector().with_session_timeout(ttl).with_connection_timeout(self.timeout.min(ttl));
         if let Some((user, password)) = &self.digest {
             connector = connector.with_auth("digest", format!("{user}:{}", password.expose()).as_bytes());
         }
@@ -118,9 +119,11 @@ impl LeaseBackend for ZkSession {
         let client = self.client()?;
         match client.check_stat("/").await {
             Ok(_) => Ok(KeepAlive::Alive(client.session_timeout())),
-            Err(e @ (zookeeper_client::Error::SessionExpired
-            | zookeeper_client::Error::ClientClosed
-            | zookeeper_client::Error::AuthFailed)) => Ok(KeepAlive::Gone(format!("ZooKeeper session ended: {e}"))),
+            Err(
+                e @ (zookeeper_client::Error::SessionExpired
+                | zookeeper_client::Error::ClientClosed
+                | zookeeper_client::Error::AuthFailed),
+            ) => Ok(KeepAlive::Gone(format!("ZooKeeper session ended: {e}"))),
             Err(e) => Err(error(&self.endpoints, e)),
         }
     }

@@ -29,6 +29,9 @@
 
 use std::sync::Arc;
 
+/// The Consul driver.
+#[cfg(feature = "consul")]
+pub use lockkit_consul as consul;
 pub use lockkit_core::{
     COMMON_OPTIONS, Capabilities, DistributedLock, Error, FencingToken, Lease, LockGuard, LockName, LockOptions,
     LockStatus, LockUrl, LossSignal, MAX_NAME_LEN, Result, Scheme, Settings, Wait, default_holder, parse_duration,
@@ -75,6 +78,8 @@ pub async fn connect_url(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
         Scheme::Redis | Scheme::Redlock => lockkit_redis::connect(url).await,
         #[cfg(feature = "zookeeper")]
         Scheme::ZooKeeper => lockkit_zk::connect(url).await,
+        #[cfg(feature = "consul")]
+        Scheme::Consul => lockkit_consul::connect(url).await,
         other => Err(Error::FeatureDisabled {
             scheme: url.scheme_str().to_owned(),
             feature: other.feature().unwrap_or("unknown"),

@@ -1,6 +1,10 @@
 //! The `lockkit` command-line tool, driven as a user would: real processes, real signals.
 //! Every backend that can be shared between processes runs these, one `cli_tests!` line each.
 
+#[cfg(feature = "consul")]
+#[path = "conformance/consul_double.rs"]
+#[allow(dead_code)]
+mod consul_double;
 #[path = "conformance/servers.rs"]
 #[allow(dead_code)]
 mod servers;
@@ -50,6 +54,8 @@ cli_tests!(etcd, crate::support::Target::etcd);
 cli_tests!(redis, crate::support::Target::redis);
 #[cfg(feature = "zookeeper")]
 cli_tests!(zookeeper, crate::support::Target::zookeeper);
+#[cfg(feature = "consul")]
+cli_tests!(consul, crate::support::Target::consul);
 
 fn lockkit(args: &[&str]) -> Command {
     let mut command = Command::new(LOCKKIT);

@@ -2,6 +2,10 @@
 //! 3-member cluster losing its leader, authentication, unreachable endpoints.
 #![cfg(feature = "etcd")]
 
+#[cfg(feature = "consul")]
+#[path = "conformance/consul_double.rs"]
+#[allow(dead_code)]
+mod consul_double;
 #[path = "conformance/servers.rs"]
 #[allow(dead_code)]
 mod servers;

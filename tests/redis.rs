@@ -2,6 +2,10 @@
 //! deletion by another client, authentication, and interop with redis-py's `Lock`.
 #![cfg(feature = "redis")]
 
+#[cfg(feature = "consul")]
+#[path = "conformance/consul_double.rs"]
+#[allow(dead_code)]
+mod consul_double;
 #[path = "conformance/servers.rs"]
 #[allow(dead_code)]
 mod servers;

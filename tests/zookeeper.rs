@@ -2,6 +2,10 @@
 //! deleted node, an ensemble losing its leader, chroots.
 #![cfg(feature = "zookeeper")]
 
+#[cfg(feature = "consul")]
+#[path = "conformance/consul_double.rs"]
+#[allow(dead_code)]
+mod consul_double;
 #[path = "conformance/servers.rs"]
 #[allow(dead_code)]
 mod servers;

@@ -62,7 +62,7 @@ pub enum KeepAlive {
 
 /// The backend round trips of one lease, implemented by drivers.
 #[async_trait]
-pub trait LeaseBackend: Send + Sync + 'static {
+pub trait LeaseBackend: std::any::Any + Send + Sync {
     /// Extends the lease. `Err` means "could not tell" (retried until the deadline);
     /// [`KeepAlive::Gone`] means the lease is lost for good.
     async fn keep_alive(&self) -> Result<KeepAlive>;
@@ -101,6 +101,13 @@ impl KeptLease {
             rt.spawn(refresh_loop(state.clone(), backend.clone(), refresh_interval, stop.clone()));
         }
         Arc::new(KeptLease { state, backend, stop, runtime })
+    }
+
+    /// The driver's lease backend, as the type it is (`None` for another type): how a driver
+    /// gets its own session object back from a pooled lease.
+    pub fn backend<T: LeaseBackend>(&self) -> Option<Arc<T>> {
+        let any: Arc<dyn std::any::Any + Send + Sync> = self.backend.clone();
+        any.downcast().ok()
     }
 
     /// A loss signal for a new grant on this lease: it fires when the lease is lost, and can be

@@ -22,6 +22,7 @@ mod name;
 mod options;
 mod signal;
 mod token;
+mod turns;
 mod url;
 
 pub use error::{Error, Result, Source};
@@ -32,6 +33,7 @@ pub use name::{LockName, MAX_NAME_LEN, Namespace};
 pub use options::{Capabilities, GrantRequest, LockOptions, LockStatus, Settings, Wait, default_holder};
 pub use signal::{LossSignal, safety_margin};
 pub use token::FencingToken;
+pub use turns::{LocalTurns, Turn};
 pub use url::{COMMON_OPTIONS, Host, LockUrl, Scheme, Secret, TLS_OPTIONS, TlsFiles, parse_duration};
 
 /// A random number, different at every call (not for cryptography): for drivers' per-grant

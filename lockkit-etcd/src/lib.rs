@@ -32,8 +32,7 @@ mod lease;
 mod locks;
 mod watches;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions};
 use lockkit_core::{DistributedLock, Error, LeasePool, LockGuard, LockUrl, Result, Settings};
@@ -83,7 +82,7 @@ pub async fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
         client,
         settings,
         pool: LeasePool::new(BACKEND),
-        local: Mutex::new(HashMap::new()),
+        local: Default::default(),
     }))
 }
 

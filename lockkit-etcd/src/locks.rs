@@ -1,7 +1,6 @@
 //! The backend handle and the lock protocol of Go's `concurrency.Mutex`.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -11,9 +10,9 @@ use etcd_client::{
 };
 use lockkit_core::{
     Capabilities, DistributedLock, Error, FencingToken, Grant, GrantRequest, GuardParts, Lease, LeaseBackend,
-    LeasePool, LockGuard, LockName, LockStatus, Result, Settings,
+    LeasePool, LocalTurns, LockGuard, LockName, LockStatus, Result, Settings, Turn,
 };
-use tokio::sync::{Notify, OwnedMutexGuard};
+use tokio::sync::Notify;
 
 use crate::lease::EtcdLease;
 use crate::watches::{OnDelete, Watches};
@@ -26,7 +25,7 @@ pub struct EtcdLocks {
     pub pool: LeasePool,
     pub watches: Arc<Watches>,
     /// One holder key per lease and lock: acquires of the same key in this process queue here.
-    pub local: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    pub local: LocalTurns,
 }
 
 /// Where a lock lives: `prefix/` holds one key per contender, `prefix/<lease id in hex>`.
@@ -211,12 +210,6 @@ impl EtcdLocks {
             }
         }
     }
-
-    fn local_mutex(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
-        local.retain(|_, m| Arc::strong_count(m) > 1);
-        local.entry(key.to_owned()).or_default().clone()
-    }
 }
 
 /// Cancels watches when dropped.
@@ -262,14 +255,7 @@ impl DistributedLock for EtcdLocks {
                 i64::from_str_radix(lease.id(), 16).map_err(|_| Error::backend(BACKEND, "a lease id is not hex"))?;
             let prefix = format!("{}/", self.settings.namespace.key(&request.name));
             let keys = Keys { mine: format!("{prefix}{}", lease.id()), prefix };
-            let local = self.local_mutex(&keys.mine);
-            let turn = match request.wait {
-                true => local.lock_owned().await,
-                false => match local.try_lock_owned() {
-                    Ok(turn) => turn,
-                    Err(_) => return Ok(None),
-                },
-            };
+            let Some(turn) = self.local.take(&keys.mine, request.wait).await else { return Ok(None) };
             let mut cleanup =
                 Cleanup { client: self.client.clone(), key: keys.mine.clone(), turn: Some(turn), in_flight: None };
             match self.enqueue(&keys, lease_id, &request.holder, &mut cleanup).await {
@@ -359,7 +345,7 @@ impl DistributedLock for EtcdLocks {
 struct Cleanup {
     client: Client,
     key: String,
-    turn: Option<OwnedMutexGuard<()>>,
+    turn: Option<Turn>,
     /// Completes (its sender dropped) when the put of the key has been answered.
     in_flight: Option<tokio::sync::oneshot::Receiver<()>>,
 }
@@ -370,7 +356,7 @@ impl Cleanup {
         self.turn = None;
     }
 
-    fn disarm(mut self) -> Option<OwnedMutexGuard<()>> {
+    fn disarm(mut self) -> Option<Turn> {
         self.turn.take()
     }
 }
@@ -399,7 +385,7 @@ struct EtcdGrant {
     name: String,
     endpoints: String,
     timeout: Duration,
-    _turn: Option<OwnedMutexGuard<()>>,
+    _turn: Option<Turn>,
 }
 
 #[async_trait]

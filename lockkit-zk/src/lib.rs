@@ -76,7 +76,6 @@ pub async fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
         root: Namespace::new(url.path()),
         recipe: Recipe::from_url(url)?,
         pool: LeasePool::new(BACKEND),
-        sessions: Default::default(),
         endpoints,
         settings,
     };

@@ -1,7 +1,6 @@
 //! The backend handle and the lock recipe: ephemeral sequential nodes, predecessor watches.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -28,8 +27,6 @@ pub struct ZkLocks {
     pub root: Namespace,
     pub recipe: Recipe,
     pub pool: LeasePool,
-    /// The session behind each lease of the pool, by session id.
-    pub sessions: Mutex<HashMap<String, Weak<ZkSession>>>,
     pub endpoints: String,
     pub settings: Settings,
 }
@@ -44,25 +41,16 @@ struct Node {
 impl ZkLocks {
     /// The session (and its lease) for this TTL, opened when there is none or it was lost.
     pub async fn session(&self, ttl: Duration, refresh: Duration) -> Result<(Arc<KeptLease>, Arc<ZkSession>)> {
-        let opened = Mutex::new(None);
         let lease = self
             .pool
             .get(ttl, refresh, || async {
                 let (session, id) = self.connector.open(ttl).await?;
-                *opened.lock().unwrap_or_else(|e| e.into_inner()) = Some(session.clone());
                 Ok((session as Arc<dyn LeaseBackend>, id))
             })
             .await?;
-        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(session) = opened.into_inner().unwrap_or_else(|e| e.into_inner()) {
-            session.monitor(&lease);
-            sessions.retain(|_, s| s.strong_count() > 0);
-            sessions.insert(lease.id().to_owned(), Arc::downgrade(&session));
-        }
-        let session = sessions.get(lease.id()).and_then(Weak::upgrade);
-        session.map(|s| (lease, s)).ok_or_else(|| {
-            Error::backend(BACKEND, "a ZooKeeper session vanished from the handle (a bug; please report it)")
-        })
+        let session = lease.backend::<ZkSession>().expect("the pool holds ZooKeeper sessions");
+        session.monitor(&lease);
+        Ok((lease, session))
     }
 
     /// The client of the handle's default session, for status and force-release.

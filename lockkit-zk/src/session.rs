@@ -6,6 +6,7 @@
 //! before then confirms the session again. A terminal state (`Expired`, `Closed`,
 //! `AuthFailed`) fires every guard at once, through the session monitor.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -20,6 +21,8 @@ pub struct ZkSession {
     client: Mutex<Option<Client>>,
     pub endpoints: String,
     pub timeout: Duration,
+    /// Whether `monitor` has started.
+    monitored: AtomicBool,
 }
 
 /// How a handle reaches ZooKeeper: the connect string and credentials, for new sessions.
@@ -71,8 +74,12 @@ impl Connector {
             ));
         }
         let id = format!("{:x}", client.session_id().0);
-        let session =
-            ZkSession { client: Mutex::new(Some(client)), endpoints: self.endpoints.clone(), timeout: self.timeout };
+        let session = ZkSession {
+            client: Mutex::new(Some(client)),
+            endpoints: self.endpoints.clone(),
+            timeout: self.timeout,
+            monitored: AtomicBool::new(false),
+        };
         Ok((Arc::new(session), id))
     }
 }
@@ -84,9 +91,12 @@ impl ZkSession {
         client.clone().ok_or_else(|| Error::backend(BACKEND, "the ZooKeeper session was closed"))
     }
 
-    /// Watches the session state for `lease`: a terminal state loses it (and every guard on
-    /// it); a disconnection is logged (the guards' deadline keeps running meanwhile).
+    /// Watches the session state for `lease` (once): a terminal state loses it (and every
+    /// guard on it); a disconnection is logged (the guards' deadline keeps running meanwhile).
     pub fn monitor(&self, lease: &Arc<KeptLease>) {
+        if self.monitored.swap(true, Ordering::SeqCst) {
+            return;
+        }
         let Ok(client) = self.client() else { return };
         let mut states = client.state_watcher();
         drop(client);

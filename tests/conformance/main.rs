@@ -1,6 +1,9 @@
 //! The conformance suite, run on every backend. Each backend is one `conformance!` line; a
 //! backend's own tests live beside its driver.
 
+#[cfg(feature = "consul")]
+#[allow(dead_code)]
+mod consul_double;
 #[allow(dead_code)] // shared with the other test binaries, which use more of it
 mod servers;
 mod suite;
@@ -12,6 +15,8 @@ conformance!(file, crate::support::Target::file);
 conformance!(etcd, crate::support::Target::etcd);
 #[cfg(feature = "zookeeper")]
 conformance!(zookeeper, crate::support::Target::zookeeper);
+#[cfg(feature = "consul")]
+conformance!(consul, crate::support::Target::consul);
 #[cfg(feature = "redis")]
 conformance!(redis, crate::support::Target::redis);
 #[cfg(feature = "redis")]

@@ -34,6 +34,14 @@ impl Target {
         Target { base: crate::servers::shared_zk_url(), namespace: unique("t"), _dir: None }
     }
 
+    /// Consul (the double unless `LOCKKIT_TEST_CONSUL_ADDR` names a real one), with a short
+    /// lock-delay so that a vanished holder's lock is free again within the suite's bounds.
+    #[cfg(feature = "consul")]
+    pub fn consul() -> Target {
+        let base = format!("{}?lock_delay=200ms", crate::consul_double::shared_url());
+        Target { base, namespace: unique("t"), _dir: None }
+    }
+
     pub fn redis() -> Target {
         Target { base: crate::servers::shared_redis_url(), namespace: unique("t"), _dir: None }
     }

@@ -1,0 +1,233 @@
+//! The few Consul HTTP API calls the driver makes, with their answers checked.
+
+use std::time::Duration;
+
+use base64::Engine;
+use lockkit_core::{Error, Result, Secret};
+use reqwest::{Method, StatusCode};
+use serde::Deserialize;
+
+use crate::BACKEND;
+
+/// A Consul agent's HTTP API.
+#[derive(Clone)]
+pub struct Api {
+    client: reqwest::Client,
+    /// `http://host:port` or `https://…`.
+    base: String,
+    token: Option<Secret>,
+    datacenter: Option<String>,
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api").field("base", &self.base).finish_non_exhaustive()
+    }
+}
+
+/// A KV entry, as `GET /v1/kv/<key>` gives it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Entry {
+    pub modify_index: u64,
+    #[serde(default)]
+    pub flags: u64,
+    #[serde(default)]
+    pub value: Option<String>,
+    #[serde(default)]
+    pub session: Option<String>,
+}
+
+impl Entry {
+    /// The value, decoded; `None` when empty or not UTF-8.
+    pub fn text(&self) -> Option<String> {
+        let bytes = base64::engine::general_purpose::STANDARD.decode(self.value.as_deref()?).ok()?;
+        String::from_utf8(bytes).ok().filter(|v| !v.is_empty())
+    }
+}
+
+/// How long a blocking query may wait, at most.
+pub struct Blocking {
+    pub index: u64,
+    pub wait: Duration,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Created {
+    #[serde(rename = "ID")]
+    id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Renewed {
+    #[serde(rename = "TTL", default)]
+    ttl: String,
+}
+
+/// `'%'` in keys (lockkit's escapes) must travel as `%25`.
+fn path_of(key: &str) -> String {
+    key.replace('%', "%25")
+}
+
+impl Api {
+    pub fn new(
+        client: reqwest::Client,
+        base: String,
+        token: Option<Secret>,
+        datacenter: Option<String>,
+        timeout: Duration,
+    ) -> Self {
+        Api { client, base, token, datacenter, timeout }
+    }
+
+    /// One request; the status and body, or a clear error. `wait` extends the timeout of a
+    /// blocking query.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Vec<u8>,
+        wait: Duration,
+    ) -> Result<(StatusCode, Vec<u8>, Option<u64>)> {
+        let mut url = format!("{}{path}", self.base);
+        let datacenter = self.datacenter.iter().map(|dc| ("dc", dc.clone()));
+        let pairs: Vec<String> = query.iter().cloned().chain(datacenter).map(|(k, v)| format!("{k}={v}")).collect();
+        if !pairs.is_empty() {
+            url.push('?');
+            url.push_str(&pairs.join("&"));
+        }
+        let mut request = self.client.request(method, url).body(body);
+        if let Some(token) = &self.token {
+            request = request.header("X-Consul-Token", token.expose());
+        }
+        let response = tokio::time::timeout(self.timeout + wait, request.send())
+            .await
+            .map_err(|_| {
+                Error::connection(
+                    BACKEND,
+                    &self.base,
+                    format!("no answer within {:?}; is Consul running there?", self.timeout + wait),
+                    None,
+                )
+            })?
+            .map_err(|e| self.connection(e))?;
+        let status = response.status();
+        let index = response.headers().get("X-Consul-Index").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+        let body = tokio::time::timeout(self.timeout + wait, response.bytes())
+            .await
+            .map_err(|_| Error::connection(BACKEND, &self.base, "the answer stopped half-way", None))?
+            .map_err(|e| self.connection(e))?;
+        match status {
+            s if s.is_success() || s == StatusCode::NOT_FOUND => Ok((s, body.to_vec(), index)),
+            StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED => Err(Error::Authentication {
+                backend: BACKEND,
+                endpoint: self.base.clone(),
+                message: format!(
+                    "permission denied ({}); check the ACL token (`token` option or CONSUL_HTTP_TOKEN)",
+                    text(&body)
+                ),
+            }),
+            s => Err(Error::Backend {
+                backend: BACKEND,
+                message: format!("Consul at {} answered {s}: {}", self.base, text(&body)),
+                temporary: s.is_server_error(),
+                source: None,
+            }),
+        }
+    }
+
+    fn connection(&self, e: reqwest::Error) -> Error {
+        Error::connection(BACKEND, &self.base, format!("{e}; is Consul running there?"), Some(Box::new(e)))
+    }
+
+    /// A body that should be JSON of type `T`.
+    fn parse<T: serde::de::DeserializeOwned>(&self, what: &str, body: &[u8]) -> Result<T> {
+        serde_json::from_slice(body).map_err(|e| {
+            Error::backend(
+                BACKEND,
+                format!("Consul at {} answered {what} with something else ({e}): {}", self.base, text(body)),
+            )
+        })
+    }
+
+    /// Creates a TTL session (no node checks) whose keys are released when it ends.
+    pub async fn create_session(&self, name: &str, ttl: Duration, lock_delay: Duration) -> Result<String> {
+        let spec = serde_json::json!({
+            "Name": name,
+            "TTL": format!("{}s", ttl.as_secs_f64()),
+            "LockDelay": format!("{}ms", lock_delay.as_millis()),
+            "Behavior": "release",
+            "NodeChecks": [],
+        });
+        let (_, body, _) =
+            self.call(Method::PUT, "/v1/session/create", &[], spec.to_string().into_bytes(), Duration::ZERO).await?;
+        Ok(self.parse::<Created>("a session", &body)?.id)
+    }
+
+    /// Renews a session: the TTL Consul answers (it may be larger than asked), `None` if gone.
+    pub async fn renew_session(&self, id: &str) -> Result<Option<Duration>> {
+        let (status, body, _) =
+            self.call(Method::PUT, &format!("/v1/session/renew/{id}"), &[], Vec::new(), Duration::ZERO).await?;
+        if status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let renewed: Vec<Renewed> = self.parse("a session renewal", &body)?;
+        let ttl = renewed.first().and_then(|r| lockkit_core::parse_duration(&r.ttl).ok()).unwrap_or_default();
+        Ok(Some(ttl))
+    }
+
+    pub async fn destroy_session(&self, id: &str) -> Result<()> {
+        self.call(Method::PUT, &format!("/v1/session/destroy/{id}"), &[], Vec::new(), Duration::ZERO).await.map(drop)
+    }
+
+    /// `PUT ?acquire=` (`release = false`) or `?release=`: whether it took.
+    pub async fn lock(&self, key: &str, session: &str, release: bool, value: &[u8], flags: u64) -> Result<bool> {
+        let verb = if release { "release" } else { "acquire" };
+        let query = [(verb, session.to_owned()), ("flags", flags.to_string())];
+        let (status, body, _) =
+            self.call(Method::PUT, &format!("/v1/kv/{}", path_of(key)), &query, value.to_vec(), Duration::ZERO).await?;
+        if status == StatusCode::NOT_FOUND {
+            return Err(Error::backend(BACKEND, format!("Consul at {} has no KV endpoint (404)", self.base)));
+        }
+        self.parse(&format!("the {verb} of {key}"), &body)
+    }
+
+    /// Reads a key (a blocking query when `blocking` is given): the entry, if any, and the index.
+    pub async fn get(&self, key: &str, blocking: Option<Blocking>) -> Result<(Option<Entry>, u64)> {
+        let mut query = Vec::new();
+        let mut wait = Duration::ZERO;
+        if let Some(b) = blocking {
+            wait = b.wait;
+            query.push(("index", b.index.to_string()));
+            query.push(("wait", format!("{}ms", b.wait.as_millis())));
+        }
+        let (status, body, index) =
+            self.call(Method::GET, &format!("/v1/kv/{}", path_of(key)), &query, Vec::new(), wait).await?;
+        let Some(index) = index else {
+            return Err(Error::backend(
+                BACKEND,
+                format!("Consul at {} answered a read without X-Consul-Index", self.base),
+            ));
+        };
+        if status == StatusCode::NOT_FOUND {
+            return Ok((None, index));
+        }
+        let entries: Vec<Entry> = self.parse(&format!("the read of {key}"), &body)?;
+        Ok((entries.into_iter().next(), index))
+    }
+}
+
+/// A server's answer, shortened for a message.
+fn text(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.chars().count() > 200 {
+        format!("{}…", text.chars().take(200).collect::<String>())
+    } else {
+        text.to_owned()
+    }
+}

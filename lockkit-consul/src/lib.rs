@@ -1,0 +1,95 @@
+//! Consul driver for [lockkit](https://docs.rs/lockkit): `consul://`, `consuls://` (HTTPS).
+//! Applications use it through `lockkit::connect` with the facade's `consul` feature.
+//!
+//! - **URL**: `consul://host:8500[/namespace][?ttl=15s&lock_delay=…&dc=…&token=…&timeout=…]`.
+//!   The ACL token comes from `token` or else `CONSUL_HTTP_TOKEN`; it is sent as
+//!   `X-Consul-Token` and never shown.
+//! - **One session per handle** (per TTL): `Behavior: release`, no node checks, created at
+//!   connect and renewed by the core's refresh loop at TTL / 3 (a longer TTL answered by a
+//!   renew is kept). A renew answering 404, or no renew confirmed for a TTL since it was sent,
+//!   loses the session: every guard on it fires, and the next acquire creates a new one.
+//!   Consul accepts TTLs from 10 s (its `session_ttl_min`) to 24 h.
+//! - **Key layout of `consul lock PREFIX` and Go's `api.Lock`**: lock `NAME` is the key
+//!   `[ns/]NAME/.lock`, acquired with `?acquire=<session>` and flags `0x2ddccbc058a50c18`; a key
+//!   with other flags is a conflict (a clear error). The value is the holder metadata.
+//! - **Waiting** uses blocking queries on the key (with jitter), not polling; an index that goes
+//!   backwards starts over. Every waiter is woken by a release (Consul has no queue): not fair.
+//!   In the lock-delay after a holder's session ended (acquire refused with nobody holding), a
+//!   waiter retries after growing pauses (50 ms up to the delay, at most 1 s).
+//! - **Fencing token** = the key's `ModifyIndex` just after the acquire (a Raft index).
+//! - **Loss**: the guard watches its key with blocking queries: deleted, released or taken
+//!   behind its back → loss signal.
+//! - **Release** is `?release=<session>` (no lock-delay for the next holder); closing the handle
+//!   releases its keys and destroys its session.
+//! - **Same name twice through one handle**: the second acquire waits (in the process) for the
+//!   first guard — Consul would grant one session the same key twice.
+#![deny(missing_docs, missing_debug_implementations)]
+
+mod api;
+mod locks;
+mod session;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lockkit_core::{DistributedLock, Error, LeasePool, LockUrl, Result, Secret, Settings};
+
+use crate::api::Api;
+use crate::locks::ConsulLocks;
+
+const BACKEND: &str = "consul";
+
+/// The flags `api.Lock` and `consul lock` put on a lock key.
+pub const FLAGS: u64 = 0x2ddccbc058a50c18;
+
+/// Consul's default lock-delay (and `consul lock`'s).
+const DEFAULT_LOCK_DELAY: Duration = Duration::from_secs(15);
+
+/// Connects to a Consul agent: creates the handle's first session, so a wrong address or ACL
+/// token is an error here.
+pub async fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
+    let mut options = vec!["lock_delay", "dc", "token"];
+    options.extend_from_slice(lockkit_core::TLS_OPTIONS);
+    url.check_options(&options)?;
+    let [host] = url.hosts() else {
+        return Err(url.invalid("name one Consul agent: consul://127.0.0.1:8500 (the agent forwards to the servers)"));
+    };
+    if url.username().is_some() {
+        return Err(
+            url.invalid("Consul takes an ACL token, not a user: consul://host:8500?token=… or CONSUL_HTTP_TOKEN")
+        );
+    }
+    let settings = Settings::from_url(url)?;
+    let lock_delay = url.duration_option("lock_delay")?.unwrap_or(DEFAULT_LOCK_DELAY);
+    if lock_delay > Duration::from_secs(60) {
+        return Err(url.invalid("`lock_delay` can be at most 60s (Consul's limit)"));
+    }
+    let token =
+        url.option("token").map(Secret::new).or_else(|| std::env::var("CONSUL_HTTP_TOKEN").ok().map(Secret::new));
+    let scheme = if url.tls() { "https" } else { "http" };
+    let base = format!("{scheme}://{}", host.address(8500));
+    let api = Api::new(http_client(url)?, base, token, url.option("dc").map(str::to_owned), settings.timeout);
+    let locks = ConsulLocks { api, lock_delay, pool: LeasePool::new(BACKEND), local: Default::default(), settings };
+    let ttl = locks.settings.ttl;
+    locks.session(ttl, locks.settings.refresh_interval.unwrap_or(ttl / 3)).await?;
+    Ok(Arc::new(locks))
+}
+
+/// An HTTP client; for `consuls://`, trusting the public roots or `?ca=`, with a client
+/// certificate from `cert` and `key`.
+fn http_client(url: &LockUrl) -> Result<reqwest::Client> {
+    let files = url.tls_files()?;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut builder = reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(90));
+    if let Some(ca) = &files.ca {
+        let ca = reqwest::Certificate::from_pem(ca).map_err(|e| url.invalid(format!("the `ca` file: {e}")))?;
+        builder = builder.add_root_certificate(ca);
+    }
+    if let Some((cert, key)) = &files.identity {
+        let pem = [cert.as_slice(), key.as_slice()].concat();
+        let identity =
+            reqwest::Identity::from_pem(&pem).map_err(|e| url.invalid(format!("the `cert`/`key` files: {e}")))?;
+        builder = builder.identity(identity);
+    }
+    builder.build().map_err(|e| Error::backend(BACKEND, format!("cannot build the HTTP client: {e}")))
+}

@@ -1,0 +1,50 @@
+//! A Consul session: the lease every lock of a handle rides on.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lockkit_core::{KeepAlive, LeaseBackend, Result};
+
+use crate::api::Api;
+
+pub struct ConsulSession {
+    pub api: Api,
+    pub id: String,
+    /// The keys this session holds, released before the session is destroyed (destroying a
+    /// session that holds keys would start their lock-delay).
+    pub held: Mutex<HashSet<String>>,
+}
+
+impl ConsulSession {
+    pub fn hold(&self, key: &str, held: bool) {
+        let mut keys = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if held {
+            keys.insert(key.to_owned());
+        } else {
+            keys.remove(key);
+        }
+    }
+}
+
+#[async_trait]
+impl LeaseBackend for ConsulSession {
+    /// Renews the session; Consul may answer a longer TTL than asked, which is kept.
+    async fn keep_alive(&self) -> Result<KeepAlive> {
+        match self.api.renew_session(&self.id).await? {
+            Some(ttl) if ttl > Duration::ZERO => Ok(KeepAlive::Alive(ttl)),
+            Some(_) => Err(lockkit_core::Error::backend(crate::BACKEND, "Consul renewed a session without its TTL")),
+            None => Ok(KeepAlive::Gone(format!("Consul session {} is gone (expired or destroyed)", self.id))),
+        }
+    }
+
+    /// Releases the session's keys (so no lock-delay follows), then destroys it.
+    async fn revoke(&self) -> Result<()> {
+        let keys: Vec<String> = self.held.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
+        for key in keys {
+            self.api.lock(&key, &self.id, true, &[], crate::FLAGS).await?;
+        }
+        self.api.destroy_session(&self.id).await
+    }
+}

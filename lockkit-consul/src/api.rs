@@ -15,6 +15,8 @@ pub struct Api {
     client: reqwest::Client,
     /// `http://host:port` or `https://…`.
     base: String,
+    /// `host:port`, for messages.
+    endpoint: String,
     token: Option<Secret>,
     datacenter: Option<String>,
     pub timeout: Duration,
@@ -80,7 +82,8 @@ impl Api {
         datacenter: Option<String>,
         timeout: Duration,
     ) -> Self {
-        Api { client, base, token, datacenter, timeout }
+        let endpoint = base.split_once("://").map_or(base.as_str(), |(_, rest)| rest).to_owned();
+        Api { client, base, endpoint, token, datacenter, timeout }
     }
 
     /// One request; the status and body, or a clear error. `wait` extends the timeout of a
@@ -109,7 +112,7 @@ impl Api {
             .map_err(|_| {
                 Error::connection(
                     BACKEND,
-                    &self.base,
+                    &self.endpoint,
                     format!("no answer within {:?}; is Consul running there?", self.timeout + wait),
                     None,
                 )
@@ -119,13 +122,13 @@ impl Api {
         let index = response.headers().get("X-Consul-Index").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
         let body = tokio::time::timeout(self.timeout + wait, response.bytes())
             .await
-            .map_err(|_| Error::connection(BACKEND, &self.base, "the answer stopped half-way", None))?
+            .map_err(|_| Error::connection(BACKEND, &self.endpoint, "the answer stopped half-way", None))?
             .map_err(|e| self.connection(e))?;
         match status {
             s if s.is_success() || s == StatusCode::NOT_FOUND => Ok((s, body.to_vec(), index)),
             StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED => Err(Error::Authentication {
                 backend: BACKEND,
-                endpoint: self.base.clone(),
+                endpoint: self.endpoint.clone(),
                 message: format!(
                     "permission denied ({}); check the ACL token (`token` option or CONSUL_HTTP_TOKEN)",
                     text(&body)
@@ -133,7 +136,7 @@ impl Api {
             }),
             s => Err(Error::Backend {
                 backend: BACKEND,
-                message: format!("Consul at {} answered {s}: {}", self.base, text(&body)),
+                message: format!("Consul at {} answered {s}: {}", self.endpoint, text(&body)),
                 temporary: s.is_server_error(),
                 source: None,
             }),
@@ -141,7 +144,13 @@ impl Api {
     }
 
     fn connection(&self, e: reqwest::Error) -> Error {
-        Error::connection(BACKEND, &self.base, format!("{e}; is Consul running there?"), Some(Box::new(e)))
+        // reqwest's own message names the URL; the root cause says what went wrong.
+        let mut cause: &dyn std::error::Error = &e;
+        while let Some(source) = cause.source() {
+            cause = source;
+        }
+        let message = format!("{cause}; is Consul running there?");
+        Error::connection(BACKEND, &self.endpoint, message, Some(Box::new(e)))
     }
 
     /// A body that should be JSON of type `T`.
@@ -149,7 +158,7 @@ impl Api {
         serde_json::from_slice(body).map_err(|e| {
             Error::backend(
                 BACKEND,
-                format!("Consul at {} answered {what} with something else ({e}): {}", self.base, text(body)),
+                format!("Consul at {} answered {what} with something else ({e}): {}", self.endpoint, text(body)),
             )
         })
     }
@@ -191,7 +200,7 @@ impl Api {
         let (status, body, _) =
             self.call(Method::PUT, &format!("/v1/kv/{}", path_of(key)), &query, value.to_vec(), Duration::ZERO).await?;
         if status == StatusCode::NOT_FOUND {
-            return Err(Error::backend(BACKEND, format!("Consul at {} has no KV endpoint (404)", self.base)));
+            return Err(Error::backend(BACKEND, format!("Consul at {} has no KV endpoint (404)", self.endpoint)));
         }
         self.parse(&format!("the {verb} of {key}"), &body)
     }
@@ -210,7 +219,7 @@ impl Api {
         let Some(index) = index else {
             return Err(Error::backend(
                 BACKEND,
-                format!("Consul at {} answered a read without X-Consul-Index", self.base),
+                format!("Consul at {} answered a read without X-Consul-Index: {}", self.endpoint, text(&body)),
             ));
         };
         if status == StatusCode::NOT_FOUND {

@@ -57,6 +57,24 @@ impl ConsulLocks {
     ) -> Result<Option<(u64, u64)>> {
         let mut pause = Duration::from_millis(50);
         loop {
+            // Look first, as `api.Lock` does: a key with other flags is not a lock, and one held
+            // by another session is waited for without trying.
+            let (entry, index) = self.api.get(key, None).await?;
+            if let Some(entry) = &entry
+                && entry.flags != FLAGS
+            {
+                return Err(conflict(key, entry));
+            }
+            match entry.and_then(|e| e.session).filter(|holder| *holder != session.id) {
+                Some(_) if !request.wait => return Ok(None),
+                // Held: wait until its holder changes.
+                Some(holder) => {
+                    self.wait_change(key, &holder, index, lease).await?;
+                    pause = Duration::from_millis(50);
+                    continue;
+                }
+                None => {}
+            }
             if self.try_key(key, session, request.holder.as_bytes(), cleanup).await? {
                 let (entry, index) = self.api.get(key, None).await?;
                 return match entry {
@@ -68,32 +86,18 @@ impl ConsulLocks {
                     }),
                 };
             }
-            let (entry, index) = self.api.get(key, None).await?;
-            if let Some(entry) = &entry
-                && entry.flags != FLAGS
-            {
-                return Err(conflict(key, entry));
-            }
             if !request.wait {
                 return Ok(None);
             }
-            match entry.and_then(|e| e.session) {
-                // Held: wait until its holder changes.
-                Some(holder) => {
-                    self.wait_change(key, &holder, index, lease).await?;
-                    pause = Duration::from_millis(50);
-                }
-                // Free, yet refused: the lock-delay after a holder's session ended. Retry after
-                // a pause that grows up to the lock-delay (at most 1 s), not in a spin.
-                None => {
-                    let jitter = Duration::from_millis(lockkit_core::random_u64() % 25);
-                    tokio::select! {
-                        _ = tokio::time::sleep(pause + jitter) => {}
-                        _ = lease.lost() => return Err(session_lost(key)),
-                    }
-                    pause = (pause * 2).min(self.lock_delay.max(pause)).min(Duration::from_secs(1));
-                }
+            // Refused with nobody holding: the lock-delay after a holder's session ended (or
+            // another contender came first). Retry after a pause that grows up to the
+            // lock-delay (at most 1 s), not in a spin.
+            let jitter = Duration::from_millis(lockkit_core::random_u64() % 25);
+            tokio::select! {
+                _ = tokio::time::sleep(pause + jitter) => {}
+                _ = lease.lost() => return Err(session_lost(key)),
             }
+            pause = (pause * 2).min(self.lock_delay.max(pause)).min(Duration::from_secs(1));
         }
     }
 

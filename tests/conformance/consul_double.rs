@@ -61,6 +61,8 @@ struct Shared {
     /// The latest Raft index: blocking queries wait on it.
     index: tokio::sync::watch::Sender<u64>,
     fault: Mutex<Option<Fault>>,
+    /// How many `?acquire=` requests came.
+    acquires: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -102,6 +104,7 @@ impl ConsulDouble {
             store: Mutex::new(Store { index: 1, ..Store::default() }),
             index: tokio::sync::watch::channel(1).0,
             fault: Mutex::new(None),
+            acquires: Default::default(),
         });
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
         listener.set_nonblocking(true).unwrap();
@@ -134,6 +137,11 @@ impl ConsulDouble {
     /// Destroys a session, as `consul` would on `PUT /v1/session/destroy` from anyone.
     pub fn destroy_session(&self, id: &str) {
         self.shared.invalidate(id);
+    }
+
+    /// How many `PUT ?acquire=` requests came so far.
+    pub fn acquires(&self) -> u64 {
+        self.shared.acquires.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The ids of the live sessions.
@@ -431,6 +439,7 @@ async fn put_key(
     let mut store = shared.store.lock().unwrap();
     let existing = store.kv.get(&key).cloned();
     if let Some(session) = query.get("acquire") {
+        shared.acquires.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if !store.sessions.contains_key(session) {
             return (StatusCode::INTERNAL_SERVER_ERROR, format!("invalid session \"{session}\"")).into_response();
         }

@@ -6,7 +6,8 @@
 //!   holder; its latency runs from the previous holder's release call to the grant.
 //!   Reported: grants/s, handoffs/s, handoff p50 / p99, and how often the lock changed hands.
 //!
-//! - etcd and ZooKeeper: a raw-client baseline and one raw round trip in the same run.
+//! - etcd, ZooKeeper and Consul (measured against the Consul API double in the test tree, not a
+//!   real Consul): a raw-client baseline and one raw round trip in the same run.
 //! - Redis: a raw-client baseline in the same run (the same round trips made directly with the
 //!   `redis` crate), one raw round trip (PING), and the server commands per grant while
 //!   contended (from `INFO stats`).
@@ -14,6 +15,10 @@
 //! `LOCKKIT_BENCH_SECONDS` sets the contended run time per row (default 2). Servers are started
 //! like the tests start them (`scripts/install-deps` installs them).
 
+#[cfg(feature = "consul")]
+#[path = "../tests/conformance/consul_double.rs"]
+#[allow(dead_code)]
+mod consul_double;
 #[path = "../tests/conformance/servers.rs"]
 #[allow(dead_code)]
 mod servers;
@@ -68,6 +73,14 @@ async fn main() {
         rows.extend(zk_raw::baseline(&url, server.port, 1000).await);
         targets.push(("zookeeper".to_owned(), url, None));
         server
+    };
+    #[cfg(feature = "consul")]
+    let _consul_double = {
+        let double = consul_double::ConsulDouble::start(consul_double::Config::default());
+        let url = format!("consul://{}", double.addr);
+        rows.extend(consul_raw::baseline(&url, double.addr, 1000).await);
+        targets.push(("consul (double)".to_owned(), url, None));
+        double
     };
     for (backend, url, stats) in &targets {
         rows.push(uncontended(backend, url, 2000).await);
@@ -295,9 +308,50 @@ mod zk_raw {
     }
 }
 
+/// The same HTTP calls as the Consul driver's, made directly with reqwest against the same
+/// Consul API **double** (not Consul): read the key, acquire it with a session, read its index,
+/// release it; interleaved with lockkit's acquire+release.
+#[cfg(feature = "consul")]
+mod consul_raw {
+    use super::*;
+
+    pub async fn baseline(url: &str, addr: std::net::SocketAddr, iterations: usize) -> Vec<Row> {
+        // reqwest is built without a default TLS provider (the driver picks ring).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::new();
+        let base = format!("http://{addr}");
+        let spec = r#"{"TTL": "60s", "Behavior": "release", "NodeChecks": []}"#;
+        let created = http.put(format!("{base}/v1/session/create")).body(spec).send().await.unwrap();
+        let created: serde_json::Value = serde_json::from_slice(&created.bytes().await.unwrap()).unwrap();
+        let session = created["ID"].as_str().unwrap().to_owned();
+        let key = format!("{base}/v1/kv/raw-bench/.lock");
+        let flags = lockkit::consul::FLAGS;
+        let locks = connect(url).await;
+        let [raw, trip, ours] = interleave(iterations, async || {
+            let t = Instant::now();
+            http.get(&key).send().await.unwrap().bytes().await.unwrap();
+            let acquire = format!("{key}?acquire={session}&flags={flags}");
+            http.put(acquire).body("holder").send().await.unwrap().bytes().await.unwrap();
+            http.get(&key).send().await.unwrap().bytes().await.unwrap();
+            let release = format!("{key}?release={session}&flags={flags}");
+            http.put(release).send().await.unwrap().bytes().await.unwrap();
+            let raw = t.elapsed();
+            let t = Instant::now();
+            http.get(&key).send().await.unwrap().bytes().await.unwrap();
+            let trip = t.elapsed();
+            let t = Instant::now();
+            locks.acquire("lockkit-bench").await.unwrap().release().await.unwrap();
+            [raw, trip, t.elapsed()]
+        })
+        .await;
+        let case = "GET + PUT ?acquire + GET + PUT ?release";
+        baseline_rows("consul (double)", case, "one round trip (GET)", raw, trip, ours)
+    }
+}
+
 /// Runs `step` (raw operation, raw round trip, lockkit's acquire+release) `iterations` times
 /// after a 10 % warm-up, so that all three see the same machine load.
-#[cfg(any(feature = "redis", feature = "etcd", feature = "zookeeper"))]
+#[cfg(any(feature = "redis", feature = "etcd", feature = "zookeeper", feature = "consul"))]
 async fn interleave(iterations: usize, mut step: impl AsyncFnMut() -> [Duration; 3]) -> [Vec<Duration>; 3] {
     let mut samples = [Vec::new(), Vec::new(), Vec::new()];
     for i in 0..iterations + iterations / 10 {
@@ -312,7 +366,7 @@ async fn interleave(iterations: usize, mut step: impl AsyncFnMut() -> [Duration;
 }
 
 /// The rows of a raw baseline and of lockkit measured beside it, with the p50 ratio.
-#[cfg(any(feature = "redis", feature = "etcd", feature = "zookeeper"))]
+#[cfg(any(feature = "redis", feature = "etcd", feature = "zookeeper", feature = "consul"))]
 fn baseline_rows(
     backend: &str,
     raw_case: &str,

@@ -33,6 +33,8 @@ fn url(double: &ConsulDouble, query: &str) -> String {
 
 /// A plain HTTP call to the double: status and JSON body (`Null` when empty or not JSON).
 async fn http(double: &ConsulDouble, method: &str, path: &str, body: &str) -> (u16, Value) {
+    // reqwest is built without a default TLS provider (the driver picks ring).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::new();
     let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
     let response = client.request(method, format!("http://{}{path}", double.addr)).body(body.to_owned()).send().await;
@@ -250,7 +252,10 @@ mod double_rules {
         assert_eq!(status, 200);
         assert!(started.elapsed() >= Duration::from_millis(900), "expired at TTL × 2: {:?}", started.elapsed());
         assert!(after[0]["Session"].is_null(), "released: {after}");
-        assert_eq!(http(&double, "GET", "/v1/kv/d", "").await.0, 404, "deleted with its session");
+        let (_, d) = http(&double, "GET", "/v1/kv/d", "").await;
+        let d_index = d[0]["ModifyIndex"].as_u64().unwrap_or(0);
+        let (status, _) = http(&double, "GET", &format!("/v1/kv/d?index={d_index}&wait=5s"), "").await;
+        assert_eq!(status, 404, "deleted with its session");
         let fresh = session(&double, r#"{"TTL": "10s", "NodeChecks": []}"#).await;
         assert_eq!(
             http(&double, "PUT", &format!("/v1/kv/r?acquire={fresh}"), "").await.1,

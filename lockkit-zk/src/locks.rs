@@ -1,5 +1,6 @@
 //! The backend handle and the lock recipe: ephemeral sequential nodes, predecessor watches.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use lockkit_core::{
     Capabilities, DistributedLock, Error, FencingToken, Grant, GrantRequest, GuardParts, KeptLease, Lease,
     LeaseBackend, LeasePool, LockGuard, LockName, LockStatus, LossSignal, Namespace, Result, Settings,
 };
-use zookeeper_client::{Acls, Client, CreateMode, CreateOptions, EventType, OneshotWatcher, Stat};
+use zookeeper_client::{Acls, Client, CreateMode, CreateOptions, EventType, Stat, WatchedEvent};
 
 use crate::recipe::{Contender, Recipe};
 use crate::session::{Connector, ZkSession};
@@ -163,13 +164,13 @@ impl ZkLocks {
         mine: &Node,
         lease: &KeptLease,
         wait: bool,
-    ) -> Result<Option<OneshotWatcher>> {
+    ) -> Result<Option<OwnWatch>> {
         let gone = |what: &str| Error::LockLost {
             backend: BACKEND,
             name: directory.to_owned(),
             reason: format!("while waiting, {what}"),
         };
-        let mut own_watch: Option<OneshotWatcher> = None;
+        let mut own_watch: Option<OwnWatch> = None;
         loop {
             // Both requests go out at once: one round trip.
             let children = client.list_children(directory);
@@ -182,7 +183,7 @@ impl ZkLocks {
             });
             if let Some(own) = own {
                 match own.map_err(|e| self.error(e))? {
-                    (Some(_), watcher) => own_watch = Some(watcher),
+                    (Some(_), watcher) => own_watch = Some(Box::pin(watcher.changed())),
                     (None, _) => return Err(gone("its node disappeared (session expired or node deleted)")),
                 }
             }
@@ -213,18 +214,27 @@ impl ZkLocks {
             if exists.is_none() {
                 continue;
             }
-            let own = own_watch.take().expect("set above");
+            let mut own = own_watch.take().expect("set above");
             tokio::select! {
-                _ = predecessor_watch.changed() => {}
-                event = own.changed() => {
+                biased;
+                event = &mut own => {
                     if event.event_type != EventType::NodeDataChanged {
                         return Err(gone("its node disappeared (session expired or node deleted)"));
                     }
+                    // Its data changed: the next round watches it again.
                 }
                 _ = lease.lost() => return Err(gone("its ZooKeeper session was lost")),
+                event = predecessor_watch.changed() => {
+                    own_watch = Some(own);
+                    // When only the predecessor was ahead, its deletion makes me first (later
+                    // contenders queue behind me): no need to list the directory again. My own
+                    // node is still there, or its deletion would have come first (ZooKeeper
+                    // sends one session's events in order, and `biased` looks at mine first).
+                    if place == 1 && event.event_type == EventType::NodeDeleted && !lease.is_lost() {
+                        return Ok(own_watch);
+                    }
+                }
             }
-            // My own watch was used up when it fired; keep it otherwise. (A fired predecessor
-            // watch is simply dropped.)
         }
     }
 }
@@ -335,16 +345,19 @@ impl DistributedLock for ZkLocks {
     }
 }
 
+/// A one-shot watch on my own node, as a future (so it survives rounds of waiting).
+type OwnWatch = Pin<Box<dyn Future<Output = WatchedEvent> + Send>>;
+
 /// Fires the grant's loss signal when its node is deleted (or its session ends).
-async fn watch_node(client: Client, path: String, mut watch: OneshotWatcher, signal: LossSignal) {
+async fn watch_node(client: Client, path: String, mut watch: OwnWatch, signal: LossSignal) {
     loop {
-        let event = watch.changed().await;
+        let event = watch.await;
         match event.event_type {
             EventType::NodeDeleted => return signal.lose(format!("its node {path} was deleted")),
             EventType::Session => return signal.lose(format!("its ZooKeeper session ended: {}", event.session_state)),
             // Its data changed: watch again.
             _ => match client.check_and_watch_stat(&path).await {
-                Ok((Some(_), again)) => watch = again,
+                Ok((Some(_), again)) => watch = Box::pin(again.changed()),
                 Ok((None, _)) => return signal.lose(format!("its node {path} was deleted")),
                 Err(e) => return signal.lose(format!("watching its node {path} failed: {e}")),
             },

@@ -264,7 +264,23 @@ mod etcd_raw {
             [raw, trip, t.elapsed()]
         })
         .await;
-        baseline_rows("etcd", "txn put-if-absent (existing lease) + delete", "one round trip (GET)", raw, trip, ours)
+        let mut rows = baseline_rows(
+            "etcd",
+            "txn put-if-absent (existing lease) + delete",
+            "one round trip (GET)",
+            raw,
+            trip,
+            ours,
+        );
+        // A handoff includes a write (the holder's delete): one write round trip for scale.
+        let mut writes = Vec::with_capacity(iterations);
+        for _ in 0..iterations {
+            let t = Instant::now();
+            client.put("raw-bench-write", "x", None).await.unwrap();
+            writes.push(t.elapsed());
+        }
+        rows.insert(2, row("etcd raw", "one write round trip (put)", writes, None, None));
+        rows
     }
 }
 

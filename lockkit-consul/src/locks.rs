@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use lockkit_core::{
-    Capabilities, DistributedLock, Error, FencingToken, Grant, GrantRequest, GuardParts, KeptLease, Lease,
-    LeaseBackend, LeasePool, LocalTurns, LockGuard, LockName, LockStatus, LossSignal, Result, Settings, Turn,
+    Capabilities, DistributedLock, Error, FencingToken, Grant, GrantRequest, KeptLease, Lease, LeaseBackend, LeasePool,
+    LocalTurns, LockGuard, LockName, LockStatus, LossSignal, Result, Settings, Turn,
 };
 
 use crate::api::{Api, Blocking, Entry};
@@ -56,10 +56,15 @@ impl ConsulLocks {
         cleanup: &mut Cleanup,
     ) -> Result<Option<(u64, u64)>> {
         let mut pause = Duration::from_millis(50);
+        // What a blocking query just showed, so that a woken waiter tries at once.
+        let mut seen = None;
         loop {
             // Look first, as `api.Lock` does: a key with other flags is not a lock, and one held
             // by another session is waited for without trying.
-            let (entry, index) = self.api.get(key, None).await?;
+            let (entry, index) = match seen.take() {
+                Some(seen) => seen,
+                None => self.api.get(key, None).await?,
+            };
             if let Some(entry) = &entry
                 && entry.flags != FLAGS
             {
@@ -69,7 +74,7 @@ impl ConsulLocks {
                 Some(_) if !request.wait => return Ok(None),
                 // Held: wait until its holder changes.
                 Some(holder) => {
-                    self.wait_change(key, &holder, index, lease).await?;
+                    seen = Some(self.wait_change(key, &holder, index, lease).await?);
                     pause = Duration::from_millis(50);
                     continue;
                 }
@@ -115,8 +120,14 @@ impl ConsulLocks {
         put.await.map_err(|e| Error::backend(BACKEND, format!("the acquire's task failed: {e}")))?
     }
 
-    /// Blocks (with blocking queries) until `key` is no longer held by `holder`.
-    async fn wait_change(&self, key: &str, holder: &str, mut index: u64, lease: &KeptLease) -> Result<()> {
+    /// Blocks (with blocking queries) until `key` is no longer held by `holder`; what it saw then.
+    async fn wait_change(
+        &self,
+        key: &str,
+        holder: &str,
+        mut index: u64,
+        lease: &KeptLease,
+    ) -> Result<(Option<Entry>, u64)> {
         loop {
             let wait = BLOCKING_WAIT + Duration::from_millis(lockkit_core::random_u64() % 1000);
             let (entry, next) = tokio::select! {
@@ -125,8 +136,8 @@ impl ConsulLocks {
             };
             // An index that went backwards (a restored snapshot, another server) starts over.
             index = if next < index { 0 } else { next };
-            if entry.and_then(|e| e.session).as_deref() != Some(holder) {
-                return Ok(());
+            if entry.as_ref().and_then(|e| e.session.as_deref()) != Some(holder) {
+                return Ok((entry, index));
             }
         }
     }
@@ -197,14 +208,7 @@ impl DistributedLock for ConsulLocks {
         let signal = lease.grant_signal();
         let watch = tokio::spawn(watch_key(self.api.clone(), key.clone(), session.id.clone(), index, signal.clone()));
         let grant = ConsulGrant { session, key, name: request.name.to_string(), watch, _turn: cleanup.disarm() };
-        Ok(Some(LockGuard::new(GuardParts::new(
-            BACKEND,
-            request.name.clone(),
-            FencingToken::new(token),
-            lease,
-            signal,
-            Box::new(grant),
-        ))))
+        Ok(Some(request.granted(BACKEND, FencingToken::new(token), lease, signal, grant)))
     }
 
     async fn shutdown(&self) -> Result<()> {

@@ -33,8 +33,8 @@ use tokio::sync::Notify;
 use crate::lease::{KeepAlive, LeaseBackend, LeasePool};
 use crate::signal::lock;
 use crate::{
-    Capabilities, DistributedLock, Error, FencingToken, Grant, GrantRequest, GuardParts, Lease, LockGuard, LockName,
-    LockStatus, LockUrl, LossSignal, Namespace, Result, Settings, random_u64,
+    Capabilities, DistributedLock, Error, FencingToken, Grant, GrantRequest, Lease, LockGuard, LockName, LockStatus,
+    LockUrl, LossSignal, Namespace, Result, Settings, random_u64,
 };
 
 const BACKEND: &str = "file";
@@ -121,14 +121,7 @@ impl DistributedLock for FileLocks {
         let held = Held { file: Arc::new(file), path: lock_path, lease: lease.id().to_owned(), signal: signal.clone() };
         lock(&self.holdings.held).insert(id, held);
         let grant = FileGrant { id, holdings: self.holdings.clone(), name: request.name.to_string() };
-        Ok(Some(LockGuard::new(GuardParts::new(
-            BACKEND,
-            request.name.clone(),
-            FencingToken::new(token),
-            lease,
-            signal,
-            Box::new(grant),
-        ))))
+        Ok(Some(request.granted(BACKEND, FencingToken::new(token), lease, signal, grant)))
     }
 
     async fn inspect(&self, name: &LockName) -> Result<LockStatus> {

@@ -27,8 +27,8 @@ use tokio::sync::Notify;
 use crate::lease::{KeepAlive, LeaseBackend, LeasePool};
 use crate::signal::lock;
 use crate::{
-    Capabilities, DistributedLock, Error, FencingToken, Grant, GrantRequest, GuardParts, Lease, LockGuard, LockName,
-    LockStatus, LockUrl, LossSignal, Result, Settings,
+    Capabilities, DistributedLock, Error, FencingToken, Grant, GrantRequest, Lease, LockGuard, LockName, LockStatus,
+    LockUrl, LossSignal, Result, Settings,
 };
 
 const BACKEND: &str = "memory";
@@ -96,14 +96,7 @@ impl DistributedLock for MemoryLocks {
             return Ok(None);
         };
         let grant = MemoryGrant { store: self.store.clone(), key, grant: waiter.grant, name: request.name.to_string() };
-        Ok(Some(LockGuard::new(GuardParts::new(
-            BACKEND,
-            request.name.clone(),
-            FencingToken::new(token),
-            lease,
-            waiter.signal.clone(),
-            Box::new(grant),
-        ))))
+        Ok(Some(request.granted(BACKEND, FencingToken::new(token), lease, waiter.signal.clone(), grant)))
     }
 
     async fn inspect(&self, name: &LockName) -> Result<LockStatus> {

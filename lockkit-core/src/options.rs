@@ -153,6 +153,20 @@ impl GrantRequest {
     pub fn new(name: LockName, ttl: Duration, refresh_interval: Duration, holder: String, wait: bool) -> Self {
         GrantRequest { name, ttl, refresh_interval, holder, wait }
     }
+
+    /// The guard of this request's grant: what a driver's `grant` returns once it holds the
+    /// lock, with the server's `token`, the `lease` it hangs on, its loss `signal` (from
+    /// [`KeptLease::grant_signal`](crate::KeptLease::grant_signal)) and the `grant` that releases it.
+    pub fn granted(
+        &self,
+        backend: &'static str,
+        token: FencingToken,
+        lease: std::sync::Arc<crate::KeptLease>,
+        signal: crate::LossSignal,
+        grant: impl crate::Grant,
+    ) -> crate::LockGuard {
+        crate::LockGuard::new(crate::GuardParts::new(backend, self.name.clone(), token, lease, signal, Box::new(grant)))
+    }
 }
 
 /// What a backend guarantees, queryable at run time through

@@ -9,8 +9,8 @@ use etcd_client::{
     TxnResponse,
 };
 use lockkit_core::{
-    Capabilities, DistributedLock, Error, FencingToken, Grant, GrantRequest, GuardParts, Lease, LeaseBackend,
-    LeasePool, LocalTurns, LockGuard, LockName, LockStatus, Result, Settings, Turn,
+    Capabilities, DistributedLock, Error, FencingToken, Grant, GrantRequest, Lease, LeaseBackend, LeasePool,
+    LocalTurns, LockGuard, LockName, LockStatus, Result, Settings, Turn,
 };
 use tokio::sync::Notify;
 
@@ -292,14 +292,7 @@ impl DistributedLock for EtcdLocks {
             timeout: self.settings.timeout,
             _turn: cleanup.disarm(),
         };
-        Ok(Some(LockGuard::new(GuardParts::new(
-            BACKEND,
-            request.name.clone(),
-            FencingToken::new(revision as u64),
-            lease,
-            signal,
-            Box::new(grant),
-        ))))
+        Ok(Some(request.granted(BACKEND, FencingToken::new(revision as u64), lease, signal, grant)))
     }
 
     async fn shutdown(&self) -> Result<()> {

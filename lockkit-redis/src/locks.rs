@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use lockkit_core::{
-    Capabilities, DistributedLock, Error, Grant, GrantRequest, GuardParts, KeepAlive, Lease, LeaseBackend, LeasePool,
-    LockGuard, LockName, LockStatus, LossSignal, Result, Settings, random_u64,
+    Capabilities, DistributedLock, Error, Grant, GrantRequest, KeepAlive, Lease, LeaseBackend, LeasePool, LockGuard,
+    LockName, LockStatus, LossSignal, Result, Settings, random_u64,
 };
 
 use crate::quorum::{Attempt, Quorum};
@@ -90,14 +90,7 @@ impl DistributedLock for RedisLocks {
             owner,
             name: request.name.to_string(),
         };
-        Ok(Some(LockGuard::new(GuardParts::new(
-            self.quorum.backend,
-            request.name.clone(),
-            token,
-            lease,
-            signal,
-            Box::new(grant),
-        ))))
+        Ok(Some(request.granted(self.quorum.backend, token, lease, signal, grant)))
     }
 
     async fn shutdown(&self) -> Result<()> {

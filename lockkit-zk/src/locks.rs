@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use lockkit_core::{
-    Capabilities, DistributedLock, Error, FencingToken, Grant, GrantRequest, GuardParts, KeptLease, Lease,
-    LeaseBackend, LeasePool, LockGuard, LockName, LockStatus, LossSignal, Namespace, Result, Settings,
+    Capabilities, DistributedLock, Error, FencingToken, Grant, GrantRequest, KeptLease, Lease, LeaseBackend, LeasePool,
+    LockGuard, LockName, LockStatus, LossSignal, Namespace, Result, Settings,
 };
 use zookeeper_client::{Acls, Client, CreateMode, CreateOptions, EventType, Stat, WatchedEvent};
 
@@ -298,14 +298,7 @@ impl DistributedLock for ZkLocks {
             timeout: self.settings.timeout,
             watch,
         };
-        Ok(Some(LockGuard::new(GuardParts::new(
-            BACKEND,
-            request.name.clone(),
-            FencingToken::new(node.stat.czxid as u64),
-            lease,
-            signal,
-            Box::new(grant),
-        ))))
+        Ok(Some(request.granted(BACKEND, FencingToken::new(node.stat.czxid as u64), lease, signal, grant)))
     }
 
     async fn shutdown(&self) -> Result<()> {

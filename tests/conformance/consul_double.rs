@@ -20,8 +20,10 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::Request;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use base64::Engine;
@@ -116,6 +118,7 @@ impl ConsulDouble {
             .route("/v1/session/destroy/{id}", put(destroy_session))
             .route("/v1/session/info/{id}", get(session_info))
             .route("/v1/kv/{*key}", get(get_key).put(put_key).delete(delete_key))
+            .layer(axum::middleware::from_fn_with_state(shared.clone(), gate))
             .with_state(shared.clone());
         let reaper = shared.clone();
         std::thread::spawn(move || {
@@ -224,23 +227,24 @@ fn go_duration(d: Duration) -> String {
     format!("{}s", d.as_secs_f64())
 }
 
-/// Checks the fault switch and the ACL token; `Err` is the response to give instead.
-fn gate(shared: &Shared, headers: &HeaderMap, query: &HashMap<String, String>) -> Result<(), Response> {
+/// Answers instead of the endpoint while a fault is set, or when the ACL token is missing or
+/// wrong (given as `X-Consul-Token` or `?token=`).
+async fn gate(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
     match *shared.fault.lock().unwrap() {
         Some(Fault::ServerError) => {
-            return Err((StatusCode::INTERNAL_SERVER_ERROR, "rpc error making call: No cluster leader").into_response());
+            return (StatusCode::INTERNAL_SERVER_ERROR, "rpc error making call: No cluster leader").into_response();
         }
-        Some(Fault::Garbage) => return Err((StatusCode::OK, "<html>502 Bad Gateway</html>").into_response()),
+        Some(Fault::Garbage) => return (StatusCode::OK, "<html>502 Bad Gateway</html>").into_response(),
         None => {}
     }
     if let Some(wanted) = &shared.config.acl_token {
-        let given =
-            headers.get("X-Consul-Token").and_then(|v| v.to_str().ok()).or(query.get("token").map(String::as_str));
-        if given != Some(wanted.as_str()) {
-            return Err((StatusCode::FORBIDDEN, "ACL not found").into_response());
+        let header = request.headers().get("X-Consul-Token").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let query = request.uri().query().unwrap_or_default().split('&').find_map(|p| p.strip_prefix("token="));
+        if header.as_deref().or(query) != Some(wanted.as_str()) {
+            return (StatusCode::FORBIDDEN, "ACL not found").into_response();
         }
     }
-    Ok(())
+    next.run(request).await
 }
 
 fn bad_request(message: impl Into<String>) -> Response {
@@ -255,15 +259,7 @@ fn session_json(id: &str, s: &Session) -> Value {
     })
 }
 
-async fn create_session(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
-) -> Response {
-    if let Err(response) = gate(&shared, &headers, &query) {
-        return response;
-    }
+async fn create_session(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     let spec: Value = if body.is_empty() { json!({}) } else { serde_json::from_slice(&body).unwrap_or(Value::Null) };
     if !spec.is_object() {
         return bad_request("Request decode failed: not a JSON object");
@@ -303,15 +299,7 @@ async fn create_session(
     Json(json!({ "ID": id })).into_response()
 }
 
-async fn renew_session(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    Query(query): Query<HashMap<String, String>>,
-    Path(id): Path<String>,
-) -> Response {
-    if let Err(response) = gate(&shared, &headers, &query) {
-        return response;
-    }
+async fn renew_session(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
     let mut store = shared.store.lock().unwrap();
     match store.sessions.get_mut(&id) {
         Some(session) => {
@@ -322,28 +310,12 @@ async fn renew_session(
     }
 }
 
-async fn destroy_session(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    Query(query): Query<HashMap<String, String>>,
-    Path(id): Path<String>,
-) -> Response {
-    if let Err(response) = gate(&shared, &headers, &query) {
-        return response;
-    }
+async fn destroy_session(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
     shared.invalidate(&id);
     Json(json!(true)).into_response()
 }
 
-async fn session_info(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    Query(query): Query<HashMap<String, String>>,
-    Path(id): Path<String>,
-) -> Response {
-    if let Err(response) = gate(&shared, &headers, &query) {
-        return response;
-    }
+async fn session_info(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
     let store = shared.store.lock().unwrap();
     let sessions: Vec<Value> = store.sessions.get(&id).map(|s| session_json(&id, s)).into_iter().collect();
     Json(Value::Array(sessions)).into_response()
@@ -372,13 +344,9 @@ fn entry_json(key: &str, e: &Entry) -> Value {
 /// `GET /v1/kv/<key>[?recurse][&index=N&wait=D]`.
 async fn get_key(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
     Path(key): Path<String>,
 ) -> Response {
-    if let Err(response) = gate(&shared, &headers, &query) {
-        return response;
-    }
     let recurse = query.contains_key("recurse");
     let min_index: u64 = query.get("index").and_then(|i| i.parse().ok()).unwrap_or(0);
     let wait = query
@@ -423,14 +391,10 @@ async fn get_key(
 /// `PUT /v1/kv/<key>[?acquire=S | ?release=S | ?cas=N][&flags=F]`, body = value.
 async fn put_key(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
     Path(key): Path<String>,
     body: Bytes,
 ) -> Response {
-    if let Err(response) = gate(&shared, &headers, &query) {
-        return response;
-    }
     let flags = match query.get("flags").map(|f| f.parse::<u64>()) {
         None => 0,
         Some(Ok(flags)) => flags,
@@ -514,13 +478,9 @@ async fn put_key(
 /// `DELETE /v1/kv/<key>[?recurse][&cas=N]`.
 async fn delete_key(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
     Path(key): Path<String>,
 ) -> Response {
-    if let Err(response) = gate(&shared, &headers, &query) {
-        return response;
-    }
     let mut store = shared.store.lock().unwrap();
     if let Some(cas) = query.get("cas").and_then(|c| c.parse::<u64>().ok())
         && store.kv.get(&key).map_or(0, |e| e.modify_index) != cas

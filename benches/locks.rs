@@ -272,14 +272,8 @@ mod etcd_raw {
             trip,
             ours,
         );
-        // A handoff includes a write (the holder's delete): one write round trip for scale.
-        let mut writes = Vec::with_capacity(iterations);
-        for _ in 0..iterations {
-            let t = Instant::now();
-            client.put("raw-bench-write", "x", None).await.unwrap();
-            writes.push(t.elapsed());
-        }
-        rows.insert(2, row("etcd raw", "one write round trip (put)", writes, None, None));
+        let write = async || client.put("raw-bench-write", "x", None).await.map(drop).unwrap();
+        rows.insert(2, round_trips("etcd raw", "one write round trip (put)", iterations, write).await);
         rows
     }
 }
@@ -313,14 +307,17 @@ mod zk_raw {
             [raw, trip, t.elapsed()]
         })
         .await;
-        baseline_rows(
+        let mut rows = baseline_rows(
             "zookeeper",
             "create ephemeral-sequential + list + delete",
             "one round trip (exists)",
             raw,
             trip,
             ours,
-        )
+        );
+        let write = async || client.set_data("/raw-bench", b"x", None).await.map(drop).unwrap();
+        rows.insert(2, round_trips("zookeeper raw", "one write round trip (setData)", iterations, write).await);
+        rows
     }
 }
 
@@ -379,6 +376,19 @@ async fn interleave(iterations: usize, mut step: impl AsyncFnMut() -> [Duration;
         }
     }
     samples
+}
+
+/// One raw write, `iterations` times: a handoff includes a write (the holder's delete), so
+/// this gives its scale.
+#[cfg(any(feature = "etcd", feature = "zookeeper"))]
+async fn round_trips(backend: &str, case: &str, iterations: usize, mut write: impl AsyncFnMut()) -> Row {
+    let mut samples = Vec::with_capacity(iterations);
+    for _ in 0..iterations {
+        let t = Instant::now();
+        write().await;
+        samples.push(t.elapsed());
+    }
+    row(backend, case, samples, None, None)
 }
 
 /// The rows of a raw baseline and of lockkit measured beside it, with the p50 ratio.

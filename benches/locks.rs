@@ -12,7 +12,8 @@
 //!   `redis` crate), one raw round trip (PING), and the server commands per grant while
 //!   contended (from `INFO stats`).
 //!
-//! `LOCKKIT_BENCH_SECONDS` sets the contended run time per row (default 2). Servers are started
+//! `LOCKKIT_BENCH_SECONDS` sets the contended run time per row (default 2);
+//! `LOCKKIT_BENCH_ONLY=zookeeper,consul` runs only those backends (names as in the table). Servers are started
 //! like the tests start them (`scripts/install-deps` installs them).
 
 #[cfg(feature = "consul")]
@@ -41,46 +42,65 @@ struct Row {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let seconds: u64 = std::env::var("LOCKKIT_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
+    let only = std::env::var("LOCKKIT_BENCH_ONLY").unwrap_or_default();
+    let wanted = |backend: &str| only.is_empty() || only.split(',').any(|b| b == backend);
     let dir = tempfile::tempdir().expect("a temporary directory");
     let mut targets = vec![
         ("memory".to_owned(), "memory://bench".to_owned(), None),
         ("file".to_owned(), format!("file://{}", dir.path().display()), None),
     ];
+    targets.retain(|(backend, ..)| wanted(backend));
     let mut rows = Vec::new();
     #[cfg(feature = "redis")]
-    let _redis_servers = {
-        let servers: Vec<servers::Server> = (0..5).map(|_| servers::Server::redis()).collect();
-        let single = format!("redis://127.0.0.1:{}", servers[0].port);
-        let quorum: Vec<String> = servers.iter().map(|s| format!("127.0.0.1:{}", s.port)).collect();
-        rows.extend(redis_raw::baseline(&single, 2000).await);
-        targets.push(("redis".to_owned(), single.clone(), Some(single.clone())));
-        targets.push(("redis fair=true".to_owned(), format!("{single}?fair=true"), Some(single)));
-        targets.push(("redlock (5)".to_owned(), format!("redlock://{}", quorum.join(",")), None));
-        servers
+    let _redis_servers = if wanted("redis") {
+        Some({
+            let servers: Vec<servers::Server> = (0..5).map(|_| servers::Server::redis()).collect();
+            let single = format!("redis://127.0.0.1:{}", servers[0].port);
+            let quorum: Vec<String> = servers.iter().map(|s| format!("127.0.0.1:{}", s.port)).collect();
+            rows.extend(redis_raw::baseline(&single, 2000).await);
+            targets.push(("redis".to_owned(), single.clone(), Some(single.clone())));
+            targets.push(("redis fair=true".to_owned(), format!("{single}?fair=true"), Some(single)));
+            targets.push(("redlock (5)".to_owned(), format!("redlock://{}", quorum.join(",")), None));
+            servers
+        })
+    } else {
+        None
     };
     #[cfg(feature = "etcd")]
-    let _etcd_server = {
-        let server = servers::Server::etcd();
-        let url = format!("etcd://127.0.0.1:{}", server.port);
-        rows.extend(etcd_raw::baseline(&url, server.port, 1000).await);
-        targets.push(("etcd".to_owned(), url, None));
-        server
+    let _etcd_server = if wanted("etcd") {
+        Some({
+            let server = servers::Server::etcd();
+            let url = format!("etcd://127.0.0.1:{}", server.port);
+            rows.extend(etcd_raw::baseline(&url, server.port, 1000).await);
+            targets.push(("etcd".to_owned(), url, None));
+            server
+        })
+    } else {
+        None
     };
     #[cfg(feature = "zookeeper")]
-    let _zk_server = {
-        let server = servers::Server::zookeeper();
-        let url = format!("zk://127.0.0.1:{}", server.port);
-        rows.extend(zk_raw::baseline(&url, server.port, 1000).await);
-        targets.push(("zookeeper".to_owned(), url, None));
-        server
+    let _zk_server = if wanted("zookeeper") {
+        Some({
+            let server = servers::Server::zookeeper();
+            let url = format!("zk://127.0.0.1:{}", server.port);
+            rows.extend(zk_raw::baseline(&url, server.port, 1000).await);
+            targets.push(("zookeeper".to_owned(), url, None));
+            server
+        })
+    } else {
+        None
     };
     #[cfg(feature = "consul")]
-    let _consul_double = {
-        let double = consul_double::ConsulDouble::start(consul_double::Config::default());
-        let url = format!("consul://{}", double.addr);
-        rows.extend(consul_raw::baseline(&url, double.addr, 1000).await);
-        targets.push(("consul (double)".to_owned(), url, None));
-        double
+    let _consul_double = if wanted("consul") {
+        Some({
+            let double = consul_double::ConsulDouble::start(consul_double::Config::default());
+            let url = format!("consul://{}", double.addr);
+            rows.extend(consul_raw::baseline(&url, double.addr, 1000).await);
+            targets.push(("consul (double)".to_owned(), url, None));
+            double
+        })
+    } else {
+        None
     };
     for (backend, url, stats) in &targets {
         rows.push(uncontended(backend, url, 2000).await);
@@ -401,10 +421,16 @@ fn baseline_rows(
     trip: Vec<Duration>,
     ours: Vec<Duration>,
 ) -> Vec<Row> {
-    let raw = row(&format!("{backend} raw"), raw_case, raw, None, None);
     let trip = row(&format!("{backend} raw"), trip_case, trip, None, None);
+    // Also the median of the iterations' own ratios: each pairs lockkit with the raw calls made
+    // right before it, so slow drifts of a noisy machine cancel out.
+    let mut ratios: Vec<f64> = ours.iter().zip(&raw).map(|(o, r)| o.as_secs_f64() / r.as_secs_f64()).collect();
+    ratios.sort_by(f64::total_cmp);
+    let paired = ratios.get(ratios.len() / 2).copied().unwrap_or(f64::NAN);
+    let raw = row(&format!("{backend} raw"), raw_case, raw, None, None);
     let mut ours = row(backend, "lockkit acquire+release, interleaved with the raw rows", ours, None, None);
-    ours.backend = format!("{backend} ({:.2}× raw p50)", ours.p50.as_secs_f64() / raw.p50.as_secs_f64());
+    let ratio = ours.p50.as_secs_f64() / raw.p50.as_secs_f64();
+    ours.backend = format!("{backend} ({ratio:.2}× raw p50; paired median {paired:.2}×)");
     vec![raw, trip, ours]
 }
 

@@ -1,7 +1,6 @@
 //! The backend handle and the lock protocol of `consul lock` / Go's `api.Lock`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -207,12 +206,8 @@ impl DistributedLock for ConsulLocks {
         };
         session.hold(&key, true);
         let signal = lease.grant_signal();
-        let released = Arc::new(AtomicBool::new(false));
-        let watch =
-            watch_key(self.api.clone(), key.clone(), session.id.clone(), index, signal.clone(), released.clone());
-        let watch = tokio::spawn(watch);
-        let name = request.name.to_string();
-        let grant = ConsulGrant { session, key, name, watch, released, _turn: cleanup.disarm() };
+        let watch = tokio::spawn(watch_key(self.api.clone(), key.clone(), session.id.clone(), index, signal.clone()));
+        let grant = ConsulGrant { session, key, name: request.name.to_string(), watch, _turn: cleanup.disarm() };
         Ok(Some(request.granted(BACKEND, FencingToken::new(token), lease, signal, grant)))
     }
 
@@ -238,25 +233,12 @@ impl DistributedLock for ConsulLocks {
     }
 }
 
-/// Fires the grant's loss signal when its key is deleted or no longer held by its session —
-/// unless the grant was `released` first: then the change is the release's own, and the watch
-/// ends with its answer (so its connection goes back to the pool instead of being cut).
+/// Fires the grant's loss signal when its key is deleted or no longer held by its session.
 /// Errors reading it are retried: the session's renewals decide loss when Consul is away.
-async fn watch_key(
-    api: Api,
-    key: String,
-    session: String,
-    mut index: u64,
-    signal: LossSignal,
-    released: Arc<AtomicBool>,
-) {
+async fn watch_key(api: Api, key: String, session: String, mut index: u64, signal: LossSignal) {
     let mut pause = Duration::from_millis(100);
     loop {
-        let read = api.get(&key, Some(Blocking { index, wait: BLOCKING_WAIT })).await;
-        if released.load(Ordering::SeqCst) {
-            return;
-        }
-        match read {
+        match api.get(&key, Some(Blocking { index, wait: BLOCKING_WAIT })).await {
             Ok((None, _)) => return signal.lose(format!("its key {key} was deleted")),
             Ok((Some(entry), _)) if entry.session.as_deref() != Some(session.as_str()) => {
                 return signal.lose(format!("its key {key} was released or taken behind its back"));
@@ -311,20 +293,15 @@ struct ConsulGrant {
     key: String,
     name: String,
     watch: tokio::task::JoinHandle<()>,
-    released: Arc<AtomicBool>,
     _turn: Option<Turn>,
 }
 
 #[async_trait]
 impl Grant for ConsulGrant {
     async fn release(self: Box<Self>) -> Result<()> {
-        self.released.store(true, Ordering::SeqCst);
+        self.watch.abort();
         self.session.hold(&self.key, false);
-        let released = self.session.api.lock(&self.key, &self.session.id, true, &[], FLAGS).await;
-        if !matches!(released, Ok(true)) {
-            self.watch.abort(); // the key may not change: do not wait for it
-        }
-        if released? {
+        if self.session.api.lock(&self.key, &self.session.id, true, &[], FLAGS).await? {
             Ok(())
         } else {
             Err(Error::not_held(BACKEND, &self.name, "its key was no longer held by this session"))

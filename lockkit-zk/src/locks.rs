@@ -2,7 +2,6 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -289,9 +288,7 @@ impl DistributedLock for ZkLocks {
         };
         cleanup.armed = false;
         let signal = lease.grant_signal();
-        let released = Arc::new(AtomicBool::new(false));
-        let watch =
-            tokio::spawn(watch_node(client.clone(), node.path.clone(), own_watch, signal.clone(), released.clone()));
+        let watch = tokio::spawn(watch_node(client.clone(), node.path.clone(), own_watch, signal.clone()));
         let grant = ZkGrant {
             client,
             path: node.path,
@@ -300,7 +297,6 @@ impl DistributedLock for ZkLocks {
             endpoints: self.endpoints.clone(),
             timeout: self.settings.timeout,
             watch,
-            released,
         };
         Ok(Some(request.granted(BACKEND, FencingToken::new(node.stat.czxid as u64), lease, signal, grant)))
     }
@@ -345,15 +341,10 @@ impl DistributedLock for ZkLocks {
 /// A one-shot watch on my own node, as a future (so it survives rounds of waiting).
 type OwnWatch = Pin<Box<dyn Future<Output = WatchedEvent> + Send>>;
 
-/// Fires the grant's loss signal when its node is deleted (or its session ends) — unless the
-/// grant was `released` first: then the deletion is the release's own, and the watch ends
-/// with it (without a request to remove it).
-async fn watch_node(client: Client, path: String, mut watch: OwnWatch, signal: LossSignal, released: Arc<AtomicBool>) {
+/// Fires the grant's loss signal when its node is deleted (or its session ends).
+async fn watch_node(client: Client, path: String, mut watch: OwnWatch, signal: LossSignal) {
     loop {
         let event = watch.await;
-        if released.load(Ordering::SeqCst) {
-            return;
-        }
         match event.event_type {
             EventType::NodeDeleted => return signal.lose(format!("its node {path} was deleted")),
             EventType::Session => return signal.lose(format!("its ZooKeeper session ended: {}", event.session_state)),
@@ -430,18 +421,13 @@ struct ZkGrant {
     endpoints: String,
     timeout: Duration,
     watch: tokio::task::JoinHandle<()>,
-    released: Arc<AtomicBool>,
 }
 
 #[async_trait]
 impl Grant for ZkGrant {
     async fn release(self: Box<Self>) -> Result<()> {
-        self.released.store(true, Ordering::SeqCst);
-        let deleted = tokio::time::timeout(self.timeout, self.client.delete(&self.path, Some(self.version))).await;
-        if !matches!(deleted, Ok(Ok(()))) {
-            self.watch.abort(); // no deletion will end it
-        }
-        match deleted {
+        self.watch.abort();
+        match tokio::time::timeout(self.timeout, self.client.delete(&self.path, Some(self.version))).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(zookeeper_client::Error::NoNode)) => {
                 Err(Error::not_held(BACKEND, &self.name, format!("its node {} was gone", self.path)))

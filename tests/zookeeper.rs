@@ -160,16 +160,18 @@ async fn an_expired_session_fires_the_loss_signal_and_a_new_one_is_opened() {
     assert!(again.is_held());
 }
 
-/// A server that pauses briefly (well within the session timeout) costs no lock.
+/// A server that pauses briefly (well within the session timeout) costs no lock. (A 4 s
+/// session: this binary's other tests start up to five JVMs on the same two cores.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_disconnection_keeps_the_lock() {
     let server = Server::zookeeper();
-    let locks = connect(&url(&server, &format!("/{}", unique("z")), "")).await;
+    let ttl = Duration::from_secs(4);
+    let locks = connect(&format!("zk://127.0.0.1:{}/{}?ttl={}ms", server.port, unique("z"), ttl.as_millis())).await;
     let guard = locks.acquire("kept").await.unwrap();
     server.signal("STOP");
-    tokio::time::sleep(TTL / 4).await; // the point of the test: a pause shorter than the session
+    tokio::time::sleep(Duration::from_millis(500)).await; // the point of the test: a short pause
     server.signal("CONT");
-    tokio::time::sleep(TTL * 2).await; // and the refreshes go on after it
+    tokio::time::sleep(ttl).await; // and a whole session timeout of refreshes after it
     assert!(guard.is_held(), "{:?}", guard.loss_signal().reason());
     guard.release().await.expect("still the holder");
 }

@@ -16,10 +16,6 @@
 //! `LOCKKIT_BENCH_ONLY=zookeeper,consul` runs only those backends (names as in the table). Servers are started
 //! like the tests start them (`scripts/install-deps` installs them).
 
-#[cfg(feature = "consul")]
-#[path = "../tests/conformance/consul_double.rs"]
-#[allow(dead_code)]
-mod consul_double;
 #[path = "../tests/conformance/servers.rs"]
 #[allow(dead_code)]
 mod servers;
@@ -93,7 +89,7 @@ async fn main() {
     #[cfg(feature = "consul")]
     let _consul_double = if wanted("consul") {
         Some({
-            let double = consul_double::ConsulDouble::start(consul_double::Config::default());
+            let double = servers::consul_double::ConsulDouble::start(servers::consul_double::Config::default());
             let url = format!("consul://{}", double.addr);
             rows.extend(consul_raw::baseline(&url, double.addr, 1000).await);
             targets.push(("consul (double)".to_owned(), url, None));

@@ -1,13 +1,6 @@
 //! The `lockkit` command-line tool, driven as a user would: real processes, real signals.
 //! Every backend that can be shared between processes runs these, one `cli_tests!` line each.
 
-#[cfg(feature = "consul")]
-#[path = "conformance/consul_double.rs"]
-#[allow(dead_code)]
-mod consul_double;
-#[path = "conformance/servers.rs"]
-#[allow(dead_code)]
-mod servers;
 #[path = "conformance/support.rs"]
 #[allow(dead_code)]
 mod support;

@@ -3,12 +3,6 @@
 //! (`conformance/consul_double.rs`), and the double's own rules.
 #![cfg(feature = "consul")]
 
-#[path = "conformance/consul_double.rs"]
-#[allow(dead_code)]
-mod consul_double;
-#[path = "conformance/servers.rs"]
-#[allow(dead_code)]
-mod servers;
 #[path = "conformance/support.rs"]
 #[allow(dead_code)]
 mod support;
@@ -16,10 +10,10 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use consul_double::{Config, ConsulDouble, Fault};
 use lockkit::{DistributedLock, Error};
 use serde_json::Value;
 use support::connect;
+use support::servers::consul_double::{Config, ConsulDouble, Fault};
 
 const TTL: Duration = Duration::from_secs(1);
 

@@ -2,13 +2,6 @@
 //! 3-member cluster losing its leader, authentication, unreachable endpoints.
 #![cfg(feature = "etcd")]
 
-#[cfg(feature = "consul")]
-#[path = "conformance/consul_double.rs"]
-#[allow(dead_code)]
-mod consul_double;
-#[path = "conformance/servers.rs"]
-#[allow(dead_code)]
-mod servers;
 #[path = "conformance/support.rs"]
 #[allow(dead_code)]
 mod support;
@@ -18,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lockkit::Error;
-use servers::Server;
+use support::servers::{self, Server};
 use support::{CriticalSection, connect, unique};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;

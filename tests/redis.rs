@@ -2,13 +2,6 @@
 //! deletion by another client, authentication, and interop with redis-py's `Lock`.
 #![cfg(feature = "redis")]
 
-#[cfg(feature = "consul")]
-#[path = "conformance/consul_double.rs"]
-#[allow(dead_code)]
-mod consul_double;
-#[path = "conformance/servers.rs"]
-#[allow(dead_code)]
-mod servers;
 #[path = "conformance/support.rs"]
 #[allow(dead_code)]
 mod support;
@@ -17,7 +10,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use lockkit::Error;
-use servers::Server;
+use support::servers::{self, Server};
 use support::{connect, unique};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 

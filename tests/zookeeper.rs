@@ -2,13 +2,6 @@
 //! deleted node, an ensemble losing its leader, chroots.
 #![cfg(feature = "zookeeper")]
 
-#[cfg(feature = "consul")]
-#[path = "conformance/consul_double.rs"]
-#[allow(dead_code)]
-mod consul_double;
-#[path = "conformance/servers.rs"]
-#[allow(dead_code)]
-mod servers;
 #[path = "conformance/support.rs"]
 #[allow(dead_code)]
 mod support;
@@ -18,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lockkit::{DistributedLock, Error};
-use servers::Server;
+use support::servers::{self, Server};
 use support::{CriticalSection, connect, unique};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{ChildStdin, ChildStdout};

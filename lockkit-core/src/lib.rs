@@ -51,10 +51,85 @@ pub fn random_u64() -> u64 {
     hasher.finish()
 }
 
+/// Runs a request until it answers with anything but a transient error (one `transient`
+/// accepts: a dead member of a cluster, a lost connection), pausing `pause` between tries, all
+/// within `timeout`. The error is the last one seen, or `None` when the time ran out before
+/// any answer. For drivers' unary requests.
+///
+/// # Cancel safety
+/// Dropping it drops the request in flight; use it for requests that are safe to repeat.
+pub async fn retry_transient<T, E, F, Fut>(
+    timeout: std::time::Duration,
+    pause: std::time::Duration,
+    transient: impl Fn(&E) -> bool,
+    mut call: F,
+) -> std::result::Result<T, Option<E>>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = std::result::Result<T, E>>,
+{
+    let mut last_error = None;
+    let attempts = async {
+        loop {
+            match call().await {
+                Err(e) if transient(&e) => {
+                    last_error = Some(e);
+                    tokio::time::sleep(pause).await;
+                }
+                other => return other,
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, attempts).await {
+        Ok(result) => result.map_err(Some),
+        Err(_) => Err(last_error),
+    }
+}
+
 impl std::str::FromStr for LockUrl {
     type Err = Error;
 
     fn from_str(text: &str) -> Result<Self> {
         LockUrl::parse(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn transient_errors_are_retried_until_an_answer_or_the_timeout() {
+        let mut calls = 0;
+        let answer = super::retry_transient(
+            Duration::from_secs(1),
+            Duration::ZERO,
+            |e: &&str| *e == "busy",
+            || {
+                calls += 1;
+                let reply = if calls < 3 { Err("busy") } else { Ok(calls) };
+                async move { reply }
+            },
+        )
+        .await;
+        assert_eq!(answer, Ok(3));
+
+        let final_error = super::retry_transient(
+            Duration::from_secs(1),
+            Duration::ZERO,
+            |e: &&str| *e == "busy",
+            || async { Err::<(), _>("refused") },
+        )
+        .await;
+        assert_eq!(final_error, Err(Some("refused")), "a lasting error is returned at once");
+
+        let timed_out = super::retry_transient(
+            Duration::from_millis(50),
+            Duration::from_millis(5),
+            |_: &&str| true,
+            || async { Err::<(), _>("busy") },
+        )
+        .await;
+        assert_eq!(timed_out, Err(Some("busy")), "the last transient error when time runs out");
     }
 }

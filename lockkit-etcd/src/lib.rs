@@ -114,35 +114,21 @@ pub fn ownership(locks: &dyn DistributedLock, guard: &LockGuard) -> Compare {
 
 /// Runs a unary call, bounded by `timeout`, trying again while it fails with connection trouble
 /// (a dead member of the cluster), so that another member answers.
-pub(crate) async fn retry<T, F, Fut>(timeout: std::time::Duration, endpoints: &str, mut call: F) -> Result<T>
+pub(crate) async fn retry<T, F, Fut>(timeout: std::time::Duration, endpoints: &str, call: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, etcd_client::Error>>,
 {
-    let mut last_error = None;
-    let attempts = async {
-        loop {
-            match call().await {
-                Err(e) if is_transient(&e) => {
-                    last_error = Some(e);
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-                other => return other,
-            }
-        }
-    };
-    match tokio::time::timeout(timeout, attempts).await {
-        Ok(result) => result.map_err(|e| error(endpoints, e)),
-        Err(_) => Err(match last_error {
-            Some(e) => error(endpoints, e),
-            None => Error::connection(
-                BACKEND,
-                endpoints,
-                format!("no answer within {timeout:?}; is etcd running there, and the `timeout` option long enough?"),
-                None,
-            ),
-        }),
-    }
+    let pause = std::time::Duration::from_millis(50);
+    lockkit_core::retry_transient(timeout, pause, is_transient, call).await.map_err(|e| match e {
+        Some(e) => error(endpoints, e),
+        None => Error::connection(
+            BACKEND,
+            endpoints,
+            format!("no answer within {timeout:?}; is etcd running there, and the `timeout` option long enough?"),
+            None,
+        ),
+    })
 }
 
 /// Whether a client error is connection trouble that another try may get past.

@@ -79,20 +79,14 @@ impl ZkLocks {
     }
 
     /// Runs a request, trying again after connection losses until the request timeout.
-    async fn call<T, F, Fut>(&self, mut call: F) -> Result<T, zookeeper_client::Error>
+    async fn call<T, F, Fut>(&self, call: F) -> Result<T, zookeeper_client::Error>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, zookeeper_client::Error>>,
     {
-        let deadline = tokio::time::Instant::now() + self.settings.timeout;
-        loop {
-            match call().await {
-                Err(zookeeper_client::Error::ConnectionLoss) if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(RECONNECT_PAUSE).await
-                }
-                other => return other,
-            }
-        }
+        let lost = |e: &zookeeper_client::Error| *e == zookeeper_client::Error::ConnectionLoss;
+        let outcome = lockkit_core::retry_transient(self.settings.timeout, RECONNECT_PAUSE, lost, call).await;
+        outcome.map_err(|e| e.unwrap_or(zookeeper_client::Error::ConnectionLoss))
     }
 
     fn error(&self, e: zookeeper_client::Error) -> Error {

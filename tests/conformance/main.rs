@@ -1,12 +1,8 @@
 //! The conformance suite, run on every backend. Each backend is one `conformance!` line; a
 //! backend's own tests live beside its driver.
 
-#[cfg(feature = "consul")]
-#[allow(dead_code)]
-mod consul_double;
-#[allow(dead_code)] // shared with the other test binaries, which use more of it
-mod servers;
 mod suite;
+#[allow(dead_code)] // shared with the other test binaries, which use more of it
 mod support;
 
 conformance!(memory, crate::support::Target::memory);

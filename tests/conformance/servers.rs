@@ -4,6 +4,10 @@
 //! Each server runs under a small shell guard that kills it when this test process's end of a
 //! pipe closes, so no server outlives the tests, however the test process ends.
 
+#[cfg(feature = "consul")]
+#[path = "consul_double.rs"]
+pub mod consul_double;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, ChildStdin, Command, Stdio};

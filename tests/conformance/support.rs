@@ -1,5 +1,8 @@
 //! What the suite needs besides the API: backend targets and a holder in another process.
 
+#[path = "servers.rs"]
+pub mod servers;
+
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,32 +30,32 @@ impl Target {
     }
 
     pub fn etcd() -> Target {
-        Target { base: crate::servers::shared_etcd_url(), namespace: unique("t"), _dir: None }
+        Target { base: servers::shared_etcd_url(), namespace: unique("t"), _dir: None }
     }
 
     pub fn zookeeper() -> Target {
-        Target { base: crate::servers::shared_zk_url(), namespace: unique("t"), _dir: None }
+        Target { base: servers::shared_zk_url(), namespace: unique("t"), _dir: None }
     }
 
     /// Consul (the double unless `LOCKKIT_TEST_CONSUL_ADDR` names a real one), with a short
     /// lock-delay so that a vanished holder's lock is free again within the suite's bounds.
     #[cfg(feature = "consul")]
     pub fn consul() -> Target {
-        let base = format!("{}?lock_delay=200ms", crate::consul_double::shared_url());
+        let base = format!("{}?lock_delay=200ms", servers::consul_double::shared_url());
         Target { base, namespace: unique("t"), _dir: None }
     }
 
     pub fn redis() -> Target {
-        Target { base: crate::servers::shared_redis_url(), namespace: unique("t"), _dir: None }
+        Target { base: servers::shared_redis_url(), namespace: unique("t"), _dir: None }
     }
 
     /// Redis with `fair=true`: waiters queue inside the scripts.
     pub fn redis_fair() -> Target {
-        Target { base: format!("{}?fair=true", crate::servers::shared_redis_url()), namespace: unique("t"), _dir: None }
+        Target { base: format!("{}?fair=true", servers::shared_redis_url()), namespace: unique("t"), _dir: None }
     }
 
     pub fn redlock() -> Target {
-        Target { base: crate::servers::shared_redlock_url(), namespace: unique("t"), _dir: None }
+        Target { base: servers::shared_redlock_url(), namespace: unique("t"), _dir: None }
     }
 
     pub fn file() -> Target {

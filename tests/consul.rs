@@ -172,22 +172,6 @@ async fn keys_follow_consul_locks_layout_and_flags() {
     assert!(err.contains("flags 0x7") && err.contains("pick another lock name"), "{err}");
 }
 
-/// The same name twice through one handle: the second acquire waits for the first guard.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_same_name_twice_through_one_handle_waits() {
-    let double = double();
-    let locks: Arc<dyn DistributedLock> = connect(&url(&double, "")).await;
-    let first = locks.acquire("twice").await.unwrap();
-    assert!(locks.try_acquire("twice").await.unwrap().is_none(), "one session must not hold a key twice");
-    let second = tokio::spawn({
-        let locks = locks.clone();
-        async move { locks.acquire_timeout("twice", Duration::from_secs(5)).await.map(|g| g.fencing_token()) }
-    });
-    let token = first.fencing_token();
-    first.release().await.unwrap();
-    assert!(second.await.unwrap().unwrap() > token);
-}
-
 /// The double's own rules, as Consul documents them.
 mod double_rules {
     use super::*;

@@ -7,12 +7,11 @@
 mod support;
 
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lockkit::Error;
 use support::servers::{self, Server};
-use support::{CriticalSection, connect, unique};
+use support::{connect, contend_while, unique};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
@@ -114,33 +113,12 @@ async fn a_cluster_losing_its_leader_never_double_grants() {
     let mut members = Server::etcd_cluster(3);
     let endpoints: Vec<String> = members.iter().map(|m| format!("127.0.0.1:{}", m.port)).collect();
     let url = format!("etcd://{}/{}?ttl={}ms", endpoints.join(","), unique("e"), TTL.as_millis());
-    let section = Arc::new(CriticalSection::default());
-    let deadline = Instant::now() + Duration::from_secs(6);
-    let mut tasks = Vec::new();
-    for _ in 0..3 {
-        let (locks, section) = (connect(&url).await, section.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut entered = 0;
-            while Instant::now() < deadline {
-                let Ok(guard) = locks.acquire_timeout("contended", Duration::from_secs(5)).await else { continue };
-                if guard.run_while_held(section.enter(guard.fencing_token())).await.is_ok() {
-                    entered += 1;
-                }
-                let _ = guard.release().await;
-            }
-            entered
-        }));
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await; // contention under way
-    let leader = leader_index(&members).await;
-    members.remove(leader).kill();
-    let mut entered = 0;
-    for task in tasks {
-        entered += task.await.expect("no double grant (a panic in the critical section)");
-    }
-    assert!(entered > 0);
-    let tokens = section.tokens();
-    assert!(tokens.windows(2).all(|w| w[0] < w[1]), "tokens in grant order: {tokens:?}");
+    let tokens = contend_while(&url, "contended", 3, Duration::from_secs(6), async {
+        tokio::time::sleep(Duration::from_secs(2)).await; // contention under way
+        let leader = leader_index(&members).await;
+        members.remove(leader).kill();
+    })
+    .await;
     let after = connect(&url).await;
     let guard =
         after.acquire_timeout("contended", Duration::from_secs(10)).await.expect("acquiring works after the election");

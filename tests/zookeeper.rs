@@ -7,12 +7,11 @@
 mod support;
 
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lockkit::{DistributedLock, Error};
+use lockkit::Error;
 use support::servers::{self, Server};
-use support::{CriticalSection, connect, unique};
+use support::{connect, contend_while, unique};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{ChildStdin, ChildStdout};
 
@@ -179,36 +178,15 @@ async fn an_ensemble_losing_its_leader_never_double_grants() {
     let url = format!("zk://{}/{}?ttl={}ms", hosts.join(","), unique("z"), ttl.as_millis());
     let keeper = connect(&url).await;
     let kept = keeper.acquire("kept").await.unwrap();
-    let section = Arc::new(CriticalSection::default());
-    let deadline = Instant::now() + Duration::from_secs(6);
-    let mut tasks = Vec::new();
-    for _ in 0..3 {
-        let (locks, section) = (connect(&url).await, section.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut entered = 0;
-            while Instant::now() < deadline {
-                let Ok(guard) = locks.acquire_timeout("contended", Duration::from_secs(5)).await else { continue };
-                if guard.run_while_held(section.enter(guard.fencing_token())).await.is_ok() {
-                    entered += 1;
-                }
-                let _ = guard.release().await;
-            }
-            entered
-        }));
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await; // contention under way
-    let leader = servers
-        .iter()
-        .position(|s| servers::four_letter_word(s.port, "srvr").is_some_and(|a| a.contains("Mode: leader")))
-        .expect("one server leads");
-    servers.remove(leader).kill();
-    let mut entered = 0;
-    for task in tasks {
-        entered += task.await.expect("no double grant (a panic in the critical section)");
-    }
-    assert!(entered > 0);
-    let tokens = section.tokens();
-    assert!(tokens.windows(2).all(|w| w[0] < w[1]), "tokens in grant order: {tokens:?}");
+    let tokens = contend_while(&url, "contended", 3, Duration::from_secs(6), async {
+        tokio::time::sleep(Duration::from_secs(2)).await; // contention under way
+        let leader = servers
+            .iter()
+            .position(|s| servers::four_letter_word(s.port, "srvr").is_some_and(|a| a.contains("Mode: leader")))
+            .expect("one server leads");
+        servers.remove(leader).kill();
+    })
+    .await;
     assert!(kept.is_held(), "the session moved to another server: {:?}", kept.loss_signal().reason());
     kept.release().await.expect("still the holder after the election");
     let after = connect(&url).await;
@@ -227,22 +205,6 @@ async fn chroots_keep_locks_apart() {
     assert!(b.try_acquire("job").await.unwrap().is_some(), "another chroot, another lock");
     let a_again = connect(&url(&server, &format!("/{root}/a"), "")).await;
     assert!(a_again.try_acquire("job").await.unwrap().is_none(), "the same chroot, the same lock");
-}
-
-/// The same name twice through one handle: the second acquire waits for the first guard.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_same_name_twice_through_one_handle_waits() {
-    let server = Server::zookeeper();
-    let locks: Arc<dyn DistributedLock> = connect(&url(&server, &format!("/{}", unique("z")), "")).await;
-    let first = locks.acquire("twice").await.unwrap();
-    assert!(locks.try_acquire("twice").await.unwrap().is_none());
-    let second = tokio::spawn({
-        let locks = locks.clone();
-        async move { locks.acquire_timeout("twice", Duration::from_secs(5)).await.map(|g| g.fencing_token()) }
-    });
-    let token = first.fencing_token();
-    first.release().await.unwrap();
-    assert!(second.await.unwrap().unwrap() > token);
 }
 
 /// A name that would land in `/zookeeper`, and a server nobody runs, are clear errors.

@@ -29,6 +29,7 @@ macro_rules! conformance {
                 namespaces_never_interfere,
                 one_connection_keeps_a_thousand_locks_alive,
                 status_shows_the_holder_and_token,
+                the_same_name_twice_through_one_handle_waits_for_the_first_guard,
             );
         }
     };
@@ -336,4 +337,20 @@ pub async fn status_shows_the_holder_and_token(t: &Target) {
     }
     guard.release().await.unwrap();
     assert!(!b.status("shown").await.unwrap().held);
+}
+
+/// One handle, one name, two acquires: the second is not granted while the first guard holds
+/// (on some backends both would be the same grant on the server), and gets the lock, with a
+/// larger token, once the first is released.
+pub async fn the_same_name_twice_through_one_handle_waits_for_the_first_guard(t: &Target) {
+    let locks = t.connect().await;
+    let first = locks.acquire("twice").await.unwrap();
+    assert!(locks.try_acquire("twice").await.unwrap().is_none(), "granted twice through one handle");
+    let second = tokio::spawn({
+        let locks = locks.clone();
+        async move { locks.acquire_timeout("twice", Duration::from_secs(5)).await.map(|g| g.fencing_token()) }
+    });
+    let token = first.fencing_token();
+    first.release().await.unwrap();
+    assert!(second.await.unwrap().unwrap() > token);
 }

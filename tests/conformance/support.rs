@@ -183,3 +183,42 @@ impl CriticalSection {
         self.tokens.lock().unwrap().clone()
     }
 }
+
+/// `contenders` connections to `url` take `name` in a loop for `run`, each grant entering one
+/// shared critical section, while `disturb` runs (a server killed, …). Asserts that nobody was
+/// granted twice at once (a panic in the section), that some sections ran and that tokens grew
+/// in grant order; returns the tokens.
+pub async fn contend_while(
+    url: &str,
+    name: &str,
+    contenders: usize,
+    run: Duration,
+    disturb: impl Future<Output = ()>,
+) -> Vec<FencingToken> {
+    let section = Arc::new(CriticalSection::default());
+    let deadline = std::time::Instant::now() + run;
+    let mut tasks = Vec::new();
+    for _ in 0..contenders {
+        let (locks, section, name) = (connect(url).await, section.clone(), name.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let mut entered = 0;
+            while std::time::Instant::now() < deadline {
+                let Ok(guard) = locks.acquire_timeout(&name, Duration::from_secs(5)).await else { continue };
+                if guard.run_while_held(section.enter(guard.fencing_token())).await.is_ok() {
+                    entered += 1;
+                }
+                let _ = guard.release().await;
+            }
+            entered
+        }));
+    }
+    disturb.await;
+    let mut entered = 0;
+    for task in tasks {
+        entered += task.await.expect("no double grant (a panic in the critical section)");
+    }
+    assert!(entered > 0);
+    let tokens = section.tokens();
+    assert!(tokens.windows(2).all(|w| w[0] < w[1]), "tokens in grant order: {tokens:?}");
+    tokens
+}

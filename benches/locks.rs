@@ -10,7 +10,8 @@
 //!   real Consul): a raw-client baseline and one raw round trip in the same run.
 //! - Redis: a raw-client baseline in the same run (the same round trips made directly with the
 //!   `redis` crate), one raw round trip (PING), and the server commands per grant while
-//!   contended (from `INFO stats`).
+//!   contended (from `INFO stats`); each contended row also shows its ratio to the p50 of PINGs
+//!   made right before and right after it, since a shared machine's speed drifts between rows.
 //!
 //! `LOCKKIT_BENCH_SECONDS` sets the contended run time per row (default 2);
 //! `LOCKKIT_BENCH_ONLY=zookeeper,consul` runs only those backends (names as in the table). Servers are started
@@ -160,6 +161,19 @@ mod redis_raw {
         baseline_rows("redis", "SET NX PX + compare-and-delete", "one round trip (PING)", raw, trip, ours)
     }
 
+    /// The p50 of `iterations` PINGs on a fresh connection.
+    pub async fn ping_p50(url: &str, iterations: usize) -> Duration {
+        let client = redis::Client::open(url).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let mut samples = Vec::with_capacity(iterations);
+        for _ in 0..iterations {
+            let t = Instant::now();
+            let _: String = redis::cmd("PING").query_async(&mut conn).await.unwrap();
+            samples.push(t.elapsed());
+        }
+        percentiles(&mut samples).0
+    }
+
     /// Commands the server has processed so far.
     pub async fn commands(url: &str) -> u64 {
         let client = redis::Client::open(url).unwrap();
@@ -208,6 +222,7 @@ async fn contended(backend: &str, url: &str, stats: Option<&str>, contenders: us
     for _ in 0..contenders {
         connections.push(connect(url).await);
     }
+    let trip_before = round_trip_p50(stats).await;
     let commands_before = command_count(stats).await;
     let deadline = Instant::now() + run;
     let mut tasks = Vec::new();
@@ -242,6 +257,12 @@ async fn contended(backend: &str, url: &str, stats: Option<&str>, contenders: us
     let changed = samples.len() as f64 / grants.max(1) as f64;
     let handoffs_per_sec = samples.len() as f64 / run.as_secs_f64();
     let mut row = row(backend, &format!("{contenders} contenders: handoffs"), samples, Some(changed), commands);
+    // The machine's speed drifts: compare with unloaded round trips right before and after.
+    if let Some((before, after)) = trip_before.zip(round_trip_p50(stats).await) {
+        let trip = (before + after) / 2;
+        let ratio = row.p50.as_secs_f64() / trip.as_secs_f64();
+        row.case = format!("{} ({ratio:.1}× a PING: {} before, {} after)", row.case, micros(before), micros(after));
+    }
     row.ops_per_sec = handoffs_per_sec;
     row
 }
@@ -448,6 +469,16 @@ async fn command_count(stats: Option<&str>) -> Option<u64> {
     #[cfg(feature = "redis")]
     if let Some(url) = stats {
         return Some(redis_raw::commands(url).await);
+    }
+    let _ = stats;
+    None
+}
+
+/// The p50 of a raw round trip to `stats`' server (Redis only).
+async fn round_trip_p50(stats: Option<&str>) -> Option<Duration> {
+    #[cfg(feature = "redis")]
+    if let Some(url) = stats {
+        return Some(redis_raw::ping_p50(url, 300).await);
     }
     let _ = stats;
     None

@@ -220,7 +220,7 @@ async fn fair_mode_grants_in_arrival_order() {
         }));
         // Arrival order is what the server saw: wait until this waiter is in line.
         let started = Instant::now();
-        while queue_length(&server, &format!("{namespace}/line:queue")).await != i + 1 {
+        while redis_number(&server, &["LLEN", &format!("{namespace}/line:queue")]).await != i + 1 {
             assert!(started.elapsed() < Duration::from_secs(10), "waiter {i} never joined the line");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -235,9 +235,58 @@ async fn fair_mode_grants_in_arrival_order() {
     assert_eq!(*order.lock().unwrap(), vec![0, 1, 2]);
 }
 
-async fn queue_length(server: &Server, key: &str) -> usize {
+/// Eight waiters in eight handles (eight pub/sub connections) are granted one after another,
+/// each release waking one waiter, not every handle: the scripts the server runs stay one
+/// grant and one release per waiter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_wakes_one_waiter_not_every_handle() {
+    const WAITERS: usize = 8;
+    let server = Server::redis();
+    let namespace = unique("r");
+    // A long TTL puts the fallback retries (TTL / 4, at most 1 s, jittered) well apart.
+    let url = format!("redis://127.0.0.1:{}?ttl=60s&namespace={namespace}", server.port);
+    let holder = connect(&url).await;
+    let guard = holder.acquire("herd").await.unwrap();
+    let mut waiters = Vec::new();
+    for _ in 0..WAITERS {
+        let locks = connect(&url).await;
+        waiters.push(tokio::spawn(async move { locks.acquire("herd").await.unwrap().release().await.unwrap() }));
+    }
+    let started = Instant::now();
+    while redis_number(&server, &["ZCARD", &format!("{namespace}/herd:wakeup")]).await != WAITERS {
+        assert!(started.elapsed() < Duration::from_secs(10), "the waiters never registered");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let scripts_before = scripts_run(&server).await;
+    guard.release().await.unwrap();
+    for waiter in waiters {
+        waiter.await.unwrap();
+    }
+    let scripts = scripts_run(&server).await - scripts_before;
+    // One release by the holder, then a grant and a release per waiter: 17. Waking every
+    // handle would add a failed attempt per remaining handle per release (28 more); allow a
+    // fallback retry per waiter.
+    assert!(scripts <= 1 + 2 * WAITERS + WAITERS, "{scripts} scripts for {WAITERS} handoffs: a herd");
+    assert_eq!(redis_number(&server, &["EXISTS", &format!("{namespace}/herd:wakeup")]).await, 0, "waiters left");
+}
+
+/// Scripts the server has run so far (EVALSHA calls).
+async fn scripts_run(server: &Server) -> usize {
     let out = tokio::process::Command::new("redis-cli")
-        .args(["-p", &server.port.to_string(), "LLEN", key])
+        .args(["-p", &server.port.to_string(), "INFO", "commandstats"])
+        .output()
+        .await
+        .unwrap();
+    let stats = String::from_utf8_lossy(&out.stdout).into_owned();
+    let calls = stats.lines().find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="));
+    calls.and_then(|c| c.split(',').next()).and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+/// A Redis command whose reply is a number.
+async fn redis_number(server: &Server, command: &[&str]) -> usize {
+    let out = tokio::process::Command::new("redis-cli")
+        .args(["-p", &server.port.to_string()])
+        .args(command)
         .output()
         .await
         .unwrap();

@@ -11,15 +11,18 @@
 //!   `fair=true` on the same lock ignore the line (and may get ahead of it).
 //!   `rediss://` and `redlocks://` use TLS: the server is checked against the public roots,
 //!   or against `?ca=/path/ca.pem`; `&cert=…&key=…` give a client certificate (mutual TLS).
-//! - **Grant**: one script per server does `SET key owner PX ttl` if free and, only then,
-//!   `INCR key:fence` — the fencing token — and stores the holder metadata in `key:holder`.
-//!   The lock key is a plain string holding the owner token, as redis-py's `Lock` does, so the
-//!   two exclude each other on the same key.
+//! - **Grant**: one script per server does `SET key owner NX PX ttl` and, only on success,
+//!   `INCR key:fence` — the fencing token. The lock key is a plain string holding the owner
+//!   value (a random token, a space, the holder metadata), as redis-py's `Lock` holds its
+//!   token, so the two exclude each other on the same key, and the metadata expires with the
+//!   grant.
 //! - **Release / refresh**: compare-owner-then-DEL / PEXPIRE scripts, so no grant of another
 //!   owner is ever deleted or extended. All locks of a handle are refreshed in one pipelined
 //!   round trip per server per tick; a refresh that finds a key gone fires that guard's loss.
-//! - **Waiting**: a release PUBLISHes on `key:released`; each handle keeps one pub/sub connection
-//!   per server, shared by all its waiters, and wakes one local waiter per message. A waiter
+//! - **Waiting**: a waiter registers in `key:wakeup` (ranked by arrival) and a release pops
+//!   the first and PUBLISHes its owner value on `key:released`, so one release wakes one
+//!   waiter however many wait. Each handle keeps one pub/sub connection per server, shared by
+//!   all its waiters, and wakes only the waiter a message names. A waiter
 //!   also wakes when the holder's TTL runs out (it knows the PTTL), and after a bounded,
 //!   jittered fallback (TTL / 4, 50 ms – 1 s) in case a message was missed.
 //! - **Redlock**: an attempt goes to every server at once and succeeds on a majority within the

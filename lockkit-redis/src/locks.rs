@@ -12,7 +12,7 @@ use lockkit_core::{
 };
 
 use crate::quorum::{Attempt, Quorum};
-use crate::scripts::LockKeys;
+use crate::scripts::{self, LockKeys};
 
 pub struct RedisLocks {
     pub settings: Settings,
@@ -45,15 +45,17 @@ impl DistributedLock for RedisLocks {
             })
             .await?;
         let keys = LockKeys::new(self.settings.namespace.key(&request.name));
-        let owner = format!("{:016x}{:016x}", random_u64(), random_u64());
+        let owner = scripts::owner_value(&request.holder);
         // Only for missed messages: a release publishes, and a vanished holder's expiry is known.
         let fallback = (request.ttl / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
         let mut undo = Undo { quorum: self.quorum.clone(), keys: keys.clone(), owner: owner.clone(), armed: true };
         let mut watch = None;
+        let arrival = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         let token = loop {
-            // Take a place in line (fair mode) only once subscribed, so its wake-up is not missed.
-            let join = watch.is_some();
-            match self.quorum.acquire(&keys, &owner, request.ttl, &request.holder, join).await? {
+            // Register as a waiter (fair mode: take a place in line) only once subscribed, so its
+            // wake-up is not missed.
+            let join = watch.is_some().then_some(arrival.as_millis() as u64);
+            match self.quorum.acquire(&keys, &owner, request.ttl, join).await? {
                 Attempt::Granted(token) => break token,
                 Attempt::Busy(_) if !request.wait => {
                     undo.armed = false;
@@ -121,7 +123,7 @@ impl Drop for Undo {
         }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let (quorum, keys, owner) = (self.quorum.clone(), self.keys.clone(), std::mem::take(&mut self.owner));
-            runtime.spawn(async move { quorum.release(&keys, &owner).await });
+            runtime.spawn(async move { quorum.release(&keys, &owner, true).await });
         }
     }
 }
@@ -196,7 +198,7 @@ impl LeaseBackend for RedisLease {
         });
         for held in revoked {
             held.signal.lose("its lease was revoked");
-            self.quorum.release(&held.keys, &held.owner).await?;
+            self.quorum.release(&held.keys, &held.owner, false).await?;
         }
         Ok(())
     }
@@ -215,7 +217,7 @@ struct RedisGrant {
 impl Grant for RedisGrant {
     async fn release(self: Box<Self>) -> Result<()> {
         self.holdings.with(|held| held.remove(&self.id));
-        match self.quorum.release(&self.keys, &self.owner).await? {
+        match self.quorum.release(&self.keys, &self.owner, false).await? {
             0 => Err(Error::not_held(
                 self.quorum.backend,
                 &self.name,

@@ -44,19 +44,18 @@ impl Quorum {
     /// One attempt on every instance at once. Grants when a majority granted within the
     /// validity time (TTL minus the time taken minus the safety margin); otherwise undoes the
     /// partial grants. Fails when fewer than a majority answered.
-    /// `join`: in fair mode, take a place in line when the lock is not granted.
+    /// `join`: when the lock is not granted, take a place among the waiters a release wakes
+    /// (in fair mode, in line), ranked by this arrival time (ms since the epoch).
     pub async fn acquire(
         &self,
         keys: &LockKeys,
         owner: &str,
         ttl: Duration,
-        holder: &str,
-        join: bool,
+        join: Option<u64>,
     ) -> Result<Attempt, Error> {
-        let queue = self.fair.then_some(join);
         let started = Instant::now();
         let replies = on_all(&self.instances, |instance| async move {
-            let call = || instance.run::<(u64, i64)>(scripts::acquire(keys, owner, ttl, holder, queue));
+            let call = || instance.run::<(u64, i64)>(scripts::acquire(keys, owner, ttl, self.fair, join));
             // The script is idempotent for its owner, so a reply lost to a dropped connection
             // is recovered by asking again.
             match call().await {
@@ -87,7 +86,8 @@ impl Quorum {
             }
         }
         if !fences.is_empty() || !errors.is_empty() {
-            let _ = self.release(keys, owner).await;
+            // Not withdrawn: a waiter that lost a split vote keeps its place among the waiters.
+            let _ = self.release(keys, owner, false).await;
         }
         self.enough_answered(errors)?;
         Ok(Attempt::Busy(expires_in))
@@ -100,10 +100,11 @@ impl Quorum {
         replies.iter().filter(|r| r.is_ok()).count()
     }
 
-    /// Deletes this owner's grant on every instance; `Ok(n)`: n instances had it.
-    pub async fn release(&self, keys: &LockKeys, owner: &str) -> Result<usize, Error> {
-        let replies =
-            on_all(&self.instances, |instance| instance.run::<i64>(scripts::release(keys, owner, self.fair))).await;
+    /// Deletes this owner's grant on every instance; `Ok(n)`: n instances had it. `withdraw`:
+    /// the acquire was given up, so also take the owner out of the waiters.
+    pub async fn release(&self, keys: &LockKeys, owner: &str, withdraw: bool) -> Result<usize, Error> {
+        let script = |instance| Instance::run::<i64>(instance, scripts::release(keys, owner, self.fair, withdraw));
+        let replies = on_all(&self.instances, script).await;
         let released = replies.iter().filter(|r| matches!(r, Ok(1))).count();
         self.enough_answered(replies.into_iter().filter_map(Result::err).collect())?;
         Ok(released)
@@ -148,13 +149,13 @@ impl Quorum {
 
     /// The lock as a majority sees it.
     pub async fn status(&self, keys: &LockKeys) -> Result<LockStatus, Error> {
-        type Reply = (Option<String>, Option<String>, Option<u64>, i64);
+        type Reply = (Option<String>, Option<u64>, i64);
         let replies = on_all(&self.instances, |instance| instance.run::<Reply>(scripts::status(keys))).await;
         let mut errors = Vec::new();
         let mut held = Vec::new();
         for reply in replies {
             match reply {
-                Ok((Some(_owner), holder, fence, pttl)) => held.push((holder, fence, pttl)),
+                Ok((Some(owner), fence, pttl)) => held.push((owner, fence, pttl)),
                 Ok(_) => {}
                 Err(e) => errors.push(e),
             }
@@ -163,9 +164,9 @@ impl Quorum {
         if held.len() < self.needed {
             return Ok(LockStatus::free());
         }
-        let holder = held.iter().find_map(|(h, ..)| h.clone());
-        // The counter is the holder's token only when lockkit took the grant (it writes the
-        // holder key); a redis-py lock on the same key has no token.
+        let holder = held.iter().find_map(|(owner, ..)| scripts::holder_of(owner)).map(str::to_owned);
+        // The counter is the holder's token only when lockkit took the grant (its value names
+        // a holder); a redis-py lock on the same key has no token.
         let token = holder.as_ref().and(held.iter().filter_map(|(_, f, _)| *f).max()).map(FencingToken::new);
         let ttl_left = held.iter().filter(|(.., p)| *p >= 0).map(|(.., p)| Duration::from_millis(*p as u64)).min();
         Ok(LockStatus::held(holder, token, ttl_left))

@@ -1,61 +1,78 @@
 //! The server-side scripts. Each runs atomically on one instance.
 //!
-//! Keys of lock `K`: `K` holds the owner token as a plain string (what redis-py's `Lock`
-//! stores, so the two exclude each other), `K:holder` the holder metadata with the same TTL,
-//! `K:fence` the fencing counter (never expires); releases publish on channel `K:released`.
+//! Keys of lock `K`: `K` holds the owner value as a plain string, as redis-py's `Lock` holds
+//! its token, so the two exclude each other. The value is a random token, a space, and the
+//! holder metadata, so the metadata lives and expires with the grant. `K:fence` is the
+//! fencing counter (never expires). A release publishes on channel `K:released` the owner
+//! value of the one waiter it wakes: plain waiters register in `K:wakeup` (a sorted set ranked
+//! by arrival, expiring a TTL after its last waiter asked) and a release pops the first; with
+//! `fair=true`, waiters queue in `K:queue` (a list, arrival order) and `K:waiters` (a sorted
+//! set: when each queued entry expires unless its waiter asks again) instead.
 //! Lock names are escaped (`:` becomes `%3A`), so these suffixes never collide with a lock.
 
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use lockkit_core::random_u64;
 use redis::{Script, ScriptInvocation};
 
-/// The keys and channel of one lock. With `fair=true`, waiters also queue in `K:queue` (a list,
-/// arrival order) and `K:waiters` (a sorted set: when each queued waiter's entry expires unless
-/// it asks again).
+/// The keys and channel of one lock.
 #[derive(Clone, Debug)]
 pub struct LockKeys {
     pub lock: String,
-    pub holder: String,
     pub fence: String,
     pub queue: String,
     pub waiters: String,
+    pub wakeup: String,
     pub channel: String,
 }
 
 impl LockKeys {
     pub fn new(key: String) -> Self {
         LockKeys {
-            holder: format!("{key}:holder"),
             fence: format!("{key}:fence"),
             queue: format!("{key}:queue"),
             waiters: format!("{key}:waiters"),
+            wakeup: format!("{key}:wakeup"),
             channel: format!("{key}:released"),
             lock: key,
         }
     }
 
-    /// lock, holder, fence, queue, waiters: the KEYS of the fair scripts.
-    fn all(&self) -> [&str; 5] {
-        [&self.lock, &self.holder, &self.fence, &self.queue, &self.waiters]
+    /// lock, fence, queue, waiters: the KEYS of the fair scripts.
+    fn fair(&self) -> [&str; 4] {
+        [&self.lock, &self.fence, &self.queue, &self.waiters]
     }
 }
 
-/// Lua that drops queued waiters (KEYS[4] list, KEYS[5] expiries) that stopped asking.
+/// A fresh owner value for a grant: a random token that no other grant has, then the holder
+/// metadata.
+pub fn owner_value(holder: &str) -> String {
+    format!("{:016x}{:016x} {holder}", random_u64(), random_u64())
+}
+
+/// The holder metadata in a lock's value, when lockkit wrote it (a redis-py token has none).
+pub fn holder_of(value: &str) -> Option<&str> {
+    let (token, holder) = value.split_once(' ')?;
+    (token.len() == 32 && token.bytes().all(|b| b.is_ascii_hexdigit())).then_some(holder)
+}
+
+/// Lua that sets `now` to the server's clock in milliseconds, then drops queued waiters
+/// (KEYS[3] list, KEYS[4] expiries) that stopped asking.
 const PURGE: &str = r"
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 while true do
-  local first = redis.call('LINDEX', KEYS[4], 0)
+  local first = redis.call('LINDEX', KEYS[3], 0)
   if not first then break end
-  local expires = redis.call('ZSCORE', KEYS[5], first)
+  local expires = redis.call('ZSCORE', KEYS[4], first)
   if expires and tonumber(expires) > now then break end
-  redis.call('LPOP', KEYS[4])
-  redis.call('ZREM', KEYS[5], first)
+  redis.call('LPOP', KEYS[3])
+  redis.call('ZREM', KEYS[4], first)
 end
 ";
 
-/// KEYS: lock, holder, fence, queue, waiters. ARGV: owner, ttl ms, holder text, join (0/1).
+/// KEYS: lock, fence, queue, waiters. ARGV: owner, ttl ms, join (0: no).
 /// Fair acquire: granted only when free and this owner is first in line (or the line is
 /// empty); otherwise, when `join`, joins the line or renews its place there for one TTL.
 /// Returns like [`ACQUIRE`] (pttl 0: free, but someone else is first in line).
@@ -66,21 +83,19 @@ static ACQUIRE_FAIR: LazyLock<Script> = LazyLock::new(|| {
 local current = redis.call('GET', KEYS[1])
 if current == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[2])
-  return {tonumber(redis.call('GET', KEYS[3]) or '0'), 0}
+  return {tonumber(redis.call('GET', KEYS[2]) or '0'), 0}
 end
-local head = redis.call('LINDEX', KEYS[4], 0)
+local head = redis.call('LINDEX', KEYS[3], 0)
 if current == false and (head == false or head == ARGV[1]) then
   if head == ARGV[1] then
-    redis.call('LPOP', KEYS[4])
-    redis.call('ZREM', KEYS[5], ARGV[1])
+    redis.call('LPOP', KEYS[3])
+    redis.call('ZREM', KEYS[4], ARGV[1])
   end
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[2])
-  return {redis.call('INCR', KEYS[3]), 0}
+  return {redis.call('INCR', KEYS[2]), 0}
 end
-if ARGV[4] == '1' and redis.call('ZADD', KEYS[5], now + tonumber(ARGV[2]), ARGV[1]) == 1 then
-  redis.call('RPUSH', KEYS[4], ARGV[1])
+if ARGV[3] ~= '0' and redis.call('ZADD', KEYS[4], now + tonumber(ARGV[2]), ARGV[1]) == 1 then
+  redis.call('RPUSH', KEYS[3], ARGV[1])
 end
 if current == false then
   return {0, 0}
@@ -90,44 +105,77 @@ return {0, redis.call('PTTL', KEYS[1])}
     ))
 });
 
-/// KEYS: lock, holder, fence, queue, waiters. ARGV: owner, channel. Fair release: gives up
-/// this owner's grant and its place in line; when the lock is free, wakes the first in line
-/// (the message is its owner token). 1 if it held the lock.
+/// KEYS: lock, fence, queue, waiters. ARGV: owner, channel. Fair release: gives up this
+/// owner's grant and its place in line; when the lock is free, wakes the first in line.
+/// 1 if it held the lock.
 static RELEASE_FAIR: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{PURGE}{}",
         r"
 local released = 0
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1], KEYS[2])
+  redis.call('DEL', KEYS[1])
   released = 1
 end
-redis.call('LREM', KEYS[4], 0, ARGV[1])
-redis.call('ZREM', KEYS[5], ARGV[1])
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('PUBLISH', ARGV[2], redis.call('LINDEX', KEYS[4], 0) or '')
+redis.call('LREM', KEYS[3], 0, ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+local head = redis.call('LINDEX', KEYS[3], 0)
+if head and redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('PUBLISH', ARGV[2], head)
 end
 return released
 "
     ))
 });
 
-/// KEYS: lock, holder, fence. ARGV: owner, ttl ms, holder text.
-/// Returns `{fence, 0}` when granted (also when this owner already holds it: a retry after a
-/// lost reply), else `{0, pttl}` of the current grant (-1: no expiry).
+/// KEYS: lock, fence, wakeup. ARGV: owner, ttl ms, join (0: no, else the waiter's arrival
+/// time). Returns `{fence, 0}` when granted (also when this owner already holds it: a retry
+/// after a lost reply), else `{0, pttl}` of the current grant (-1: no expiry), after
+/// registering the owner as a waiter to wake when `join`, ranked by its arrival (so that every
+/// Redlock server wakes the same one).
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[2])
-  return {redis.call('INCR', KEYS[3]), 0}
-end
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local granted = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+if granted or redis.call('GET', KEYS[1]) == ARGV[1] then
+  if ARGV[3] ~= '0' then
+    redis.call('ZREM', KEYS[3], ARGV[1])
+  end
+  if granted then
+    return {redis.call('INCR', KEYS[2]), 0}
+  end
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[2])
-  return {tonumber(redis.call('GET', KEYS[3]) or '0'), 0}
+  return {tonumber(redis.call('GET', KEYS[2]) or '0'), 0}
+end
+if ARGV[3] ~= '0' then
+  redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+  if redis.call('PTTL', KEYS[3]) < tonumber(ARGV[2]) then
+    redis.call('PEXPIRE', KEYS[3], ARGV[2])
+  end
 end
 return {0, redis.call('PTTL', KEYS[1])}
+",
+    )
+});
+
+/// KEYS: lock, wakeup. ARGV: owner, channel, withdraw (0/1). Deletes only this owner's grant
+/// and wakes the waiter that arrived first; with `withdraw` (an acquire given up) also takes
+/// the owner out of the waiters. 1 if it held the lock.
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if ARGV[3] == '1' then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+end
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+redis.call('DEL', KEYS[1])
+local wake = redis.call('ZPOPMIN', KEYS[2])[1]
+if wake then
+  redis.call('PUBLISH', ARGV[2], wake)
+end
+return 1
 ",
     )
 });
@@ -144,27 +192,12 @@ return 1
     )
 });
 
-/// KEYS: lock, holder. ARGV: owner, channel. Deletes only this owner's grant; 1 if it did.
-static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1], KEYS[2])
-  redis.call('PUBLISH', ARGV[2], '')
-  return 1
-end
-return 0
-",
-    )
-});
-
-/// KEYS: lock, holder. ARGV: owner, ttl ms. Extends only this owner's grant; 1 if it did.
+/// KEYS: lock. ARGV: owner, ttl ms. Extends only this owner's grant; 1 if it did.
 pub static REFRESH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  redis.call('PEXPIRE', KEYS[2], ARGV[2])
   return 1
 end
 return 0
@@ -172,25 +205,28 @@ return 0
     )
 });
 
-/// KEYS: lock, holder, fence, queue, waiters. ARGV: channel. Deletes whatever grant there is
-/// and wakes the first in line (or anyone); 1 if there was a grant.
+/// KEYS: lock, fence, queue, waiters, wakeup. ARGV: channel. Deletes whatever grant there is
+/// and wakes one waiter (the first in line, else the plain waiter that arrived first); 1 if
+/// there was a grant.
 static EVICT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{PURGE}{}",
         r"
-local existed = redis.call('EXISTS', KEYS[1])
-redis.call('DEL', KEYS[1], KEYS[2])
-redis.call('PUBLISH', ARGV[1], redis.call('LINDEX', KEYS[4], 0) or '')
+local existed = redis.call('DEL', KEYS[1])
+local wake = redis.call('LINDEX', KEYS[3], 0) or redis.call('ZPOPMIN', KEYS[5])[1]
+if wake then
+  redis.call('PUBLISH', ARGV[1], wake)
+end
 return existed
 "
     ))
 });
 
-/// KEYS: lock, holder, fence. Returns `{owner|nil, holder|nil, fence|nil, pttl}`.
+/// KEYS: lock, fence. Returns `{owner|nil, fence|nil, pttl}`.
 static STATUS: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-return {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2]), redis.call('GET', KEYS[3]), redis.call('PTTL', KEYS[1])}
+return {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2]), redis.call('PTTL', KEYS[1])}
 ",
     )
 });
@@ -207,19 +243,19 @@ fn invoke(script: &'static Script, keys: &[&str], args: &[&str]) -> ScriptInvoca
     invocation
 }
 
-/// `queue`: `None` for the plain (unfair) script; `Some(join)` for the fair one, joining the
-/// line when `join`.
+/// `fair`: the script that keeps the line; `join`: when not granted, take (or renew) a place
+/// among the waiters a release wakes, ranked by this arrival time (ms since the epoch).
 pub fn acquire(
     keys: &LockKeys,
     owner: &str,
     ttl: Duration,
-    holder: &str,
-    queue: Option<bool>,
+    fair: bool,
+    join: Option<u64>,
 ) -> ScriptInvocation<'static> {
-    let ttl = ttl.as_millis().to_string();
-    match queue {
-        None => invoke(&ACQUIRE, &[&keys.lock, &keys.holder, &keys.fence], &[owner, &ttl, holder]),
-        Some(join) => invoke(&ACQUIRE_FAIR, &keys.all(), &[owner, &ttl, holder, if join { "1" } else { "0" }]),
+    let (ttl, join) = (ttl.as_millis().to_string(), join.map_or_else(|| "0".to_owned(), |at| at.max(1).to_string()));
+    match fair {
+        false => invoke(&ACQUIRE, &[&keys.lock, &keys.fence, &keys.wakeup], &[owner, &ttl, &join]),
+        true => invoke(&ACQUIRE_FAIR, &keys.fair(), &[owner, &ttl, &join]),
     }
 }
 
@@ -227,21 +263,40 @@ pub fn raise_fence(keys: &LockKeys, token: u64) -> ScriptInvocation<'static> {
     invoke(&RAISE_FENCE, &[&keys.fence], &[&token.to_string()])
 }
 
-pub fn release(keys: &LockKeys, owner: &str, fair: bool) -> ScriptInvocation<'static> {
+/// `withdraw`: the acquire was given up, so also leave the waiters (the fair script always does).
+pub fn release(keys: &LockKeys, owner: &str, fair: bool, withdraw: bool) -> ScriptInvocation<'static> {
     match fair {
-        false => invoke(&RELEASE, &[&keys.lock, &keys.holder], &[owner, &keys.channel]),
-        true => invoke(&RELEASE_FAIR, &keys.all(), &[owner, &keys.channel]),
+        false => {
+            invoke(&RELEASE, &[&keys.lock, &keys.wakeup], &[owner, &keys.channel, if withdraw { "1" } else { "0" }])
+        }
+        true => invoke(&RELEASE_FAIR, &keys.fair(), &[owner, &keys.channel]),
     }
 }
 
 pub fn refresh(keys: &LockKeys, owner: &str, ttl: Duration) -> ScriptInvocation<'static> {
-    invoke(&REFRESH, &[&keys.lock, &keys.holder], &[owner, &ttl.as_millis().to_string()])
+    invoke(&REFRESH, &[&keys.lock], &[owner, &ttl.as_millis().to_string()])
 }
 
 pub fn evict(keys: &LockKeys) -> ScriptInvocation<'static> {
-    invoke(&EVICT, &keys.all(), &[&keys.channel])
+    invoke(&EVICT, &[&keys.lock, &keys.fence, &keys.queue, &keys.waiters, &keys.wakeup], &[&keys.channel])
 }
 
 pub fn status(keys: &LockKeys) -> ScriptInvocation<'static> {
-    invoke(&STATUS, &[&keys.lock, &keys.holder, &keys.fence], &[])
+    invoke(&STATUS, &[&keys.lock, &keys.fence], &[])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_holder_is_read_back_from_lockkit_values_only() {
+        let value = owner_value("api on host-7 pid 12");
+        assert_eq!(holder_of(&value), Some("api on host-7 pid 12"));
+        assert_eq!(holder_of(&owner_value("")), Some(""));
+        assert_ne!(owner_value("x"), owner_value("x"), "every grant has its own value");
+        // redis-py's token: 32 hex digits and nothing else.
+        assert_eq!(holder_of("9b1deb4d3b7d4bad9bdd2b0d7b3dcb6d"), None);
+        assert_eq!(holder_of("not a lockkit value"), None);
+    }
 }

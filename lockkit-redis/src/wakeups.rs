@@ -1,7 +1,6 @@
 //! Wake-ups on release: one pub/sub connection per instance and backend handle, shared by all
-//! its waiters. A waiter watches its lock's channel; a release publishes on it. An empty message
-//! wakes one local waiter of that lock; a message naming an owner (fair mode: the first in
-//! line) wakes that waiter only.
+//! its waiters. A waiter watches its lock's channel; a release publishes on it the owner token
+//! of the one waiter it wakes (fair mode: the first in line), and only that waiter wakes.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -31,7 +30,7 @@ struct State {
     channels: HashMap<String, Channel>,
 }
 
-/// The local waiters of one channel, in arrival order: (owner, its wake-up).
+/// The local waiters of one channel: (owner, its wake-up).
 struct Channel {
     watchers: Vec<(String, Arc<Notify>)>,
     /// Not subscribed yet (a new entry).
@@ -39,13 +38,9 @@ struct Channel {
 }
 
 impl Channel {
-    /// Wakes the waiter `message` names, or the first one for an empty message.
-    fn wake(&self, message: &str) {
-        let waiter = match message {
-            "" => self.watchers.first(),
-            owner => self.watchers.iter().find(|(o, _)| o == owner),
-        };
-        if let Some((_, notify)) = waiter {
+    /// Wakes the waiter `owner` names, if it is one of these.
+    fn wake(&self, owner: &str) {
+        if let Some((_, notify)) = self.watchers.iter().find(|(o, _)| o == owner) {
             notify.notify_one();
         }
     }

@@ -12,10 +12,10 @@ use lockkit_core::{
     Capabilities, DistributedLock, Error, FencingToken, Grant, GrantRequest, Lease, LeaseBackend, LeasePool,
     LocalTurns, LockGuard, LockName, LockStatus, Result, Settings, Turn,
 };
-use tokio::sync::Notify;
+use std::sync::atomic::Ordering;
 
 use crate::lease::EtcdLease;
-use crate::watches::{OnDelete, Watches};
+use crate::watches::{OnDelete, Watches, Woken};
 use crate::{BACKEND, error};
 
 pub struct EtcdLocks {
@@ -65,22 +65,19 @@ impl EtcdLocks {
         crate::retry(self.settings.timeout, &self.endpoints, call).await
     }
 
-    async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
-        self.call(|| {
-            let (mut client, txn) = (self.client.clone(), txn.clone());
-            async move { client.txn(txn).await }
-        })
-        .await
+    async fn get(&self, key: &str, options: GetOptions) -> Result<Vec<KeyValue>> {
+        Ok(self.range(key, options).await?.1)
     }
 
-    async fn get(&self, key: &str, options: GetOptions) -> Result<Vec<KeyValue>> {
+    /// A get, with the revision it was read at.
+    async fn range(&self, key: &str, options: GetOptions) -> Result<(i64, Vec<KeyValue>)> {
         let response = self
             .call(|| {
                 let (mut client, key, options) = (self.client.clone(), key.to_owned(), options.clone());
                 async move { client.get(key, Some(options)).await }
             })
             .await?;
-        Ok(response.kvs().to_vec())
+        Ok((response.header().map(|h| h.revision()).unwrap_or_default(), response.kvs().to_vec()))
     }
 
     async fn delete(&self, key: &[u8]) -> Result<i64> {
@@ -165,55 +162,90 @@ impl EtcdLocks {
         Ok((revision, head.is_some_and(|kv| kv.create_revision() == revision)))
     }
 
-    /// Waits until every contender before me is gone. Watches only the predecessor.
-    async fn wait_turn(&self, keys: &Keys, mine: i64, lease: &dyn Lease) -> Result<()> {
-        let before_me = first(SortOrder::Descend).with_max_create_revision(mine - 1);
+    /// My key and the contender right before it (newest first), as of a revision at least
+    /// `floor`: read from the member's own store (serializable: no Raft round, so no wait for
+    /// the writes in flight), or linearizably when that member has not reached `floor` yet.
+    /// Enough, because deletions never come undone and no new key can come before mine: a
+    /// read at or after my key's creation that shows my key shows every contender before it.
+    async fn around_me(&self, keys: &Keys, mine: i64, floor: i64) -> Result<(i64, Vec<KeyValue>)> {
+        let newest_first = first(SortOrder::Descend).with_max_create_revision(mine);
+        let mut read = self.range(&keys.prefix, newest_first.clone().with_serializable().with_limit(2)).await?;
+        if read.0 < floor {
+            read = self.range(&keys.prefix, newest_first.clone().with_limit(2)).await?;
+        }
+        if !read.1.iter().all(|kv| keys.contender(kv)) {
+            // A key of a namespace nested below the lock's: look at every key instead.
+            read = self.range(&keys.prefix, newest_first).await?;
+        }
+        let (revision, kvs) = read;
+        Ok((revision, kvs.into_iter().filter(|kv| keys.contender(kv)).take(2).collect()))
+    }
+
+    /// Waits until every contender before me is gone. Watches only the predecessor, and my
+    /// own key, whose watch it returns (to become the guard's).
+    async fn wait_turn(&self, keys: &Keys, mine: i64, lease: &dyn Lease) -> Result<Unwatch> {
+        let lost = |reason: &str| Error::LockLost {
+            backend: BACKEND,
+            name: keys.prefix.trim_end_matches('/').to_owned(),
+            reason: format!("while waiting, {reason}"),
+        };
+        let mut mine_gone = Arc::new(Woken::default());
+        let mut own = self.unwatch_later(vec![self.watch(&keys.mine, mine + 1, &mine_gone).await?]);
+        let mut floor = mine;
         loop {
-            let txn = Txn::new().and_then([
-                TxnOp::get(keys.prefix.clone(), Some(before_me.clone().with_limit(1))),
-                TxnOp::get(keys.mine.clone(), None),
-            ]);
-            let response = self.txn(txn).await?;
-            let revision = response.header().map(|h| h.revision()).unwrap_or_default();
-            let mut gets = responses(&response).into_iter();
-            let predecessor = self.first_contender(keys, gets.next().unwrap_or_default(), before_me.clone()).await?;
+            let (revision, contenders) = self.around_me(keys, mine, floor).await?;
+            let mut contenders = contenders.into_iter();
             // A waiter paused past its lease must not take the lock: its own key must still
             // be there, with its revision, and its lease still valid.
-            let still_mine = gets.next().unwrap_or_default().first().is_some_and(|kv| kv.create_revision() == mine);
+            let still_mine =
+                contenders.next().is_some_and(|kv| kv.key() == keys.mine.as_bytes() && kv.create_revision() == mine);
             if !still_mine || lease.is_lost() {
-                return Err(Error::LockLost {
-                    backend: BACKEND,
-                    name: keys.prefix.trim_end_matches('/').to_owned(),
-                    reason: "while waiting, its key disappeared (lease expired or revoked, or the key deleted)".into(),
-                });
+                return Err(lost("its key disappeared (lease expired or revoked, or the key deleted)"));
             }
-            let Some(predecessor) = predecessor else { return Ok(()) };
-            let woken = Arc::new(Notify::new());
-            let pred_key = predecessor.key_str().unwrap_or_default().to_owned();
+            if mine_gone.revision.load(Ordering::Relaxed) > 0 {
+                // The watch on my key ended without a deletion (etcd cancelled it): again.
+                mine_gone = Arc::new(Woken::default());
+                own = self.unwatch_later(vec![self.watch(&keys.mine, revision + 1, &mine_gone).await?]);
+            }
+            let Some(predecessor) = contenders.next() else { return Ok(own) };
+            let woken = Arc::new(Woken::default());
+            let pred_key = predecessor.key_str().unwrap_or_default();
             // Two watches on the predecessor: from now (a synced watch, whose events etcd sends
             // at once) and from the revision after the read (which also covers a deletion in
             // between, but may be served by etcd's 100 ms catch-up loop when other writes came
-            // first). And one on my key: a waiter whose key vanished must stop.
-            let mut ids = Vec::with_capacity(3);
-            for (key, from) in [(&pred_key, 0), (&pred_key, revision + 1), (&keys.mine, revision + 1)] {
-                ids.push(
-                    self.watches
-                        .watch(key, from, OnDelete::Wake(woken.clone()))
-                        .await
-                        .map_err(|e| error(&self.endpoints, e))?,
-                );
-            }
-            let _unwatch = Unwatch(self.watches.clone(), ids);
+            // first).
+            let _unwatch = self.unwatch_later(vec![
+                self.watch(pred_key, 0, &woken).await?,
+                self.watch(pred_key, revision + 1, &woken).await?,
+            ]);
             tokio::select! {
-                _ = woken.notified() => {}
-                _ = lease.lost() => {}
+                biased;
+                _ = mine_gone.notify.notified() => floor = mine_gone.revision.load(Ordering::Relaxed),
+                _ = woken.notify.notified() => floor = woken.revision.load(Ordering::Relaxed),
+                _ = lease.lost() => return Err(lost("its lease was lost")),
             }
         }
+    }
+
+    /// Watches `key` for deletion from revision `from`, waking `woken`.
+    async fn watch(&self, key: &str, from: i64, woken: &Arc<Woken>) -> Result<i64> {
+        self.watches.watch(key, from, OnDelete::Wake(woken.clone())).await.map_err(|e| error(&self.endpoints, e))
+    }
+
+    fn unwatch_later(&self, ids: Vec<i64>) -> Unwatch {
+        Unwatch(self.watches.clone(), ids)
     }
 }
 
 /// Cancels watches when dropped.
 struct Unwatch(Arc<Watches>, Vec<i64>);
+
+impl Unwatch {
+    /// The (first) watch, kept.
+    fn keep(mut self) -> i64 {
+        std::mem::take(&mut self.1).first().copied().unwrap_or_default()
+    }
+}
 
 impl Drop for Unwatch {
     fn drop(&mut self) {
@@ -240,7 +272,7 @@ impl DistributedLock for EtcdLocks {
     async fn grant(&self, request: &GrantRequest) -> Result<Option<LockGuard>> {
         // A lease revoked behind our back is noticed here at the latest: lose it, take a new one.
         let mut retried = false;
-        let (lease, keys, revision, cleanup) = loop {
+        let (lease, keys, revision, cleanup, own_watch) = loop {
             let (client, endpoints, ttl, timeout) =
                 (self.client.clone(), self.endpoints.clone(), request.ttl, self.settings.timeout);
             let lease = self
@@ -259,14 +291,14 @@ impl DistributedLock for EtcdLocks {
             let mut cleanup =
                 Cleanup { client: self.client.clone(), key: keys.mine.clone(), turn: Some(turn), in_flight: None };
             match self.enqueue(&keys, lease_id, &request.holder, &mut cleanup).await {
-                Ok((revision, true)) => break (lease, keys, revision, cleanup),
+                Ok((revision, true)) => break (lease, keys, revision, cleanup, None),
                 Ok((_, false)) if !request.wait => {
                     cleanup.now().await;
                     return Ok(None);
                 }
                 Ok((revision, false)) => {
-                    self.wait_turn(&keys, revision, lease.as_ref()).await?;
-                    break (lease, keys, revision, cleanup);
+                    let own_watch = self.wait_turn(&keys, revision, lease.as_ref()).await?;
+                    break (lease, keys, revision, cleanup, Some(own_watch));
                 }
                 Err(e) if !retried && e.to_string().contains("lease not found") => {
                     lease.lose(format!("etcd lease {} is gone (revoked or expired)", lease.id()));
@@ -276,11 +308,22 @@ impl DistributedLock for EtcdLocks {
             }
         };
         let signal = lease.grant_signal();
-        let watch = self
-            .watches
-            .watch(&keys.mine, revision + 1, OnDelete::Lose(signal.clone()))
-            .await
-            .map_err(|e| error(&self.endpoints, e))?;
+        // The guard watches its key from its creation on: a waiter's watch carries over.
+        let watch = match own_watch.map(Unwatch::keep) {
+            None => self
+                .watches
+                .watch(&keys.mine, revision + 1, OnDelete::Lose(signal.clone()))
+                .await
+                .map_err(|e| error(&self.endpoints, e))?,
+            Some(id) if self.watches.retarget(id, OnDelete::Lose(signal.clone())).await => id,
+            Some(_) => {
+                return Err(Error::LockLost {
+                    backend: BACKEND,
+                    name: request.name.to_string(),
+                    reason: "its key disappeared as its turn came".into(),
+                });
+            }
+        };
         let grant = EtcdGrant {
             client: self.client.clone(),
             watches: self.watches.clone(),

@@ -18,9 +18,17 @@ use tokio_util::sync::CancellationToken;
 #[derive(Clone)]
 pub enum OnDelete {
     /// Wakes a waiter.
-    Wake(Arc<Notify>),
+    Wake(Arc<Woken>),
     /// Fires a guard's loss signal.
     Lose(LossSignal),
+}
+
+/// A waiter's wake-up: notified when a watched key is deleted (or its watch ends), with the
+/// revision etcd had reached when it said so.
+#[derive(Default)]
+pub struct Woken {
+    pub notify: Notify,
+    pub revision: AtomicI64,
 }
 
 struct Target {
@@ -73,6 +81,12 @@ impl Watches {
             state.targets.remove(&id);
         }
         sent.map(|()| id)
+    }
+
+    /// Gives a watch that has not fired yet a new target; `false` when it had fired already.
+    pub async fn retarget(&self, id: i64, on_delete: OnDelete) -> bool {
+        let mut state = self.state.lock().await;
+        state.targets.get_mut(&id).map(|target| target.on_delete = on_delete).is_some()
     }
 
     /// Stops a watch (in the background: it may be called from `Drop`).
@@ -143,7 +157,11 @@ async fn dispatch(watches: Weak<Watches>, mut responses: WatchResponseStream) {
                 }
                 if let Some(target) = state.targets.remove(&id) {
                     match target.on_delete {
-                        OnDelete::Wake(notify) => notify.notify_one(),
+                        OnDelete::Wake(woken) => {
+                            let revision = response.header().map_or(0, |h| h.revision());
+                            woken.revision.fetch_max(revision, Ordering::Relaxed);
+                            woken.notify.notify_one();
+                        }
                         OnDelete::Lose(signal) if deleted => signal
                             .lose("its key was deleted behind its back (lease revoked or expired, or the key removed)"),
                         OnDelete::Lose(signal) => signal.lose(format!(

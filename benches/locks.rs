@@ -4,7 +4,8 @@
 //! - contended: C contenders, each on its own connection, loop acquire → release on one lock
 //!   for a fixed time. A *handoff* is a grant to a different contender than the previous
 //!   holder; its latency runs from the previous holder's release call to the grant.
-//!   Reported: grants/s, handoffs/s, handoff p50 / p99, and how often the lock changed hands.
+//!   Reported: grants/s, handoffs/s, handoff p50 / p99, how often the lock changed hands, and
+//!   the p50 of the release calls (a handoff takes at least the release's round trip).
 //!
 //! - etcd, ZooKeeper and Consul (measured against the Consul API double in the test tree, not a
 //!   real Consul): a raw-client baseline and one raw round trip in the same run.
@@ -34,6 +35,8 @@ struct Row {
     p99: Duration,
     changed_hands: Option<f64>,
     commands_per_grant: Option<f64>,
+    /// Contended rows: the p50 of the release calls (the release's round trip under load).
+    release_p50: Option<Duration>,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -105,14 +108,15 @@ async fn main() {
             rows.push(contended(backend, url, stats.as_deref(), contenders, Duration::from_secs(seconds)).await);
         }
     }
-    println!("\n| backend | case | ops/s | p50 | p99 | changed hands | server cmds/grant |");
-    println!("|---|---|---:|---:|---:|---:|---:|");
+    println!("\n| backend | case | ops/s | p50 | p99 | changed hands | server cmds/grant | release p50 |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
     let dash = || "–".to_owned();
     for r in rows {
         let changed = r.changed_hands.map_or_else(dash, |c| format!("{:.0} %", c * 100.0));
         let commands = r.commands_per_grant.map_or_else(dash, |c| format!("{c:.1}"));
+        let release = r.release_p50.map_or_else(dash, micros);
         println!(
-            "| {} | {} | {:.0} | {} | {} | {changed} | {commands} |",
+            "| {} | {} | {:.0} | {} | {} | {changed} | {commands} | {release} |",
             r.backend,
             r.case,
             r.ops_per_sec,
@@ -217,6 +221,7 @@ async fn contended(backend: &str, url: &str, stats: Option<&str>, contenders: us
     let name = format!("contended-{}", lockkit_core::random_u64());
     let last = Arc::new(Mutex::new(LastRelease { holder: usize::MAX, at: Instant::now() }));
     let handoffs = Arc::new(Mutex::new(Vec::new()));
+    let releases = Arc::new(Mutex::new(Vec::new()));
     let grants = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut connections = Vec::new();
     for _ in 0..contenders {
@@ -228,6 +233,7 @@ async fn contended(backend: &str, url: &str, stats: Option<&str>, contenders: us
     let mut tasks = Vec::new();
     for (me, locks) in connections.into_iter().enumerate() {
         let (name, last, handoffs, grants) = (name.clone(), last.clone(), handoffs.clone(), grants.clone());
+        let releases = releases.clone();
         tasks.push(tokio::spawn(async move {
             while Instant::now() < deadline {
                 let Ok(guard) = locks.acquire_timeout(&name, Duration::from_secs(5)).await else { continue };
@@ -241,7 +247,9 @@ async fn contended(backend: &str, url: &str, stats: Option<&str>, contenders: us
                     last.holder = me;
                     last.at = Instant::now();
                 }
+                let released = Instant::now();
                 guard.release().await.unwrap();
+                releases.lock().unwrap().push(released.elapsed());
             }
         }));
     }
@@ -257,6 +265,7 @@ async fn contended(backend: &str, url: &str, stats: Option<&str>, contenders: us
     let changed = samples.len() as f64 / grants.max(1) as f64;
     let handoffs_per_sec = samples.len() as f64 / run.as_secs_f64();
     let mut row = row(backend, &format!("{contenders} contenders: handoffs"), samples, Some(changed), commands);
+    row.release_p50 = Some(percentiles(&mut releases.lock().unwrap()).0);
     // The machine's speed drifts: compare with unloaded round trips right before and after.
     if let Some((before, after)) = trip_before.zip(round_trip_p50(stats).await) {
         let trip = (before + after) / 2;
@@ -462,7 +471,16 @@ fn row(
     let total: Duration = samples.iter().sum();
     let ops_per_sec = samples.len() as f64 / total.as_secs_f64().max(f64::MIN_POSITIVE);
     let (p50, p99) = percentiles(&mut samples);
-    Row { backend: backend.into(), case: case.into(), ops_per_sec, p50, p99, changed_hands, commands_per_grant }
+    Row {
+        backend: backend.into(),
+        case: case.into(),
+        ops_per_sec,
+        p50,
+        p99,
+        changed_hands,
+        commands_per_grant,
+        release_p50: None,
+    }
 }
 
 async fn command_count(stats: Option<&str>) -> Option<u64> {

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use lockkit_core::{
-    Capabilities, DistributedLock, Error, FencingToken, Grant, GrantRequest, KeptLease, Lease, LeaseBackend, LeasePool,
-    LocalTurns, LockGuard, LockName, LockStatus, LossSignal, Result, Settings, Turn,
+    Capabilities, DistributedLock, Error, FencingToken, Finished, Grant, GrantRequest, KeptLease, Lease, LeaseBackend,
+    LeasePool, LocalTurns, LockGuard, LockName, LockStatus, LossSignal, Result, Settings, Turn,
 };
 
 use crate::api::{Api, Blocking, Entry};
@@ -106,18 +106,13 @@ impl ConsulLocks {
         }
     }
 
-    /// One `PUT ?acquire=`. It runs in a task of its own: if the acquire is dropped meanwhile,
-    /// the put still completes, and `cleanup` releases the key only after it.
+    /// One `PUT ?acquire=`. If the acquire is dropped meanwhile, the put still completes, and
+    /// `cleanup` releases the key only after it.
     async fn try_key(&self, key: &str, session: &ConsulSession, value: &[u8], cleanup: &mut Cleanup) -> Result<bool> {
         let (api, key, id, value) = (self.api.clone(), key.to_owned(), session.id.clone(), value.to_vec());
-        let (done, finished) = tokio::sync::oneshot::channel::<()>();
+        let (put, finished) = lockkit_core::unabandoned(async move { api.lock(&key, &id, false, &value, FLAGS).await });
         cleanup.in_flight = Some(finished);
-        let put = tokio::spawn(async move {
-            let took = api.lock(&key, &id, false, &value, FLAGS).await;
-            drop(done);
-            took
-        });
-        put.await.map_err(|e| Error::backend(BACKEND, format!("the acquire's task failed: {e}")))?
+        put.await
     }
 
     /// Blocks (with blocking queries) until `key` is no longer held by `holder`; what it saw then.
@@ -264,8 +259,8 @@ struct Cleanup {
     key: String,
     session: String,
     turn: Option<Turn>,
-    /// Completes (its sender dropped) when the acquire has been answered.
-    in_flight: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// When the acquire has been answered.
+    in_flight: Option<Finished>,
 }
 
 impl Cleanup {
@@ -281,7 +276,7 @@ impl Drop for Cleanup {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         let (api, key, session, turn) = (self.api.clone(), self.key.clone(), self.session.clone(), self.turn.take());
         runtime.spawn(async move {
-            let _ = in_flight.await;
+            in_flight.wait().await;
             let _ = api.lock(&key, &session, true, &[], FLAGS).await;
             drop(turn);
         });

@@ -23,6 +23,7 @@ mod options;
 mod signal;
 mod token;
 mod turns;
+mod unabandoned;
 mod url;
 
 pub use error::{Error, Result, Source};
@@ -34,6 +35,7 @@ pub use options::{Capabilities, GrantRequest, LockOptions, LockStatus, Settings,
 pub use signal::{LossSignal, safety_margin};
 pub use token::FencingToken;
 pub use turns::{LocalTurns, Turn};
+pub use unabandoned::{Finished, Unabandoned, unabandoned};
 pub use url::{COMMON_OPTIONS, Host, LockUrl, Scheme, Secret, TLS_OPTIONS, TlsFiles, parse_duration};
 
 /// A random number, different at every call (not for cryptography): for drivers' per-grant

@@ -9,7 +9,7 @@ use etcd_client::{
     TxnResponse,
 };
 use lockkit_core::{
-    Capabilities, DistributedLock, Error, FencingToken, Grant, GrantRequest, Lease, LeaseBackend, LeasePool,
+    Capabilities, DistributedLock, Error, FencingToken, Finished, Grant, GrantRequest, Lease, LeaseBackend, LeasePool,
     LocalTurns, LockGuard, LockName, LockStatus, Result, Settings, Turn,
 };
 use std::sync::atomic::Ordering;
@@ -128,8 +128,8 @@ impl EtcdLocks {
 
     /// One put-if-absent; revision 0 when my key already existed.
     ///
-    /// The put runs in a task of its own: if the acquire is dropped meanwhile, the put still
-    /// completes, and `cleanup` deletes the key only after it (etcd does not order two requests
+    /// If the acquire is dropped meanwhile, the put still completes, and `cleanup` deletes the
+    /// key only after it (etcd does not order two requests
     /// in flight at once, so a delete sent alongside could land first and orphan the key).
     async fn try_enqueue(&self, keys: &Keys, lease: i64, holder: &str, cleanup: &mut Cleanup) -> Result<(i64, bool)> {
         let head = first(SortOrder::Ascend).with_limit(1);
@@ -138,19 +138,15 @@ impl EtcdLocks {
             TxnOp::get(keys.prefix.clone(), Some(head)),
         ]);
         let (client, timeout, endpoints) = (self.client.clone(), self.settings.timeout, self.endpoints.clone());
-        let (done, finished) = tokio::sync::oneshot::channel::<()>();
-        cleanup.in_flight = Some(finished);
-        let put = tokio::spawn(async move {
-            let response = crate::retry(timeout, &endpoints, || {
+        let (put, finished) = lockkit_core::unabandoned(async move {
+            crate::retry(timeout, &endpoints, || {
                 let (mut client, txn) = (client.clone(), txn.clone());
                 async move { client.txn(txn).await }
             })
-            .await;
-            drop(done);
-            response
+            .await
         });
-        let response =
-            put.await.map_err(|e| Error::backend(BACKEND, format!("the acquire transaction's task failed: {e}")))??;
+        cleanup.in_flight = Some(finished);
+        let response = put.await?;
         if !response.succeeded() {
             return Ok((0, false));
         }
@@ -382,8 +378,8 @@ struct Cleanup {
     client: Client,
     key: String,
     turn: Option<Turn>,
-    /// Completes (its sender dropped) when the put of the key has been answered.
-    in_flight: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// When the put of the key has been answered.
+    in_flight: Option<Finished>,
 }
 
 impl Cleanup {
@@ -404,7 +400,7 @@ impl Drop for Cleanup {
         let (mut client, key, in_flight) = (self.client.clone(), std::mem::take(&mut self.key), self.in_flight.take());
         runtime.spawn(async move {
             if let Some(put) = in_flight {
-                let _ = put.await;
+                put.wait().await;
             }
             let _ = client.delete(key, None).await;
             drop(turn);
@@ -427,7 +423,7 @@ struct EtcdGrant {
 #[async_trait]
 impl Grant for EtcdGrant {
     async fn release(self: Box<Self>) -> Result<()> {
-        self.watches.unwatch(self.watch);
+        self.watches.cancel(self.watch).await;
         let txn = Txn::new()
             .when([Compare::create_revision(self.key.clone(), CompareOp::Equal, self.revision)])
             .and_then([TxnOp::delete(self.key.clone(), None)]);

@@ -92,14 +92,24 @@ impl Watches {
     /// Stops a watch (in the background: it may be called from `Drop`).
     pub fn unwatch(self: &Arc<Self>, id: i64) {
         let watches = self.clone();
-        self.runtime.spawn(async move {
-            let mut state = watches.state.lock().await;
-            if state.targets.remove(&id).is_some()
-                && let Some(sender) = &mut state.sender
-            {
-                let _ = sender.cancel(id).await;
-            }
-        });
+        self.runtime.spawn(async move { Self::cancel_in(&mut *watches.state.lock().await, id).await });
+    }
+
+    /// Stops a watch: at once when nothing else is using the stream, else in the background
+    /// (never waiting behind a stream being reopened).
+    pub async fn cancel(self: &Arc<Self>, id: i64) {
+        match self.state.try_lock() {
+            Ok(mut state) => Self::cancel_in(&mut state, id).await,
+            Err(_) => self.unwatch(id),
+        }
+    }
+
+    async fn cancel_in(state: &mut State, id: i64) {
+        if state.targets.remove(&id).is_some()
+            && let Some(sender) = &mut state.sender
+        {
+            let _ = sender.cancel(id).await;
+        }
     }
 
     /// Opens the stream with every registered watch, and starts reading it. (Boxed: it and

@@ -257,10 +257,16 @@ impl DistributedLock for ZkLocks {
         let (lease, client, node, own_watch, mut cleanup) = loop {
             let (lease, session) = self.session(request.ttl, request.refresh_interval).await?;
             let client = session.client()?;
-            let mut cleanup =
-                Cleanup { client: client.clone(), directory: directory.clone(), prefix: prefix.clone(), armed: true };
+            let mut cleanup = Cleanup {
+                client: client.clone(),
+                directory: directory.clone(),
+                prefix: prefix.clone(),
+                path: None,
+                armed: true,
+            };
             let outcome = async {
                 let node = self.create(&client, &directory, &prefix, &request.holder).await?;
+                cleanup.path = Some(node.path.clone());
                 let watch = self.wait_turn(&client, &directory, &node, &lease, request.wait).await?;
                 Ok::<_, Error>((node, watch))
             }
@@ -358,13 +364,15 @@ struct Cleanup {
     client: Client,
     directory: String,
     prefix: String,
+    /// The node's path, once its create has answered.
+    path: Option<String>,
     armed: bool,
 }
 
 impl Cleanup {
     async fn now(&mut self) {
         self.armed = false;
-        delete_node(self.client.clone(), self.directory.clone(), self.prefix.clone()).await
+        delete_node(self.client.clone(), self.directory.clone(), self.prefix.clone(), self.path.take()).await
     }
 }
 
@@ -378,17 +386,22 @@ impl Drop for Cleanup {
             self.client.clone(),
             std::mem::take(&mut self.directory),
             std::mem::take(&mut self.prefix),
+            self.path.take(),
         ));
     }
 }
 
-/// Deletes the node whose name starts with `prefix`, trying again after connection losses for
-/// as long as the session may live (after that, ZooKeeper removes the node itself).
-async fn delete_node(client: Client, directory: String, prefix: String) {
+/// Deletes the node at `path`, or when its create has not answered, the node whose name starts
+/// with `prefix`; tries again after connection losses for as long as the session may live
+/// (after that, ZooKeeper removes the node itself).
+async fn delete_node(client: Client, directory: String, prefix: String, path: Option<String>) {
     let attempts = async {
         loop {
             let outcome = async {
-                let children = client.list_children(&directory).await?;
+                let children = match &path {
+                    Some(path) => vec![path.rsplit('/').next().unwrap_or_default().to_owned()],
+                    None => client.list_children(&directory).await?,
+                };
                 for child in children.iter().filter(|c| c.starts_with(&prefix)) {
                     match client.delete(&format!("{directory}/{child}"), None).await {
                         Ok(()) | Err(zookeeper_client::Error::NoNode) => {}

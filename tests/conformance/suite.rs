@@ -217,7 +217,8 @@ pub async fn a_dropped_acquire_leaves_nothing_behind(t: &Target) {
         _ = tokio::time::sleep(Duration::from_millis(100)) => {}
     }
     guard.release().await.unwrap();
-    let taken = c.try_acquire("cancel").await.unwrap().expect("no abandoned waiter is ahead in line");
+    // (The dropped waiters clean up in the background: give them a moment, far below the TTL.)
+    let taken = c.acquire_timeout("cancel", TTL / 2).await.expect("no abandoned waiter is ahead in line");
     taken.release().await.unwrap();
     assert!(!c.status("cancel").await.unwrap().held, "nothing holds the lock");
 
@@ -232,6 +233,16 @@ pub async fn a_dropped_acquire_leaves_nothing_behind(t: &Target) {
             drop(won);
         }
         let next = c.acquire_timeout("race", TTL / 2).await.expect("no orphan grant blocks the lock until its TTL");
+        next.release().await.unwrap();
+    }
+
+    // Dropped while its first request is in flight: whatever that request did is undone.
+    for _ in 0..10 {
+        let mut acquire = Box::pin(b.acquire("in-flight"));
+        let granted = std::future::poll_fn(|cx| std::task::Poll::Ready(acquire.as_mut().poll(cx))).await;
+        drop(granted);
+        drop(acquire);
+        let next = c.acquire_timeout("in-flight", TTL / 2).await.expect("the dropped acquire left no grant behind");
         next.release().await.unwrap();
     }
 }

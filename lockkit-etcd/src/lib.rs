@@ -13,14 +13,15 @@
 //!   an `etcdctl lock NAME` exclude each other, both ways. The value is the holder metadata
 //!   (`etcdctl` writes it empty; both are accepted).
 //! - **Acquire** is one transaction (put-if-absent with the lease, plus a read of the first
-//!   contender). A waiter watches **only its predecessor** (from now, so the deletion arrives at
-//!   once, and from the revision after its read, so none is missed), and its own key; when
-//!   woken, one read of its own key and the contender before it decides — a waiter paused past
-//!   its lease never takes the lock. That read is serializable (served by the member without a
-//!   Raft round), and linearizable only when the member has not reached the revision of the
-//!   wake-up: deletions never come undone and no key can come before the waiter's, so a read
-//!   that shows the waiter's key shows every contender before it. FIFO, no herd. The waiter's
-//!   own-key watch becomes the guard's.
+//!   contender). A waiter watches **only its predecessor**, and its own key, both from now (so
+//!   etcd sends their deletions at once, not from its 100 ms catch-up loop); a watch covers the
+//!   revisions after the one etcd reports at its creation, and when that is past the waiter's
+//!   last read, one more read covers the gap. When woken, one read of its own key and the
+//!   contender before it decides — a waiter paused past its lease never takes the lock. That
+//!   read is serializable (served by the member without a Raft round), and linearizable only
+//!   when the member has not reached the revision of the wake-up: deletions never come undone
+//!   and no key can come before the waiter's, so a read that shows the waiter's key shows every
+//!   contender before it. FIFO, no herd. The waiter's own-key watch becomes the guard's.
 //! - **Fencing token** = the holder key's create revision.
 //! - **Loss**: the guard watches its own key (all watches of a handle share one watch stream),
 //!   so a deleted key or a revoked lease fires the loss signal at once.

@@ -15,7 +15,7 @@ use lockkit_core::{
 use std::sync::atomic::Ordering;
 
 use crate::lease::EtcdLease;
-use crate::watches::{OnDelete, Watches, Woken};
+use crate::watches::{OnDelete, Watch, Watches, Woken};
 use crate::{BACKEND, error};
 
 pub struct EtcdLocks {
@@ -186,34 +186,64 @@ impl EtcdLocks {
             reason: format!("while waiting, {reason}"),
         };
         let mut mine_gone = Arc::new(Woken::default());
-        let mut own = self.unwatch_later(vec![self.watch(&keys.mine, mine + 1, &mine_gone).await?]);
+        // My key's watch is made from now too, and reads at or after its creation's revision
+        // cover the revisions before.
+        let own_watch = self.watch(&keys.mine, 0, &mine_gone).await?;
+        let mut own = self.unwatch_later(vec![own_watch.id]);
+        let (mut own_created, mut own_from) = (Some(own_watch.created), 0);
         let mut floor = mine;
+        let mut known = None;
         loop {
-            let (revision, contenders) = self.around_me(keys, mine, floor).await?;
-            let mut contenders = contenders.into_iter();
+            let (revision, contenders) = match known.take() {
+                Some(read) => read,
+                None => self.around_me(keys, mine, floor).await?,
+            };
             // A waiter paused past its lease must not take the lock: its own key must still
             // be there, with its revision, and its lease still valid.
             let still_mine =
-                contenders.next().is_some_and(|kv| kv.key() == keys.mine.as_bytes() && kv.create_revision() == mine);
+                contenders.first().is_some_and(|kv| kv.key() == keys.mine.as_bytes() && kv.create_revision() == mine);
             if !still_mine || lease.is_lost() {
                 return Err(lost("its key disappeared (lease expired or revoked, or the key deleted)"));
             }
             if mine_gone.revision.load(Ordering::Relaxed) > 0 {
                 // The watch on my key ended without a deletion (etcd cancelled it): again.
                 mine_gone = Arc::new(Woken::default());
-                own = self.unwatch_later(vec![self.watch(&keys.mine, revision + 1, &mine_gone).await?]);
+                own = self.unwatch_later(vec![self.watch(&keys.mine, revision + 1, &mine_gone).await?.id]);
+                (own_created, own_from) = (None, 0);
             }
-            let Some(predecessor) = contenders.next() else { return Ok(own) };
+            let Some(predecessor) = contenders.get(1) else {
+                if let Some(created) = own_created.take() {
+                    own_from = created.await.unwrap_or_default();
+                }
+                if own_from > revision {
+                    // Read again, so that my key's watch covers every revision after the read.
+                    floor = own_from;
+                    continue;
+                }
+                return Ok(own);
+            };
+            // A watch from now, whose events etcd sends at once (one from an older revision can
+            // wait for etcd's 100 ms catch-up loop). It covers the revisions after the one etcd
+            // reports at its creation; when that is past the read, one more read covers the gap.
             let woken = Arc::new(Woken::default());
-            let pred_key = predecessor.key_str().unwrap_or_default();
-            // Two watches on the predecessor: from now (a synced watch, whose events etcd sends
-            // at once) and from the revision after the read (which also covers a deletion in
-            // between, but may be served by etcd's 100 ms catch-up loop when other writes came
-            // first).
-            let _unwatch = self.unwatch_later(vec![
-                self.watch(pred_key, 0, &woken).await?,
-                self.watch(pred_key, revision + 1, &woken).await?,
-            ]);
+            let watch = self.watch(predecessor.key_str().unwrap_or_default(), 0, &woken).await?;
+            let _unwatch = self.unwatch_later(vec![watch.id]);
+            let created = tokio::select! {
+                created = watch.created => created.unwrap_or_default(),
+                _ = lease.lost() => return Err(lost("its lease was lost")),
+            };
+            if created > revision {
+                let read = self.around_me(keys, mine, created).await?;
+                let same = |a: &[KeyValue], b: &[KeyValue]| {
+                    a.iter()
+                        .map(|kv| (kv.key(), kv.create_revision()))
+                        .eq(b.iter().map(|kv| (kv.key(), kv.create_revision())))
+                };
+                if !same(&read.1, &contenders) {
+                    known = Some(read);
+                    continue;
+                }
+            }
             tokio::select! {
                 biased;
                 _ = mine_gone.notify.notified() => floor = mine_gone.revision.load(Ordering::Relaxed),
@@ -223,8 +253,8 @@ impl EtcdLocks {
         }
     }
 
-    /// Watches `key` for deletion from revision `from`, waking `woken`.
-    async fn watch(&self, key: &str, from: i64, woken: &Arc<Woken>) -> Result<i64> {
+    /// Watches `key` for deletion from revision `from` (0: from now), waking `woken`.
+    async fn watch(&self, key: &str, from: i64, woken: &Arc<Woken>) -> Result<Watch> {
         self.watches.watch(key, from, OnDelete::Wake(woken.clone())).await.map_err(|e| error(&self.endpoints, e))
     }
 
@@ -306,11 +336,13 @@ impl DistributedLock for EtcdLocks {
         let signal = lease.grant_signal();
         // The guard watches its key from its creation on: a waiter's watch carries over.
         let watch = match own_watch.map(Unwatch::keep) {
-            None => self
-                .watches
-                .watch(&keys.mine, revision + 1, OnDelete::Lose(signal.clone()))
-                .await
-                .map_err(|e| error(&self.endpoints, e))?,
+            None => {
+                self.watches
+                    .watch(&keys.mine, revision + 1, OnDelete::Lose(signal.clone()))
+                    .await
+                    .map_err(|e| error(&self.endpoints, e))?
+                    .id
+            }
             Some(id) if self.watches.retarget(id, OnDelete::Lose(signal.clone())).await => id,
             Some(_) => {
                 return Err(Error::LockLost {

@@ -11,7 +11,7 @@ type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 use etcd_client::{Client, EventType, WatchFilterType, WatchOptions, WatchRequestSender, WatchResponseStream};
 use lockkit_core::LossSignal;
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::{Mutex, Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
 /// What a deletion of the watched key does.
@@ -33,8 +33,19 @@ pub struct Woken {
 
 struct Target {
     key: Vec<u8>,
+    /// The first revision watched (0: from now, until etcd says which revision that was).
     from: i64,
     on_delete: OnDelete,
+    /// Told the revision etcd had reached when it created the watch.
+    created: Option<oneshot::Sender<i64>>,
+}
+
+/// A watch being made.
+pub struct Watch {
+    pub id: i64,
+    /// The revision etcd had reached when it created the watch, which covers every revision
+    /// after it (no answer if the watch ended first).
+    pub created: oneshot::Receiver<i64>,
 }
 
 pub struct Watches {
@@ -68,11 +79,18 @@ impl Watches {
         })
     }
 
-    /// Watches `key` for its deletion at revision `from` or later. Cancelled on `unwatch`.
-    pub async fn watch(self: &Arc<Self>, key: &str, from: i64, on_delete: OnDelete) -> Result<i64, etcd_client::Error> {
+    /// Watches `key` for its deletion at revision `from` or later (0: from now on). Cancelled on
+    /// `unwatch`.
+    pub async fn watch(
+        self: &Arc<Self>,
+        key: &str,
+        from: i64,
+        on_delete: OnDelete,
+    ) -> Result<Watch, etcd_client::Error> {
         let id = self.ids.fetch_add(1, Ordering::Relaxed);
+        let (told, created) = oneshot::channel();
         let mut state = self.state.lock().await;
-        state.targets.insert(id, Target { key: key.as_bytes().to_vec(), from, on_delete });
+        state.targets.insert(id, Target { key: key.as_bytes().to_vec(), from, on_delete, created: Some(told) });
         let sent = match &mut state.sender {
             Some(sender) => sender.watch(key, Some(options(id, from))).await,
             None => self.open(&mut state).await,
@@ -80,7 +98,7 @@ impl Watches {
         if sent.is_err() {
             state.targets.remove(&id);
         }
-        sent.map(|()| id)
+        sent.map(|()| Watch { id, created })
     }
 
     /// Gives a watch that has not fired yet a new target; `false` when it had fired already.
@@ -161,6 +179,18 @@ async fn dispatch(watches: Weak<Watches>, mut responses: WatchResponseStream) {
         match message {
             Ok(Some(response)) => {
                 let id = response.watch_id();
+                if response.created()
+                    && let Some(target) = state.targets.get_mut(&id)
+                {
+                    let revision = response.header().map_or(0, |h| h.revision());
+                    if target.from == 0 {
+                        // Reopened streams watch it from there on, not from a later "now".
+                        target.from = revision + 1;
+                    }
+                    if let Some(told) = target.created.take() {
+                        let _ = told.send(revision);
+                    }
+                }
                 let deleted = response.events().iter().any(|e| e.event_type() == EventType::Delete);
                 if !(deleted || response.canceled()) {
                     continue;

@@ -86,6 +86,22 @@ async fn revoking_the_lease_or_deleting_the_key_with_etcdctl_fires_the_loss_sign
     assert!(reason.contains("deleted"), "{reason}");
     let other = connect(&url(&server, &namespace)).await;
     assert!(other.try_acquire("deleted").await.unwrap().is_some());
+
+    // A name taken again through the same handle adopts the released guard's watch: the earlier
+    // grant's deletion does not fire the new guard; a deletion of its own key does.
+    for round in 0..3 {
+        let guard = locks.acquire("again").await.unwrap();
+        let quiet = tokio::time::timeout(Duration::from_millis(300), guard.lost()).await;
+        assert!(quiet.is_err(), "round {round}: the new guard was fired: {quiet:?}");
+        if round < 2 {
+            guard.release().await.unwrap();
+            continue;
+        }
+        let key = format!("{namespace}/again/{}", guard.lease().id());
+        assert_eq!(run(etcdctl(&server, &["del", &key])).await.trim(), "1");
+        let reason = tokio::time::timeout(TTL, guard.lost()).await.expect("loss within the TTL");
+        assert!(reason.contains("deleted"), "{reason}");
+    }
 }
 
 /// The guard's `ownership` comparison lets a caller's own transaction write only while the

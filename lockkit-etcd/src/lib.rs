@@ -24,7 +24,9 @@
 //!   contender before it. FIFO, no herd. The waiter's own-key watch becomes the guard's.
 //! - **Fencing token** = the holder key's create revision.
 //! - **Loss**: the guard watches its own key (all watches of a handle share one watch stream),
-//!   so a deleted key or a revoked lease fires the loss signal at once.
+//!   so a deleted key or a revoked lease fires the loss signal at once. A released guard's
+//!   watch stays, idle, for the next grant of the same name through the handle (at most 64
+//!   per handle), so taking the same lock again makes no new watch.
 //! - **Release** deletes the key only if its create revision is still the grant's, so a stale
 //!   release never deletes a newer grant. A dropped acquire deletes its waiter key.
 //! - **Same name twice through one handle**: the second acquire waits (in the process) until

@@ -188,9 +188,15 @@ impl EtcdLocks {
         let mut mine_gone = Arc::new(Woken::default());
         // My key's watch is made from now too, and reads at or after its creation's revision
         // cover the revisions before.
-        let own_watch = self.watch(&keys.mine, 0, &mine_gone).await?;
-        let mut own = self.unwatch_later(vec![own_watch.id]);
-        let (mut own_created, mut own_from) = (Some(own_watch.created), 0);
+        let adopted = self.watches.adopt(&keys.mine, mine + 1, OnDelete::Wake(mine_gone.clone())).await;
+        let (mut own, mut own_created) = match adopted {
+            Some(id) => (self.unwatch_later(vec![id]), None),
+            None => {
+                let own_watch = self.watch(&keys.mine, 0, &mine_gone).await?;
+                (self.unwatch_later(vec![own_watch.id]), Some(own_watch.created))
+            }
+        };
+        let mut own_from = 0;
         let mut floor = mine;
         let mut known = None;
         loop {
@@ -336,13 +342,13 @@ impl DistributedLock for EtcdLocks {
         let signal = lease.grant_signal();
         // The guard watches its key from its creation on: a waiter's watch carries over.
         let watch = match own_watch.map(Unwatch::keep) {
-            None => {
-                self.watches
-                    .watch(&keys.mine, revision + 1, OnDelete::Lose(signal.clone()))
-                    .await
-                    .map_err(|e| error(&self.endpoints, e))?
-                    .id
-            }
+            None => match self.watches.adopt(&keys.mine, revision + 1, OnDelete::Lose(signal.clone())).await {
+                Some(id) => id,
+                None => {
+                    let watch = self.watches.watch(&keys.mine, revision + 1, OnDelete::Lose(signal.clone())).await;
+                    watch.map_err(|e| error(&self.endpoints, e))?.id
+                }
+            },
             Some(id) if self.watches.retarget(id, OnDelete::Lose(signal.clone())).await => id,
             Some(_) => {
                 return Err(Error::LockLost {
@@ -455,7 +461,9 @@ struct EtcdGrant {
 #[async_trait]
 impl Grant for EtcdGrant {
     async fn release(self: Box<Self>) -> Result<()> {
-        self.watches.cancel(self.watch).await;
+        // The watch stays, idle, for the next grant of this key (the release's own deletion
+        // is ignored: it comes before that grant's revision).
+        self.watches.idle(self.watch).await;
         let txn = Txn::new()
             .when([Compare::create_revision(self.key.clone(), CompareOp::Equal, self.revision)])
             .and_then([TxnOp::delete(self.key.clone(), None)]);

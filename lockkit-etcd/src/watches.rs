@@ -1,8 +1,12 @@
 //! One watch stream per backend handle, carrying every watch the handle needs: waiters watch
 //! their predecessor's key, guards their own key, each from a known revision, for deletions.
 //! The stream is reopened (and every watch registered again from its revision) when it breaks.
+//!
+//! A released guard's watch is kept, idle, for the next grant of the same key through the
+//! handle (a process takes the same locks again and again): that grant adopts it instead of
+//! making a watch and cancelling it on every acquire and release. At most [`MAX_IDLE`] are kept.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -21,7 +25,12 @@ pub enum OnDelete {
     Wake(Arc<Woken>),
     /// Fires a guard's loss signal.
     Lose(LossSignal),
+    /// Nothing: a released guard's watch, kept for the key's next grant.
+    Idle,
 }
+
+/// How many idle watches a handle keeps.
+pub const MAX_IDLE: usize = 64;
 
 /// A waiter's wake-up: notified when a watched key is deleted (or its watch ends), with the
 /// revision etcd had reached when it said so.
@@ -33,7 +42,8 @@ pub struct Woken {
 
 struct Target {
     key: Vec<u8>,
-    /// The first revision watched (0: from now, until etcd says which revision that was).
+    /// The first revision watched (0: from now, until etcd says which revision that was);
+    /// deletions before it (an earlier grant's, for an adopted watch) are ignored.
     from: i64,
     on_delete: OnDelete,
     /// Told the revision etcd had reached when it created the watch.
@@ -60,6 +70,8 @@ pub struct Watches {
 struct State {
     sender: Option<WatchRequestSender>,
     targets: HashMap<i64, Target>,
+    /// Idle watches, oldest first.
+    idle: VecDeque<i64>,
 }
 
 /// A deletions-only watch with a chosen id, from revision `from` (0: from now on).
@@ -101,6 +113,47 @@ impl Watches {
         sent.map(|()| Watch { id, created })
     }
 
+    /// Adopts the idle watch of `key`, if there is one that covers revision `from` on, for
+    /// `on_delete` from `from` on.
+    pub async fn adopt(&self, key: &str, from: i64, on_delete: OnDelete) -> Option<i64> {
+        let mut state = self.state.lock().await;
+        let State { targets, idle, .. } = &mut *state;
+        let at = idle.iter().position(|id| targets.get(id).is_some_and(|t| t.key == key.as_bytes()))?;
+        let id = idle.remove(at)?;
+        let target = targets.get_mut(&id)?;
+        if target.from == 0 || target.from > from {
+            // Not known to cover `from` (the stream was reopened meanwhile): not this one.
+            Self::cancel_in(&mut state, id).await;
+            return None;
+        }
+        target.from = from;
+        target.on_delete = on_delete;
+        Some(id)
+    }
+
+    /// Keeps a released guard's watch, idle, for the key's next grant (in the background when
+    /// the stream is busy).
+    pub async fn idle(self: &Arc<Self>, id: i64) {
+        match self.state.try_lock() {
+            Ok(mut state) => Self::idle_in(&mut state, id).await,
+            Err(_) => {
+                let watches = self.clone();
+                self.runtime.spawn(async move { Self::idle_in(&mut *watches.state.lock().await, id).await });
+            }
+        }
+    }
+
+    async fn idle_in(state: &mut State, id: i64) {
+        let Some(target) = state.targets.get_mut(&id) else { return };
+        target.on_delete = OnDelete::Idle;
+        state.idle.push_back(id);
+        if state.idle.len() > MAX_IDLE
+            && let Some(oldest) = state.idle.pop_front()
+        {
+            Self::cancel_in(state, oldest).await;
+        }
+    }
+
     /// Gives a watch that has not fired yet a new target; `false` when it had fired already.
     pub async fn retarget(&self, id: i64, on_delete: OnDelete) -> bool {
         let mut state = self.state.lock().await;
@@ -111,15 +164,6 @@ impl Watches {
     pub fn unwatch(self: &Arc<Self>, id: i64) {
         let watches = self.clone();
         self.runtime.spawn(async move { Self::cancel_in(&mut *watches.state.lock().await, id).await });
-    }
-
-    /// Stops a watch: at once when nothing else is using the stream, else in the background
-    /// (never waiting behind a stream being reopened).
-    pub async fn cancel(self: &Arc<Self>, id: i64) {
-        match self.state.try_lock() {
-            Ok(mut state) => Self::cancel_in(&mut state, id).await,
-            Err(_) => self.unwatch(id),
-        }
     }
 
     async fn cancel_in(state: &mut State, id: i64) {
@@ -191,12 +235,21 @@ async fn dispatch(watches: Weak<Watches>, mut responses: WatchResponseStream) {
                         let _ = told.send(revision);
                     }
                 }
-                let deleted = response.events().iter().any(|e| e.event_type() == EventType::Delete);
+                let from = state.targets.get(&id).map_or(0, |t| t.from);
+                let deleted = response
+                    .events()
+                    .iter()
+                    .any(|e| e.event_type() == EventType::Delete && e.kv().is_some_and(|kv| kv.mod_revision() >= from));
                 if !(deleted || response.canceled()) {
+                    continue;
+                }
+                let idle = state.targets.get(&id).is_some_and(|t| matches!(t.on_delete, OnDelete::Idle));
+                if idle && !response.canceled() {
                     continue;
                 }
                 if let Some(target) = state.targets.remove(&id) {
                     match target.on_delete {
+                        OnDelete::Idle => state.idle.retain(|i| *i != id),
                         OnDelete::Wake(woken) => {
                             let revision = response.header().map_or(0, |h| h.revision());
                             woken.revision.fetch_max(revision, Ordering::Relaxed);

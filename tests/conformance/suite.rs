@@ -38,7 +38,9 @@ macro_rules! conformance {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $test() {
                 let target = $target();
-                $crate::suite::$test(&target).await;
+                // A hang is a failure, not a stuck CI run.
+                let bound = std::time::Duration::from_secs(120);
+                tokio::time::timeout(bound, $crate::suite::$test(&target)).await.expect("the test ended within 2 minutes");
             }
         )*
     };
@@ -223,7 +225,8 @@ pub async fn a_dropped_acquire_leaves_nothing_behind(t: &Target) {
     assert!(!c.status("cancel").await.unwrap().held, "nothing holds the lock");
 
     for _ in 0..10 {
-        let guard = a.acquire("race").await.unwrap();
+        let guard =
+            a.acquire_timeout("race", TTL / 2).await.expect("no orphan grant of the last round blocks the lock");
         let b2 = b.clone();
         let waiter = tokio::spawn(async move { b2.acquire("race").await });
         tokio::task::yield_now().await;

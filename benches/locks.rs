@@ -8,15 +8,18 @@
 //!   the p50 of the release calls (a handoff takes at least the release's round trip).
 //!
 //! - etcd, ZooKeeper and Consul (measured against the Consul API double in the test tree, not a
-//!   real Consul): a raw-client baseline and one raw round trip in the same run.
+//!   real Consul): a raw-client baseline and one raw round trip in the same run. Contended etcd
+//!   and ZooKeeper rows compare the handoff with a write round trip and with a write plus a
+//!   read (what a handoff is made of: the holder's delete, then the waiter's check), measured
+//!   unloaded right before and right after the row, since a shared machine's speed drifts.
 //! - Redis: a raw-client baseline in the same run (the same round trips made directly with the
 //!   `redis` crate), one raw round trip (PING), and the server commands per grant while
 //!   contended (from `INFO stats`); each contended row also shows its ratio to the p50 of PINGs
-//!   made right before and right after it, since a shared machine's speed drifts between rows.
+//!   made right before and right after it.
 //!
 //! `LOCKKIT_BENCH_SECONDS` sets the contended run time per row (default 2);
-//! `LOCKKIT_BENCH_ONLY=zookeeper,consul` runs only those backends (names as in the table). Servers are started
-//! like the tests start them (`scripts/install-deps` installs them).
+//! `LOCKKIT_BENCH_ONLY=zookeeper,consul` runs only those backends (names as in the table).
+//! Servers are started like the tests start them (`scripts/install-deps` installs them).
 
 #[path = "../tests/conformance/servers.rs"]
 #[allow(dead_code)]
@@ -47,7 +50,7 @@ async fn main() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let mut targets = vec![
         ("memory".to_owned(), "memory://bench".to_owned(), None),
-        ("file".to_owned(), format!("file://{}", dir.path().display()), None),
+        ("file".to_owned(), format!("file://{}", dir.path().display()), None::<Probe>),
     ];
     targets.retain(|(backend, ..)| wanted(backend));
     let mut rows = Vec::new();
@@ -58,8 +61,8 @@ async fn main() {
             let single = format!("redis://127.0.0.1:{}", servers[0].port);
             let quorum: Vec<String> = servers.iter().map(|s| format!("127.0.0.1:{}", s.port)).collect();
             rows.extend(redis_raw::baseline(&single, 2000).await);
-            targets.push(("redis".to_owned(), single.clone(), Some(single.clone())));
-            targets.push(("redis fair=true".to_owned(), format!("{single}?fair=true"), Some(single)));
+            targets.push(("redis".to_owned(), single.clone(), Some(Probe::Redis(single.clone()))));
+            targets.push(("redis fair=true".to_owned(), format!("{single}?fair=true"), Some(Probe::Redis(single))));
             targets.push(("redlock (5)".to_owned(), format!("redlock://{}", quorum.join(",")), None));
             servers
         })
@@ -72,7 +75,7 @@ async fn main() {
             let server = servers::Server::etcd();
             let url = format!("etcd://127.0.0.1:{}", server.port);
             rows.extend(etcd_raw::baseline(&url, server.port, 1000).await);
-            targets.push(("etcd".to_owned(), url, None));
+            targets.push(("etcd".to_owned(), url, Some(Probe::Etcd(server.port))));
             server
         })
     } else {
@@ -84,7 +87,7 @@ async fn main() {
             let server = servers::Server::zookeeper();
             let url = format!("zk://127.0.0.1:{}", server.port);
             rows.extend(zk_raw::baseline(&url, server.port, 1000).await);
-            targets.push(("zookeeper".to_owned(), url, None));
+            targets.push(("zookeeper".to_owned(), url, Some(Probe::Zookeeper(server.port))));
             server
         })
     } else {
@@ -102,10 +105,10 @@ async fn main() {
     } else {
         None
     };
-    for (backend, url, stats) in &targets {
+    for (backend, url, probe) in &targets {
         rows.push(uncontended(backend, url, 2000).await);
         for contenders in [4, 16] {
-            rows.push(contended(backend, url, stats.as_deref(), contenders, Duration::from_secs(seconds)).await);
+            rows.push(contended(backend, url, probe.as_ref(), contenders, Duration::from_secs(seconds)).await);
         }
     }
     println!("\n| backend | case | ops/s | p50 | p99 | changed hands | server cmds/grant | release p50 |");
@@ -216,8 +219,9 @@ struct LastRelease {
     at: Instant,
 }
 
-/// `stats`: a Redis URL whose commands are counted during the run.
-async fn contended(backend: &str, url: &str, stats: Option<&str>, contenders: usize, run: Duration) -> Row {
+/// `probe`: the server whose unloaded round trips are measured right before and after (and,
+/// for Redis, whose commands are counted during the run).
+async fn contended(backend: &str, url: &str, probe: Option<&Probe>, contenders: usize, run: Duration) -> Row {
     let name = format!("contended-{}", lockkit_core::random_u64());
     let last = Arc::new(Mutex::new(LastRelease { holder: usize::MAX, at: Instant::now() }));
     let handoffs = Arc::new(Mutex::new(Vec::new()));
@@ -227,8 +231,8 @@ async fn contended(backend: &str, url: &str, stats: Option<&str>, contenders: us
     for _ in 0..contenders {
         connections.push(connect(url).await);
     }
-    let trip_before = round_trip_p50(stats).await;
-    let commands_before = command_count(stats).await;
+    let trips_before = round_trips_p50(probe).await;
+    let commands_before = command_count(probe).await;
     let deadline = Instant::now() + run;
     let mut tasks = Vec::new();
     for (me, locks) in connections.into_iter().enumerate() {
@@ -257,7 +261,7 @@ async fn contended(backend: &str, url: &str, stats: Option<&str>, contenders: us
         task.await.unwrap();
     }
     let grants = grants.load(std::sync::atomic::Ordering::Relaxed);
-    let commands = command_count(stats)
+    let commands = command_count(probe)
         .await
         .zip(commands_before)
         .map(|(after, before)| (after - before) as f64 / grants.max(1) as f64);
@@ -267,10 +271,8 @@ async fn contended(backend: &str, url: &str, stats: Option<&str>, contenders: us
     let mut row = row(backend, &format!("{contenders} contenders: handoffs"), samples, Some(changed), commands);
     row.release_p50 = Some(percentiles(&mut releases.lock().unwrap()).0);
     // The machine's speed drifts: compare with unloaded round trips right before and after.
-    if let Some((before, after)) = trip_before.zip(round_trip_p50(stats).await) {
-        let trip = (before + after) / 2;
-        let ratio = row.p50.as_secs_f64() / trip.as_secs_f64();
-        row.case = format!("{} ({ratio:.1}× a PING: {} before, {} after)", row.case, micros(before), micros(after));
+    if let Some((before, after)) = trips_before.zip(round_trips_p50(probe).await) {
+        row.case = format!("{} ({})", row.case, compare(row.p50, &before, &after));
     }
     row.ops_per_sec = handoffs_per_sec;
     row
@@ -322,6 +324,15 @@ mod etcd_raw {
         rows.insert(2, round_trips("etcd raw", "one write round trip (put)", iterations, write).await);
         rows
     }
+
+    /// The p50s of a put and of a get, on a connection of their own.
+    pub async fn trips(port: u16, iterations: usize) -> Trips {
+        let client = Client::connect([format!("127.0.0.1:{port}")], None).await.unwrap();
+        let write = async || client.clone().put("raw-bench-write", "x", None).await.map(drop).unwrap();
+        let write = round_trips("", "", iterations, write).await.p50;
+        let read = async || client.clone().get("raw-bench/none", None).await.map(drop).unwrap();
+        Trips { write, read: Some(round_trips("", "", iterations, read).await.p50) }
+    }
 }
 
 /// The same requests as the ZooKeeper driver's, made directly with `zookeeper-client`: create
@@ -364,6 +375,15 @@ mod zk_raw {
         let write = async || client.set_data("/raw-bench", b"x", None).await.map(drop).unwrap();
         rows.insert(2, round_trips("zookeeper raw", "one write round trip (setData)", iterations, write).await);
         rows
+    }
+
+    /// The p50s of a setData and of an exists, on a session of their own.
+    pub async fn trips(port: u16, iterations: usize) -> Trips {
+        let client = Client::connect(&format!("127.0.0.1:{port}")).await.unwrap();
+        let write = async || client.set_data("/raw-bench", b"x", None).await.map(drop).unwrap();
+        let write = round_trips("", "", iterations, write).await.p50;
+        let read = async || client.check_stat("/raw-bench").await.map(drop).unwrap();
+        Trips { write, read: Some(round_trips("", "", iterations, read).await.p50) }
     }
 }
 
@@ -483,23 +503,64 @@ fn row(
     }
 }
 
-async fn command_count(stats: Option<&str>) -> Option<u64> {
-    #[cfg(feature = "redis")]
-    if let Some(url) = stats {
-        return Some(redis_raw::commands(url).await);
-    }
-    let _ = stats;
-    None
+/// A server whose unloaded round trips a contended row is compared with.
+#[allow(dead_code)] // which variants are made depends on the features
+enum Probe {
+    /// A Redis URL: PINGs, and the commands counted during the run.
+    Redis(String),
+    /// An etcd port: puts and gets.
+    Etcd(u16),
+    /// A ZooKeeper port: setData and exists.
+    Zookeeper(u16),
 }
 
-/// The p50 of a raw round trip to `stats`' server (Redis only).
-async fn round_trip_p50(stats: Option<&str>) -> Option<Duration> {
-    #[cfg(feature = "redis")]
-    if let Some(url) = stats {
-        return Some(redis_raw::ping_p50(url, 300).await);
+/// The p50s of a probe's unloaded round trips: one kind of write (or Redis's PING), and one
+/// read where a handoff needs one besides the write.
+struct Trips {
+    write: Duration,
+    read: Option<Duration>,
+}
+
+async fn command_count(probe: Option<&Probe>) -> Option<u64> {
+    match probe {
+        #[cfg(feature = "redis")]
+        Some(Probe::Redis(url)) => Some(redis_raw::commands(url).await),
+        _ => None,
     }
-    let _ = stats;
-    None
+}
+
+async fn round_trips_p50(probe: Option<&Probe>) -> Option<Trips> {
+    match probe? {
+        #[cfg(feature = "redis")]
+        Probe::Redis(url) => Some(Trips { write: redis_raw::ping_p50(url, 300).await, read: None }),
+        #[cfg(feature = "etcd")]
+        Probe::Etcd(port) => Some(etcd_raw::trips(*port, 300).await),
+        #[cfg(feature = "zookeeper")]
+        Probe::Zookeeper(port) => Some(zk_raw::trips(*port, 300).await),
+        #[allow(unreachable_patterns)]
+        _ => None,
+    }
+}
+
+/// A handoff p50 against the unloaded round trips measured right before and after it.
+fn compare(handoff: Duration, before: &Trips, after: &Trips) -> String {
+    let write = (before.write + after.write) / 2;
+    let times = |trip: Duration| handoff.as_secs_f64() / trip.as_secs_f64();
+    match before.read.zip(after.read) {
+        None => format!("{:.1}× a PING: {} before, {} after", times(write), micros(before.write), micros(after.write)),
+        Some((read_before, read_after)) => {
+            let read = (read_before + read_after) / 2;
+            format!(
+                "{:.1}× a write round trip, {:.1}× a write plus a read: {} + {} before, {} + {} after",
+                times(write),
+                times(write + read),
+                micros(before.write),
+                micros(read_before),
+                micros(after.write),
+                micros(read_after)
+            )
+        }
+    }
 }
 
 fn percentiles(samples: &mut [Duration]) -> (Duration, Duration) {

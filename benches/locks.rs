@@ -18,6 +18,8 @@
 //!   made right before and right after it.
 //!
 //! `LOCKKIT_BENCH_SECONDS` sets the contended run time per row (default 2);
+//! `LOCKKIT_BENCH_HOLD_MS` how long each contender holds the lock (default 0: back to back, so
+//! the releaser's next acquire writes while the handoff runs);
 //! `LOCKKIT_BENCH_ONLY=zookeeper,consul` runs only those backends (names as in the table).
 //! Servers are started like the tests start them (`scripts/install-deps` installs them).
 
@@ -223,6 +225,8 @@ struct LastRelease {
 /// for Redis, whose commands are counted during the run).
 async fn contended(backend: &str, url: &str, probe: Option<&Probe>, contenders: usize, run: Duration) -> Row {
     let name = format!("contended-{}", lockkit_core::random_u64());
+    let hold =
+        Duration::from_millis(std::env::var("LOCKKIT_BENCH_HOLD_MS").ok().and_then(|s| s.parse().ok()).unwrap_or(0));
     let last = Arc::new(Mutex::new(LastRelease { holder: usize::MAX, at: Instant::now() }));
     let handoffs = Arc::new(Mutex::new(Vec::new()));
     let releases = Arc::new(Mutex::new(Vec::new()));
@@ -249,8 +253,11 @@ async fn contended(backend: &str, url: &str, probe: Option<&Probe>, contenders: 
                         handoffs.lock().unwrap().push(granted - last.at);
                     }
                     last.holder = me;
-                    last.at = Instant::now();
                 }
+                if !hold.is_zero() {
+                    tokio::time::sleep(hold).await;
+                }
+                last.lock().unwrap().at = Instant::now();
                 let released = Instant::now();
                 guard.release().await.unwrap();
                 releases.lock().unwrap().push(released.elapsed());

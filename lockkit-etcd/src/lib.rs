@@ -13,10 +13,10 @@
 //!   an `etcdctl lock NAME` exclude each other, both ways. The value is the holder metadata
 //!   (`etcdctl` writes it empty; both are accepted).
 //! - **Acquire** is one transaction (put-if-absent with the lease, plus a read of the first
-//!   contender). A waiter watches **only its predecessor**, and its own key, both from now (so
-//!   etcd sends their deletions at once, not from its 100 ms catch-up loop); a watch covers the
-//!   revisions after the one etcd reports at its creation, and when that is past the waiter's
-//!   last read, one more read covers the gap. When woken, one read of its own key and the
+//!   contender). A waiter watches its own key and **only its predecessor**, the latter from now
+//!   (so etcd sends its deletion at once, not from its 100 ms catch-up loop): that watch covers
+//!   the revisions after the one etcd reports at its creation, and when that is past the
+//!   waiter's last read, one more read covers the gap. When woken, one read of its own key and the
 //!   contender before it decides — a waiter paused past its lease never takes the lock. That
 //!   read is serializable (served by the member without a Raft round), and linearizable only
 //!   when the member has not reached the revision of the wake-up: deletions never come undone

@@ -129,8 +129,8 @@ impl EtcdLocks {
     /// One put-if-absent; revision 0 when my key already existed.
     ///
     /// If the acquire is dropped meanwhile, the put still completes, and `cleanup` deletes the
-    /// key only after it (etcd does not order two requests
-    /// in flight at once, so a delete sent alongside could land first and orphan the key).
+    /// key only after it (etcd does not order two requests in flight at once, so a delete sent
+    /// alongside could land first and orphan the key).
     async fn try_enqueue(&self, keys: &Keys, lease: i64, holder: &str, cleanup: &mut Cleanup) -> Result<(i64, bool)> {
         let head = first(SortOrder::Ascend).with_limit(1);
         let txn = Txn::new().when([Compare::create_revision(keys.mine.clone(), CompareOp::Equal, 0)]).and_then([
@@ -186,17 +186,12 @@ impl EtcdLocks {
             reason: format!("while waiting, {reason}"),
         };
         let mut mine_gone = Arc::new(Woken::default());
-        // My key's watch is made from now too, and reads at or after its creation's revision
-        // cover the revisions before.
-        let adopted = self.watches.adopt(&keys.mine, mine + 1, OnDelete::Wake(mine_gone.clone())).await;
-        let (mut own, mut own_created) = match adopted {
-            Some(id) => (self.unwatch_later(vec![id]), None),
-            None => {
-                let own_watch = self.watch(&keys.mine, 0, &mine_gone).await?;
-                (self.unwatch_later(vec![own_watch.id]), Some(own_watch.created))
-            }
+        // My key's watch: an idle one of an earlier grant, or a new one from my key's creation.
+        let own_id = match self.watches.adopt(&keys.mine, mine + 1, OnDelete::Wake(mine_gone.clone())).await {
+            Some(id) => id,
+            None => self.watch(&keys.mine, mine + 1, &mine_gone).await?.id,
         };
-        let mut own_from = 0;
+        let mut own = self.unwatch_later(vec![own_id]);
         let mut floor = mine;
         let mut known = None;
         loop {
@@ -215,19 +210,8 @@ impl EtcdLocks {
                 // The watch on my key ended without a deletion (etcd cancelled it): again.
                 mine_gone = Arc::new(Woken::default());
                 own = self.unwatch_later(vec![self.watch(&keys.mine, revision + 1, &mine_gone).await?.id]);
-                (own_created, own_from) = (None, 0);
             }
-            let Some(predecessor) = contenders.get(1) else {
-                if let Some(created) = own_created.take() {
-                    own_from = created.await.unwrap_or_default();
-                }
-                if own_from > revision {
-                    // Read again, so that my key's watch covers every revision after the read.
-                    floor = own_from;
-                    continue;
-                }
-                return Ok(own);
-            };
+            let Some(predecessor) = contenders.get(1) else { return Ok(own) };
             // A watch from now, whose events etcd sends at once (one from an older revision can
             // wait for etcd's 100 ms catch-up loop). It covers the revisions after the one etcd
             // reports at its creation; when that is past the read, one more read covers the gap.

@@ -235,16 +235,14 @@ async fn dispatch(watches: Weak<Watches>, mut responses: WatchResponseStream) {
                         let _ = told.send(revision);
                     }
                 }
-                let from = state.targets.get(&id).map_or(0, |t| t.from);
+                let (from, idle) =
+                    state.targets.get(&id).map_or((0, false), |t| (t.from, matches!(t.on_delete, OnDelete::Idle)));
                 let deleted = response
                     .events()
                     .iter()
                     .any(|e| e.event_type() == EventType::Delete && e.kv().is_some_and(|kv| kv.mod_revision() >= from));
-                if !(deleted || response.canceled()) {
-                    continue;
-                }
-                let idle = state.targets.get(&id).is_some_and(|t| matches!(t.on_delete, OnDelete::Idle));
-                if idle && !response.canceled() {
+                // An idle watch ends only when etcd cancels it.
+                if !response.canceled() && (idle || !deleted) {
                     continue;
                 }
                 if let Some(target) = state.targets.remove(&id) {

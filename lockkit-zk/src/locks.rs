@@ -261,12 +261,12 @@ impl DistributedLock for ZkLocks {
                 client: client.clone(),
                 directory: directory.clone(),
                 prefix: prefix.clone(),
-                path: None,
+                name: None,
                 armed: true,
             };
             let outcome = async {
                 let node = self.create(&client, &directory, &prefix, &request.holder).await?;
-                cleanup.path = Some(node.path.clone());
+                cleanup.name = Some(node.name.clone());
                 let watch = self.wait_turn(&client, &directory, &node, &lease, request.wait).await?;
                 Ok::<_, Error>((node, watch))
             }
@@ -364,15 +364,15 @@ struct Cleanup {
     client: Client,
     directory: String,
     prefix: String,
-    /// The node's path, once its create has answered.
-    path: Option<String>,
+    /// The node's name, once its create has answered.
+    name: Option<String>,
     armed: bool,
 }
 
 impl Cleanup {
     async fn now(&mut self) {
         self.armed = false;
-        delete_node(self.client.clone(), self.directory.clone(), self.prefix.clone(), self.path.take()).await
+        delete_node(self.client.clone(), self.directory.clone(), self.prefix.clone(), self.name.take()).await
     }
 }
 
@@ -386,20 +386,20 @@ impl Drop for Cleanup {
             self.client.clone(),
             std::mem::take(&mut self.directory),
             std::mem::take(&mut self.prefix),
-            self.path.take(),
+            self.name.take(),
         ));
     }
 }
 
-/// Deletes the node at `path`, or when its create has not answered, the node whose name starts
+/// Deletes the node `name`, or when its create has not answered, the node whose name starts
 /// with `prefix`; tries again after connection losses for as long as the session may live
 /// (after that, ZooKeeper removes the node itself).
-async fn delete_node(client: Client, directory: String, prefix: String, path: Option<String>) {
+async fn delete_node(client: Client, directory: String, prefix: String, name: Option<String>) {
     let attempts = async {
         loop {
             let outcome = async {
-                let children = match &path {
-                    Some(path) => vec![path.rsplit('/').next().unwrap_or_default().to_owned()],
+                let children = match &name {
+                    Some(name) => vec![name.clone()],
                     None => client.list_children(&directory).await?,
                 };
                 for child in children.iter().filter(|c| c.starts_with(&prefix)) {

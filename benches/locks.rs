@@ -9,9 +9,12 @@
 //!
 //! - etcd, ZooKeeper and Consul (measured against the Consul API double in the test tree, not a
 //!   real Consul): a raw-client baseline and one raw round trip in the same run. Contended etcd
-//!   and ZooKeeper rows compare the handoff with a write round trip and with a write plus a
-//!   read (what a handoff is made of: the holder's delete, then the waiter's check), measured
-//!   unloaded right before and right after the row, since a shared machine's speed drifts.
+//!   and ZooKeeper rows compare the handoff with what it is made of: the holder's release (a
+//!   guarded delete) plus the waiter's check read, both made as the drivers make them by a
+//!   probe on a connection of its own. The probe runs during the row, paced so as to add
+//!   little load: those are round trips under the load the handoffs see, which is what
+//!   "within 2 round trips" is measured against. It also runs unloaded right before and right
+//!   after the row (a shared machine's speed drifts), for scale.
 //! - Redis: a raw-client baseline in the same run (the same round trips made directly with the
 //!   `redis` crate), one raw round trip (PING), and the server commands per grant while
 //!   contended (from `INFO stats`); each contended row also shows its ratio to the p50 of PINGs
@@ -221,8 +224,9 @@ struct LastRelease {
     at: Instant,
 }
 
-/// `probe`: the server whose unloaded round trips are measured right before and after (and,
-/// for Redis, whose commands are counted during the run).
+/// `probe`: the server whose unloaded round trips are measured right before and after, and
+/// during the run (etcd, ZooKeeper) its round trips under the same load (for Redis, its
+/// commands are counted during the run).
 async fn contended(backend: &str, url: &str, probe: Option<&Probe>, contenders: usize, run: Duration) -> Row {
     let name = format!("contended-{}", lockkit_core::random_u64());
     let hold =
@@ -235,9 +239,13 @@ async fn contended(backend: &str, url: &str, probe: Option<&Probe>, contenders: 
     for _ in 0..contenders {
         connections.push(connect(url).await);
     }
-    let trips_before = round_trips_p50(probe).await;
+    let trips_before = round_trips_p50(probe, Sampling::Unloaded(300)).await;
     let commands_before = command_count(probe).await;
     let deadline = Instant::now() + run;
+    let during = probe.cloned().map(|p| {
+        let sampling = Sampling::During(deadline, name.clone());
+        tokio::spawn(async move { round_trips_p50(Some(&p), sampling).await })
+    });
     let mut tasks = Vec::new();
     for (me, locks) in connections.into_iter().enumerate() {
         let (name, last, handoffs, grants) = (name.clone(), last.clone(), handoffs.clone(), grants.clone());
@@ -267,6 +275,10 @@ async fn contended(backend: &str, url: &str, probe: Option<&Probe>, contenders: 
     for task in tasks {
         task.await.unwrap();
     }
+    let during = match during {
+        Some(probe) => probe.await.unwrap(),
+        None => None,
+    };
     let grants = grants.load(std::sync::atomic::Ordering::Relaxed);
     let commands = command_count(probe)
         .await
@@ -278,8 +290,8 @@ async fn contended(backend: &str, url: &str, probe: Option<&Probe>, contenders: 
     let mut row = row(backend, &format!("{contenders} contenders: handoffs"), samples, Some(changed), commands);
     row.release_p50 = Some(percentiles(&mut releases.lock().unwrap()).0);
     // The machine's speed drifts: compare with unloaded round trips right before and after.
-    if let Some((before, after)) = trips_before.zip(round_trips_p50(probe).await) {
-        row.case = format!("{} ({})", row.case, compare(row.p50, &before, &after));
+    if let Some((before, after)) = trips_before.zip(round_trips_p50(probe, Sampling::Unloaded(300)).await) {
+        row.case = format!("{} ({})", row.case, compare(row.p50, &before, &after, during.as_ref()));
     }
     row.ops_per_sec = handoffs_per_sec;
     row
@@ -291,7 +303,8 @@ async fn contended(backend: &str, url: &str, probe: Option<&Probe>, contenders: 
 #[cfg(feature = "etcd")]
 mod etcd_raw {
     use lockkit::etcd::etcd_client::{
-        Client, Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
+        Client, Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, WatchFilterType,
+        WatchOptions,
     };
 
     use super::*;
@@ -332,13 +345,39 @@ mod etcd_raw {
         rows
     }
 
-    /// The p50s of a put and of a get, on a connection of their own.
-    pub async fn trips(port: u16, iterations: usize) -> Trips {
-        let client = Client::connect([format!("127.0.0.1:{port}")], None).await.unwrap();
-        let write = async || client.clone().put("raw-bench-write", "x", None).await.map(drop).unwrap();
-        let write = round_trips("", "", iterations, write).await.p50;
-        let read = async || client.clone().get("raw-bench/none", None).await.map(drop).unwrap();
-        Trips { write, read: Some(round_trips("", "", iterations, read).await.p50) }
+    /// The p50s of the holder's release (a compare-create-revision delete of a key put just
+    /// before, which a watch waits for, as a waiter's does) and of the waiter's read (a
+    /// serializable range, newest first, two keys), on a connection of their own.
+    pub async fn trips(port: u16, sampling: Sampling) -> Trips {
+        let mut client = Client::connect([format!("127.0.0.1:{port}")], None).await.unwrap();
+        let deletions = WatchOptions::new().with_filters([WatchFilterType::NoPut]);
+        let (_watcher, mut events) = client.watch("raw-bench/probe", Some(deletions)).await.unwrap().split();
+        let drain = tokio::spawn(async move { while let Ok(Some(_)) = events.message().await {} });
+        let around = GetOptions::new()
+            .with_prefix()
+            .with_sort(SortTarget::Create, SortOrder::Descend)
+            .with_serializable()
+            .with_limit(2);
+        let write = || {
+            let mut client = client.clone();
+            async move {
+                let put = client.put("raw-bench/probe", "x", None).await.unwrap();
+                let revision = put.header().unwrap().revision();
+                let t = Instant::now();
+                let only_mine = Compare::create_revision("raw-bench/probe", CompareOp::Equal, revision);
+                let release = Txn::new().when([only_mine]).and_then([TxnOp::delete("raw-bench/probe", None)]);
+                assert!(client.txn(release).await.unwrap().succeeded());
+                t.elapsed()
+            }
+        };
+        let prefix = sampling.lock().map_or("raw-bench/".to_owned(), |lock| format!("{lock}/"));
+        let read = || {
+            let (mut client, around, prefix) = (client.clone(), around.clone(), prefix.clone());
+            async move { client.get(prefix, Some(around)).await.map(drop).unwrap() }
+        };
+        let trips = paired_trips(&sampling, write, read).await;
+        drain.abort();
+        trips
     }
 }
 
@@ -384,13 +423,29 @@ mod zk_raw {
         rows
     }
 
-    /// The p50s of a setData and of an exists, on a session of their own.
-    pub async fn trips(port: u16, iterations: usize) -> Trips {
+    /// The p50s of the holder's release (a versioned delete of a node created just before) and
+    /// of the waiter's read (a list of the lock's directory), on a session of their own.
+    pub async fn trips(port: u16, sampling: Sampling) -> Trips {
         let client = Client::connect(&format!("127.0.0.1:{port}")).await.unwrap();
-        let write = async || client.set_data("/raw-bench", b"x", None).await.map(drop).unwrap();
-        let write = round_trips("", "", iterations, write).await.p50;
-        let read = async || client.check_stat("/raw-bench").await.map(drop).unwrap();
-        Trips { write, read: Some(round_trips("", "", iterations, read).await.p50) }
+        let node = CreateMode::Ephemeral.with_acls(Acls::anyone_all());
+        let write = || {
+            let (client, node) = (client.clone(), node.clone());
+            async move {
+                let (stat, _) = client.create("/raw-bench/probe", b"x", &node).await.unwrap();
+                let t = Instant::now();
+                client.delete("/raw-bench/probe", Some(stat.version)).await.unwrap();
+                t.elapsed()
+            }
+        };
+        let directory = format!("/{}", sampling.lock().unwrap_or("raw-bench"));
+        let read = || {
+            let (client, directory) = (client.clone(), directory.clone());
+            async move {
+                // Before the first acquire the lock's directory may not exist yet: still a read.
+                let _ = client.list_children(&directory).await;
+            }
+        };
+        paired_trips(&sampling, write, read).await
     }
 }
 
@@ -510,22 +565,75 @@ fn row(
     }
 }
 
-/// A server whose unloaded round trips a contended row is compared with.
+/// A server whose round trips a contended row is compared with.
+#[derive(Clone)]
 #[allow(dead_code)] // which variants are made depends on the features
 enum Probe {
     /// A Redis URL: PINGs, and the commands counted during the run.
     Redis(String),
-    /// An etcd port: puts and gets.
+    /// An etcd port: releases and the etcd waiter's read.
     Etcd(u16),
-    /// A ZooKeeper port: setData and exists.
+    /// A ZooKeeper port: releases and the ZooKeeper waiter's read.
     Zookeeper(u16),
 }
 
-/// The p50s of a probe's unloaded round trips: one kind of write (or Redis's PING), and one
-/// read where a handoff needs one besides the write.
+/// The p50s of a probe's round trips: one kind of write (or Redis's PING), and the read a
+/// waiter makes after the write where a handoff needs one.
 struct Trips {
     write: Duration,
     read: Option<Duration>,
+    /// The p50 of each write plus the read made right after it: two round trips, as one
+    /// sample (the p50 of a sum is not the sum of the p50s).
+    write_then_read: Option<Duration>,
+}
+
+/// How a probe samples its round trips.
+enum Sampling {
+    /// This many, back to back, with nothing else running; the reads read an empty place.
+    Unloaded(usize),
+    /// One write and one read every few milliseconds until then, while a contended row runs on
+    /// the lock named: round trips under the load the handoffs see, adding little load of
+    /// their own. The reads read the lock's contenders, as its waiters do.
+    During(Instant, String),
+}
+
+impl Sampling {
+    /// The lock whose contenders the reads read (None: an empty place).
+    #[cfg(any(feature = "etcd", feature = "zookeeper"))]
+    fn lock(&self) -> Option<&str> {
+        match self {
+            Sampling::Unloaded(_) => None,
+            Sampling::During(_, lock) => Some(lock),
+        }
+    }
+}
+
+/// A write then a read, sampled as `sampling` says; their p50s. `write` times itself (it may prepare untimed first); `read` is timed here.
+#[cfg(any(feature = "etcd", feature = "zookeeper"))]
+async fn paired_trips<W, R>(sampling: &Sampling, write: impl Fn() -> W, read: impl Fn() -> R) -> Trips
+where
+    W: Future<Output = Duration>,
+    R: Future<Output = ()>,
+{
+    let (mut writes, mut reads) = (Vec::new(), Vec::new());
+    loop {
+        writes.push(write().await);
+        let t = Instant::now();
+        read().await;
+        reads.push(t.elapsed());
+        match sampling {
+            Sampling::Unloaded(iterations) if writes.len() >= *iterations => break,
+            Sampling::Unloaded(_) => {}
+            Sampling::During(until, _) if Instant::now() >= *until => break,
+            Sampling::During(..) => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
+    let mut sums: Vec<Duration> = writes.iter().zip(&reads).map(|(w, r)| *w + *r).collect();
+    Trips {
+        write: percentiles(&mut writes).0,
+        read: Some(percentiles(&mut reads).0),
+        write_then_read: Some(percentiles(&mut sums).0),
+    }
 }
 
 async fn command_count(probe: Option<&Probe>) -> Option<u64> {
@@ -536,36 +644,43 @@ async fn command_count(probe: Option<&Probe>) -> Option<u64> {
     }
 }
 
-async fn round_trips_p50(probe: Option<&Probe>) -> Option<Trips> {
-    match probe? {
+/// A probe's round trips; None where it has none of that kind (Redis's PINGs are only
+/// measured unloaded).
+async fn round_trips_p50(probe: Option<&Probe>, sampling: Sampling) -> Option<Trips> {
+    match (probe?, &sampling) {
         #[cfg(feature = "redis")]
-        Probe::Redis(url) => Some(Trips { write: redis_raw::ping_p50(url, 300).await, read: None }),
+        (Probe::Redis(url), Sampling::Unloaded(n)) => {
+            Some(Trips { write: redis_raw::ping_p50(url, *n).await, read: None, write_then_read: None })
+        }
         #[cfg(feature = "etcd")]
-        Probe::Etcd(port) => Some(etcd_raw::trips(*port, 300).await),
+        (Probe::Etcd(port), _) => Some(etcd_raw::trips(*port, sampling).await),
         #[cfg(feature = "zookeeper")]
-        Probe::Zookeeper(port) => Some(zk_raw::trips(*port, 300).await),
+        (Probe::Zookeeper(port), _) => Some(zk_raw::trips(*port, sampling).await),
         #[allow(unreachable_patterns)]
         _ => None,
     }
 }
 
-/// A handoff p50 against the unloaded round trips measured right before and after it.
-fn compare(handoff: Duration, before: &Trips, after: &Trips) -> String {
-    let write = (before.write + after.write) / 2;
+/// A handoff p50 against the unloaded round trips measured right before and after it, and
+/// against those measured during it.
+fn compare(handoff: Duration, before: &Trips, after: &Trips, during: Option<&Trips>) -> String {
     let times = |trip: Duration| handoff.as_secs_f64() / trip.as_secs_f64();
-    match before.read.zip(after.read) {
-        None => format!("{:.1}× a PING: {} before, {} after", times(write), micros(before.write), micros(after.write)),
-        Some((read_before, read_after)) => {
-            let read = (read_before + read_after) / 2;
-            format!(
-                "{:.1}× a write round trip, {:.1}× a write plus a read: {} + {} before, {} + {} after",
-                times(write),
-                times(write + read),
-                micros(before.write),
-                micros(read_before),
-                micros(after.write),
-                micros(read_after)
-            )
+    let both = |t: &Trips| t.read.zip(t.write_then_read);
+    match (both(before), both(after), during.and_then(|d| both(d).map(|b| (d.write, b)))) {
+        (Some((_, unloaded_before)), Some((_, unloaded_after)), Some((write, (read, loaded)))) => format!(
+            "**{:.2}× a release then a read under the same load** ({} as one sample; {} + {} apart); \
+             {:.1}× them unloaded ({} before, {} after)",
+            times(loaded),
+            micros(loaded),
+            micros(write),
+            micros(read),
+            times((unloaded_before + unloaded_after) / 2),
+            micros(unloaded_before),
+            micros(unloaded_after),
+        ),
+        _ => {
+            let ping = (before.write + after.write) / 2;
+            format!("{:.1}× a PING: {} before, {} after", times(ping), micros(before.write), micros(after.write))
         }
     }
 }

@@ -102,16 +102,17 @@ impl DistributedLock for MemoryLocks {
     async fn inspect(&self, name: &LockName) -> Result<LockStatus> {
         let key = self.settings.namespace.key(name);
         let mut slots = lock(&self.store.slots);
-        let Some(slot) = slots.get_mut(&key) else { return Ok(LockStatus::free()) };
+        let Some(slot) = slots.get_mut(&key) else { return Ok(LockStatus::free().waiting(0)) };
         slot.expire();
-        Ok(match &slot.holder {
+        let status = match &slot.holder {
             None => LockStatus::free(),
             Some(h) => LockStatus::held(
                 Some(h.holder.clone()),
                 Some(FencingToken::new(h.token)),
                 Some(h.expires_at.saturating_duration_since(Instant::now())),
             ),
-        })
+        };
+        Ok(status.waiting(slot.waiters.len()))
     }
 
     async fn evict(&self, name: &LockName) -> Result<bool> {

@@ -217,6 +217,9 @@ pub struct LockStatus {
     pub token: Option<FencingToken>,
     /// Time left before the grant expires unless refreshed, where the backend can tell.
     pub ttl_left: Option<Duration>,
+    /// How many contenders wait in line for it, where the backend keeps a line (etcd,
+    /// ZooKeeper, Redis, memory; not Consul or file).
+    pub waiting: Option<usize>,
 }
 
 impl LockStatus {
@@ -227,7 +230,12 @@ impl LockStatus {
 
     /// Someone holds it.
     pub fn held(holder: Option<String>, token: Option<FencingToken>, ttl_left: Option<Duration>) -> Self {
-        LockStatus { held: true, holder, token, ttl_left }
+        LockStatus { held: true, holder, token, ttl_left, waiting: None }
+    }
+
+    /// The same, with how many wait in line.
+    pub fn waiting(self, waiting: usize) -> Self {
+        LockStatus { waiting: Some(waiting), ..self }
     }
 }
 

@@ -363,11 +363,11 @@ impl DistributedLock for EtcdLocks {
     async fn inspect(&self, name: &LockName) -> Result<LockStatus> {
         let prefix = format!("{}/", self.settings.namespace.key(name));
         let keys = Keys { mine: String::new(), prefix };
-        let options = first(SortOrder::Ascend);
-        let head = self.get(&keys.prefix, options.clone().with_limit(1)).await?;
-        let Some(holder) = self.first_contender(&keys, head, options).await? else {
-            return Ok(LockStatus::free());
-        };
+        // Every contender, first in line first: the holder, then the waiters.
+        let all = self.get(&keys.prefix, first(SortOrder::Ascend)).await?;
+        let mut contenders = all.into_iter().filter(|kv| keys.contender(kv));
+        let Some(holder) = contenders.next() else { return Ok(LockStatus::free().waiting(0)) };
+        let waiting = contenders.count();
         let ttl_left = match holder.lease() {
             0 => None,
             lease => self
@@ -381,7 +381,8 @@ impl DistributedLock for EtcdLocks {
                 .map(|t| Duration::from_secs(t.ttl() as u64)),
         };
         let metadata = holder.value_str().ok().filter(|v| !v.is_empty()).map(str::to_owned);
-        Ok(LockStatus::held(metadata, Some(FencingToken::new(holder.create_revision() as u64)), ttl_left))
+        let token = FencingToken::new(holder.create_revision() as u64);
+        Ok(LockStatus::held(metadata, Some(token), ttl_left).waiting(waiting))
     }
 
     async fn evict(&self, name: &LockName) -> Result<bool> {

@@ -149,27 +149,35 @@ impl Quorum {
 
     /// The lock as a majority sees it.
     pub async fn status(&self, keys: &LockKeys) -> Result<LockStatus, Error> {
-        type Reply = (Option<String>, Option<u64>, i64);
+        type Reply = (Option<String>, Option<u64>, i64, usize);
         let replies = on_all(&self.instances, |instance| instance.run::<Reply>(scripts::status(keys))).await;
         let mut errors = Vec::new();
         let mut held = Vec::new();
+        let mut waiting = Vec::new();
         for reply in replies {
             match reply {
-                Ok((Some(owner), fence, pttl)) => held.push((owner, fence, pttl)),
-                Ok(_) => {}
+                Ok((owner, fence, pttl, waiters)) => {
+                    waiting.push(waiters);
+                    if let Some(owner) = owner {
+                        held.push((owner, fence, pttl));
+                    }
+                }
                 Err(e) => errors.push(e),
             }
         }
         self.enough_answered(errors)?;
+        // As many waiters as a majority counts at least.
+        waiting.sort_unstable_by(|a, b| b.cmp(a));
+        let waiting = waiting.get(self.needed - 1).copied().unwrap_or_default();
         if held.len() < self.needed {
-            return Ok(LockStatus::free());
+            return Ok(LockStatus::free().waiting(waiting));
         }
         let holder = held.iter().find_map(|(owner, ..)| scripts::holder_of(owner)).map(str::to_owned);
         // The counter is the holder's token only when lockkit took the grant (its value names
         // a holder); a redis-py lock on the same key has no token.
         let token = holder.as_ref().and(held.iter().filter_map(|(_, f, _)| *f).max()).map(FencingToken::new);
         let ttl_left = held.iter().filter(|(.., p)| *p >= 0).map(|(.., p)| Duration::from_millis(*p as u64)).min();
-        Ok(LockStatus::held(holder, token, ttl_left))
+        Ok(LockStatus::held(holder, token, ttl_left).waiting(waiting))
     }
 
     /// Fails when too few instances answered to decide: with an authentication error if there

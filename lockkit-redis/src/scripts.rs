@@ -222,11 +222,15 @@ return existed
     ))
 });
 
-/// KEYS: lock, fence. Returns `{owner|nil, fence|nil, pttl}`.
+/// KEYS: lock, fence, waiters, wakeup. Returns `{owner|nil, fence|nil, pttl, waiting}`, waiting
+/// counting both kinds of waiters (fair ones whose place has not expired).
 static STATUS: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-return {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2]), redis.call('PTTL', KEYS[1])}
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local waiting = redis.call('ZCARD', KEYS[4]) + redis.call('ZCOUNT', KEYS[3], now, '+inf')
+return {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2]), redis.call('PTTL', KEYS[1]), waiting}
 ",
     )
 });
@@ -282,7 +286,7 @@ pub fn evict(keys: &LockKeys) -> ScriptInvocation<'static> {
 }
 
 pub fn status(keys: &LockKeys) -> ScriptInvocation<'static> {
-    invoke(&STATUS, &[&keys.lock, &keys.fence], &[])
+    invoke(&STATUS, &[&keys.lock, &keys.fence, &keys.waiters, &keys.wakeup], &[])
 }
 
 #[cfg(test)]

@@ -309,14 +309,14 @@ impl DistributedLock for ZkLocks {
         let directory = self.directory(name)?;
         let client = self.default_client().await?;
         loop {
-            let Some(first) = self.contenders(&client, &directory).await?.into_iter().next() else {
-                return Ok(LockStatus::free());
-            };
+            let contenders = self.contenders(&client, &directory).await?;
+            let Some(first) = contenders.first() else { return Ok(LockStatus::free().waiting(0)) };
             let path = format!("{directory}/{}", first.name);
             match client.get_data(&path).await {
                 Ok((data, stat)) => {
                     let holder = String::from_utf8(data).ok().filter(|h| !h.is_empty());
-                    return Ok(LockStatus::held(holder, Some(FencingToken::new(stat.czxid as u64)), None));
+                    let token = FencingToken::new(stat.czxid as u64);
+                    return Ok(LockStatus::held(holder, Some(token), None).waiting(contenders.len() - 1));
                 }
                 Err(zookeeper_client::Error::NoNode) => continue, // released meanwhile: look again
                 Err(e) => return Err(self.error(e)),

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use lockkit::{Error, FencingToken, LockOptions};
 
-use crate::support::{AfterAcquire, CriticalSection, TTL, Target, connect, holder_process};
+use crate::support::{AfterAcquire, CriticalSection, TTL, Target, connect, holder_process, in_line};
 
 /// Runs every suite function as a `#[tokio::test]` for one backend: `conformance!(memory, Target::memory);`
 #[macro_export]
@@ -30,6 +30,7 @@ macro_rules! conformance {
                 one_connection_keeps_a_thousand_locks_alive,
                 status_shows_the_holder_and_token,
                 the_same_name_twice_through_one_handle_waits_for_the_first_guard,
+                a_fair_backend_grants_in_arrival_order,
             );
         }
     };
@@ -367,4 +368,36 @@ pub async fn the_same_name_twice_through_one_handle_waits_for_the_first_guard(t:
     let token = first.fencing_token();
     first.release().await.unwrap();
     assert!(second.await.unwrap().unwrap() > token);
+}
+
+/// Where the backend says it is fair, waiters in different handles are granted in the order
+/// they joined the line, which `status` counts; where it keeps a line at all, `status` counts
+/// it too.
+pub async fn a_fair_backend_grants_in_arrival_order(t: &Target) {
+    let holder = t.connect().await;
+    let guard = holder.acquire("line").await.unwrap();
+    let fair = holder.capabilities().fair;
+    let counted = holder.status("line").await.unwrap().waiting;
+    assert!(!fair || counted == Some(0), "a fair backend counts its line in `status`: {counted:?}");
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut waiters = Vec::new();
+    for i in 0..3 {
+        let (locks, order) = (t.connect().await, order.clone());
+        waiters.push(tokio::spawn(async move {
+            let guard = locks.acquire_timeout("line", Duration::from_secs(30)).await.unwrap();
+            order.lock().unwrap().push(i);
+            guard.release().await.unwrap();
+        }));
+        if counted.is_some() {
+            in_line(holder.as_ref(), "line", i + 1).await;
+        }
+    }
+    guard.release().await.unwrap();
+    for waiter in waiters {
+        waiter.await.unwrap();
+    }
+    assert_eq!(order.lock().unwrap().len(), 3);
+    if fair {
+        assert_eq!(*order.lock().unwrap(), vec![0, 1, 2], "granted out of arrival order");
+    }
 }

@@ -92,6 +92,19 @@ pub async fn connect(url: &str) -> Arc<dyn DistributedLock> {
     lockkit::connect(url).await.unwrap_or_else(|e| panic!("connect {url}: {e}"))
 }
 
+/// Waits until `status` counts `waiters` in line for `name` (the server's view of arrival).
+pub async fn in_line(locks: &dyn DistributedLock, name: &str, waiters: usize) {
+    let started = std::time::Instant::now();
+    loop {
+        let waiting = locks.status(name).await.unwrap().waiting;
+        if waiting == Some(waiters) {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{waiters} never in line for {name}: {waiting:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}{:x}", lockkit_core::random_u64())
 }

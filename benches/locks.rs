@@ -14,7 +14,9 @@
 //!   probe on a connection of its own. The probe runs during the row, paced so as to add
 //!   little load: those are round trips under the load the handoffs see, which is what
 //!   "within 2 round trips" is measured against. It also runs unloaded right before and right
-//!   after the row (a shared machine's speed drifts), for scale.
+//!   after the row (a shared machine's speed drifts), for scale. For etcd, the same
+//!   contended rows also run on the driver's protocol made directly with `etcd-client`
+//!   (`etcd raw`), and lockkit's handoff p50 is shown as a ratio to that one's.
 //! - Redis: a raw-client baseline in the same run (the same round trips made directly with the
 //!   `redis` crate), one raw round trip (PING), and the server commands per grant while
 //!   contended (from `INFO stats`); each contended row also shows its ratio to the p50 of PINGs
@@ -29,6 +31,33 @@
 #[path = "../tests/conformance/servers.rs"]
 #[allow(dead_code)]
 mod servers;
+
+/// The same round trips as the Redis driver's, made directly with the `redis` crate.
+#[cfg(feature = "redis")]
+#[path = "locks/redis_raw.rs"]
+mod redis_raw;
+
+/// The same writes as the etcd driver's, made directly with `etcd-client`: a put-if-absent
+/// transaction with an existing lease (reading the first contender, as the driver does), then
+/// a delete; interleaved with lockkit's acquire+release. And the driver's whole protocol, as
+/// contenders of a contended row.
+#[cfg(feature = "etcd")]
+#[path = "locks/etcd_raw.rs"]
+mod etcd_raw;
+
+/// The same requests as the ZooKeeper driver's, made directly with `zookeeper-client`: create
+/// an ephemeral sequential node, list the directory, delete the node; interleaved with lockkit's
+/// acquire+release.
+#[cfg(feature = "zookeeper")]
+#[path = "locks/zk_raw.rs"]
+mod zk_raw;
+
+/// The same HTTP calls as the Consul driver's, made directly with reqwest against the same
+/// Consul API **double** (not Consul): read the key, acquire it with a session, read its index,
+/// release it; interleaved with lockkit's acquire+release.
+#[cfg(feature = "consul")]
+#[path = "locks/consul_raw.rs"]
+mod consul_raw;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -110,10 +139,23 @@ async fn main() {
     } else {
         None
     };
+    let run = Duration::from_secs(seconds);
     for (backend, url, probe) in &targets {
         rows.push(uncontended(backend, url, 2000).await);
         for contenders in [4, 16] {
-            rows.push(contended(backend, url, probe.as_ref(), contenders, Duration::from_secs(seconds)).await);
+            let raw = raw_contended(probe.as_ref(), contenders, run).await;
+            let name = format!("contended-{}", lockkit_core::random_u64());
+            let mut ours = Vec::new();
+            for _ in 0..contenders {
+                ours.push(Lockkit { locks: connect(url).await, name: name.clone(), guard: None });
+            }
+            let mut row = contended(backend, ours, &name, probe.as_ref(), run).await;
+            if let Some(raw) = raw {
+                let times = row.p50.as_secs_f64() / raw.p50.as_secs_f64();
+                row.backend = format!("{} ({times:.2}× the raw client's handoff)", row.backend);
+                rows.push(raw);
+            }
+            rows.push(row);
         }
     }
     println!("\n| backend | case | ops/s | p50 | p99 | changed hands | server cmds/grant | release p50 |");
@@ -131,70 +173,6 @@ async fn main() {
             micros(r.p50),
             micros(r.p99)
         );
-    }
-}
-
-/// The same round trips as the Redis driver's, made directly with the `redis` crate.
-#[cfg(feature = "redis")]
-mod redis_raw {
-    use super::*;
-
-    const RELEASE: &str =
-        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
-
-    /// Raw SET NX PX + compare-and-delete, one raw round trip, and lockkit's acquire+release,
-    /// interleaved iteration by iteration so that all three see the same machine load.
-    pub async fn baseline(url: &str, iterations: usize) -> Vec<Row> {
-        let client = redis::Client::open(url).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        let release = redis::Script::new(RELEASE);
-        let locks = connect(url).await;
-        let [raw, trip, ours] = interleave(iterations, async || {
-            let t = Instant::now();
-            let _: Option<String> = redis::cmd("SET")
-                .arg("raw-bench")
-                .arg("owner")
-                .arg("NX")
-                .arg("PX")
-                .arg(15000)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            let _: i64 = release.key("raw-bench").arg("owner").invoke_async(&mut conn).await.unwrap();
-            let raw = t.elapsed();
-            let t = Instant::now();
-            let _: String = redis::cmd("PING").query_async(&mut conn).await.unwrap();
-            let trip = t.elapsed();
-            let t = Instant::now();
-            locks.acquire("lockkit-bench").await.unwrap().release().await.unwrap();
-            [raw, trip, t.elapsed()]
-        })
-        .await;
-        baseline_rows("redis", "SET NX PX + compare-and-delete", "one round trip (PING)", raw, trip, ours)
-    }
-
-    /// The p50 of `iterations` PINGs on a fresh connection.
-    pub async fn ping_p50(url: &str, iterations: usize) -> Duration {
-        let client = redis::Client::open(url).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        let mut samples = Vec::with_capacity(iterations);
-        for _ in 0..iterations {
-            let t = Instant::now();
-            let _: String = redis::cmd("PING").query_async(&mut conn).await.unwrap();
-            samples.push(t.elapsed());
-        }
-        percentiles(&mut samples).0
-    }
-
-    /// Commands the server has processed so far.
-    pub async fn commands(url: &str) -> u64 {
-        let client = redis::Client::open(url).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        let info: String = redis::cmd("INFO").arg("stats").query_async(&mut conn).await.unwrap();
-        info.lines()
-            .find_map(|l| l.strip_prefix("total_commands_processed:"))
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or(0)
     }
 }
 
@@ -224,35 +202,83 @@ struct LastRelease {
     at: Instant,
 }
 
-/// `probe`: the server whose unloaded round trips are measured right before and after, and
-/// during the run (etcd, ZooKeeper) its round trips under the same load (for Redis, its
-/// commands are counted during the run).
-async fn contended(backend: &str, url: &str, probe: Option<&Probe>, contenders: usize, run: Duration) -> Row {
-    let name = format!("contended-{}", lockkit_core::random_u64());
+/// One contender of a contended row, on a connection of its own.
+trait Contender: Send + 'static {
+    /// Waits for the lock; false when it gave up (after a few seconds).
+    fn acquire(&mut self) -> impl Future<Output = bool> + Send;
+    fn release(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// A lockkit handle as a contender.
+struct Lockkit {
+    locks: Arc<dyn DistributedLock>,
+    name: String,
+    guard: Option<lockkit::LockGuard>,
+}
+
+impl Contender for Lockkit {
+    async fn acquire(&mut self) -> bool {
+        self.guard = self.locks.acquire_timeout(&self.name, Duration::from_secs(5)).await.ok();
+        self.guard.is_some()
+    }
+
+    async fn release(&mut self) {
+        self.guard.take().expect("held").release().await.unwrap();
+    }
+}
+
+/// The contended rows of the backends whose handoff is also measured made directly with
+/// their client (etcd).
+async fn raw_contended(probe: Option<&Probe>, contenders: usize, run: Duration) -> Option<Row> {
+    match probe? {
+        #[cfg(feature = "etcd")]
+        Probe::Etcd(port) => {
+            let name = format!("contended-raw-{}", lockkit_core::random_u64());
+            let mut raw = Vec::new();
+            for _ in 0..contenders {
+                raw.push(etcd_raw::Contender::new(*port, &name).await);
+            }
+            Some(contended("etcd raw", raw, &name, Some(&Probe::Etcd(*port)), run).await)
+        }
+        #[allow(unreachable_patterns)]
+        _ => None,
+    }
+}
+
+/// `contenders` loop acquire → release on lock `name` for `run`. `probe`: the server whose
+/// unloaded round trips are measured right before and after, and during the run (etcd,
+/// ZooKeeper) its round trips under the same load (for Redis, its commands are counted during
+/// the run).
+async fn contended(
+    backend: &str,
+    contenders: Vec<impl Contender>,
+    name: &str,
+    probe: Option<&Probe>,
+    run: Duration,
+) -> Row {
+    let count = contenders.len();
     let hold =
         Duration::from_millis(std::env::var("LOCKKIT_BENCH_HOLD_MS").ok().and_then(|s| s.parse().ok()).unwrap_or(0));
     let last = Arc::new(Mutex::new(LastRelease { holder: usize::MAX, at: Instant::now() }));
     let handoffs = Arc::new(Mutex::new(Vec::new()));
     let releases = Arc::new(Mutex::new(Vec::new()));
     let grants = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut connections = Vec::new();
-    for _ in 0..contenders {
-        connections.push(connect(url).await);
-    }
     let trips_before = round_trips_p50(probe, Sampling::Unloaded(300)).await;
     let commands_before = command_count(probe).await;
     let deadline = Instant::now() + run;
     let during = probe.cloned().map(|p| {
-        let sampling = Sampling::During(deadline, name.clone());
+        let sampling = Sampling::During(deadline, name.to_owned());
         tokio::spawn(async move { round_trips_p50(Some(&p), sampling).await })
     });
     let mut tasks = Vec::new();
-    for (me, locks) in connections.into_iter().enumerate() {
-        let (name, last, handoffs, grants) = (name.clone(), last.clone(), handoffs.clone(), grants.clone());
+    for (me, mut contender) in contenders.into_iter().enumerate() {
+        let (last, handoffs, grants) = (last.clone(), handoffs.clone(), grants.clone());
         let releases = releases.clone();
         tasks.push(tokio::spawn(async move {
             while Instant::now() < deadline {
-                let Ok(guard) = locks.acquire_timeout(&name, Duration::from_secs(5)).await else { continue };
+                if !contender.acquire().await {
+                    continue;
+                }
                 let granted = Instant::now();
                 grants.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 {
@@ -267,7 +293,7 @@ async fn contended(backend: &str, url: &str, probe: Option<&Probe>, contenders: 
                 }
                 last.lock().unwrap().at = Instant::now();
                 let released = Instant::now();
-                guard.release().await.unwrap();
+                contender.release().await;
                 releases.lock().unwrap().push(released.elapsed());
             }
         }));
@@ -287,7 +313,7 @@ async fn contended(backend: &str, url: &str, probe: Option<&Probe>, contenders: 
     let samples = handoffs.lock().unwrap().clone();
     let changed = samples.len() as f64 / grants.max(1) as f64;
     let handoffs_per_sec = samples.len() as f64 / run.as_secs_f64();
-    let mut row = row(backend, &format!("{contenders} contenders: handoffs"), samples, Some(changed), commands);
+    let mut row = row(backend, &format!("{count} contenders: handoffs"), samples, Some(changed), commands);
     row.release_p50 = Some(percentiles(&mut releases.lock().unwrap()).0);
     // The machine's speed drifts: compare with unloaded round trips right before and after.
     if let Some((before, after)) = trips_before.zip(round_trips_p50(probe, Sampling::Unloaded(300)).await) {
@@ -295,199 +321,6 @@ async fn contended(backend: &str, url: &str, probe: Option<&Probe>, contenders: 
     }
     row.ops_per_sec = handoffs_per_sec;
     row
-}
-
-/// The same writes as the etcd driver's, made directly with `etcd-client`: a put-if-absent
-/// transaction with an existing lease (reading the first contender, as the driver does), then
-/// a delete; interleaved with lockkit's acquire+release.
-#[cfg(feature = "etcd")]
-mod etcd_raw {
-    use lockkit::etcd::etcd_client::{
-        Client, Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, WatchFilterType,
-        WatchOptions,
-    };
-
-    use super::*;
-
-    pub async fn baseline(url: &str, port: u16, iterations: usize) -> Vec<Row> {
-        let mut client = Client::connect([format!("127.0.0.1:{port}")], None).await.unwrap();
-        let lease = client.lease_grant(60, None).await.unwrap().id();
-        let locks = connect(url).await;
-        let key = format!("raw-bench/{lease:x}");
-        let first = GetOptions::new().with_prefix().with_sort(SortTarget::Create, SortOrder::Ascend).with_limit(1);
-        let [raw, trip, ours] = interleave(iterations, async || {
-            let txn = Txn::new().when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)]).and_then([
-                TxnOp::put(key.clone(), "", Some(PutOptions::new().with_lease(lease))),
-                TxnOp::get("raw-bench/", Some(first.clone())),
-            ]);
-            let t = Instant::now();
-            client.txn(txn).await.unwrap();
-            client.delete(key.clone(), None).await.unwrap();
-            let raw = t.elapsed();
-            let t = Instant::now();
-            client.get("raw-bench/none", None).await.unwrap();
-            let trip = t.elapsed();
-            let t = Instant::now();
-            locks.acquire("lockkit-bench").await.unwrap().release().await.unwrap();
-            [raw, trip, t.elapsed()]
-        })
-        .await;
-        let mut rows = baseline_rows(
-            "etcd",
-            "txn put-if-absent (existing lease) + delete",
-            "one round trip (GET)",
-            raw,
-            trip,
-            ours,
-        );
-        let write = async || client.put("raw-bench-write", "x", None).await.map(drop).unwrap();
-        rows.insert(2, round_trips("etcd raw", "one write round trip (put)", iterations, write).await);
-        rows
-    }
-
-    /// The p50s of the holder's release (a compare-create-revision delete of a key put just
-    /// before, which a watch waits for, as a waiter's does) and of the waiter's read (a
-    /// serializable range, newest first, two keys), on a connection of their own.
-    pub async fn trips(port: u16, sampling: Sampling) -> Trips {
-        let mut client = Client::connect([format!("127.0.0.1:{port}")], None).await.unwrap();
-        let deletions = WatchOptions::new().with_filters([WatchFilterType::NoPut]);
-        let (_watcher, mut events) = client.watch("raw-bench/probe", Some(deletions)).await.unwrap().split();
-        let drain = tokio::spawn(async move { while let Ok(Some(_)) = events.message().await {} });
-        let around = GetOptions::new()
-            .with_prefix()
-            .with_sort(SortTarget::Create, SortOrder::Descend)
-            .with_serializable()
-            .with_limit(2);
-        let write = || {
-            let mut client = client.clone();
-            async move {
-                let put = client.put("raw-bench/probe", "x", None).await.unwrap();
-                let revision = put.header().unwrap().revision();
-                let t = Instant::now();
-                let only_mine = Compare::create_revision("raw-bench/probe", CompareOp::Equal, revision);
-                let release = Txn::new().when([only_mine]).and_then([TxnOp::delete("raw-bench/probe", None)]);
-                assert!(client.txn(release).await.unwrap().succeeded());
-                t.elapsed()
-            }
-        };
-        let prefix = sampling.lock().map_or("raw-bench/".to_owned(), |lock| format!("{lock}/"));
-        let read = || {
-            let (mut client, around, prefix) = (client.clone(), around.clone(), prefix.clone());
-            async move { client.get(prefix, Some(around)).await.map(drop).unwrap() }
-        };
-        let trips = paired_trips(&sampling, write, read).await;
-        drain.abort();
-        trips
-    }
-}
-
-/// The same requests as the ZooKeeper driver's, made directly with `zookeeper-client`: create
-/// an ephemeral sequential node, list the directory, delete the node; interleaved with lockkit's
-/// acquire+release.
-#[cfg(feature = "zookeeper")]
-mod zk_raw {
-    use lockkit::zookeeper::zookeeper_client::{Acls, Client, CreateMode};
-
-    use super::*;
-
-    pub async fn baseline(url: &str, port: u16, iterations: usize) -> Vec<Row> {
-        let client = Client::connect(&format!("127.0.0.1:{port}")).await.unwrap();
-        let directory = CreateMode::Persistent.with_acls(Acls::anyone_all());
-        client.create("/raw-bench", &[], &directory).await.unwrap();
-        let node = CreateMode::EphemeralSequential.with_acls(Acls::anyone_all());
-        let locks = connect(url).await;
-        let [raw, trip, ours] = interleave(iterations, async || {
-            let t = Instant::now();
-            let (_, sequence) = client.create("/raw-bench/n-", b"holder", &node).await.unwrap();
-            client.list_children("/raw-bench").await.unwrap();
-            client.delete(&format!("/raw-bench/n-{sequence}"), None).await.unwrap();
-            let raw = t.elapsed();
-            let t = Instant::now();
-            client.check_stat("/raw-bench").await.unwrap();
-            let trip = t.elapsed();
-            let t = Instant::now();
-            locks.acquire("lockkit-bench").await.unwrap().release().await.unwrap();
-            [raw, trip, t.elapsed()]
-        })
-        .await;
-        let mut rows = baseline_rows(
-            "zookeeper",
-            "create ephemeral-sequential + list + delete",
-            "one round trip (exists)",
-            raw,
-            trip,
-            ours,
-        );
-        let write = async || client.set_data("/raw-bench", b"x", None).await.map(drop).unwrap();
-        rows.insert(2, round_trips("zookeeper raw", "one write round trip (setData)", iterations, write).await);
-        rows
-    }
-
-    /// The p50s of the holder's release (a versioned delete of a node created just before) and
-    /// of the waiter's read (a list of the lock's directory), on a session of their own.
-    pub async fn trips(port: u16, sampling: Sampling) -> Trips {
-        let client = Client::connect(&format!("127.0.0.1:{port}")).await.unwrap();
-        let node = CreateMode::Ephemeral.with_acls(Acls::anyone_all());
-        let write = || {
-            let (client, node) = (client.clone(), node.clone());
-            async move {
-                let (stat, _) = client.create("/raw-bench/probe", b"x", &node).await.unwrap();
-                let t = Instant::now();
-                client.delete("/raw-bench/probe", Some(stat.version)).await.unwrap();
-                t.elapsed()
-            }
-        };
-        let directory = format!("/{}", sampling.lock().unwrap_or("raw-bench"));
-        let read = || {
-            let (client, directory) = (client.clone(), directory.clone());
-            async move {
-                // Before the first acquire the lock's directory may not exist yet: still a read.
-                let _ = client.list_children(&directory).await;
-            }
-        };
-        paired_trips(&sampling, write, read).await
-    }
-}
-
-/// The same HTTP calls as the Consul driver's, made directly with reqwest against the same
-/// Consul API **double** (not Consul): read the key, acquire it with a session, read its index,
-/// release it; interleaved with lockkit's acquire+release.
-#[cfg(feature = "consul")]
-mod consul_raw {
-    use super::*;
-
-    pub async fn baseline(url: &str, addr: std::net::SocketAddr, iterations: usize) -> Vec<Row> {
-        // reqwest is built without a default TLS provider (the driver picks ring).
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::new();
-        let base = format!("http://{addr}");
-        let spec = r#"{"TTL": "60s", "Behavior": "release", "NodeChecks": []}"#;
-        let created = http.put(format!("{base}/v1/session/create")).body(spec).send().await.unwrap();
-        let created: serde_json::Value = serde_json::from_slice(&created.bytes().await.unwrap()).unwrap();
-        let session = created["ID"].as_str().unwrap().to_owned();
-        let key = format!("{base}/v1/kv/raw-bench/.lock");
-        let flags = lockkit::consul::FLAGS;
-        let locks = connect(url).await;
-        let [raw, trip, ours] = interleave(iterations, async || {
-            let t = Instant::now();
-            http.get(&key).send().await.unwrap().bytes().await.unwrap();
-            let acquire = format!("{key}?acquire={session}&flags={flags}");
-            http.put(acquire).body("holder").send().await.unwrap().bytes().await.unwrap();
-            http.get(&key).send().await.unwrap().bytes().await.unwrap();
-            let release = format!("{key}?release={session}&flags={flags}");
-            http.put(release).send().await.unwrap().bytes().await.unwrap();
-            let raw = t.elapsed();
-            let t = Instant::now();
-            http.get(&key).send().await.unwrap().bytes().await.unwrap();
-            let trip = t.elapsed();
-            let t = Instant::now();
-            locks.acquire("lockkit-bench").await.unwrap().release().await.unwrap();
-            [raw, trip, t.elapsed()]
-        })
-        .await;
-        let case = "GET + PUT ?acquire + GET + PUT ?release";
-        baseline_rows("consul (double)", case, "one round trip (GET)", raw, trip, ours)
-    }
 }
 
 /// Runs `step` (raw operation, raw round trip, lockkit's acquire+release) `iterations` times

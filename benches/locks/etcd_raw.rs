@@ -5,17 +5,42 @@ use lockkit::etcd::etcd_client::{
 
 use super::*;
 
+/// The driver's acquire: put `key` with `lease` if absent, and read the first contender.
+fn put_if_absent(key: &str, lease: i64, prefix: &str) -> Txn {
+    let first = GetOptions::new().with_prefix().with_sort(SortTarget::Create, SortOrder::Ascend).with_limit(1);
+    Txn::new()
+        .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+        .and_then([TxnOp::put(key, "", Some(PutOptions::new().with_lease(lease))), TxnOp::get(prefix, Some(first))])
+}
+
+/// The driver's release: delete `key` only if it still has create revision `revision`.
+fn guarded_delete(key: &str, revision: i64) -> Txn {
+    Txn::new().when([Compare::create_revision(key, CompareOp::Equal, revision)]).and_then([TxnOp::delete(key, None)])
+}
+
+/// The waiter's read: the two newest contenders, serializably.
+fn newest_two() -> GetOptions {
+    GetOptions::new().with_prefix().with_sort(SortTarget::Create, SortOrder::Descend).with_serializable().with_limit(2)
+}
+
+/// Watches `key` for deletions for as long as the task lives, reading and dropping the events
+/// (as a guard's watch on its own key costs the server a notification per deletion).
+async fn watch_deletions(client: &mut Client, key: &str) -> tokio::task::JoinHandle<()> {
+    let deletions = WatchOptions::new().with_filters([WatchFilterType::NoPut]);
+    let (watcher, mut events) = client.watch(key, Some(deletions)).await.unwrap().split();
+    tokio::spawn(async move {
+        let _watcher = watcher;
+        while let Ok(Some(_)) = events.message().await {}
+    })
+}
+
 pub async fn baseline(url: &str, port: u16, iterations: usize) -> Vec<Row> {
     let mut client = Client::connect([format!("127.0.0.1:{port}")], None).await.unwrap();
     let lease = client.lease_grant(60, None).await.unwrap().id();
     let locks = connect(url).await;
     let key = format!("raw-bench/{lease:x}");
-    let first = GetOptions::new().with_prefix().with_sort(SortTarget::Create, SortOrder::Ascend).with_limit(1);
     let [raw, trip, ours] = interleave(iterations, async || {
-        let txn = Txn::new().when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)]).and_then([
-            TxnOp::put(key.clone(), "", Some(PutOptions::new().with_lease(lease))),
-            TxnOp::get("raw-bench/", Some(first.clone())),
-        ]);
+        let txn = put_if_absent(&key, lease, "raw-bench/");
         let t = Instant::now();
         client.txn(txn).await.unwrap();
         client.delete(key.clone(), None).await.unwrap();
@@ -55,23 +80,13 @@ impl Contender {
         let lease = client.lease_grant(60, None).await.unwrap().id();
         let prefix = format!("{name}/");
         let key = format!("{prefix}{lease:x}");
-        let deletions = WatchOptions::new().with_filters([WatchFilterType::NoPut]);
-        let (watcher, mut events) = client.watch(key.clone(), Some(deletions)).await.unwrap().split();
-        tokio::spawn(async move {
-            let _watcher = watcher;
-            while let Ok(Some(_)) = events.message().await {}
-        });
+        watch_deletions(&mut client, &key).await;
         Contender { key, client, lease, prefix, mine: 0 }
     }
 
     /// My key and the contender before it, with the revision read at.
     async fn around_me(&mut self) -> (i64, Vec<Vec<u8>>) {
-        let options = GetOptions::new()
-            .with_prefix()
-            .with_sort(SortTarget::Create, SortOrder::Descend)
-            .with_max_create_revision(self.mine)
-            .with_serializable()
-            .with_limit(2);
+        let options = newest_two().with_max_create_revision(self.mine);
         let read = self.client.get(self.prefix.clone(), Some(options)).await.unwrap();
         assert_eq!(read.kvs().first().map(|kv| kv.create_revision()), Some(self.mine), "my key is gone");
         (read.header().unwrap().revision(), read.kvs().iter().map(|kv| kv.key().to_vec()).collect())
@@ -80,11 +95,7 @@ impl Contender {
 
 impl super::Contender for Contender {
     async fn acquire(&mut self) -> bool {
-        let head = GetOptions::new().with_prefix().with_sort(SortTarget::Create, SortOrder::Ascend).with_limit(1);
-        let put = TxnOp::put(self.key.clone(), "", Some(PutOptions::new().with_lease(self.lease)));
-        let absent = Compare::create_revision(self.key.clone(), CompareOp::Equal, 0);
-        let txn = Txn::new().when([absent]).and_then([put, TxnOp::get(self.prefix.clone(), Some(head))]);
-        let response = self.client.txn(txn).await.unwrap();
+        let response = self.client.txn(put_if_absent(&self.key, self.lease, &self.prefix)).await.unwrap();
         self.mine = response.header().unwrap().revision();
         let first = match response.op_responses().get(1) {
             Some(TxnOpResponse::Get(get)) => get.kvs().first().map(|kv| kv.create_revision()),
@@ -119,9 +130,7 @@ impl super::Contender for Contender {
     }
 
     async fn release(&mut self) {
-        let mine = Compare::create_revision(self.key.clone(), CompareOp::Equal, self.mine);
-        let txn = Txn::new().when([mine]).and_then([TxnOp::delete(self.key.clone(), None)]);
-        assert!(self.client.txn(txn).await.unwrap().succeeded());
+        assert!(self.client.txn(guarded_delete(&self.key, self.mine)).await.unwrap().succeeded());
     }
 }
 
@@ -130,30 +139,21 @@ impl super::Contender for Contender {
 /// serializable range, newest first, two keys), on a connection of their own.
 pub async fn trips(port: u16, sampling: Sampling) -> Trips {
     let mut client = Client::connect([format!("127.0.0.1:{port}")], None).await.unwrap();
-    let deletions = WatchOptions::new().with_filters([WatchFilterType::NoPut]);
-    let (_watcher, mut events) = client.watch("raw-bench/probe", Some(deletions)).await.unwrap().split();
-    let drain = tokio::spawn(async move { while let Ok(Some(_)) = events.message().await {} });
-    let around = GetOptions::new()
-        .with_prefix()
-        .with_sort(SortTarget::Create, SortOrder::Descend)
-        .with_serializable()
-        .with_limit(2);
+    let drain = watch_deletions(&mut client, "raw-bench/probe").await;
     let write = || {
         let mut client = client.clone();
         async move {
             let put = client.put("raw-bench/probe", "x", None).await.unwrap();
             let revision = put.header().unwrap().revision();
             let t = Instant::now();
-            let only_mine = Compare::create_revision("raw-bench/probe", CompareOp::Equal, revision);
-            let release = Txn::new().when([only_mine]).and_then([TxnOp::delete("raw-bench/probe", None)]);
-            assert!(client.txn(release).await.unwrap().succeeded());
+            assert!(client.txn(guarded_delete("raw-bench/probe", revision)).await.unwrap().succeeded());
             t.elapsed()
         }
     };
     let prefix = sampling.lock().map_or("raw-bench/".to_owned(), |lock| format!("{lock}/"));
     let read = || {
-        let (mut client, around, prefix) = (client.clone(), around.clone(), prefix.clone());
-        async move { client.get(prefix, Some(around)).await.map(drop).unwrap() }
+        let (mut client, prefix) = (client.clone(), prefix.clone());
+        async move { client.get(prefix, Some(newest_two())).await.map(drop).unwrap() }
     };
     let trips = paired_trips(&sampling, write, read).await;
     drain.abort();

@@ -186,12 +186,10 @@ impl EtcdLocks {
             reason: format!("while waiting, {reason}"),
         };
         let mut mine_gone = Arc::new(Woken::default());
-        // My key's watch: an idle one of an earlier grant, or a new one from my key's creation.
-        let own_id = match self.watches.adopt(&keys.mine, mine + 1, OnDelete::Wake(mine_gone.clone())).await {
-            Some(id) => id,
-            None => self.watch(&keys.mine, mine + 1, &mine_gone).await?.id,
-        };
-        let mut own = self.unwatch_later(vec![own_id]);
+        // My key's watch, from its creation: an idle one of an earlier grant, or a new one.
+        let on_delete = OnDelete::Wake(mine_gone.clone());
+        let own_id = self.watches.reuse_or_watch(&keys.mine, mine + 1, on_delete).await;
+        let mut own = self.unwatch_later(vec![own_id.map_err(|e| error(&self.endpoints, e))?]);
         let mut floor = mine;
         let mut known = None;
         loop {
@@ -326,13 +324,10 @@ impl DistributedLock for EtcdLocks {
         let signal = lease.grant_signal();
         // The guard watches its key from its creation on: a waiter's watch carries over.
         let watch = match own_watch.map(Unwatch::keep) {
-            None => match self.watches.adopt(&keys.mine, revision + 1, OnDelete::Lose(signal.clone())).await {
-                Some(id) => id,
-                None => {
-                    let watch = self.watches.watch(&keys.mine, revision + 1, OnDelete::Lose(signal.clone())).await;
-                    watch.map_err(|e| error(&self.endpoints, e))?.id
-                }
-            },
+            None => {
+                let watch = self.watches.reuse_or_watch(&keys.mine, revision + 1, OnDelete::Lose(signal.clone())).await;
+                watch.map_err(|e| error(&self.endpoints, e))?
+            }
             Some(id) if self.watches.retarget(id, OnDelete::Lose(signal.clone())).await => id,
             Some(_) => {
                 return Err(Error::LockLost {

@@ -113,9 +113,23 @@ impl Watches {
         sent.map(|()| Watch { id, created })
     }
 
+    /// Watches `key` for deletion from revision `from` (not 0) for `on_delete`: with the idle
+    /// watch of `key` if there is one, else with a new one.
+    pub async fn reuse_or_watch(
+        self: &Arc<Self>,
+        key: &str,
+        from: i64,
+        on_delete: OnDelete,
+    ) -> Result<i64, etcd_client::Error> {
+        match self.adopt(key, from, on_delete.clone()).await {
+            Some(id) => Ok(id),
+            None => Ok(self.watch(key, from, on_delete).await?.id),
+        }
+    }
+
     /// Adopts the idle watch of `key`, if there is one that covers revision `from` on, for
     /// `on_delete` from `from` on.
-    pub async fn adopt(&self, key: &str, from: i64, on_delete: OnDelete) -> Option<i64> {
+    async fn adopt(&self, key: &str, from: i64, on_delete: OnDelete) -> Option<i64> {
         let mut state = self.state.lock().await;
         let State { targets, idle, .. } = &mut *state;
         let at = idle.iter().position(|id| targets.get(id).is_some_and(|t| t.key == key.as_bytes()))?;

@@ -57,11 +57,21 @@ pub fn holder_of(value: &str) -> Option<&str> {
     (token.len() == 32 && token.bytes().all(|b| b.is_ascii_hexdigit())).then_some(holder)
 }
 
-/// Lua that sets `now` to the server's clock in milliseconds, then drops queued waiters
-/// (KEYS[3] list, KEYS[4] expiries) that stopped asking.
-const PURGE: &str = r"
+/// Lua that sets `now` to the server's clock in milliseconds (a macro, for `concat!`).
+macro_rules! now_lua {
+    () => {
+        "
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+"
+    };
+}
+
+/// Lua that sets `now` (`now_lua!`), then drops queued waiters (KEYS[3] list, KEYS[4]
+/// expiries) that stopped asking.
+const PURGE: &str = concat!(
+    now_lua!(),
+    r"
 while true do
   local first = redis.call('LINDEX', KEYS[3], 0)
   if not first then break end
@@ -70,7 +80,8 @@ while true do
   redis.call('LPOP', KEYS[3])
   redis.call('ZREM', KEYS[4], first)
 end
-";
+"
+);
 
 /// KEYS: lock, fence, queue, waiters. ARGV: owner, ttl ms, join (0: no).
 /// Fair acquire: granted only when free and this owner is first in line (or the line is
@@ -225,14 +236,13 @@ return existed
 /// KEYS: lock, fence, waiters, wakeup. Returns `{owner|nil, fence|nil, pttl, waiting}`, waiting
 /// counting both kinds of waiters (fair ones whose place has not expired).
 static STATUS: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(concat!(
+        now_lua!(),
         r"
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local waiting = redis.call('ZCARD', KEYS[4]) + redis.call('ZCOUNT', KEYS[3], now, '+inf')
 return {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2]), redis.call('PTTL', KEYS[1]), waiting}
-",
-    )
+"
+    ))
 });
 
 /// An invocation of one of the scripts above with its keys and arguments.

@@ -293,7 +293,7 @@ struct ConsulGrant {
 
 #[async_trait]
 impl Grant for ConsulGrant {
-    async fn release(self: Box<Self>) -> Result<()> {
+    async fn release(&self) -> Result<()> {
         self.watch.abort();
         self.session.hold(&self.key, false);
         if self.session.api.lock(&self.key, &self.session.id, true, &[], FLAGS).await? {

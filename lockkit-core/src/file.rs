@@ -54,7 +54,8 @@ pub fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
     let dir = settings.namespace.segments().iter().fold(base.to_path_buf(), |d, s| d.join(s));
     fs::create_dir_all(&dir)
         .map_err(|e| io_error(&format!("cannot create the lock directory {}", dir.display()), e))?;
-    Ok(Arc::new(FileLocks { settings, dir, holdings: Arc::new(Holdings::default()), pool: LeasePool::new(BACKEND) }))
+    let pool = LeasePool::new(BACKEND, settings.timeout);
+    Ok(Arc::new(FileLocks { settings, dir, holdings: Arc::new(Holdings::default()), pool }))
 }
 
 struct FileLocks {
@@ -352,7 +353,7 @@ impl FileGrant {
 
 #[async_trait]
 impl Grant for FileGrant {
-    async fn release(self: Box<Self>) -> Result<()> {
+    async fn release(&self) -> Result<()> {
         self.finish()
     }
 }

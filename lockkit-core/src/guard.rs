@@ -15,9 +15,12 @@ use crate::{Error, FencingToken, LockName, Result};
 /// How a driver gives a grant back, implemented per driver.
 #[async_trait]
 pub trait Grant: Send + Sync + 'static {
-    /// Releases the grant on the backend — only if it is still this grant: a grant that expired
-    /// and went to someone else must be left alone and reported as [`Error::NotHeld`].
-    async fn release(self: Box<Self>) -> Result<()>;
+    /// One attempt to release the grant on the backend — only if it is still this grant: a
+    /// grant that expired and went to someone else must be left alone and reported as
+    /// [`Error::NotHeld`]. Any other error means "could not tell": the core calls it again, with
+    /// backoff, until the backend confirms or the rule of [`Cleanup`](crate::Cleanup) gives the
+    /// lease up, so it must be safe to repeat.
+    async fn release(&self) -> Result<()>;
 }
 
 /// What a driver hands the core to build a [`LockGuard`].
@@ -88,7 +91,7 @@ pub struct LockGuard {
     token: FencingToken,
     lease: Arc<KeptLease>,
     signal: LossSignal,
-    grant: Option<Box<dyn Grant>>,
+    grant: Option<Arc<dyn Grant>>,
     runtime: Option<Handle>,
     acquired_at: Instant,
 }
@@ -103,7 +106,7 @@ impl LockGuard {
             token: parts.token,
             lease: parts.lease,
             signal: parts.signal,
-            grant: Some(parts.grant),
+            grant: Some(Arc::from(parts.grant)),
             runtime: Handle::try_current().ok(),
             acquired_at: Instant::now(),
         }
@@ -179,23 +182,49 @@ impl LockGuard {
         }
     }
 
-    /// Releases the lock and waits for the backend to confirm.
+    /// Releases the lock and waits for the backend to confirm. The guard stops being held at
+    /// once — its loss signal fires before the release is sent — and a release that fails is
+    /// tried again in the background (see [`Cleanup`](crate::Cleanup) for the exact rule): the
+    /// grant is gone from the server within TTL + request timeout whatever happens.
     ///
     /// # Errors
     /// [`Error::NotHeld`] when the grant had already expired or been removed (a later holder's
-    /// grant is never touched); connection errors when the backend could not be told (the
-    /// grant then ends at its TTL).
+    /// grant is never touched); [`Error::LockLost`] when its lease was lost; a connection error
+    /// when the backend could not confirm within the request timeout (the lease it hung on is
+    /// then given up, so the server ends the grant within the TTL).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the guard is released either way. Dropping the future stops the waiting, not
+    /// the release, which finishes in the background.
     pub async fn release(mut self) -> Result<()> {
-        let grant = self.grant.take().expect("a guard's grant is only taken by release or drop");
-        let span = tracing::debug_span!("lockkit.release", backend = self.backend, lock = %self.name, token = self.token.get());
-        let result = grant.release().instrument(span.clone()).await;
-        self.signal.retire();
+        let span = self.span();
+        let release = self.start_release().instrument(span.clone());
+        let result = crate::unabandoned(release).0.await;
         let _enter = span.enter();
         match &result {
             Ok(()) => tracing::debug!(held_for = ?self.acquired_at.elapsed(), "released"),
             Err(e) => tracing::warn!(error = %e, "release failed"),
         }
         result
+    }
+
+    fn span(&self) -> tracing::Span {
+        tracing::debug_span!("lockkit.release", backend = self.backend, lock = %self.name, token = self.token.get())
+    }
+
+    /// Fires the signal (a released guard is not held) and returns the retirement of the grant.
+    fn start_release(&mut self) -> impl Future<Output = Result<()>> + Send + 'static {
+        let grant = self.grant.take();
+        self.signal.retire();
+        let (lease, what, given_up) = (self.lease.clone(), format!("lock {:?}", self.name.as_str()), Instant::now());
+        async move {
+            let Some(grant) = grant else { return Ok(()) };
+            let attempt = crate::retire::attempt(move || {
+                let grant = grant.clone();
+                async move { grant.release().await }
+            });
+            crate::retire::retire(lease, what, given_up, attempt).await
+        }
     }
 
     fn lost_error(&self, reason: String) -> Error {
@@ -205,19 +234,23 @@ impl LockGuard {
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
-        let Some(grant) = self.grant.take() else { return };
-        self.signal.retire();
+        if self.grant.is_none() {
+            return;
+        }
+        let span = self.span();
+        let release = self.start_release();
         let Some(runtime) = &self.runtime else { return };
-        let (backend, name, token) = (self.backend, self.name.clone(), self.token);
-        // Spawning on a runtime that has shut down drops the task: the TTL is the backstop.
-        runtime.spawn(async move {
-            match grant.release().await {
-                Ok(()) => tracing::debug!(backend, lock = %name, token = token.get(), "released on drop"),
-                Err(e) => {
-                    tracing::debug!(backend, lock = %name, token = token.get(), error = %e, "release on drop failed")
+        // Spawning on a runtime that has shut down drops the task: the TTL is the backstop (the
+        // lease was refreshed on that runtime too).
+        runtime.spawn(
+            async move {
+                match release.await {
+                    Ok(()) => tracing::debug!("released on drop"),
+                    Err(e) => tracing::debug!(error = %e, "release on drop failed"),
                 }
             }
-        });
+            .instrument(span),
+        );
     }
 }
 

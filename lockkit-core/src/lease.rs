@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -67,109 +68,166 @@ pub trait LeaseBackend: std::any::Any + Send + Sync {
     /// [`KeepAlive::Gone`] means the lease is lost for good.
     async fn keep_alive(&self) -> Result<KeepAlive>;
 
-    /// Ends the lease on the backend.
+    /// Ends the lease on the backend. Also called, in the background, once a lease is lost (its
+    /// deadline passed, the backend said it is gone, or the handle gave it up): it must then
+    /// stop keeping anything alive — a ZooKeeper client stops its pings, a session is closed.
     async fn revoke(&self) -> Result<()>;
+
+    /// Whether an entry on this lease whose removal was never confirmed lives on for as long as
+    /// the lease is kept alive (an etcd key, a ZooKeeper node, a Consul key: `true`, the
+    /// default), or ends at its TTL anyway because keeping the lease alive refreshes only the
+    /// grants still held (Redis, memory, file: `false`). With `true`, a retirement that cannot
+    /// be confirmed in time makes the handle give the whole lease up (see [`KeptLease::retire`]).
+    fn keeps_orphans(&self) -> bool {
+        true
+    }
 }
 
 /// A lease kept alive in the background: every refresh interval it calls
 /// [`LeaseBackend::keep_alive`]; a transient failure is retried with backoff until the local
 /// deadline; [`KeepAlive::Gone`] or a passed deadline loses the lease and fires every grant on it.
 ///
-/// The refresh task ends when the lease is lost or dropped; dropping it revokes it.
+/// Once lost — or given up by the handle, see [`give_up`](Self::give_up) — the lease is never
+/// refreshed again and [`LeaseBackend::revoke`] is called in the background, so the server ends
+/// whatever still hangs on it. Dropping a lease revokes it.
 pub struct KeptLease {
-    state: Arc<LeaseState>,
-    backend: Arc<dyn LeaseBackend>,
+    pub(crate) shared: Arc<Shared>,
     stop: CancellationToken,
     runtime: Option<Handle>,
 }
 
+/// What the refresh loop shares with its lease.
+pub(crate) struct Shared {
+    pub(crate) state: Arc<LeaseState>,
+    pub(crate) backend: Arc<dyn LeaseBackend>,
+    /// The handle's request timeout: how long a retirement may stay unconfirmed.
+    pub(crate) timeout: Duration,
+    /// Set by whoever revokes first (the owner, a drop, or the loss of the lease).
+    revoked: AtomicBool,
+}
+
+impl Shared {
+    /// Revokes the lease on the backend, once, bounded by the request timeout.
+    async fn revoke_once(&self) -> Result<()> {
+        if self.revoked.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        match tokio::time::timeout(self.timeout, self.backend.revoke()).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::connection(
+                self.state.backend,
+                format!("lease {}", self.state.id),
+                format!("no answer to the revoke within {:?}; the server ends the lease at its TTL", self.timeout),
+                None,
+            )),
+        }
+    }
+}
+
 impl KeptLease {
     /// Starts keeping a lease the backend just granted. `granted_at` is when the grant request
-    /// was sent; `id` is for display.
+    /// was sent; `id` is for display; `timeout` is the handle's request timeout.
     pub fn start(
         backend_name: &'static str,
         id: String,
         backend: Arc<dyn LeaseBackend>,
-        ttl: Duration,
-        refresh_interval: Duration,
+        (ttl, refresh_interval, timeout): (Duration, Duration, Duration),
         granted_at: Instant,
     ) -> Arc<Self> {
         let state = LeaseState::new(backend_name, id, ttl, granted_at);
+        let shared = Arc::new(Shared { state, backend, timeout, revoked: AtomicBool::new(false) });
         let stop = CancellationToken::new();
         let runtime = Handle::try_current().ok();
         if let Some(rt) = &runtime {
-            rt.spawn(refresh_loop(state.clone(), backend.clone(), refresh_interval, stop.clone()));
+            rt.spawn(refresh_loop(shared.clone(), refresh_interval, stop.clone()));
         }
-        Arc::new(KeptLease { state, backend, stop, runtime })
+        Arc::new(KeptLease { shared, stop, runtime })
     }
 
     /// The driver's lease backend, as the type it is (`None` for another type): how a driver
     /// gets its own session object back from a pooled lease.
     pub fn backend<T: LeaseBackend>(&self) -> Option<Arc<T>> {
-        let any: Arc<dyn std::any::Any + Send + Sync> = self.backend.clone();
+        let any: Arc<dyn std::any::Any + Send + Sync> = self.shared.backend.clone();
         any.downcast().ok()
     }
 
     /// A loss signal for a new grant on this lease: it fires when the lease is lost, and can be
     /// fired alone by the driver ([`LossSignal::lose`]).
     pub fn grant_signal(&self) -> LossSignal {
-        self.state.grant_signal()
+        self.shared.state.grant_signal()
     }
 
     /// Declares the lease lost (drivers call it when the backend tells them, e.g. a session
-    /// expired); every grant on it fires.
+    /// expired); every grant on it fires, and the lease is revoked in the background.
     pub fn lose(&self, reason: impl Into<String>) {
-        self.state.lose(reason.into())
+        self.shared.state.lose(reason.into())
+    }
+
+    /// Gives the lease up although the backend may still keep it: every grant on it fires its
+    /// loss signal first, with `reason`, then the lease stops being refreshed and is revoked in
+    /// the background, so the server ends everything on it within its TTL. Later acquires get a
+    /// new lease from the pool.
+    pub fn give_up(&self, reason: impl Into<String>) {
+        self.lose(reason)
+    }
+
+    /// The handle's request timeout, which bounds how long a retirement may stay unconfirmed.
+    pub fn request_timeout(&self) -> Duration {
+        self.shared.timeout
     }
 }
 
 #[async_trait]
 impl Lease for KeptLease {
     fn id(&self) -> &str {
-        &self.state.id
+        &self.shared.state.id
     }
 
     fn ttl(&self) -> Duration {
-        self.state.ttl
+        self.shared.state.ttl
     }
 
     fn valid_until(&self) -> Instant {
-        self.state.valid_until()
+        self.shared.state.valid_until()
     }
 
     fn is_lost(&self) -> bool {
-        self.state.is_lost()
+        self.shared.state.is_lost()
     }
 
     async fn refresh(&self) -> Result<()> {
-        match refresh_once(&self.state, self.backend.as_ref()).await {
+        let state = &self.shared.state;
+        match refresh_once(state, self.shared.backend.as_ref()).await {
             Ok(()) => Ok(()),
             Err(Refresh::Gone(reason)) => {
-                Err(Error::LockLost { backend: self.state.backend, name: format!("lease {}", self.state.id), reason })
+                Err(Error::LockLost { backend: state.backend, name: format!("lease {}", state.id), reason })
             }
             Err(Refresh::Failed(e)) => Err(e),
         }
     }
 
+    /// Every guard on the lease fires first (a revoked lease holds nothing), then the backend
+    /// is told.
     async fn revoke(&self) -> Result<()> {
-        let result = self.backend.revoke().await;
-        self.state.lose(format!("lease {} was revoked", self.state.id));
-        result
+        let state = &self.shared.state;
+        state.lose(format!("lease {} was revoked", state.id));
+        self.shared.revoke_once().await
     }
 
     async fn lost(&self) -> String {
-        self.state.lost().await;
-        self.state.reason_text()
+        self.shared.state.lost().await;
+        self.shared.state.reason_text()
     }
 }
 
 impl fmt::Debug for KeptLease {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = &self.shared.state;
         f.debug_struct("KeptLease")
-            .field("backend", &self.state.backend)
-            .field("id", &self.state.id)
-            .field("ttl", &self.state.ttl)
-            .field("lost", &self.state.is_lost())
+            .field("backend", &state.backend)
+            .field("id", &state.id)
+            .field("ttl", &state.ttl)
+            .field("lost", &state.is_lost())
             .finish()
     }
 }
@@ -177,16 +235,16 @@ impl fmt::Debug for KeptLease {
 impl Drop for KeptLease {
     fn drop(&mut self) {
         self.stop.cancel();
-        if self.state.is_lost() {
+        let state = &self.shared.state;
+        if state.is_lost() && self.shared.revoked.load(Ordering::SeqCst) {
             return;
         }
-        self.state.end(format!("lease {} was dropped", self.state.id));
+        state.end(format!("lease {} was dropped", state.id));
         if let Some(rt) = &self.runtime {
-            let backend = self.backend.clone();
-            let (name, id) = (self.state.backend, self.state.id.clone());
+            let shared = self.shared.clone();
             rt.spawn(async move {
-                if let Err(e) = backend.revoke().await {
-                    tracing::debug!(backend = name, lease = %id, error = %e, "revoking a dropped lease failed; the TTL will end it");
+                if let Err(e) = shared.revoke_once().await {
+                    tracing::debug!(backend = shared.state.backend, lease = %shared.state.id, error = %e, "revoking a dropped lease failed; the TTL will end it");
                 }
             });
         }
@@ -227,12 +285,8 @@ async fn refresh_once(state: &LeaseState, backend: &dyn LeaseBackend) -> std::re
     }
 }
 
-async fn refresh_loop(
-    state: Arc<LeaseState>,
-    backend: Arc<dyn LeaseBackend>,
-    interval: Duration,
-    stop: CancellationToken,
-) {
+async fn refresh_loop(shared: Arc<Shared>, interval: Duration, stop: CancellationToken) {
+    let (state, backend) = (&shared.state, shared.backend.as_ref());
     let first_retry = (interval / 8).clamp(Duration::from_millis(10), Duration::from_millis(500));
     let mut retry = first_retry;
     let mut next = Instant::now() + interval;
@@ -240,25 +294,30 @@ async fn refresh_loop(
         let wake = next.min(state.valid_until());
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = state.lost() => return,
+            _ = state.lost() => break,
             _ = tokio::time::sleep_until(wake.into()) => {}
         }
         let result = tokio::select! {
             _ = stop.cancelled() => return,
-            result = refresh_once(&state, backend.as_ref()) => result,
+            _ = state.lost() => break,
+            result = refresh_once(state, backend) => result,
         };
         match result {
             Ok(()) => {
                 retry = first_retry;
                 next = Instant::now() + interval;
             }
-            Err(Refresh::Gone(_)) => return,
+            Err(Refresh::Gone(_)) => break,
             Err(Refresh::Failed(e)) => {
                 tracing::warn!(backend = state.backend, lease = %state.id, error = %e, retry_in = ?retry, "lease refresh failed; retrying");
                 next = Instant::now() + retry;
                 retry = (retry * 2).min(interval);
             }
         }
+    }
+    // Lost: nothing may keep it alive any more (a ZooKeeper client's own pings, a session).
+    if let Err(e) = shared.revoke_once().await {
+        tracing::debug!(backend = state.backend, lease = %state.id, error = %e, "revoking a lost lease failed; the TTL ends it");
     }
 }
 
@@ -267,13 +326,14 @@ async fn refresh_loop(
 /// on one lease.
 pub struct LeasePool {
     backend: &'static str,
+    timeout: Duration,
     leases: tokio::sync::Mutex<HashMap<(Duration, Duration), Arc<KeptLease>>>,
 }
 
 impl LeasePool {
-    /// An empty pool.
-    pub fn new(backend: &'static str) -> Self {
-        LeasePool { backend, leases: tokio::sync::Mutex::new(HashMap::new()) }
+    /// An empty pool for a handle whose request timeout is `timeout`.
+    pub fn new(backend: &'static str, timeout: Duration) -> Self {
+        LeasePool { backend, timeout, leases: tokio::sync::Mutex::new(HashMap::new()) }
     }
 
     /// The live lease for `ttl` and `refresh_interval`, or a new one from `grant`, which
@@ -294,7 +354,7 @@ impl LeasePool {
         }
         let sent = Instant::now();
         let (backend, id) = grant().await?;
-        let lease = KeptLease::start(self.backend, id, backend, ttl, refresh_interval, sent);
+        let lease = KeptLease::start(self.backend, id, backend, (ttl, refresh_interval, self.timeout), sent);
         leases.insert((ttl, refresh_interval), lease.clone());
         Ok(lease)
     }
@@ -354,7 +414,7 @@ mod tests {
 
     fn keep(backend: &Arc<Scripted>) -> Arc<KeptLease> {
         let ttl = Duration::from_millis(600);
-        KeptLease::start("test", "t".into(), backend.clone(), ttl, ttl / 3, Instant::now())
+        KeptLease::start("test", "t".into(), backend.clone(), (ttl, ttl / 3, ttl), Instant::now())
     }
 
     #[tokio::test]
@@ -401,7 +461,7 @@ mod tests {
     #[tokio::test]
     async fn dropping_a_lease_revokes_it_and_a_pool_grants_anew_after_loss() {
         let backend = scripted(vec![]);
-        let pool = LeasePool::new("test");
+        let pool = LeasePool::new("test", Duration::from_secs(1));
         let ttl = Duration::from_secs(5);
         let grant = || async { Ok((backend.clone() as Arc<dyn LeaseBackend>, "a".to_owned())) };
         let first = pool.get(ttl, ttl / 3, grant).await.unwrap();

@@ -20,6 +20,7 @@ mod lock;
 pub mod memory;
 mod name;
 mod options;
+mod retire;
 mod signal;
 mod token;
 mod turns;
@@ -35,7 +36,8 @@ pub use options::{Capabilities, GrantRequest, LockOptions, LockStatus, Settings,
 pub use signal::{LossSignal, safety_margin};
 pub use token::FencingToken;
 pub use turns::{LocalTurns, Turn};
-pub use unabandoned::{Finished, Unabandoned, unabandoned};
+pub use retire::{Attempt, Cleanup, attempt};
+pub use unabandoned::{Finished, Unabandoned, unabandoned, unabandoned_request};
 pub use url::{COMMON_OPTIONS, Host, LockUrl, Scheme, Secret, TLS_OPTIONS, TlsFiles, parse_duration};
 
 /// A random number, different at every call (not for cryptography): for drivers' per-grant

@@ -46,11 +46,9 @@ pub fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
         );
     }
     let store_name = url.hosts().first().map(|h| h.host.clone()).unwrap_or_default();
-    Ok(Arc::new(MemoryLocks {
-        settings: Settings::from_url(url)?,
-        store: Store::named(&store_name),
-        pool: LeasePool::new(BACKEND),
-    }))
+    let settings = Settings::from_url(url)?;
+    let pool = LeasePool::new(BACKEND, settings.timeout);
+    Ok(Arc::new(MemoryLocks { settings, store: Store::named(&store_name), pool }))
 }
 
 /// A handle on an in-process store.
@@ -326,7 +324,7 @@ struct MemoryGrant {
 
 #[async_trait]
 impl Grant for MemoryGrant {
-    async fn release(self: Box<Self>) -> Result<()> {
+    async fn release(&self) -> Result<()> {
         let mut slots = lock(&self.store.slots);
         let slot = slots.get_mut(&self.key).expect("slots are never removed");
         if slot.holder.as_ref().is_some_and(|h| h.grant == self.grant) {

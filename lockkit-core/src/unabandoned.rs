@@ -15,9 +15,9 @@ pub struct Unabandoned<T: Send + 'static> {
 }
 
 /// Resolves once the request of an [`Unabandoned`] has finished, whether its caller waited for
-/// it or it finished in the background.
+/// it or it finished in the background, and tells whether it was answered.
 #[derive(Debug)]
-pub struct Finished(oneshot::Receiver<()>);
+pub struct Finished(oneshot::Receiver<bool>);
 
 /// Wraps `request` so that it completes even if the returned future is dropped mid-way; the
 /// [`Finished`] tells when it has.
@@ -27,7 +27,7 @@ pub struct Finished(oneshot::Receiver<()>);
 /// # async fn main() {
 /// let (request, finished) = lockkit_core::unabandoned(async { 7 });
 /// drop(request); // the caller stops waiting: the request still runs, in the background
-/// finished.wait().await;
+/// assert!(finished.wait().await);
 ///
 /// let (request, _finished) = lockkit_core::unabandoned(async { 7 });
 /// assert_eq!(request.await, 7);
@@ -38,19 +38,41 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    let (done, finished) = oneshot::channel::<()>();
+    finishing(request, |_| true)
+}
+
+/// [`unabandoned`] for a request to the backend: its [`Finished`] also tells whether the
+/// request was *answered* (`Ok`, or an error that is not [temporary](crate::Error::is_temporary)),
+/// or ended with its outcome unknown (no answer in time, a cut connection): then the server
+/// may still apply it later.
+pub fn unabandoned_request<F, T>(request: F) -> (Unabandoned<crate::Result<T>>, Finished)
+where
+    F: Future<Output = crate::Result<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    finishing(request, |output| !matches!(output, Err(e) if e.is_temporary()))
+}
+
+fn finishing<F>(request: F, answered: fn(&F::Output) -> bool) -> (Unabandoned<F::Output>, Finished)
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let (done, finished) = oneshot::channel::<bool>();
     let request = async move {
         let output = request.await;
-        drop(done);
+        let _ = done.send(answered(&output));
         output
     };
     (Unabandoned { request: Some(Box::pin(request)) }, Finished(finished))
 }
 
 impl Finished {
-    /// Waits until the request has finished (at once if it has).
-    pub async fn wait(self) {
-        let _ = self.0.await;
+    /// Waits until the request has finished (at once if it has): `true` when it was answered,
+    /// `false` when its outcome is unknown (or it was dropped unfinished, without a runtime to
+    /// finish it).
+    pub async fn wait(self) -> bool {
+        self.0.await.unwrap_or(false)
     }
 }
 

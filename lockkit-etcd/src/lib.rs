@@ -87,8 +87,8 @@ pub async fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
         endpoints,
         watches: Watches::new(client.clone()),
         client,
+        pool: LeasePool::new(BACKEND, settings.timeout),
         settings,
-        pool: LeasePool::new(BACKEND),
         local: Default::default(),
     }))
 }

@@ -440,7 +440,7 @@ struct EtcdGrant {
 
 #[async_trait]
 impl Grant for EtcdGrant {
-    async fn release(self: Box<Self>) -> Result<()> {
+    async fn release(&self) -> Result<()> {
         // The watch stays, idle, for the next grant of this key (the release's own deletion
         // is ignored: it comes before that grant's revision).
         self.watches.idle(self.watch).await;

@@ -155,8 +155,8 @@ pub async fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
         ));
     }
     Ok(Arc::new(RedisLocks {
+        pool: LeasePool::new(quorum.backend, settings.timeout),
         settings,
-        pool: LeasePool::new(quorum.backend),
         quorum: Arc::new(quorum),
         holdings: Default::default(),
     }))

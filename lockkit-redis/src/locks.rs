@@ -191,6 +191,11 @@ impl LeaseBackend for RedisLease {
         }
     }
 
+    /// A released (or given up) key is no longer refreshed: it ends at its own TTL.
+    fn keeps_orphans(&self) -> bool {
+        false
+    }
+
     async fn revoke(&self) -> Result<()> {
         let revoked: Vec<Held> = self.holdings.with(|held| {
             let ids: Vec<u64> = held.iter().filter(|(_, h)| h.lease == self.id).map(|(id, _)| *id).collect();
@@ -215,7 +220,7 @@ struct RedisGrant {
 
 #[async_trait]
 impl Grant for RedisGrant {
-    async fn release(self: Box<Self>) -> Result<()> {
+    async fn release(&self) -> Result<()> {
         self.holdings.with(|held| held.remove(&self.id));
         match self.quorum.release(&self.keys, &self.owner, false).await? {
             0 => Err(Error::not_held(

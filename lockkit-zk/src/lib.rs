@@ -75,7 +75,7 @@ pub async fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
         connector: Connector { endpoints: endpoints.clone(), digest, timeout: settings.timeout },
         root: Namespace::new(url.path()),
         recipe: Recipe::from_url(url)?,
-        pool: LeasePool::new(BACKEND),
+        pool: LeasePool::new(BACKEND, settings.timeout),
         endpoints,
         settings,
     };

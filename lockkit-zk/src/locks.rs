@@ -432,7 +432,7 @@ struct ZkGrant {
 
 #[async_trait]
 impl Grant for ZkGrant {
-    async fn release(self: Box<Self>) -> Result<()> {
+    async fn release(&self) -> Result<()> {
         self.watch.abort();
         match tokio::time::timeout(self.timeout, self.client.delete(&self.path, Some(self.version))).await {
             Ok(Ok(())) => Ok(()),

@@ -1,0 +1,229 @@
+//! Guaranteed retirement: how a grant or a waiter entry that its owner gave up is made to go
+//! from the server, whatever the network does (Curator's `guaranteed()` delete is the model).
+//!
+//! **The rule.** A retirement (a release, a waiter's cleanup, the undoing of an acquire that was
+//! dropped or failed) is tried, and tried again with backoff, for up to the handle's request
+//! timeout from the moment the owner gave the entry up. If the server has not confirmed it by
+//! then, and the lease would keep the entry alive ([`LeaseBackend::keeps_orphans`]), the handle
+//! **gives the lease up**: every other guard on it fires its loss signal (the reason names the
+//! lock whose release failed), the lease is never refreshed again and is revoked in the
+//! background, and later acquires get a fresh lease. The last refresh of the lease was sent at
+//! most one request timeout after the entry was given up, so the server ends the entry within
+//! **TTL + request timeout** of that moment. A retirement whose lease is lost meanwhile is moot:
+//! the server ends the entry with the lease.
+//!
+//! An acquire request whose outcome is unknown (no answer in time, a cut connection) may still
+//! be applied later, after any cleanup sent behind it: the entry it may create is one that
+//! cannot be confirmed gone, so such a request gives the lease up the same way.
+//!
+//! [`LeaseBackend::keeps_orphans`]: crate::LeaseBackend::keeps_orphans
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::lease::KeptLease;
+use crate::{Error, Finished, Lease, Result, Turn};
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// One attempt at removing an entry: `Ok` once the server confirmed it is gone (or was never
+/// there), [`Error::NotHeld`] when it belongs to someone else now, any other error when the
+/// attempt could not tell (it is tried again). Repeatable.
+pub type Attempt = Box<dyn FnMut() -> BoxFuture<Result<()>> + Send>;
+
+/// Makes an [`Attempt`] of a closure returning a future.
+pub fn attempt<F, Fut>(mut f: F) -> Attempt
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<()>> + Send + 'static,
+{
+    Box::new(move || Box::pin(f()))
+}
+
+/// The first pause between attempts; it doubles up to [`MAX_PAUSE`].
+const FIRST_PAUSE: Duration = Duration::from_millis(20);
+const MAX_PAUSE: Duration = Duration::from_millis(500);
+
+/// Retires an entry on `lease` given up at `given_up`: tries `attempt` until the server confirms,
+/// the retirement is moot (the lease is lost), or the request timeout since `given_up` has
+/// passed — then gives the lease up when it would keep the entry alive. `what` names the entry
+/// in messages (`lock "x"`). The answer: `Ok`, [`Error::NotHeld`], [`Error::LockLost`] (moot), or
+/// the error that kept it from being confirmed.
+pub(crate) async fn retire(
+    lease: Arc<KeptLease>,
+    what: String,
+    given_up: Instant,
+    mut attempt: Attempt,
+) -> Result<()> {
+    let backend = lease.shared.state.backend;
+    let deadline = given_up + lease.request_timeout();
+    let mut pause = FIRST_PAUSE;
+    let mut unanswered = false;
+    let mut last_error = None;
+    loop {
+        if lease.is_lost() {
+            let reason = lease.shared.state.reason_text();
+            return Err(Error::LockLost { backend, name: what, reason: format!("its lease was lost ({reason})") });
+        }
+        let tried = tokio::select! {
+            biased;
+            _ = lease.shared.state.lost() => continue,
+            tried = tokio::time::timeout_at(deadline.into(), attempt()) => tried,
+        };
+        match tried {
+            Ok(Ok(())) => return Ok(()),
+            // An earlier attempt may have removed it without its answer reaching us.
+            Ok(Err(Error::NotHeld { .. })) if unanswered => return Ok(()),
+            Ok(Err(e @ Error::NotHeld { .. })) => return Err(e),
+            Ok(Err(e)) => {
+                unanswered = true;
+                tracing::debug!(backend, entry = %what, error = %e, retry_in = ?pause, "retirement failed; retrying");
+                last_error = Some(e);
+            }
+            Err(_) => break,
+        }
+        tokio::select! {
+            _ = lease.shared.state.lost() => {}
+            _ = tokio::time::sleep_until(deadline.min(Instant::now() + pause).into()) => {}
+        }
+        pause = (pause * 2).min(MAX_PAUSE);
+        if Instant::now() >= deadline {
+            break;
+        }
+    }
+    let cause = match &last_error {
+        Some(e) => e.to_string(),
+        None => "no answer".to_owned(),
+    };
+    Err(unconfirmed(&lease, &what, &cause))
+}
+
+/// A retirement that could not be confirmed in time: gives the lease up if it would keep the
+/// entry alive, logs, and says what happens now.
+fn unconfirmed(lease: &KeptLease, what: &str, cause: &str) -> Error {
+    let (backend, id, timeout) = (lease.shared.state.backend, &lease.shared.state.id, lease.request_timeout());
+    let ttl = lease.shared.state.ttl;
+    let message = if lease.shared.backend.keeps_orphans() {
+        lease.give_up(format!(
+            "the removal of {what} could not be confirmed within {timeout:?} ({cause}); lease {id} was given up so \
+             that the server ends it"
+        ));
+        format!(
+            "the removal of {what} could not be confirmed within {timeout:?} ({cause}); lease {id} it hung on was \
+             given up, so the server ends it within the TTL ({ttl:?})"
+        )
+    } else {
+        format!(
+            "the removal of {what} could not be confirmed within {timeout:?} ({cause}); it is no longer refreshed, \
+             so the server ends it within the TTL ({ttl:?})"
+        )
+    };
+    tracing::warn!(backend, entry = %what, reason = %cause, "{message}");
+    Error::connection(backend, id.clone(), message, None)
+}
+
+/// Removes what an acquire put on the server unless the acquire hands it out: a waiter's key or
+/// node, a grant it made but could not return, a request that may still be applied. Armed when
+/// made; [`disarm`](Self::disarm) once the entry became a guard's. Dropped armed (the acquire
+/// failed, timed out or was cancelled), it retires the entry in the background by the rule of
+/// [this module](self); [`now`](Self::now) does the same and waits for it.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> lockkit_core::Result<()> {
+/// # use std::sync::Arc; use std::time::{Duration, Instant};
+/// # use lockkit_core::{KeepAlive, KeptLease, LeaseBackend};
+/// # struct Nothing;
+/// # #[async_trait::async_trait] impl LeaseBackend for Nothing {
+/// #     async fn keep_alive(&self) -> lockkit_core::Result<KeepAlive> { Ok(KeepAlive::Alive(Duration::from_secs(5))) }
+/// #     async fn revoke(&self) -> lockkit_core::Result<()> { Ok(()) }
+/// # }
+/// # let timing = (Duration::from_secs(5), Duration::from_secs(1), Duration::from_secs(1));
+/// # let lease = KeptLease::start("doc", "1".into(), Arc::new(Nothing), timing, Instant::now());
+/// use lockkit_core::{Cleanup, attempt};
+/// let cleanup = Cleanup::new(&lease, "lock \"x\"", attempt(|| async { /* delete my key */ Ok(()) }));
+/// // … the acquire is cancelled or fails: `cleanup` is dropped armed and retires the key.
+/// drop(cleanup);
+/// # Ok(()) }
+/// ```
+pub struct Cleanup {
+    lease: Arc<KeptLease>,
+    what: String,
+    attempt: Option<Attempt>,
+    /// A request in flight that may create the entry: the cleanup runs after it.
+    after: Option<Finished>,
+    /// This process's turn on the key, kept until the entry is gone.
+    turn: Option<Turn>,
+}
+
+impl Cleanup {
+    /// An armed cleanup of an entry on `lease`, named `what` in messages.
+    pub fn new(lease: &Arc<KeptLease>, what: impl Into<String>, attempt: Attempt) -> Self {
+        Cleanup { lease: lease.clone(), what: what.into(), attempt: Some(attempt), after: None, turn: None }
+    }
+
+    /// Runs the cleanup only after this request has finished (two requests in flight at once
+    /// are not ordered by every backend); a request that ended unanswered may be applied later,
+    /// so it gives the lease up (see [the rule](self)).
+    pub fn after(&mut self, request: Finished) {
+        self.after = Some(request);
+    }
+
+    /// Keeps this process's turn on the key until the entry is gone (a later acquire through the
+    /// same handle must not lose its new entry to this cleanup).
+    pub fn keep_turn(&mut self, turn: Turn) {
+        self.turn = Some(turn);
+    }
+
+    /// The entry became a guard's: nothing to clean up. Gives back the turn.
+    pub fn disarm(mut self) -> Option<Turn> {
+        self.attempt = None;
+        self.turn.take()
+    }
+
+    /// Cleans up now and waits until it is done (or moot, or the lease was given up).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropped, it finishes in the background.
+    pub async fn now(mut self) -> Result<()> {
+        let Some(work) = self.work() else { return Ok(()) };
+        crate::unabandoned(work).0.await
+    }
+
+    fn work(&mut self) -> Option<impl Future<Output = Result<()>> + Send + 'static> {
+        let attempt = self.attempt.take()?;
+        let (lease, what, after, turn) = (self.lease.clone(), std::mem::take(&mut self.what), self.after.take(), self.turn.take());
+        let given_up = Instant::now();
+        Some(async move {
+            let answered = match after {
+                Some(request) => request.wait().await,
+                None => true,
+            };
+            let result = if answered || !lease.shared.backend.keeps_orphans() {
+                retire(lease, what, given_up, attempt).await
+            } else {
+                let cause = "the request that would create it ended without an answer, and may still be applied";
+                Err(unconfirmed(&lease, &what, cause))
+            };
+            drop(turn);
+            result
+        })
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let Some(work) = self.work() else { return };
+        // Without a runtime nothing can run it: the lease, refreshed on that runtime, ends too.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(work);
+        }
+    }
+}
+
+impl fmt::Debug for Cleanup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cleanup").field("what", &self.what).field("armed", &self.attempt.is_some()).finish()
+    }
+}

@@ -69,7 +69,13 @@ pub async fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
     let scheme = if url.tls() { "https" } else { "http" };
     let base = format!("{scheme}://{}", host.address(8500));
     let api = Api::new(http_client(url)?, base, token, url.option("dc").map(str::to_owned), settings.timeout);
-    let locks = ConsulLocks { api, lock_delay, pool: LeasePool::new(BACKEND, settings.timeout), local: Default::default(), settings };
+    let locks = ConsulLocks {
+        api,
+        lock_delay,
+        pool: LeasePool::new(BACKEND, settings.timeout),
+        local: Default::default(),
+        settings,
+    };
     let ttl = locks.settings.ttl;
     locks.session(ttl, locks.settings.refresh_interval.unwrap_or(ttl / 3)).await?;
     Ok(Arc::new(locks))

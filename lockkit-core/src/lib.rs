@@ -33,10 +33,10 @@ pub use lease::{KeepAlive, KeptLease, Lease, LeaseBackend, LeasePool};
 pub use lock::DistributedLock;
 pub use name::{LockName, MAX_NAME_LEN, Namespace};
 pub use options::{Capabilities, GrantRequest, LockOptions, LockStatus, Settings, Wait, default_holder};
+pub use retire::{Attempt, Cleanup, attempt};
 pub use signal::{LossSignal, safety_margin};
 pub use token::FencingToken;
 pub use turns::{LocalTurns, Turn};
-pub use retire::{Attempt, Cleanup, attempt};
 pub use unabandoned::{Finished, Unabandoned, unabandoned, unabandoned_request};
 pub use url::{COMMON_OPTIONS, Host, LockUrl, Scheme, Secret, TLS_OPTIONS, TlsFiles, parse_duration};
 

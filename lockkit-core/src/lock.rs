@@ -45,6 +45,14 @@ use crate::{Capabilities, Error, GrantRequest, LockGuard, LockName, LockOptions,
 ///   guard is released or dropped;
 /// - leave nothing behind when a waiting [`grant`](Self::grant) future is dropped (no waiter
 ///   entry, no grant nobody owns);
+/// - **leave no ghost grants**: from the moment its owner gives a grant or a waiter entry up
+///   (release returned, release errored, release future dropped, guard dropped, acquire
+///   cancelled, timed out or errored), the entry is gone from the server within **TTL + request
+///   timeout**, whatever the network and the server did meanwhile, while the handle lives on and
+///   keeps its other locks where it can. Drivers get this by releasing through
+///   [`Grant::release`](crate::Grant::release) (one repeatable attempt) and cleaning up through
+///   [`Cleanup`](crate::Cleanup); the core retries, and gives the lease up when a removal cannot
+///   be confirmed within the request timeout (the exact rule is on [`Cleanup`](crate::Cleanup));
 /// - never release or extend a grant that is not its own (compare before delete/extend);
 /// - map names into its keyspace injectively, inside the handle's namespace.
 ///

@@ -51,12 +51,7 @@ const MAX_PAUSE: Duration = Duration::from_millis(500);
 /// passed — then gives the lease up when it would keep the entry alive. `what` names the entry
 /// in messages (`lock "x"`). The answer: `Ok`, [`Error::NotHeld`], [`Error::LockLost`] (moot), or
 /// the error that kept it from being confirmed.
-pub(crate) async fn retire(
-    lease: Arc<KeptLease>,
-    what: String,
-    given_up: Instant,
-    mut attempt: Attempt,
-) -> Result<()> {
+pub(crate) async fn retire(lease: Arc<KeptLease>, what: String, given_up: Instant, mut attempt: Attempt) -> Result<()> {
     let backend = lease.shared.state.backend;
     let deadline = given_up + lease.request_timeout();
     let mut pause = FIRST_PAUSE;
@@ -193,7 +188,8 @@ impl Cleanup {
 
     fn work(&mut self) -> Option<impl Future<Output = Result<()>> + Send + 'static> {
         let attempt = self.attempt.take()?;
-        let (lease, what, after, turn) = (self.lease.clone(), std::mem::take(&mut self.what), self.after.take(), self.turn.take());
+        let (lease, what, after, turn) =
+            (self.lease.clone(), std::mem::take(&mut self.what), self.after.take(), self.turn.take());
         let given_up = Instant::now();
         Some(async move {
             let answered = match after {
@@ -225,5 +221,227 @@ impl Drop for Cleanup {
 impl fmt::Debug for Cleanup {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Cleanup").field("what", &self.what).field("armed", &self.attempt.is_some()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::{FencingToken, Grant, GuardParts, KeepAlive, LeaseBackend, LockGuard, LockName, LossSignal};
+
+    const TTL: Duration = Duration::from_secs(5);
+    const TIMEOUT: Duration = Duration::from_millis(300);
+
+    /// A lease that is always alive, and counts its revokes.
+    struct Alive {
+        revoked: AtomicUsize,
+        keeps_orphans: bool,
+    }
+
+    #[async_trait]
+    impl LeaseBackend for Alive {
+        async fn keep_alive(&self) -> Result<KeepAlive> {
+            Ok(KeepAlive::Alive(TTL))
+        }
+        async fn revoke(&self) -> Result<()> {
+            self.revoked.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        fn keeps_orphans(&self) -> bool {
+            self.keeps_orphans
+        }
+    }
+
+    fn lease(keeps_orphans: bool) -> (Arc<KeptLease>, Arc<Alive>) {
+        let backend = Arc::new(Alive { revoked: AtomicUsize::new(0), keeps_orphans });
+        let lease = KeptLease::start("test", "l".into(), backend.clone(), (TTL, TTL / 3, TIMEOUT), Instant::now());
+        (lease, backend)
+    }
+
+    /// A grant whose release answers from a script (then `Ok`), after an optional gate opens,
+    /// recording whether its guard's signal had fired when it was sent.
+    #[derive(Default)]
+    struct Scripted {
+        answers: Mutex<Vec<Result<()>>>,
+        gate: tokio::sync::Notify,
+        gated: AtomicBool,
+        calls: AtomicUsize,
+        signal: Mutex<Option<LossSignal>>,
+        lost_when_sent: AtomicBool,
+    }
+
+    struct ScriptedGrant(Arc<Scripted>);
+
+    #[async_trait]
+    impl Grant for ScriptedGrant {
+        async fn release(&self) -> Result<()> {
+            let s = &self.0;
+            if let Some(signal) = s.signal.lock().unwrap().as_ref() {
+                s.lost_when_sent.store(signal.is_lost(), Ordering::SeqCst);
+            }
+            if s.gated.load(Ordering::SeqCst) {
+                s.gate.notified().await;
+            }
+            s.calls.fetch_add(1, Ordering::SeqCst);
+            let mut answers = s.answers.lock().unwrap();
+            if answers.is_empty() { Ok(()) } else { answers.remove(0) }
+        }
+    }
+
+    fn guard(lease: &Arc<KeptLease>, script: &Arc<Scripted>) -> LockGuard {
+        let signal = lease.grant_signal();
+        *script.signal.lock().unwrap() = Some(signal.clone());
+        let parts = GuardParts::new(
+            "test",
+            LockName::new("x").unwrap(),
+            FencingToken::new(1),
+            lease.clone(),
+            signal,
+            Box::new(ScriptedGrant(script.clone())),
+        );
+        LockGuard::new(parts)
+    }
+
+    fn failing(times: usize) -> Arc<Scripted> {
+        let failure = || Err(Error::connection("test", "nowhere", "refused", None));
+        Arc::new(Scripted { answers: Mutex::new((0..times).map(|_| failure()).collect()), ..Default::default() })
+    }
+
+    #[tokio::test]
+    async fn a_release_that_cannot_be_confirmed_in_time_gives_the_lease_up_and_fires_the_other_guards() {
+        let (lease, backend) = lease(true);
+        let script = failing(usize::MAX >> 48);
+        let (released, other) = (guard(&lease, &script), guard(&lease, &Arc::new(Scripted::default())));
+        let started = Instant::now();
+        let err = released.release().await.unwrap_err();
+        assert!(started.elapsed() >= TIMEOUT && started.elapsed() < TIMEOUT * 3, "{:?}", started.elapsed());
+        assert!(err.to_string().contains("given up"), "{err}");
+        assert!(script.calls.load(Ordering::SeqCst) > 2, "retried with backoff");
+        let reason = tokio::time::timeout(TIMEOUT, other.lost()).await.expect("the other guard fires");
+        assert!(reason.contains("lock \"x\"") && reason.contains("could not be confirmed"), "{reason}");
+        assert!(lease.is_lost());
+        tokio::time::timeout(TIMEOUT * 2, async {
+            while backend.revoked.load(Ordering::SeqCst) == 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the given-up lease is revoked");
+    }
+
+    #[tokio::test]
+    async fn a_release_confirmed_after_failures_keeps_the_lease() {
+        let (lease, _) = lease(true);
+        let script = failing(2);
+        let (released, other) = (guard(&lease, &script), guard(&lease, &Arc::new(Scripted::default())));
+        released.release().await.unwrap();
+        assert_eq!(script.calls.load(Ordering::SeqCst), 3);
+        assert!(!lease.is_lost() && other.is_held());
+    }
+
+    #[tokio::test]
+    async fn orphans_that_end_by_themselves_do_not_cost_the_lease() {
+        let (lease, _) = lease(false);
+        let (released, other) = (guard(&lease, &failing(1000)), guard(&lease, &Arc::new(Scripted::default())));
+        assert!(released.release().await.is_err());
+        assert!(!lease.is_lost() && other.is_held());
+    }
+
+    #[tokio::test]
+    async fn the_signal_fires_before_the_release_is_sent_and_a_dropped_release_still_releases() {
+        let (lease, _) = lease(true);
+        let script = Arc::new(Scripted { gated: AtomicBool::new(true), ..Default::default() });
+        let held = guard(&lease, &script);
+        let signal = held.loss_signal();
+        let mut release = Box::pin(held.release());
+        assert!(std::future::poll_fn(|cx| std::task::Poll::Ready(release.as_mut().poll(cx))).await.is_pending());
+        assert!(script.lost_when_sent.load(Ordering::SeqCst), "a released guard is not held when the release is sent");
+        assert!(signal.is_lost());
+        drop(release);
+        script.gate.notify_one();
+        tokio::time::timeout(TIMEOUT, async {
+            while script.calls.load(Ordering::SeqCst) == 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the dropped release finished in the background");
+        assert!(!lease.is_lost());
+    }
+
+    #[tokio::test]
+    async fn not_held_after_an_unanswered_attempt_counts_as_released() {
+        let (lease, _) = lease(true);
+        let script = failing(1);
+        script.answers.lock().unwrap().push(Err(Error::not_held("test", "x", "gone")));
+        guard(&lease, &script).release().await.expect("the first attempt may have removed it");
+        let script = Arc::new(Scripted::default());
+        script.answers.lock().unwrap().push(Err(Error::not_held("test", "x", "gone")));
+        assert!(matches!(guard(&lease, &script).release().await, Err(Error::NotHeld { .. })));
+    }
+
+    #[tokio::test]
+    async fn a_cleanup_after_an_unanswered_request_gives_the_lease_up() {
+        let (lease, _) = lease(true);
+        let signal = lease.grant_signal();
+        let (request, finished) =
+            crate::unabandoned_request(async { Err::<(), _>(Error::connection("test", "nowhere", "no answer", None)) });
+        assert!(request.await.is_err());
+        let ran = Arc::new(AtomicBool::new(false));
+        let flag = ran.clone();
+        let mut cleanup = Cleanup::new(
+            &lease,
+            "lock \"y\"",
+            attempt(move || {
+                flag.store(true, Ordering::SeqCst);
+                async { Ok(()) }
+            }),
+        );
+        cleanup.after(finished);
+        assert!(cleanup.now().await.is_err());
+        assert!(!ran.load(Ordering::SeqCst), "a delete could be overtaken by the request: the lease goes instead");
+        assert!(signal.lost().await.contains("may still be applied"));
+    }
+
+    #[tokio::test]
+    async fn a_dropped_cleanup_runs_after_its_request_and_is_moot_once_the_lease_is_lost() {
+        let (lease, _) = lease(true);
+        let (gate, opened) = tokio::sync::oneshot::channel::<()>();
+        let (request, finished) = crate::unabandoned_request(async move {
+            let _ = opened.await;
+            Ok(())
+        });
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let log = order.clone();
+        let mut cleanup = Cleanup::new(
+            &lease,
+            "lock \"z\"",
+            attempt(move || {
+                log.lock().unwrap().push("cleanup");
+                async { Ok(()) }
+            }),
+        );
+        cleanup.after(finished);
+        drop((request, cleanup));
+        tokio::task::yield_now().await;
+        order.lock().unwrap().push("request answered");
+        gate.send(()).unwrap();
+        tokio::time::timeout(TIMEOUT, async {
+            while order.lock().unwrap().len() < 2 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(*order.lock().unwrap(), ["request answered", "cleanup"]);
+
+        lease.lose("gone");
+        let never = Cleanup::new(&lease, "lock \"w\"", attempt(|| async { panic!("a moot cleanup is not sent") }));
+        assert!(matches!(never.now().await, Err(Error::LockLost { .. })));
     }
 }

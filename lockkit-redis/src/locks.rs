@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use lockkit_core::{
-    Capabilities, DistributedLock, Error, Grant, GrantRequest, KeepAlive, Lease, LeaseBackend, LeasePool, LockGuard,
-    LockName, LockStatus, LossSignal, Result, Settings, random_u64,
+    Capabilities, Cleanup, DistributedLock, Error, Grant, GrantRequest, KeepAlive, Lease, LeaseBackend, LeasePool,
+    LockGuard, LockName, LockStatus, LossSignal, Result, Settings, attempt, random_u64,
 };
 
 use crate::quorum::{Attempt, Quorum};
@@ -48,7 +48,20 @@ impl DistributedLock for RedisLocks {
         let owner = scripts::owner_value(&request.holder);
         // Only for missed messages: a release publishes, and a vanished holder's expiry is known.
         let fallback = (request.ttl / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
-        let mut undo = Undo { quorum: self.quorum.clone(), keys: keys.clone(), owner: owner.clone(), armed: true };
+        // Dropped armed (the acquire failed or was cancelled), it deletes any grant the acquire
+        // may have made and takes it out of the waiters, until the servers confirm.
+        let undo = {
+            let (quorum, keys, owner) = (self.quorum.clone(), keys.clone(), owner.clone());
+            let what = format!("the acquire of lock {:?}", request.name.as_str());
+            Cleanup::new(
+                &lease,
+                what,
+                attempt(move || {
+                    let (quorum, keys, owner) = (quorum.clone(), keys.clone(), owner.clone());
+                    async move { quorum.release(&keys, &owner, true).await.map(drop) }
+                }),
+            )
+        };
         let mut watch = None;
         let arrival = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         let token = loop {
@@ -58,7 +71,7 @@ impl DistributedLock for RedisLocks {
             match self.quorum.acquire(&keys, &owner, request.ttl, join).await? {
                 Attempt::Granted(token) => break token,
                 Attempt::Busy(_) if !request.wait => {
-                    undo.armed = false;
+                    undo.disarm();
                     return Ok(None);
                 }
                 Attempt::Busy(expires_in) => {
@@ -76,7 +89,7 @@ impl DistributedLock for RedisLocks {
                 }
             }
         };
-        undo.armed = false;
+        undo.disarm();
         let signal = lease.grant_signal();
         let id = self.holdings.add(Held {
             keys: keys.clone(),
@@ -105,26 +118,6 @@ impl DistributedLock for RedisLocks {
 
     async fn evict(&self, name: &LockName) -> Result<bool> {
         self.quorum.evict(&LockKeys::new(self.settings.namespace.key(name))).await
-    }
-}
-
-/// Deletes a grant an acquire may have made when the acquire is dropped mid-way.
-struct Undo {
-    quorum: Arc<Quorum>,
-    keys: LockKeys,
-    owner: String,
-    armed: bool,
-}
-
-impl Drop for Undo {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let (quorum, keys, owner) = (self.quorum.clone(), self.keys.clone(), std::mem::take(&mut self.owner));
-            runtime.spawn(async move { quorum.release(&keys, &owner, true).await });
-        }
     }
 }
 

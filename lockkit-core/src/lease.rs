@@ -8,7 +8,6 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -102,22 +101,31 @@ pub(crate) struct Shared {
     pub(crate) backend: Arc<dyn LeaseBackend>,
     /// The handle's request timeout: how long a retirement may stay unconfirmed.
     pub(crate) timeout: Duration,
-    /// Set by whoever revokes first (the owner, a drop, or the loss of the lease).
-    revoked: AtomicBool,
+    /// The outcome of the one revoke (by the owner, a drop, or the loss of the lease, whoever
+    /// comes first; the others wait for it): `None` when it succeeded, else why not.
+    revoked: tokio::sync::OnceCell<Option<String>>,
 }
 
 impl Shared {
-    /// Revokes the lease on the backend, once, bounded by the request timeout.
+    /// Revokes the lease on the backend, once, bounded by the request timeout; a second caller
+    /// waits for the first one's outcome.
     async fn revoke_once(&self) -> Result<()> {
-        if self.revoked.swap(true, Ordering::SeqCst) {
-            return Ok(());
-        }
-        match tokio::time::timeout(self.timeout, self.backend.revoke()).await {
-            Ok(result) => result,
-            Err(_) => Err(Error::connection(
+        let failure = self
+            .revoked
+            .get_or_init(|| async {
+                match tokio::time::timeout(self.timeout, self.backend.revoke()).await {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(_) => Some(format!("no answer within {:?}", self.timeout)),
+                }
+            })
+            .await;
+        match failure {
+            None => Ok(()),
+            Some(why) => Err(Error::connection(
                 self.state.backend,
                 format!("lease {}", self.state.id),
-                format!("no answer to the revoke within {:?}; the server ends the lease at its TTL", self.timeout),
+                format!("revoking it failed ({why}); the server ends it at its TTL"),
                 None,
             )),
         }
@@ -135,7 +143,7 @@ impl KeptLease {
         granted_at: Instant,
     ) -> Arc<Self> {
         let state = LeaseState::new(backend_name, id, ttl, granted_at);
-        let shared = Arc::new(Shared { state, backend, timeout, revoked: AtomicBool::new(false) });
+        let shared = Arc::new(Shared { state, backend, timeout, revoked: tokio::sync::OnceCell::new() });
         let stop = CancellationToken::new();
         let runtime = Handle::try_current().ok();
         if let Some(rt) = &runtime {
@@ -236,7 +244,7 @@ impl Drop for KeptLease {
     fn drop(&mut self) {
         self.stop.cancel();
         let state = &self.shared.state;
-        if state.is_lost() && self.shared.revoked.load(Ordering::SeqCst) {
+        if state.is_lost() && self.shared.revoked.initialized() {
             return;
         }
         state.end(format!("lease {} was dropped", state.id));

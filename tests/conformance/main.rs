@@ -1,6 +1,7 @@
 //! The conformance suite, run on every backend. Each backend is one `conformance!` line; a
 //! backend's own tests live beside its driver.
 
+mod proxy_selftest;
 mod suite;
 #[allow(dead_code)] // shared with the other test binaries, which use more of it
 mod support;

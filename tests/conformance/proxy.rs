@@ -142,15 +142,15 @@ async fn accept(
         // This connection ends at the next cut, not at one that came before it.
         let mut cut = cuts.clone();
         cut.borrow_and_update();
-        let rules = rules.clone();
+        let (rules, cut_seen) = (rules.clone(), cut.clone());
         tokio::spawn(async move {
-            let forward = async {
+            let forward = async move {
                 let Ok(server) = TcpStream::connect(upstream).await else { return };
                 let _ = server.set_nodelay(true);
                 let ((client_in, client_out), (server_in, server_out)) = (client.into_split(), server.into_split());
                 tokio::join!(
-                    pump(client_in, server_out, true, rules.clone()),
-                    pump(server_in, client_out, false, rules)
+                    pump(client_in, server_out, true, rules.clone(), cut_seen.clone()),
+                    pump(server_in, client_out, false, rules, cut_seen)
                 );
             };
             // A cut (or the proxy dropped) ends the forwarding: both sockets close here.
@@ -163,8 +163,15 @@ async fn accept(
 }
 
 /// Forwards one direction of a connection: every chunk is read at once and kept, with the
-/// time it was read, until the rules let it through.
-async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, to_server: bool, mut rules: watch::Receiver<Rules>) {
+/// time it was read, until the rules let it through. Nothing is written after a cut, even
+/// before the connection's task has seen it (so `cut(); release();` forwards nothing held).
+async fn pump(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    to_server: bool,
+    mut rules: watch::Receiver<Rules>,
+    cut: watch::Receiver<u64>,
+) {
     let (chunks, mut pending) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
     let read = async move {
         let mut buffer = vec![0; 16 * 1024];
@@ -180,7 +187,7 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, to_server: bool, 
             // Checked after the chunk is in hand, so a hold set before it was read keeps it.
             let Ok(now) = rules.wait_for(|r| !r.holds(to_server)).await.map(|r| *r) else { return };
             tokio::time::sleep_until(read_at + now.latency).await;
-            if to.write_all(&chunk).await.is_err() {
+            if cut.has_changed().unwrap_or(true) || to.write_all(&chunk).await.is_err() {
                 return;
             }
         }

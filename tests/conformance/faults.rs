@@ -138,6 +138,12 @@ impl Handles {
 
     /// The proxied handle, its network back, acquires a fresh lock, and the guard is held.
     async fn still_usable(&self, name: &str) -> Result<(), Failure> {
+        let usable = self.usable(name).await;
+        self.note("usable", if usable.is_ok() { "yes" } else { "no" });
+        usable
+    }
+
+    async fn usable(&self, name: &str) -> Result<(), Failure> {
         match self.proxied.acquire_timeout(name, USABLE).await {
             Ok(guard) if guard.is_held() => {
                 let _ = guard.release().await;
@@ -154,7 +160,7 @@ impl Handles {
 
 /// Connects, trying again for a while: a server that just started (a ZooKeeper JVM warming up)
 /// may not open a session within the short request timeout these properties use.
-async fn connect_patiently(url: &str) -> Arc<dyn DistributedLock> {
+pub(super) async fn connect_patiently(url: &str) -> Arc<dyn DistributedLock> {
     let started = Instant::now();
     loop {
         match lockkit::connect(url).await {
@@ -189,8 +195,10 @@ pub async fn a_release_that_timed_out_still_frees_the_lock(t: &Target) {
         };
         h.note("release_ms", released_at.elapsed().as_millis());
         h.note("release", if result.is_ok() { "ok" } else { "err" });
-        let reacquired = h.reacquire(&*h.direct, "held-release", released_at, released_at + T + R + SLACK).await?;
-        h.still_usable("after-held-release").await?;
+        let reacquired = h.reacquire(&*h.direct, "held-release", released_at, released_at + T + R + SLACK).await;
+        let usable = h.still_usable("after-held-release").await;
+        let reacquired = reacquired?;
+        usable?;
         if result.is_ok() {
             return fail("release-false-ok", "the release reported success although the server never heard of it");
         }
@@ -218,8 +226,10 @@ pub async fn a_dropped_release_still_frees_the_lock(t: &Target) {
         if polled.is_ready() {
             eprintln!("note: {} ({}): the release finished on its first poll: {polled:?}", h.backend, h.target);
         }
-        let reacquired = h.reacquire(&*h.direct, "dropped-release", dropped_at, dropped_at + T + R + SLACK).await?;
-        h.still_usable("after-dropped-release").await?;
+        let reacquired = h.reacquire(&*h.direct, "dropped-release", dropped_at, dropped_at + T + R + SLACK).await;
+        let usable = h.still_usable("after-dropped-release").await;
+        let reacquired = reacquired?;
+        usable?;
         Ok(Some(reacquired))
     }
     .await;
@@ -272,8 +282,10 @@ pub async fn a_waiter_that_timed_out_in_a_held_connection_leaves_no_entry(t: &Ta
         if let Err(e) = holder.release().await {
             return fail("setup", format!("the direct holder could not release: {e}"));
         }
-        let reacquired = h.reacquire(&*h.other, name, released_at, released_at + T + R + SLACK).await?;
-        h.still_usable("after-held-waiter").await?;
+        let reacquired = h.reacquire(&*h.other, name, released_at, released_at + T + R + SLACK).await;
+        let usable = h.still_usable("after-held-waiter").await;
+        let reacquired = reacquired?;
+        usable?;
         Ok(Some(reacquired))
     }
     .await;
@@ -289,7 +301,7 @@ pub async fn an_acquire_applied_after_its_timeout_leaves_no_orphan_grant(t: &Tar
     let outcome = async {
         let name = "late-acquire";
         // The proxied handle's session or lease exists before the fault (as in a running service).
-        h.still_usable("before-late-acquire").await?;
+        h.usable("before-late-acquire").await?;
         h.proxies.hold(Direction::ToServer);
         let tried_at = Instant::now();
         let tried = tokio::time::timeout(UNANSWERED, h.proxied.try_acquire(name)).await;
@@ -306,8 +318,10 @@ pub async fn an_acquire_applied_after_its_timeout_leaves_no_orphan_grant(t: &Tar
             }
             Err(_) => return fail("acquire-unbounded", format!("try_acquire did not fail within {UNANSWERED:?}")),
         }
-        let reacquired = h.reacquire(&*h.direct, name, applied_at, applied_at + T + R + SLACK).await?;
-        h.still_usable("after-late-acquire").await?;
+        let reacquired = h.reacquire(&*h.direct, name, applied_at, applied_at + T + R + SLACK).await;
+        let usable = h.still_usable("after-late-acquire").await;
+        let reacquired = reacquired?;
+        usable?;
         Ok(Some(reacquired))
     }
     .await;

@@ -28,4 +28,11 @@ mod child {
     fn holder() {
         crate::support::run_holder_child();
     }
+
+    /// Not a test: the contender process of the system test (`suite::system`).
+    #[test]
+    #[ignore = "helper process for the system test"]
+    fn contender() {
+        crate::suite::run_contender_child();
+    }
 }

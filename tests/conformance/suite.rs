@@ -12,6 +12,10 @@ use crate::support::{AfterAcquire, CriticalSection, TTL, Target, connect, holder
 #[path = "faults.rs"]
 mod faults;
 pub use faults::*;
+// The whole system under faults: contender processes, a fenced register, pauses and partitions.
+#[path = "system.rs"]
+mod system;
+pub use system::*;
 
 /// Runs every suite function as a `#[tokio::test]` for one backend: `conformance!(memory, Target::memory);`
 #[macro_export]
@@ -42,6 +46,7 @@ macro_rules! conformance {
                 an_acquire_applied_after_its_timeout_leaves_no_orphan_grant,
                 a_brief_disconnection_loses_no_lock,
                 a_partition_longer_than_the_ttl_fires_the_loss_first,
+                fenced_writes_survive_pauses_and_partitions,
             );
         }
     };

@@ -1,6 +1,7 @@
 //! The conformance suite, run on every backend. Each backend is one `conformance!` line; a
 //! backend's own tests live beside its driver.
 
+mod proxy_selftest;
 mod suite;
 #[allow(dead_code)] // shared with the other test binaries, which use more of it
 mod support;
@@ -26,5 +27,12 @@ mod child {
     #[ignore = "helper process for the cross-process tests"]
     fn holder() {
         crate::support::run_holder_child();
+    }
+
+    /// Not a test: the contender process of the system test (`suite::system`).
+    #[test]
+    #[ignore = "helper process for the system test"]
+    fn contender() {
+        crate::suite::run_contender_child();
     }
 }

@@ -8,6 +8,15 @@ use lockkit::{Error, FencingToken, LockOptions};
 
 use crate::support::{AfterAcquire, CriticalSection, TTL, Target, connect, holder_process, in_line};
 
+// The fault properties (a proxy between a handle and its server), run by the same macro.
+#[path = "faults.rs"]
+mod faults;
+pub use faults::*;
+// The whole system under faults: contender processes, a fenced register, pauses and partitions.
+#[path = "system.rs"]
+mod system;
+pub use system::*;
+
 /// Runs every suite function as a `#[tokio::test]` for one backend: `conformance!(memory, Target::memory);`
 #[macro_export]
 macro_rules! conformance {
@@ -31,6 +40,13 @@ macro_rules! conformance {
                 status_shows_the_holder_and_token,
                 the_same_name_twice_through_one_handle_waits_for_the_first_guard,
                 a_fair_backend_grants_in_arrival_order,
+                a_release_that_timed_out_still_frees_the_lock,
+                a_dropped_release_still_frees_the_lock,
+                a_waiter_that_timed_out_in_a_held_connection_leaves_no_entry,
+                an_acquire_applied_after_its_timeout_leaves_no_orphan_grant,
+                a_brief_disconnection_loses_no_lock,
+                a_partition_longer_than_the_ttl_fires_the_loss_first,
+                fenced_writes_survive_pauses_and_partitions,
             );
         }
     };

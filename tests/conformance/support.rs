@@ -3,11 +3,15 @@
 #[path = "servers.rs"]
 pub mod servers;
 
+#[path = "proxy.rs"]
+pub mod proxy;
+
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use lockkit::{DistributedLock, FencingToken};
+use proxy::ProxySet;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -82,10 +86,61 @@ impl Target {
         if self.base.contains('?') { '&' } else { '?' }
     }
 
+    /// The URL of this test's namespace with `ttl` and the request `timeout`.
+    pub fn url_with(&self, ttl: Duration, timeout: Duration) -> String {
+        compose(&self.base, &self.namespace, ttl, timeout)
+    }
+
+    /// Which target this is, for report lines: `etcd`, `redis_fair`, `redlock`, …
+    pub fn label(&self) -> String {
+        let scheme = self.base.split("://").next().unwrap_or_default();
+        let fair = if self.base.contains("fair=true") { "_fair" } else { "" };
+        format!("{}{fair}", if scheme == "zk" { "zookeeper" } else { scheme })
+    }
+
+    /// For a network backend, a URL of this test's namespace (like [`url_with`](Self::url_with))
+    /// that reaches the same server — every server, for Redlock — through a fault proxy of its
+    /// own, and the proxies; `None` for `memory://` and `file://`, which have no network.
+    pub async fn proxied(&self, ttl: Duration, timeout: Duration) -> Option<(String, ProxySet)> {
+        let (scheme, rest) = self.base.split_once("://")?;
+        let default_port = match scheme {
+            "etcd" | "etcds" => 2379,
+            "zk" | "zookeeper" => 2181,
+            "consul" | "consuls" => 8500,
+            "redis" | "rediss" | "redlock" | "redlocks" => 6379,
+            _ => return None,
+        };
+        let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+        let (credentials, hosts) = match authority.rsplit_once('@') {
+            Some((credentials, hosts)) => (format!("{credentials}@"), hosts),
+            None => (String::new(), authority),
+        };
+        let upstreams: Vec<std::net::SocketAddr> = hosts.split(',').map(|h| resolve(h, default_port)).collect();
+        let proxies = ProxySet::start(&upstreams).await;
+        let through: Vec<String> = proxies.addrs().iter().map(|a| a.to_string()).collect();
+        let base = format!("{scheme}://{credentials}{}{tail}", through.join(","));
+        Some((compose(&base, &self.namespace, ttl, timeout), proxies))
+    }
+
     /// A new, independent connection.
     pub async fn connect(&self) -> Arc<dyn DistributedLock> {
         connect(&self.url()).await
     }
+}
+
+/// `base` with the options `ttl`, `timeout` and `namespace` added to its query.
+fn compose(base: &str, namespace: &str, ttl: Duration, timeout: Duration) -> String {
+    let start = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{start}ttl={}ms&timeout={}ms&namespace={namespace}", ttl.as_millis(), timeout.as_millis())
+}
+
+/// `host[:port]` of a server URL as a socket address (the first it resolves to).
+fn resolve(host: &str, default_port: u16) -> std::net::SocketAddr {
+    use std::net::ToSocketAddrs;
+    let with_port =
+        if host.contains(':') && !host.ends_with(']') { host.to_owned() } else { format!("{host}:{default_port}") };
+    let mut addrs = with_port.to_socket_addrs().unwrap_or_else(|e| panic!("resolve {with_port}: {e}"));
+    addrs.next().unwrap_or_else(|| panic!("{with_port} resolves to no address"))
 }
 
 pub async fn connect(url: &str) -> Arc<dyn DistributedLock> {

@@ -468,7 +468,7 @@ pub async fn a_partition_longer_than_the_ttl_fires_the_loss_first(t: &Target) {
                 );
             }
         }
-        let reacquired = taken_at.iter().filter_map(|(at, token)| token.is_ok().then(|| *at - parted_at)).max();
+        let reacquired = taken_at.iter().filter(|(_, token)| token.is_ok()).map(|(at, _)| *at - parted_at).max();
         h.still_usable("after-partition").await?;
         for (name, (_, token)) in names.iter().zip(&taken_at) {
             if let Err(e) = token {

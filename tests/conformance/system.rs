@@ -254,6 +254,11 @@ pub async fn fenced_writes_survive_pauses_and_partitions(t: &Target) {
     let after = direct.acquire_timeout(LOCK, wait).await;
     let reacquire = calm_at.elapsed();
 
+    // Who still holds the lock, when it is not free (for the failure message).
+    let blocker = match &after {
+        Ok(_) => String::new(),
+        Err(_) => format!("{:?}", direct.status(LOCK).await),
+    };
     let ledger = register.ledger.lock().unwrap();
     let mut tokens: Vec<u64> = ledger.grants.iter().map(|(token, _)| *token).collect();
     tokens.sort_unstable();
@@ -277,8 +282,10 @@ pub async fn fenced_writes_survive_pauses_and_partitions(t: &Target) {
     assert_eq!(tokens.len(), granted, "a token was granted twice: {:?}", ledger.grants);
     assert!(ledger.accepted > 0, "no write was accepted at all");
     let guard = after.unwrap_or_else(|e| {
+        let last: Vec<_> = ledger.grants.iter().rev().take(3).collect();
         panic!(
-            "the lock was not free within T + R (+ {:?}) of the last fault: {e}; every contender idle: {idle}",
+            "the lock was not free within T + R (+ {:?}) of the last fault: {e}; every contender idle: {idle}; \
+             status: {blocker}; last grants announced: {last:?}",
             SLACK * 2
         )
     });

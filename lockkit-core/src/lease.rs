@@ -147,7 +147,7 @@ impl KeptLease {
         let stop = CancellationToken::new();
         let runtime = Handle::try_current().ok();
         if let Some(rt) = &runtime {
-            rt.spawn(refresh_loop(shared.clone(), refresh_interval, stop.clone()));
+            rt.spawn(refresh_loop(shared.clone(), refresh_interval, granted_at, stop.clone()));
         }
         Arc::new(KeptLease { shared, stop, runtime })
     }
@@ -293,11 +293,13 @@ async fn refresh_once(state: &LeaseState, backend: &dyn LeaseBackend) -> std::re
     }
 }
 
-async fn refresh_loop(shared: Arc<Shared>, interval: Duration, stop: CancellationToken) {
+/// Refreshes every `interval`, the first time `interval` after the lease was asked for (its
+/// deadline counts from then, however long the grant took to answer).
+async fn refresh_loop(shared: Arc<Shared>, interval: Duration, granted_at: Instant, stop: CancellationToken) {
     let (state, backend) = (&shared.state, shared.backend.as_ref());
     let first_retry = (interval / 8).clamp(Duration::from_millis(10), Duration::from_millis(500));
     let mut retry = first_retry;
-    let mut next = Instant::now() + interval;
+    let mut next = granted_at + interval;
     loop {
         let wake = next.min(state.valid_until());
         tokio::select! {

@@ -141,9 +141,23 @@ pub trait DistributedLock: Send + Sync {
         let request = GrantRequest::new(name.clone(), ttl, refresh_interval, holder, options.wait != Wait::NoWait);
         let span = tracing::info_span!("lockkit.acquire", backend = self.backend(), lock = %name, token = tracing::field::Empty);
         let started = Instant::now();
+        // A waiter whose lease was lost while it waited (the handle gave the lease up, a pause
+        // past the TTL) lost its place, not its wish: it queues again on a fresh lease.
+        let grant = async {
+            let mut requeued = 0;
+            loop {
+                match self.grant(&request).await {
+                    Err(Error::LockLost { reason, .. }) if request.wait && requeued < MAX_REQUEUES => {
+                        tracing::debug!(%reason, "the lease was lost while waiting; waiting again on a fresh lease");
+                        requeued += 1;
+                    }
+                    other => return other,
+                }
+            }
+        };
         let outcome = async {
             match options.wait {
-                Wait::Timeout(timeout) => match tokio::time::timeout(timeout, self.grant(&request)).await {
+                Wait::Timeout(timeout) => match tokio::time::timeout(timeout, grant).await {
                     Ok(result) => result,
                     Err(_) => Err(Error::Timeout {
                         backend: self.backend(),
@@ -151,7 +165,7 @@ pub trait DistributedLock: Send + Sync {
                         waited: started.elapsed(),
                     }),
                 },
-                Wait::Forever | Wait::NoWait => self.grant(&request).await,
+                Wait::Forever | Wait::NoWait => grant.await,
             }
         }
         .instrument(span.clone())
@@ -183,6 +197,10 @@ pub trait DistributedLock: Send + Sync {
     }
 }
 
+/// How often a waiter whose lease was lost while it waited queues again before the loss is
+/// reported.
+const MAX_REQUEUES: usize = 3;
+
 /// A waiting grant that ended without a guard: a driver bug, reported rather than panicked on.
 fn no_grant(backend: &'static str, name: &str) -> Error {
     Error::backend(
@@ -201,5 +219,58 @@ impl fmt::Display for dyn DistributedLock {
 impl fmt::Debug for dyn DistributedLock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DistributedLock").field("backend", &self.backend()).field("url", &self.settings().url).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// memory://, except that its first `losses` waits end with the waiter's lease lost.
+    struct LosingWaits {
+        inner: Arc<dyn DistributedLock>,
+        losses: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl DistributedLock for LosingWaits {
+        fn backend(&self) -> &'static str {
+            "test"
+        }
+        fn capabilities(&self) -> Capabilities {
+            self.inner.capabilities()
+        }
+        fn settings(&self) -> &Settings {
+            self.inner.settings()
+        }
+        async fn grant(&self, request: &GrantRequest) -> Result<Option<LockGuard>> {
+            if self.losses.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+                let reason = "while waiting, its lease was lost".into();
+                return Err(Error::LockLost { backend: "test", name: request.name.to_string(), reason });
+            }
+            self.inner.grant(request).await
+        }
+        async fn inspect(&self, name: &LockName) -> Result<LockStatus> {
+            self.inner.inspect(name).await
+        }
+        async fn evict(&self, name: &LockName) -> Result<bool> {
+            self.inner.evict(name).await
+        }
+    }
+
+    fn losing(losses: usize) -> LosingWaits {
+        let inner = crate::memory::connect(&"memory://losing-waits".parse().unwrap()).unwrap();
+        LosingWaits { inner, losses: AtomicUsize::new(losses) }
+    }
+
+    #[tokio::test]
+    async fn a_waiter_whose_lease_was_lost_queues_again_but_a_try_reports_it() {
+        assert!(losing(MAX_REQUEUES).acquire("requeued").await.is_ok(), "queued again on a fresh lease");
+        let err = losing(MAX_REQUEUES + 1).acquire("given-up").await.unwrap_err();
+        assert!(matches!(err, Error::LockLost { .. }), "a lasting loss is reported: {err}");
+        assert!(matches!(losing(1).try_acquire("tried").await, Err(Error::LockLost { .. })));
     }
 }

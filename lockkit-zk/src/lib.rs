@@ -7,8 +7,9 @@
 //! - **One session per handle** (per TTL), opened at connect. Its state drives every guard:
 //!   a disconnection makes them *suspect* — `is_held()` turns false once the session timeout
 //!   has passed since the last confirmed round trip — a reconnection in time clears that, and
-//!   `Expired`/`Closed`/`AuthFailed` fire every guard's loss signal. Later acquires open a new
-//!   session.
+//!   `Expired`/`Closed`/`AuthFailed` fire every guard's loss signal. A session the handle gives
+//!   up or loses is closed for real (nothing else holds its client), so its nodes go with it.
+//!   Later acquires open a new session.
 //! - **Recipe of Apache Curator's `InterProcessMutex`**: lock `NAME` is the directory
 //!   `/chroot/namespace/NAME`; each contender creates an ephemeral sequential node
 //!   `_c_<uuid>-lock-<seq>` there, the lowest sequence holds the lock, and each waiter watches
@@ -17,17 +18,25 @@
 //!   (`<uuid>__lock__<seq>`) instead.
 //! - **Fencing token** = the `czxid` of the holder's node (global and monotonic, unlike
 //!   sequence numbers, which restart when a directory is re-created).
-//! - **Cancellation and lost replies**: a create whose reply is lost finds its node again by
-//!   its uuid; a dropped acquire deletes its node (ZooKeeper runs one session's requests in
-//!   order, so the delete always comes after the create).
+//! - **Cancellation and lost replies** (Curator's protected mode): every acquire, and every
+//!   retry of it on a new session, names its node with a new uuid. A create whose reply is lost
+//!   finds its node again by that uuid, after a `sync` (a server behind the leader could miss
+//!   it and the acquire would queue a second node behind its first); every node with the uuid
+//!   is the acquire's own — the earliest is its place, the others are deleted. A dropped or
+//!   failed acquire deletes its node through `lockkit_core::Cleanup` (ZooKeeper runs one
+//!   session's requests in order, so the delete always comes after the create). A waiter whose
+//!   connection drops asks again once the session reconnects, until the session is lost.
 //! - **Loss**: the guard watches its own node; deleted behind its back → loss signal.
-//! - **Release** deletes the node at the version it was created with. Lock directories are
-//!   container nodes, which ZooKeeper removes once they are empty (as Curator does).
+//! - **Release** deletes the node without a version check (as Curator does: a foreign
+//!   `setData` must not keep it; its path, unique to the acquire, makes it the guard's), one
+//!   attempt at a time, repeated by the core until confirmed. Lock directories are container
+//!   nodes, which ZooKeeper removes once they are empty (as Curator does).
 //! - **Holder metadata** is the node's data.
 //! - **Same name twice through one handle**: the second acquire waits in line behind the
 //!   first, like any other contender (or gives `None` when trying).
 #![deny(missing_docs, missing_debug_implementations)]
 
+mod acquire;
 mod locks;
 mod recipe;
 mod session;
@@ -83,7 +92,16 @@ pub async fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
     Ok(Arc::new(locks))
 }
 
-/// Maps a client error: authentication, connection trouble, or what the server answered.
+/// Whether a request ended because its connection broke, so that nobody can tell whether the
+/// server applied it: `ConnectionLoss`, or the I/O error or silence (`no response from
+/// connection`) that ended the connection, which the client hands its requests in flight
+/// as-is. The client reconnects by itself; the request may be tried again.
+fn connection_broke(e: &zookeeper_client::Error) -> bool {
+    matches!(e, zookeeper_client::Error::ConnectionLoss | zookeeper_client::Error::Custom(_))
+}
+
+/// Maps a client error: authentication, connection trouble (see [`connection_broke`]), or what
+/// the server answered.
 fn error(endpoints: &str, e: zookeeper_client::Error) -> Error {
     use zookeeper_client::Error as E;
     match e {
@@ -92,7 +110,7 @@ fn error(endpoints: &str, e: zookeeper_client::Error) -> Error {
             endpoint: endpoints.to_owned(),
             message: format!("{e}; check the user and password (digest) and the nodes' ACLs"),
         },
-        E::ConnectionLoss | E::NoHosts | E::Timeout => {
+        E::NoHosts | E::Timeout | E::ConnectionLoss | E::Custom(_) => {
             Error::connection(BACKEND, endpoints, format!("{e}; is ZooKeeper running there?"), Some(Box::new(e)))
         }
         E::SessionExpired | E::SessionMoved | E::ClientClosed => Error::Backend {

@@ -1,6 +1,7 @@
 //! What only the ZooKeeper driver does: kazoo and Curator node layouts, session expiry, a
 //! deleted node, an ensemble losing its leader, chroots, and the faults of issue #14 (a foreign
-//! `setData`, a duplicate node, expired and given-up sessions, a connection cut while waiting).
+//! `setData`, a follower without quorum, a duplicate node, expired and given-up sessions, a
+//! connection cut while waiting).
 #![cfg(feature = "zookeeper")]
 
 #[path = "conformance/support.rs"]
@@ -22,6 +23,9 @@ use tokio::process::{ChildStdin, ChildStdout};
 use tokio::sync::watch;
 
 const TTL: Duration = Duration::from_secs(2);
+
+/// The ensembles of this binary take turns: three JVMs each are enough for two shared cores.
+static ENSEMBLE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn url(server: &Server, path: &str, query: &str) -> String {
     format!("zk://127.0.0.1:{}{path}?ttl={}ms{query}", server.port, TTL.as_millis())
@@ -178,7 +182,8 @@ async fn a_short_disconnection_keeps_the_lock() {
 /// double grant, sessions move to the other servers and keep their locks, acquiring works again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ensemble_losing_its_leader_never_double_grants() {
-    let mut servers = Server::zookeeper_ensemble(3);
+    let _turn = ENSEMBLE.lock().await;
+    let mut servers = serving_ensemble().await;
     let hosts: Vec<String> = servers.iter().map(|s| format!("127.0.0.1:{}", s.port)).collect();
     let ttl = Duration::from_secs(4);
     let url = format!("zk://{}/{}?ttl={}ms", hosts.join(","), unique("z"), ttl.as_millis());
@@ -198,6 +203,20 @@ async fn an_ensemble_losing_its_leader_never_double_grants() {
     let after = connect(&url).await;
     let guard = after.acquire_timeout("contended", Duration::from_secs(10)).await.expect("acquiring works again");
     assert!(guard.fencing_token() > *tokens.last().unwrap());
+}
+
+/// What `srvr` says of a server: its `Mode:` once it serves.
+fn mode(server: &Server) -> String {
+    servers::four_letter_word(server.port, "srvr").unwrap_or_default()
+}
+
+/// A 3-server ensemble once it has a leader and every server serves (each answers `ruok` well
+/// before: a session opened then waits for the election, and its lease starts near its deadline).
+async fn serving_ensemble() -> Vec<Server> {
+    let servers = Server::zookeeper_ensemble(3);
+    poll_until("the ensemble serves", Duration::from_secs(30), || servers.iter().all(|s| mode(s).contains("Mode: ")))
+        .await;
+    servers
 }
 
 /// Two chroots are two separate trees: the same name in each is two locks.
@@ -306,6 +325,29 @@ async fn a_foreign_set_data_on_the_holder_node_does_not_block_its_release() {
     guard.release().await.expect("released although the node's version changed");
     let other = connect(&url(&server, &format!("/{root}"), "")).await;
     assert!(other.try_acquire("touched").await.unwrap().is_some(), "the holder's node is gone");
+}
+
+/// Issue #14: a follower cut off from its quorum still answers reads for syncLimit × tickTime
+/// (2 s here) while the leader counts the session down, so the keep-alive asks the leader
+/// (`sync`): a guard on that follower is lost by its deadline, within one TTL of the quorum going.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_keep_alive_needs_the_quorum_not_just_a_follower() {
+    let _turn = ENSEMBLE.lock().await;
+    let servers = serving_ensemble().await;
+    let follower = servers.iter().position(|s| mode(s).contains("Mode: follower")).expect("a follower");
+    let locks =
+        connect(&format!("zk://127.0.0.1:{}/{}?ttl={}ms", servers[follower].port, unique("z"), TTL.as_millis())).await;
+    let guard = locks.acquire("quorum").await.unwrap();
+    guard.lease().refresh().await.expect("the keep-alive works on an ensemble");
+    for (i, server) in servers.iter().enumerate() {
+        if i != follower {
+            server.signal("STOP");
+        }
+    }
+    let quorum_gone = Instant::now();
+    let reason = tokio::time::timeout(TTL, guard.lost()).await;
+    let reason = reason.unwrap_or_else(|_| panic!("still held {:?} after the quorum went", quorum_gone.elapsed()));
+    assert!(!guard.is_held(), "{reason}");
 }
 
 /// Issue #14: every node with an acquire's protected id is that acquire's own (a create whose

@@ -6,7 +6,8 @@
 //!   ZooKeeper `digest` authentication. `session_timeout` is the TTL (`ttl` says the same).
 //! - **One session per handle** (per TTL), opened at connect. Its state drives every guard:
 //!   a disconnection makes them *suspect* — `is_held()` turns false once the session timeout
-//!   has passed since the last confirmed round trip — a reconnection in time clears that, and
+//!   has passed since the last round trip confirmed by the leader (a `sync`: a follower cut off
+//!   from its quorum still answers reads for a while) — a reconnection in time clears that, and
 //!   `Expired`/`Closed`/`AuthFailed` fire every guard's loss signal. A session the handle gives
 //!   up or loses is closed for real (nothing else holds its client), so its nodes go with it.
 //!   Later acquires open a new session.

@@ -1,10 +1,12 @@
 //! A ZooKeeper session: the lease every lock of a handle rides on.
 //!
-//! The core's refresh loop confirms the session with one round trip every TTL / 3; the local
-//! deadline (last confirmed round trip + session timeout) is what makes a disconnected
-//! session's guards *suspect*: `is_held()` turns false when it passes, and a reconnection
-//! before then confirms the session again. A terminal state (`Expired`, `Closed`,
-//! `AuthFailed`) fires every guard at once, through the session monitor.
+//! The core's refresh loop confirms the session with one `sync` every TTL / 3 — a round trip to
+//! the leader, which checks the session: a follower that lost the leader would go on answering
+//! reads for up to syncLimit × tickTime while the leader counts the session down. The local
+//! deadline (last confirmed round trip + session timeout) is what makes a disconnected session's
+//! guards *suspect*: `is_held()` turns false when it passes, and a reconnection before then
+//! confirms the session again. A terminal state (`Expired`, `Closed`, `AuthFailed`) fires every
+//! guard at once, through the session monitor.
 //!
 //! A `zookeeper_client::Client` keeps its session alive (it pings by itself) for as long as any
 //! clone of it exists. So the [`ZkSession`] is the only long-lived owner of its client: the rest
@@ -134,10 +136,12 @@ impl ZkSession {
 
 #[async_trait]
 impl LeaseBackend for ZkSession {
+    /// A `sync`: the server the session is connected to forwards it to the leader, which checks
+    /// the session, so the answer is the leader's view, not a partitioned follower's.
     async fn keep_alive(&self) -> Result<KeepAlive> {
         let client = self.client().map_err(|e| error(&self.endpoints, e))?;
-        match client.check_stat("/").await {
-            Ok(_) => Ok(KeepAlive::Alive(client.session_timeout())),
+        match client.sync("/").await {
+            Ok(()) => Ok(KeepAlive::Alive(client.session_timeout())),
             Err(
                 e @ (zookeeper_client::Error::SessionExpired
                 | zookeeper_client::Error::ClientClosed

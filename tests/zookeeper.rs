@@ -1,7 +1,7 @@
 //! What only the ZooKeeper driver does: kazoo and Curator node layouts, session expiry, a
 //! deleted node, an ensemble losing its leader, chroots, and the faults of issue #14 (a foreign
 //! `setData`, a follower without quorum, a duplicate node, expired and given-up sessions, a
-//! connection cut while waiting).
+//! connection cut while waiting, node ACLs).
 #![cfg(feature = "zookeeper")]
 
 #[path = "conformance/support.rs"]
@@ -465,6 +465,39 @@ async fn a_connection_lost_while_waiting_is_retried_on_the_same_session() {
     let guard = waiter.await.unwrap().expect("the waiter survived the cut");
     assert!(guard.is_held());
     assert_eq!(children_until(&raw, &directory, |n| n.len() == 1).await, [mine], "with the node it had");
+}
+
+/// Issue #14: with `acl=creator` every node the handle creates belongs to its `digest`
+/// identity: a client without the credentials can neither delete the holder's node nor read the
+/// lock. By default (`acl=open`) nodes stay open to anyone, as with Curator and kazoo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_creator_keeps_clients_without_the_credentials_off_the_nodes() {
+    let server = Server::zookeeper();
+    let base = |root: &str| format!("zk://locker:secret@127.0.0.1:{}/{root}?ttl={}ms", server.port, TTL.as_millis());
+    let (private, public) = (unique("z"), unique("z"));
+    let locks = connect(&format!("{}&acl=creator", base(&private))).await;
+    let guard = locks.acquire("mine").await.unwrap();
+    let owner = raw(server.port, Some("locker:secret")).await;
+    let directory = format!("/{private}/mine");
+    let node = format!("{directory}/{}", children_until(&owner, &directory, |n| n.len() == 1).await[0]);
+    let stranger = raw(server.port, None).await;
+    assert_eq!(stranger.delete(&node, None).await, Err(zk::Error::NoAuth));
+    assert_eq!(stranger.set_data(&node, b"x", None).await.map(drop), Err(zk::Error::NoAuth));
+    assert_eq!(stranger.list_children(&directory).await.map(drop), Err(zk::Error::NoAuth));
+    assert!(guard.is_held());
+    guard.release().await.expect("the owner releases");
+
+    let open = connect(&base(&public)).await;
+    let guard = open.acquire("anyones").await.unwrap();
+    let directory = format!("/{public}/anyones");
+    let node = format!("{directory}/{}", children_until(&stranger, &directory, |n| n.len() == 1).await[0]);
+    stranger.delete(&node, None).await.expect("open nodes are anyone's");
+    tokio::time::timeout(TTL, guard.lost()).await.expect("the deletion fires the loss signal");
+
+    for (query, expected) in [("acl=creator", "user:password"), ("acl=world", "creator or open")] {
+        let err = lockkit::connect(&format!("zk://127.0.0.1:{}?{query}", server.port)).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidUrl { .. }) && err.to_string().contains(expected), "{err}");
+    }
 }
 
 /// Records what a handle sends (to a fault proxy, say), so that a test can wait until a

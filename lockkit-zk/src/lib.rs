@@ -1,9 +1,19 @@
 //! ZooKeeper driver for [lockkit](https://docs.rs/lockkit): `zk://` (alias `zookeeper://`).
 //! Applications use it through `lockkit::connect` with the facade's `zookeeper` feature.
 //!
-//! - **URL**: `zk://[user:password@]host1:2181,host2:2181[/chroot][?namespace=…&session_timeout=…&timeout=…&recipe=…]`.
+//! - **URL**: `zk://[user:password@]host1:2181,host2:2181[/chroot][?namespace=…&session_timeout=…&timeout=…&recipe=…&acl=…]`.
 //!   The path is a chroot: every lock lives under it (created as needed). `user:password` is
 //!   ZooKeeper `digest` authentication. `session_timeout` is the TTL (`ttl` says the same).
+//! - **ACLs** (`acl`): `open` (the default) creates every node — chroot, lock directories,
+//!   contenders — readable and writable by anyone, as Curator and kazoo do by default; `creator`
+//!   gives them to the handle's `digest` identity alone (ZooKeeper's `auth` ACL, so it needs
+//!   `user:password`): clients without those credentials can neither read a lock nor delete or
+//!   change its nodes (ZooKeeper checks a delete against the parent's ACL, so a lock directory
+//!   made earlier by an `open` handle stays open to deletes). `open` stays the default even with credentials, because changing it would
+//!   lock out the peers that share the locks today: Curator or kazoo services (open by default)
+//!   and lockkit handles with other credentials or none would no longer be able to list a lock
+//!   directory a `creator` handle made. Give `acl=creator` to every handle sharing the locks
+//!   (with the same credentials) once all of them can have it.
 //! - **One session per handle** (per TTL), opened at connect. Its state drives every guard:
 //!   a disconnection makes them *suspect* — `is_held()` turns false once the session timeout
 //!   has passed since the last round trip confirmed by the leader (a `sync`: a follower cut off
@@ -45,6 +55,7 @@ mod session;
 use std::sync::Arc;
 
 use lockkit_core::{DistributedLock, Error, LeasePool, LockUrl, Namespace, Result, Settings};
+use zookeeper_client::Acls;
 
 use crate::locks::ZkLocks;
 use crate::recipe::Recipe;
@@ -55,7 +66,7 @@ pub use zookeeper_client;
 const BACKEND: &str = "zookeeper";
 
 /// Options of `zk://` URLs besides the common ones.
-const OPTIONS: &[&str] = &["session_timeout", "recipe"];
+const OPTIONS: &[&str] = &["session_timeout", "recipe", "acl"];
 
 /// Connects to a ZooKeeper ensemble: opens the handle's first session, so a wrong address or
 /// an ensemble that does not answer is an error here.
@@ -80,17 +91,31 @@ pub async fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
         (None, None) => None,
         _ => return Err(url.invalid("give both user and password: zk://user:password@host:2181")),
     };
+    let acls = acls(url, digest.is_some())?;
     let endpoints = url.endpoints(2181);
     let locks = ZkLocks {
         connector: Connector { endpoints: endpoints.clone(), digest, timeout: settings.timeout },
         root: Namespace::new(url.path()),
         recipe: Recipe::from_url(url)?,
+        acls,
         pool: LeasePool::new(BACKEND, settings.timeout),
         endpoints,
         settings,
     };
     locks.session(locks.settings.ttl, locks.settings.ttl / 3).await?;
     Ok(Arc::new(locks))
+}
+
+/// The `acl` option: who may touch the nodes the handle creates (see the crate docs).
+fn acls(url: &LockUrl, authenticated: bool) -> Result<Acls<'static>> {
+    match url.option("acl") {
+        None | Some("open") => Ok(Acls::anyone_all()),
+        Some("creator") if authenticated => Ok(Acls::creator_all()),
+        Some("creator") => Err(url.invalid(
+            "`acl=creator` gives the nodes to the handle's digest identity: give one, zk://user:password@host:2181",
+        )),
+        Some(other) => Err(url.invalid(format!("option `acl`: `{other}` is not an ACL; use creator or open"))),
+    }
 }
 
 /// Whether a request ended because its connection broke, so that nobody can tell whether the

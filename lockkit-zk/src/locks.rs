@@ -23,6 +23,8 @@ pub struct ZkLocks {
     /// The chroot: every lock directory is below it.
     pub root: Namespace,
     pub recipe: Recipe,
+    /// The ACL of every node the handle creates (the `acl` option).
+    pub acls: Acls<'static>,
     pub pool: LeasePool,
     pub endpoints: String,
     pub settings: Settings,
@@ -68,9 +70,9 @@ impl ZkLocks {
         Ok(path)
     }
 
-    /// How contenders' nodes are created: ephemeral sequential, open to anyone.
+    /// How contenders' nodes are created: ephemeral sequential, with the handle's ACL.
     pub fn node_options(&self) -> CreateOptions<'static> {
-        CreateMode::EphemeralSequential.with_acls(Acls::anyone_all())
+        CreateMode::EphemeralSequential.with_acls(self.acls)
     }
 
     /// Runs a request, trying again after a broken connection until the request timeout.
@@ -93,10 +95,10 @@ impl ZkLocks {
     pub async fn make_directory(&self, client: &Client, directory: &str) -> Result<()> {
         let parent = &directory[..directory.rfind('/').unwrap_or(0)];
         if !parent.is_empty() {
-            let options = CreateMode::Persistent.with_acls(Acls::anyone_all());
+            let options = CreateMode::Persistent.with_acls(self.acls);
             self.call(|| client.mkdir(parent, &options)).await.map_err(|e| self.error(e))?;
         }
-        let options = CreateMode::Container.with_acls(Acls::anyone_all());
+        let options = CreateMode::Container.with_acls(self.acls);
         match self.call(|| client.create(directory, &[], &options)).await {
             Ok(_) | Err(zookeeper_client::Error::NodeExists) => Ok(()),
             Err(e) => Err(self.error(e)),

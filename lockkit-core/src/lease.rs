@@ -206,7 +206,7 @@ impl Lease for KeptLease {
     async fn refresh(&self) -> Result<()> {
         let state = &self.shared.state;
         match refresh_once(state, self.shared.backend.as_ref()).await {
-            Ok(()) => Ok(()),
+            Ok(_) => Ok(()),
             Err(Refresh::Gone(reason)) => {
                 Err(Error::LockLost { backend: state.backend, name: format!("lease {}", state.id), reason })
             }
@@ -264,8 +264,9 @@ enum Refresh {
     Failed(Error),
 }
 
-/// One keep-alive round trip, bounded by the lease's deadline.
-async fn refresh_once(state: &LeaseState, backend: &dyn LeaseBackend) -> std::result::Result<(), Refresh> {
+/// One keep-alive round trip, bounded by the lease's deadline; `Ok` gives when it was sent (what
+/// the new deadline counts from).
+async fn refresh_once(state: &LeaseState, backend: &dyn LeaseBackend) -> std::result::Result<Instant, Refresh> {
     let sent = Instant::now();
     let deadline = state.valid_until();
     let outcome = tokio::time::timeout_at(deadline.into(), backend.keep_alive()).await;
@@ -273,7 +274,7 @@ async fn refresh_once(state: &LeaseState, backend: &dyn LeaseBackend) -> std::re
         Ok(Ok(KeepAlive::Alive(ttl))) => {
             state.confirm(sent, ttl);
             tracing::debug!(backend = state.backend, lease = %state.id, ttl = ?ttl, "lease refreshed");
-            Ok(())
+            Ok(sent)
         }
         Ok(Ok(KeepAlive::Gone(reason))) => {
             state.lose(reason.clone());
@@ -293,8 +294,9 @@ async fn refresh_once(state: &LeaseState, backend: &dyn LeaseBackend) -> std::re
     }
 }
 
-/// Refreshes every `interval`, the first time `interval` after the lease was asked for (its
-/// deadline counts from then, however long the grant took to answer).
+/// Refreshes every `interval`, counted like the deadline from when the grant or the last
+/// confirmed refresh was *sent*: a grant or a refresh that took long is followed by the next
+/// refresh at once, not at a deadline that leaves it no time.
 async fn refresh_loop(shared: Arc<Shared>, interval: Duration, granted_at: Instant, stop: CancellationToken) {
     let (state, backend) = (&shared.state, shared.backend.as_ref());
     let first_retry = (interval / 8).clamp(Duration::from_millis(10), Duration::from_millis(500));
@@ -313,9 +315,9 @@ async fn refresh_loop(shared: Arc<Shared>, interval: Duration, granted_at: Insta
             result = refresh_once(state, backend) => result,
         };
         match result {
-            Ok(()) => {
+            Ok(sent) => {
                 retry = first_retry;
-                next = Instant::now() + interval;
+                next = sent + interval;
             }
             Err(Refresh::Gone(_)) => break,
             Err(Refresh::Failed(e)) => {
@@ -437,6 +439,21 @@ mod tests {
             _ = tokio::time::sleep(Duration::from_millis(1500)) => {}
         }
         assert!(backend.calls.load(Ordering::SeqCst) >= 4);
+    }
+
+    #[tokio::test]
+    async fn a_lease_granted_slowly_is_refreshed_at_once_not_lost_at_its_deadline() {
+        let backend = scripted(vec![]);
+        let ttl = Duration::from_millis(600);
+        // The grant took three quarters of the TTL (a slow connect): the deadline is near.
+        let granted_at = Instant::now() - ttl * 3 / 4;
+        let lease = KeptLease::start("test", "t".into(), backend.clone(), (ttl, ttl / 3, ttl), granted_at);
+        let signal = lease.grant_signal();
+        tokio::select! {
+            _ = signal.lost() => panic!("lost: {:?}", signal.reason()),
+            _ = tokio::time::sleep(ttl) => {}
+        }
+        assert!(backend.calls.load(Ordering::SeqCst) >= 2);
     }
 
     #[tokio::test]

@@ -20,6 +20,21 @@ pub struct Contender {
     pub sequence: i64,
 }
 
+/// Where one acquire stands in a lock's line. Every contender whose name starts with the
+/// acquire's protected prefix is the acquire's own (a create whose answer was lost may have made
+/// a node it does not know of): the earliest is its place, the others are to be deleted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Place {
+    /// The acquire's node: the earliest with its prefix.
+    pub mine: String,
+    /// How many contenders are ahead of it (0: it holds the lock).
+    pub position: usize,
+    /// The contender right ahead of it.
+    pub ahead: Option<String>,
+    /// Its other nodes, later in line.
+    pub extra: Vec<String>,
+}
+
 impl Recipe {
     /// The `recipe` option of a URL: `curator` (default) or `kazoo`.
     pub fn from_url(url: &LockUrl) -> lockkit_core::Result<Self> {
@@ -65,6 +80,20 @@ impl Recipe {
         contenders.sort_by_key(|c| c.sequence);
         contenders
     }
+
+    /// Where the acquire whose nodes start with `prefix` stands among a directory's children;
+    /// `None` when it has no node there.
+    pub fn place(self, children: Vec<String>, prefix: &str) -> Option<Place> {
+        let contenders = self.contenders(children);
+        let position = contenders.iter().position(|c| c.name.starts_with(prefix))?;
+        let extra = contenders[position + 1..].iter().filter(|c| c.name.starts_with(prefix)).map(|c| c.name.clone());
+        Some(Place {
+            mine: contenders[position].name.clone(),
+            position,
+            ahead: position.checked_sub(1).map(|i| contenders[i].name.clone()),
+            extra: extra.collect(),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -93,6 +122,26 @@ mod tests {
             vec![format!("{prefix}0000000005"), "abc__rlock__0000000002".to_owned(), "lease_holder".to_owned()];
         let order: Vec<String> = Recipe::Kazoo.contenders(children).into_iter().map(|c| c.name).collect();
         assert_eq!(order, ["abc__rlock__0000000002".to_owned(), format!("{prefix}0000000005")]);
+    }
+
+    #[test]
+    fn every_node_with_the_prefix_is_the_acquires_own_and_the_earliest_is_its_place() {
+        let mine = Recipe::Curator.node_prefix(1);
+        let other = Recipe::Curator.node_prefix(2);
+        let children = vec![
+            format!("{mine}0000000007"),
+            format!("{other}0000000001"),
+            format!("{mine}0000000004"),
+            format!("{other}0000000002"),
+        ];
+        let place = Recipe::Curator.place(children.clone(), &mine).unwrap();
+        assert_eq!(place.mine, format!("{mine}0000000004"), "the earlier of its two nodes");
+        assert_eq!((place.position, place.ahead), (2, Some(format!("{other}0000000002"))));
+        assert_eq!(place.extra, [format!("{mine}0000000007")]);
+
+        let first = Recipe::Curator.place(children.clone(), &other).unwrap();
+        assert_eq!((first.position, first.ahead, first.extra.len()), (0, None, 1));
+        assert_eq!(Recipe::Curator.place(children, &Recipe::Curator.node_prefix(3)), None);
     }
 
     #[test]

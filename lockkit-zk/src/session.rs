@@ -1,10 +1,18 @@
 //! A ZooKeeper session: the lease every lock of a handle rides on.
 //!
-//! The core's refresh loop confirms the session with one round trip every TTL / 3; the local
-//! deadline (last confirmed round trip + session timeout) is what makes a disconnected
-//! session's guards *suspect*: `is_held()` turns false when it passes, and a reconnection
-//! before then confirms the session again. A terminal state (`Expired`, `Closed`,
-//! `AuthFailed`) fires every guard at once, through the session monitor.
+//! The core's refresh loop confirms the session with one `sync` every TTL / 3 — a round trip to
+//! the leader, which checks the session: a follower that lost the leader would go on answering
+//! reads for up to syncLimit × tickTime while the leader counts the session down. The local
+//! deadline (last confirmed round trip + session timeout) is what makes a disconnected session's
+//! guards *suspect*: `is_held()` turns false when it passes, and a reconnection before then
+//! confirms the session again. A terminal state (`Expired`, `Closed`, `AuthFailed`) fires every
+//! guard at once, through the session monitor.
+//!
+//! A `zookeeper_client::Client` keeps its session alive (it pings by itself) for as long as any
+//! clone of it exists. So the [`ZkSession`] is the only long-lived owner of its client: the rest
+//! of the driver keeps an `Arc<ZkSession>` and takes a clone per request
+//! ([`ZkSession::client`]). Once the session is revoked — the handle gave it up, or it was lost
+//! — the client is gone, the session closes, and nothing of the handle keeps its nodes alive.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -16,8 +24,10 @@ use zookeeper_client::{Client, SessionState};
 
 use crate::{BACKEND, error};
 
+/// One ZooKeeper session, the lease of a handle's locks (per TTL).
 pub struct ZkSession {
-    /// Taken when the session is revoked, which closes it once the last clone is gone.
+    /// The only long-lived clone of the client; taken when the session is revoked, which closes
+    /// the session once the requests in flight are done.
     client: Mutex<Option<Client>>,
     pub endpoints: String,
     pub timeout: Duration,
@@ -85,10 +95,11 @@ impl Connector {
 }
 
 impl ZkSession {
-    /// The session's client, or an error once it was revoked.
-    pub fn client(&self) -> Result<Client> {
+    /// The session's client for one request (drop it with the request: a clone kept keeps the
+    /// session alive), or `ClientClosed` once the session was revoked.
+    pub fn client(&self) -> Result<Client, zookeeper_client::Error> {
         let client = self.client.lock().unwrap_or_else(|e| e.into_inner());
-        client.clone().ok_or_else(|| Error::backend(BACKEND, "the ZooKeeper session was closed"))
+        client.clone().ok_or(zookeeper_client::Error::ClientClosed)
     }
 
     /// Watches the session state for `lease` (once): a terminal state loses it (and every
@@ -125,10 +136,12 @@ impl ZkSession {
 
 #[async_trait]
 impl LeaseBackend for ZkSession {
+    /// A `sync`: the server the session is connected to forwards it to the leader, which checks
+    /// the session, so the answer is the leader's view, not a partitioned follower's.
     async fn keep_alive(&self) -> Result<KeepAlive> {
-        let client = self.client()?;
-        match client.check_stat("/").await {
-            Ok(_) => Ok(KeepAlive::Alive(client.session_timeout())),
+        let client = self.client().map_err(|e| error(&self.endpoints, e))?;
+        match client.sync("/").await {
+            Ok(()) => Ok(KeepAlive::Alive(client.session_timeout())),
             Err(
                 e @ (zookeeper_client::Error::SessionExpired
                 | zookeeper_client::Error::ClientClosed
@@ -138,9 +151,13 @@ impl LeaseBackend for ZkSession {
         }
     }
 
-    /// Deletes the session's nodes (so their locks are free at once) and closes it.
+    /// Takes the client out (every later request of the driver on this session fails), deletes
+    /// the session's nodes so that their locks are free at once, and drops the client, which
+    /// closes the session — or, when the server cannot be reached, stops its pings, so that the
+    /// server expires it.
     async fn revoke(&self) -> Result<()> {
-        let Ok(client) = self.client() else { return Ok(()) };
+        let taken = self.client.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(client) = taken else { return Ok(()) };
         let result = async {
             for path in client.list_ephemerals("/").await? {
                 match client.delete(&path, None).await {
@@ -151,7 +168,7 @@ impl LeaseBackend for ZkSession {
             Ok(())
         };
         let outcome = tokio::time::timeout(self.timeout, result).await;
-        self.client.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drop(client);
         match outcome {
             Ok(Ok(())) | Ok(Err(zookeeper_client::Error::SessionExpired)) => Ok(()),
             Ok(Err(e)) => Err(error(&self.endpoints, e)),

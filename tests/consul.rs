@@ -8,6 +8,9 @@
 #[allow(dead_code)]
 mod support;
 
+#[path = "consul/faults.rs"]
+mod faults;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

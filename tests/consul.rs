@@ -1,11 +1,15 @@
-//! What only the Consul driver does — session destroyed, lock-delay, garbage and 500s, ACL
-//! tokens, `consul lock`'s key layout and flags — against the Consul HTTP API **double**
-//! (`conformance/consul_double.rs`), and the double's own rules.
+//! What only the Consul driver does — session destroyed or its node deregistered, lock-delay,
+//! garbage, 500s and rate limiting, writes Consul applies late, blocking queries answered late
+//! or with indexes going backwards, ACL tokens, `consul lock`'s key layout and flags — against
+//! the Consul HTTP API **double** (`conformance/consul_double.rs`), and the double's own rules.
 #![cfg(feature = "consul")]
 
 #[path = "conformance/support.rs"]
 #[allow(dead_code)]
 mod support;
+
+#[path = "consul/faults.rs"]
+mod faults;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +17,7 @@ use std::time::{Duration, Instant};
 use lockkit::{DistributedLock, Error};
 use serde_json::Value;
 use support::connect;
-use support::servers::consul_double::{Config, ConsulDouble, Fault};
+use support::servers::consul_double::{Config, ConsulDouble, Fault, Write};
 
 const TTL: Duration = Duration::from_secs(1);
 
@@ -25,17 +29,37 @@ fn url(double: &ConsulDouble, query: &str) -> String {
     format!("consul://{}?ttl={}ms{query}", double.addr, TTL.as_millis())
 }
 
+/// A bound on every wait for an event in these tests.
+const BOUND: Duration = Duration::from_secs(10);
+
 /// A plain HTTP call to the double: status and JSON body (`Null` when empty or not JSON).
 async fn http(double: &ConsulDouble, method: &str, path: &str, body: &str) -> (u16, Value) {
+    let (status, body, _) = http_indexed(double, method, path, body).await;
+    (status, body)
+}
+
+/// An HTTP client for the double.
+fn client() -> reqwest::Client {
     // reqwest is built without a default TLS provider (the driver picks ring).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = reqwest::Client::new();
+    reqwest::Client::new()
+}
+
+/// [`http`], with the `X-Consul-Index` of the answer.
+async fn http_indexed(double: &ConsulDouble, method: &str, path: &str, body: &str) -> (u16, Value, Option<u64>) {
+    let client = client();
     let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
     let response = client.request(method, format!("http://{}{path}", double.addr)).body(body.to_owned()).send().await;
     let response = response.expect("the double answers");
     let status = response.status().as_u16();
+    let index = response.headers().get("X-Consul-Index").map(|v| v.to_str().unwrap().parse().unwrap());
     let bytes = response.bytes().await.unwrap();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null), index)
+}
+
+/// `future`, which must complete within [`BOUND`].
+async fn bounded<F: Future>(what: &str, future: F) -> F::Output {
+    tokio::time::timeout(BOUND, future).await.unwrap_or_else(|_| panic!("{what}: not within {BOUND:?}"))
 }
 
 async fn session(double: &ConsulDouble, spec: &str) -> String {
@@ -161,7 +185,7 @@ async fn keys_follow_consul_locks_layout_and_flags() {
         let locks = locks.clone();
         async move { locks.acquire_timeout("other", Duration::from_secs(5)).await }
     });
-    tokio::time::sleep(Duration::from_millis(200)).await; // the waiter's blocking query is in place
+    bounded("the waiter's blocking query", double.blocking_queries_on("jobs/other/.lock", 1)).await;
     let release = format!("/v1/kv/jobs/other/.lock?release={theirs}&flags={}", lockkit::consul::FLAGS);
     assert_eq!(http(&double, "PUT", &release, "").await.1, Value::Bool(true));
     let taken = waiter.await.unwrap().expect("woken by the release");
@@ -173,97 +197,5 @@ async fn keys_follow_consul_locks_layout_and_flags() {
 }
 
 /// The double's own rules, as Consul documents them.
-mod double_rules {
-    use super::*;
-
-    #[tokio::test]
-    async fn session_ttls_are_bounded_and_unknown_sessions_are_404() {
-        let double = ConsulDouble::start(Config::default());
-        let (status, _) = http(&double, "PUT", "/v1/session/create", r#"{"TTL": "5s", "NodeChecks": []}"#).await;
-        assert_eq!(status, 400, "below session_ttl_min (10s)");
-        let id = session(&double, r#"{"TTL": "10s", "NodeChecks": []}"#).await;
-        let (status, body) = http(&double, "PUT", &format!("/v1/session/renew/{id}"), "").await;
-        assert_eq!((status, body[0]["TTL"].as_str()), (200, Some("10s")));
-        let (status, _) = http(&double, "PUT", "/v1/session/renew/00000000-0000-0000-0000-000000000000", "").await;
-        assert_eq!(status, 404);
-    }
-
-    #[tokio::test]
-    async fn acquire_release_and_the_indexes() {
-        let double = double();
-        let a = session(&double, r#"{"TTL": "10s", "NodeChecks": []}"#).await;
-        let b = session(&double, r#"{"TTL": "10s", "NodeChecks": []}"#).await;
-        assert_eq!(http(&double, "PUT", &format!("/v1/kv/k?acquire={a}"), "1").await.1, Value::Bool(true));
-        let first = entry(&double, "k").await;
-        assert_eq!(first["LockIndex"].as_u64(), Some(1));
-        assert_eq!(http(&double, "PUT", &format!("/v1/kv/k?acquire={b}"), "").await.1, Value::Bool(false));
-        assert_eq!(http(&double, "PUT", &format!("/v1/kv/k?release={b}"), "").await.1, Value::Bool(false));
-        assert_eq!(http(&double, "PUT", &format!("/v1/kv/k?release={a}"), "").await.1, Value::Bool(true));
-        let released = entry(&double, "k").await;
-        assert!(released["Session"].is_null());
-        assert_eq!(released["LockIndex"].as_u64(), Some(1), "a release keeps the lock index");
-        assert!(released["ModifyIndex"].as_u64() > first["ModifyIndex"].as_u64());
-        // A release imposes no lock-delay.
-        assert_eq!(http(&double, "PUT", &format!("/v1/kv/k?acquire={b}"), "").await.1, Value::Bool(true));
-        assert_eq!(entry(&double, "k").await["LockIndex"].as_u64(), Some(2));
-        let (status, _) = http(&double, "PUT", "/v1/kv/k?acquire=nope", "").await;
-        assert_eq!(status, 500, "an unknown session is an error");
-        let modify = entry(&double, "k").await["ModifyIndex"].as_u64().unwrap();
-        assert_eq!(http(&double, "PUT", "/v1/kv/k?cas=1", "").await.1, Value::Bool(false));
-        assert_eq!(http(&double, "PUT", &format!("/v1/kv/k?cas={modify}"), "").await.1, Value::Bool(true));
-    }
-
-    #[tokio::test]
-    async fn an_expired_session_releases_or_deletes_its_keys_with_a_lock_delay() {
-        let double = double();
-        let spec =
-            |behavior| format!(r#"{{"TTL": "500ms", "LockDelay": "1s", "Behavior": "{behavior}", "NodeChecks": []}}"#);
-        let started = Instant::now();
-        let released = session(&double, &spec("release")).await;
-        let deleted = session(&double, &spec("delete")).await;
-        http(&double, "PUT", &format!("/v1/kv/r?acquire={released}"), "").await;
-        http(&double, "PUT", &format!("/v1/kv/d?acquire={deleted}"), "").await;
-        let (_, before) = http(&double, "GET", "/v1/kv/r", "").await;
-        let index = before[0]["ModifyIndex"].as_u64().unwrap();
-        // A blocking query on `r` returns when the session expires (TTL × 2 without renew).
-        let (status, after) = http(&double, "GET", &format!("/v1/kv/r?index={index}&wait=5s"), "").await;
-        assert_eq!(status, 200);
-        assert!(started.elapsed() >= Duration::from_millis(900), "expired at TTL × 2: {:?}", started.elapsed());
-        assert!(after[0]["Session"].is_null(), "released: {after}");
-        let (_, d) = http(&double, "GET", "/v1/kv/d", "").await;
-        let d_index = d[0]["ModifyIndex"].as_u64().unwrap_or(0);
-        let (status, _) = http(&double, "GET", &format!("/v1/kv/d?index={d_index}&wait=5s"), "").await;
-        assert_eq!(status, 404, "deleted with its session");
-        let fresh = session(&double, r#"{"TTL": "10s", "NodeChecks": []}"#).await;
-        assert_eq!(
-            http(&double, "PUT", &format!("/v1/kv/r?acquire={fresh}"), "").await.1,
-            Value::Bool(false),
-            "lock-delay"
-        );
-        tokio::time::sleep(Duration::from_millis(1100)).await; // the point of the test: the delay passes
-        assert_eq!(http(&double, "PUT", &format!("/v1/kv/r?acquire={fresh}"), "").await.1, Value::Bool(true));
-    }
-
-    #[tokio::test]
-    async fn a_blocking_query_without_change_returns_at_its_wait_with_the_same_index() {
-        let double = double();
-        http(&double, "PUT", "/v1/kv/quiet", "x").await;
-        let (_, body) = http(&double, "GET", "/v1/kv/quiet", "").await;
-        let index = body[0]["ModifyIndex"].as_u64().unwrap();
-        let started = Instant::now();
-        http(&double, "PUT", "/v1/kv/other", "y").await; // another key: no wake-up
-        let (status, _) = http(&double, "GET", &format!("/v1/kv/quiet?index={index}&wait=300ms"), "").await;
-        assert_eq!(status, 200);
-        assert!(started.elapsed() >= Duration::from_millis(300));
-    }
-
-    #[tokio::test]
-    async fn acls_and_faults() {
-        let double =
-            ConsulDouble::start(Config { session_ttl_min: Duration::from_secs(10), acl_token: Some("t".into()) });
-        assert_eq!(http(&double, "GET", "/v1/kv/x", "").await.0, 403);
-        assert_eq!(http(&double, "GET", "/v1/kv/x?token=t", "").await.0, 404);
-        double.set_fault(Some(Fault::ServerError));
-        assert_eq!(http(&double, "GET", "/v1/kv/x?token=t", "").await.0, 500);
-    }
-}
+#[path = "consul/double_rules.rs"]
+mod double_rules;

@@ -1,6 +1,6 @@
 //! The few Consul HTTP API calls the driver makes, with their answers checked.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use lockkit_core::{Error, Result, Secret};
@@ -49,7 +49,18 @@ impl Entry {
     }
 }
 
-/// How long a blocking query may wait, at most.
+/// The first pause before a request Consul's rate limiter refused is sent again; it doubles up
+/// to [`MAX_RATE_LIMIT_PAUSE`].
+const FIRST_RATE_LIMIT_PAUSE: Duration = Duration::from_millis(50);
+const MAX_RATE_LIMIT_PAUSE: Duration = Duration::from_millis(1000);
+
+/// How much later than its `wait` Consul may answer a blocking query: it adds up to wait / 16
+/// to spread the wake-ups of many queries.
+pub fn blocking_jitter(wait: Duration) -> Duration {
+    wait / 16
+}
+
+/// A blocking query: the index to wait past, and for how long (Consul adds its jitter).
 pub struct Blocking {
     pub index: u64,
     pub wait: Duration,
@@ -86,8 +97,10 @@ impl Api {
         Api { client, base, endpoint, token, datacenter, timeout }
     }
 
-    /// One request; the status and body, or a clear error. `wait` extends the timeout of a
-    /// blocking query.
+    /// One request; the status and body, or a clear error. `wait` is the wait of a blocking
+    /// query, which Consul may answer as late as wait + wait / 16 (its jitter). A request that
+    /// Consul's rate limiter refused (429, 503: nothing was applied) is sent again after a
+    /// pause, for up to the request timeout.
     async fn call(
         &self,
         method: Method,
@@ -103,29 +116,20 @@ impl Api {
             url.push('?');
             url.push_str(&pairs.join("&"));
         }
-        let mut request = self.client.request(method, url).body(body);
-        if let Some(token) = &self.token {
-            request = request.header("X-Consul-Token", token.expose());
-        }
-        let response = tokio::time::timeout(self.timeout + wait, request.send())
-            .await
-            .map_err(|_| {
-                Error::connection(
-                    BACKEND,
-                    &self.endpoint,
-                    format!("no answer within {:?}; is Consul running there?", self.timeout + wait),
-                    None,
-                )
-            })?
-            .map_err(|e| self.connection(e))?;
-        let status = response.status();
-        let index = response.headers().get("X-Consul-Index").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
-        let body = tokio::time::timeout(self.timeout + wait, response.bytes())
-            .await
-            .map_err(|_| Error::connection(BACKEND, &self.endpoint, "the answer stopped half-way", None))?
-            .map_err(|e| self.connection(e))?;
+        let started = Instant::now();
+        let mut pause = FIRST_RATE_LIMIT_PAUSE;
+        let (status, body, index) = loop {
+            let answer = self.send(method.clone(), &url, body.clone(), wait).await?;
+            let refused = answer.0 == StatusCode::TOO_MANY_REQUESTS || answer.0 == StatusCode::SERVICE_UNAVAILABLE;
+            if !refused || started.elapsed() + pause >= self.timeout {
+                break answer;
+            }
+            tracing::debug!(backend = BACKEND, endpoint = %self.endpoint, status = %answer.0, retry_in = ?pause, "rate limited; retrying");
+            tokio::time::sleep(pause + Duration::from_millis(lockkit_core::random_u64() % 10)).await;
+            pause = (pause * 2).min(MAX_RATE_LIMIT_PAUSE);
+        };
         match status {
-            s if s.is_success() || s == StatusCode::NOT_FOUND => Ok((s, body.to_vec(), index)),
+            s if s.is_success() || s == StatusCode::NOT_FOUND => Ok((s, body, index)),
             StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED => Err(Error::Authentication {
                 backend: BACKEND,
                 endpoint: self.endpoint.clone(),
@@ -134,6 +138,17 @@ impl Api {
                     text(&body)
                 ),
             }),
+            s @ (StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) => Err(Error::Backend {
+                backend: BACKEND,
+                message: format!(
+                    "Consul at {} kept refusing requests for {:?} ({s}: {}); it is overloaded or rate limited",
+                    self.endpoint,
+                    started.elapsed(),
+                    text(&body)
+                ),
+                temporary: true,
+                source: None,
+            }),
             s => Err(Error::Backend {
                 backend: BACKEND,
                 message: format!("Consul at {} answered {s}: {}", self.endpoint, text(&body)),
@@ -141,6 +156,41 @@ impl Api {
                 source: None,
             }),
         }
+    }
+
+    /// Sends one request and reads its answer, within the request timeout (plus, for a
+    /// blocking query, its wait and Consul's jitter).
+    async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        body: Vec<u8>,
+        wait: Duration,
+    ) -> Result<(StatusCode, Vec<u8>, Option<u64>)> {
+        let budget = self.timeout + wait + blocking_jitter(wait);
+        let deadline = tokio::time::Instant::now() + budget;
+        let mut request = self.client.request(method, url).body(body);
+        if let Some(token) = &self.token {
+            request = request.header("X-Consul-Token", token.expose());
+        }
+        let response = tokio::time::timeout_at(deadline, request.send())
+            .await
+            .map_err(|_| {
+                Error::connection(
+                    BACKEND,
+                    &self.endpoint,
+                    format!("no answer within {budget:?}; is Consul running there?"),
+                    None,
+                )
+            })?
+            .map_err(|e| self.connection(e))?;
+        let status = response.status();
+        let index = response.headers().get("X-Consul-Index").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+        let body = tokio::time::timeout_at(deadline, response.bytes())
+            .await
+            .map_err(|_| Error::connection(BACKEND, &self.endpoint, "the answer stopped half-way", None))?
+            .map_err(|e| self.connection(e))?;
+        Ok((status, body.to_vec(), index))
     }
 
     fn connection(&self, e: reqwest::Error) -> Error {
@@ -222,6 +272,8 @@ impl Api {
                 format!("Consul at {} answered a read without X-Consul-Index: {}", self.endpoint, text(&body)),
             ));
         };
+        // An index of 0 would make every blocking query return at once: Consul's docs say to use 1.
+        let index = index.max(1);
         if status == StatusCode::NOT_FOUND {
             return Ok((None, index));
         }

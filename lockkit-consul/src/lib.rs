@@ -3,7 +3,10 @@
 //!
 //! - **URL**: `consul://host:8500[/namespace][?ttl=15s&lock_delay=…&dc=…&token=…&timeout=…]`.
 //!   The ACL token comes from `token` or else `CONSUL_HTTP_TOKEN`; it is sent as
-//!   `X-Consul-Token` and never shown.
+//!   `X-Consul-Token` and never shown. `blocking_wait` (default 60 s, at most 10 min) is how
+//!   long one blocking query waits; shorten it when a proxy between lockkit and Consul cuts
+//!   requests idle for longer. A blocking query may take `timeout` + its wait + wait / 16
+//!   (Consul's jitter).
 //! - **One session per handle** (per TTL): `Behavior: release`, no node checks, created at
 //!   connect and renewed by the core's refresh loop at TTL / 3 (a longer TTL answered by a
 //!   renew is kept). A renew answering 404, or no renew confirmed for a TTL since it was sent,
@@ -15,17 +18,28 @@
 //! - **Waiting** uses blocking queries on the key (with jitter), not polling; an index that goes
 //!   backwards starts over. Every waiter is woken by a release (Consul has no queue): not fair.
 //!   In the lock-delay after a holder's session ended (acquire refused with nobody holding), a
-//!   waiter retries after growing pauses (50 ms up to the delay, at most 1 s).
+//!   waiter retries after growing pauses (50 ms doubling up to 1 s: the delay in force is the
+//!   previous holder's, which Consul does not tell).
+//! - **Requests** that Consul's rate limiter refuses (429, 503: nothing applied) are sent again
+//!   after growing pauses, for up to the request timeout.
+//! - **An acquire that goes unanswered** (no answer within the timeout, a cut connection, a 5xx)
+//!   may still be applied by Consul later, after any release sent behind it: the handle then
+//!   gives its session up (its other guards fire their loss signals, the session is destroyed)
+//!   and later acquires get a new one — the rule of `lockkit_core::Cleanup`. An acquire that
+//!   was answered, then failed or was dropped, releases its key.
 //! - **Fencing token** = the key's `ModifyIndex` just after the acquire (a Raft index).
 //! - **Loss**: the guard watches its key with blocking queries: deleted, released or taken
 //!   behind its back → loss signal.
-//! - **Release** is `?release=<session>` (no lock-delay for the next holder); closing the handle
+//! - **Release** is `?release=<session>` (no lock-delay for the next holder), retried by the
+//!   core until confirmed; if it cannot be confirmed in time the session is given up, and its
+//!   revoke releases every key not confirmed released before destroying it. Closing the handle
 //!   releases its keys and destroys its session.
 //! - **Same name twice through one handle**: the second acquire waits (in the process) for the
 //!   first guard — Consul would grant one session the same key twice.
 #![deny(missing_docs, missing_debug_implementations)]
 
 mod api;
+mod grant;
 mod locks;
 mod session;
 
@@ -45,10 +59,13 @@ pub const FLAGS: u64 = 0x2ddccbc058a50c18;
 /// Consul's default lock-delay (and `consul lock`'s).
 const DEFAULT_LOCK_DELAY: Duration = Duration::from_secs(15);
 
+/// How long one blocking query waits unless `blocking_wait` says otherwise.
+const DEFAULT_BLOCKING_WAIT: Duration = Duration::from_secs(60);
+
 /// Connects to a Consul agent: creates the handle's first session, so a wrong address or ACL
 /// token is an error here.
 pub async fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
-    let mut options = vec!["lock_delay", "dc", "token"];
+    let mut options = vec!["lock_delay", "blocking_wait", "dc", "token"];
     options.extend_from_slice(lockkit_core::TLS_OPTIONS);
     url.check_options(&options)?;
     let [host] = url.hosts() else {
@@ -64,18 +81,17 @@ pub async fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
     if lock_delay > Duration::from_secs(60) {
         return Err(url.invalid("`lock_delay` can be at most 60s (Consul's limit)"));
     }
+    let wait = url.duration_option("blocking_wait")?.unwrap_or(DEFAULT_BLOCKING_WAIT);
+    if wait.is_zero() || wait > Duration::from_secs(600) {
+        return Err(url.invalid("`blocking_wait` must be above zero and at most 10m (Consul's limit)"));
+    }
     let token =
         url.option("token").map(Secret::new).or_else(|| std::env::var("CONSUL_HTTP_TOKEN").ok().map(Secret::new));
     let scheme = if url.tls() { "https" } else { "http" };
     let base = format!("{scheme}://{}", host.address(8500));
     let api = Api::new(http_client(url)?, base, token, url.option("dc").map(str::to_owned), settings.timeout);
-    let locks = ConsulLocks {
-        api,
-        lock_delay,
-        pool: LeasePool::new(BACKEND, settings.timeout),
-        local: Default::default(),
-        settings,
-    };
+    let pool = LeasePool::new(BACKEND, settings.timeout);
+    let locks = ConsulLocks { api, lock_delay, wait, pool, local: Default::default(), settings };
     let ttl = locks.settings.ttl;
     locks.session(ttl, locks.settings.refresh_interval.unwrap_or(ttl / 3)).await?;
     Ok(Arc::new(locks))

@@ -5,21 +5,27 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use lockkit_core::{
-    Capabilities, DistributedLock, Error, FencingToken, Finished, Grant, GrantRequest, KeptLease, Lease, LeaseBackend,
-    LeasePool, LocalTurns, LockGuard, LockName, LockStatus, LossSignal, Result, Settings, Turn,
+    Capabilities, DistributedLock, Error, FencingToken, GrantRequest, KeptLease, Lease, LeaseBackend, LeasePool,
+    LocalTurns, LockGuard, LockName, LockStatus, Result, Settings,
 };
 
 use crate::api::{Api, Blocking, Entry};
+use crate::grant::{Claim, ConsulGrant, watch_key};
 use crate::session::ConsulSession;
 use crate::{BACKEND, FLAGS};
 
-/// How long one blocking query may wait (Consul adds up to 1/16 of jitter itself).
-const BLOCKING_WAIT: Duration = Duration::from_secs(60);
+/// The pause after an acquire refused with nobody holding (a lock-delay); it doubles up to
+/// [`MAX_REFUSED_PAUSE`] — whatever this handle's own `lock_delay`, since the delay in force is
+/// the previous holder's, which Consul does not tell (Go's `api.Lock` waits 5 s each time).
+const FIRST_REFUSED_PAUSE: Duration = Duration::from_millis(50);
+const MAX_REFUSED_PAUSE: Duration = Duration::from_secs(1);
 
 pub struct ConsulLocks {
     pub api: Api,
     pub settings: Settings,
     pub lock_delay: Duration,
+    /// How long one blocking query waits (Consul adds up to 1/16 of jitter itself).
+    pub wait: Duration,
     pub pool: LeasePool,
     /// One holder per session and key: acquires of the same key in this process queue here.
     pub local: LocalTurns,
@@ -45,17 +51,17 @@ impl ConsulLocks {
         Ok((lease, session))
     }
 
-    /// Acquires `key` for `session`, waiting (when `wait`) with blocking queries: the new
-    /// `ModifyIndex` (the token) and the index to watch from.
+    /// Acquires `key` for `session`, waiting (when `request.wait`) with blocking queries: the
+    /// new `ModifyIndex` (the token) and the index to watch from.
     async fn acquire_key(
         &self,
         key: &str,
         session: &ConsulSession,
-        lease: &KeptLease,
+        lease: &Arc<KeptLease>,
         request: &GrantRequest,
-        cleanup: &mut Cleanup,
+        claim: &mut Claim,
     ) -> Result<Option<(u64, u64)>> {
-        let mut pause = Duration::from_millis(50);
+        let mut pause = FIRST_REFUSED_PAUSE;
         // What a blocking query just showed, so that a woken waiter tries at once.
         let mut seen = None;
         loop {
@@ -75,12 +81,12 @@ impl ConsulLocks {
                 // Held: wait until its holder changes.
                 Some(holder) => {
                     seen = Some(self.wait_change(key, &holder, index, lease).await?);
-                    pause = Duration::from_millis(50);
+                    pause = FIRST_REFUSED_PAUSE;
                     continue;
                 }
                 None => {}
             }
-            if self.try_key(key, session, request.holder.as_bytes(), cleanup).await? {
+            if self.try_key(key, session, lease, request, claim).await? {
                 let (entry, index) = self.api.get(key, None).await?;
                 return match entry {
                     Some(e) if e.session.as_deref() == Some(session.id.as_str()) => Ok(Some((e.modify_index, index))),
@@ -95,24 +101,43 @@ impl ConsulLocks {
                 return Ok(None);
             }
             // Refused with nobody holding: the lock-delay after a holder's session ended (or
-            // another contender came first). Retry after a pause that grows up to the
-            // lock-delay (at most 1 s), not in a spin.
+            // another contender came first). Retry after a pause that grows, not in a spin.
             let jitter = Duration::from_millis(lockkit_core::random_u64() % 25);
             tokio::select! {
                 _ = tokio::time::sleep(pause + jitter) => {}
                 _ = lease.lost() => return Err(session_lost(key)),
             }
-            pause = (pause * 2).min(self.lock_delay.max(pause)).min(Duration::from_secs(1));
+            pause = (pause * 2).min(MAX_REFUSED_PAUSE);
         }
     }
 
-    /// One `PUT ?acquire=`. If the acquire is dropped meanwhile, the put still completes, and
-    /// `cleanup` releases the key only after it.
-    async fn try_key(&self, key: &str, session: &ConsulSession, value: &[u8], cleanup: &mut Cleanup) -> Result<bool> {
-        let (api, key, id, value) = (self.api.clone(), key.to_owned(), session.id.clone(), value.to_vec());
-        let (put, finished) = lockkit_core::unabandoned(async move { api.lock(&key, &id, false, &value, FLAGS).await });
-        cleanup.in_flight = Some(finished);
-        put.await
+    /// One `PUT ?acquire=`. It runs to its end even if the acquire is dropped meanwhile, and
+    /// `claim` cleans up after it unless it was answered without taking the key: it releases the
+    /// key once the put was answered, and gives the session up if it went unanswered (Consul
+    /// may still apply it, after any release sent behind it).
+    async fn try_key(
+        &self,
+        key: &str,
+        session: &ConsulSession,
+        lease: &Arc<KeptLease>,
+        request: &GrantRequest,
+        claim: &mut Claim,
+    ) -> Result<bool> {
+        let (api, owned_key, id, value) =
+            (self.api.clone(), key.to_owned(), session.id.clone(), request.holder.clone());
+        let (put, finished) = lockkit_core::unabandoned_request(async move {
+            api.lock(&owned_key, &id, false, value.as_bytes(), FLAGS).await
+        });
+        claim.arm(lease, &self.api, key, &session.id, request.name.as_str(), finished);
+        let taken = put.await;
+        match &taken {
+            Ok(true) => {}
+            // Refused, or an answer that applied nothing (a bad request, no permission).
+            Ok(false) => claim.disarm(),
+            Err(e) if !e.is_temporary() => claim.disarm(),
+            Err(_) => {}
+        }
+        taken
     }
 
     /// Blocks (with blocking queries) until `key` is no longer held by `holder`; what it saw then.
@@ -124,12 +149,15 @@ impl ConsulLocks {
         lease: &KeptLease,
     ) -> Result<(Option<Entry>, u64)> {
         loop {
-            let wait = BLOCKING_WAIT + Duration::from_millis(lockkit_core::random_u64() % 1000);
+            // A little jitter of our own, so that the waiters of one release do not all come
+            // back at the same moment when nothing changes.
+            let spread = (self.wait / 60).as_millis() as u64 + 1;
+            let wait = self.wait + Duration::from_millis(lockkit_core::random_u64() % spread);
             let (entry, next) = tokio::select! {
                 read = self.api.get(key, Some(Blocking { index, wait })) => read?,
                 _ = lease.lost() => return Err(session_lost(key)),
             };
-            // An index that went backwards (a restored snapshot, another server) starts over.
+            // An index that went backwards (servers restored from a snapshot) starts over.
             index = if next < index { 0 } else { next };
             if entry.as_ref().and_then(|e| e.session.as_deref()) != Some(holder) {
                 return Ok((entry, index));
@@ -156,6 +184,11 @@ fn session_lost(key: &str) -> Error {
     }
 }
 
+/// Whether an acquire failed because its session is gone (a new one may succeed).
+fn session_gone(lease: &KeptLease, e: &Error) -> bool {
+    lease.is_lost() || e.to_string().contains("invalid session")
+}
+
 #[async_trait]
 impl DistributedLock for ConsulLocks {
     fn backend(&self) -> &'static str {
@@ -173,36 +206,38 @@ impl DistributedLock for ConsulLocks {
     async fn grant(&self, request: &GrantRequest) -> Result<Option<LockGuard>> {
         let key = self.key(&request.name);
         let Some(turn) = self.local.take(&key, request.wait).await else { return Ok(None) };
-        let mut turn = Some(turn);
+        let mut claim = Claim::new(turn);
         // A session that ended behind our back is noticed here at the latest: lose it, make a new one.
         let mut retried = false;
-        let (lease, session, token, index, mut cleanup) = loop {
+        let (lease, session, token, index) = loop {
             let (lease, session) = self.session(request.ttl, request.refresh_interval).await?;
-            let mut cleanup = Cleanup {
-                api: self.api.clone(),
-                key: key.clone(),
-                session: session.id.clone(),
-                turn: turn.take(),
-                in_flight: None,
-            };
-            match self.acquire_key(&key, &session, &lease, request, &mut cleanup).await {
-                Ok(Some((token, index))) => break (lease, session, token, index, cleanup),
-                Ok(None) => {
-                    cleanup.disarm();
-                    return Ok(None);
-                }
-                Err(e) if !retried && (lease.is_lost() || e.to_string().contains("invalid session")) => {
+            match self.acquire_key(&key, &session, &lease, request, &mut claim).await {
+                Ok(Some((token, index))) => break (lease, session, token, index),
+                Ok(None) => return Ok(None),
+                Err(e) if !retried && session_gone(&lease, &e) => {
                     lease.lose(format!("Consul session {} is gone: {e}", session.id));
-                    turn = cleanup.disarm();
+                    // Whatever the acquire took ends with the session, which is revoked.
+                    claim.disarm();
                     retried = true;
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    // Released, or the session given up, before the error is returned.
+                    claim.clean_up().await;
+                    return Err(e);
+                }
             }
         };
         session.hold(&key, true);
         let signal = lease.grant_signal();
-        let watch = tokio::spawn(watch_key(self.api.clone(), key.clone(), session.id.clone(), index, signal.clone()));
-        let grant = ConsulGrant { session, key, name: request.name.to_string(), watch, _turn: cleanup.disarm() };
+        let watch = tokio::spawn(watch_key(
+            self.api.clone(),
+            key.clone(),
+            session.id.clone(),
+            index,
+            self.wait,
+            signal.clone(),
+        ));
+        let grant = ConsulGrant { session, key, name: request.name.to_string(), watch, _turn: claim.into_turn() };
         Ok(Some(request.granted(BACKEND, FencingToken::new(token), lease, signal, grant)))
     }
 
@@ -224,82 +259,6 @@ impl DistributedLock for ConsulLocks {
         match self.api.get(&key, None).await?.0.and_then(|e| e.session) {
             Some(holder) => self.api.lock(&key, &holder, true, &[], FLAGS).await,
             None => Ok(false),
-        }
-    }
-}
-
-/// Fires the grant's loss signal when its key is deleted or no longer held by its session.
-/// Errors reading it are retried: the session's renewals decide loss when Consul is away.
-async fn watch_key(api: Api, key: String, session: String, mut index: u64, signal: LossSignal) {
-    let mut pause = Duration::from_millis(100);
-    loop {
-        match api.get(&key, Some(Blocking { index, wait: BLOCKING_WAIT })).await {
-            Ok((None, _)) => return signal.lose(format!("its key {key} was deleted")),
-            Ok((Some(entry), _)) if entry.session.as_deref() != Some(session.as_str()) => {
-                return signal.lose(format!("its key {key} was released or taken behind its back"));
-            }
-            Ok((Some(_), next)) => {
-                index = if next < index { 0 } else { next };
-                pause = Duration::from_millis(100);
-            }
-            Err(e) => {
-                tracing::debug!(backend = BACKEND, %key, error = %e, "watching a held key failed; retrying");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
-}
-
-/// Releases the key of an acquire that failed or was dropped — after its acquire was answered
-/// (two requests in flight at once are not ordered) — keeping this process's turn on the key
-/// until then, so a later acquire through the same handle cannot lose its grant to it.
-struct Cleanup {
-    api: Api,
-    key: String,
-    session: String,
-    turn: Option<Turn>,
-    /// When the acquire has been answered.
-    in_flight: Option<Finished>,
-}
-
-impl Cleanup {
-    fn disarm(&mut self) -> Option<Turn> {
-        self.in_flight = None;
-        self.turn.take()
-    }
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let Some(in_flight) = self.in_flight.take() else { return };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-        let (api, key, session, turn) = (self.api.clone(), self.key.clone(), self.session.clone(), self.turn.take());
-        runtime.spawn(async move {
-            in_flight.wait().await;
-            let _ = api.lock(&key, &session, true, &[], FLAGS).await;
-            drop(turn);
-        });
-    }
-}
-
-struct ConsulGrant {
-    session: Arc<ConsulSession>,
-    key: String,
-    name: String,
-    watch: tokio::task::JoinHandle<()>,
-    _turn: Option<Turn>,
-}
-
-#[async_trait]
-impl Grant for ConsulGrant {
-    async fn release(&self) -> Result<()> {
-        self.watch.abort();
-        self.session.hold(&self.key, false);
-        if self.session.api.lock(&self.key, &self.session.id, true, &[], FLAGS).await? {
-            Ok(())
-        } else {
-            Err(Error::not_held(BACKEND, &self.name, "its key was no longer held by this session"))
         }
     }
 }

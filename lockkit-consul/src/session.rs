@@ -1,13 +1,16 @@
 //! A Consul session: the lease every lock of a handle rides on.
 
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use lockkit_core::{KeepAlive, LeaseBackend, Result};
 
 use crate::api::Api;
+
+/// How many keys a revoke releases at once.
+const RELEASES_AT_ONCE: usize = 16;
 
 pub struct ConsulSession {
     pub api: Api,
@@ -39,12 +42,24 @@ impl LeaseBackend for ConsulSession {
         }
     }
 
-    /// Releases the session's keys (so no lock-delay follows), then destroys it.
+    /// Releases the session's keys side by side (so no lock-delay follows), then destroys it —
+    /// also when a release failed (its key then gets the lock-delay). The core bounds the whole
+    /// revoke by the request timeout; a session it cuts off is not renewed any more, so Consul
+    /// ends it within twice its TTL.
     async fn revoke(&self) -> Result<()> {
         let keys: Vec<String> = self.held.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
+        let mut releases = tokio::task::JoinSet::new();
+        let permits = Arc::new(tokio::sync::Semaphore::new(RELEASES_AT_ONCE));
         for key in keys {
-            self.api.lock(&key, &self.id, true, &[], crate::FLAGS).await?;
+            let (api, id, permits) = (self.api.clone(), self.id.clone(), permits.clone());
+            releases.spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                if let Err(e) = api.lock(&key, &id, true, &[], crate::FLAGS).await {
+                    tracing::debug!(backend = crate::BACKEND, %key, error = %e, "releasing a key of a revoked session failed");
+                }
+            });
         }
+        while releases.join_next().await.is_some() {}
         self.api.destroy_session(&self.id).await
     }
 }

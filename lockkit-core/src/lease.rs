@@ -377,9 +377,8 @@ impl LeasePool {
         let leases: Vec<Arc<KeptLease>> = self.leases.lock().await.drain().map(|(_, lease)| lease).collect();
         let mut result = Ok(());
         for lease in leases {
-            if !lease.is_lost()
-                && let Err(e) = lease.revoke().await
-            {
+            // A lost lease too: its revoke may still be under way, and is waited for.
+            if let Err(e) = lease.revoke().await {
                 result = Err(e);
             }
         }

@@ -169,6 +169,10 @@ impl LossSignal {
     /// Declares this one grant lost (drivers call it when the grant is removed behind the
     /// holder's back). The first reason given wins.
     pub fn lose(&self, reason: impl Into<String>) {
+        if self.lease.lost.is_cancelled() {
+            // The lease went first: its reason is the grant's.
+            return;
+        }
         let reason = reason.into();
         if self.shared.reason.set(reason.clone()).is_ok() && !self.shared.own.is_cancelled() {
             self.shared.log_loss(self.lease.backend, &reason);

@@ -1,0 +1,140 @@
+//! A held key: its release, its watch, and the claim an acquire keeps on it until it becomes a
+//! guard's.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lockkit_core::{Cleanup, Error, Finished, Grant, KeptLease, LossSignal, Result, Turn};
+
+use crate::api::{Api, Blocking};
+use crate::session::ConsulSession;
+use crate::{BACKEND, FLAGS};
+
+/// One `?release=` of `key` by `session`: `Ok` once Consul confirmed it, [`Error::NotHeld`] when
+/// the session did not hold the key (any more), any other error when it could not tell.
+/// Repeatable.
+pub async fn release(api: &Api, key: &str, session: &str, name: &str) -> Result<()> {
+    if api.lock(key, session, true, &[], FLAGS).await? {
+        Ok(())
+    } else {
+        Err(Error::not_held(BACKEND, name, format!("its key {key} was no longer held by session {session}")))
+    }
+}
+
+/// What an acquire keeps while it runs: this process's turn on the key and — from the moment a
+/// `?acquire=` may have taken the key — a [`Cleanup`] that gives the key back unless it becomes
+/// a guard's (or gives the session up, when that acquire went unanswered and may still be
+/// applied). Dropped (the acquire failed, timed out or was cancelled), it cleans up in the
+/// background; the turn is kept until then.
+pub struct Claim {
+    turn: Option<Turn>,
+    cleanup: Option<Cleanup>,
+}
+
+impl Claim {
+    pub fn new(turn: Turn) -> Self {
+        Claim { turn: Some(turn), cleanup: None }
+    }
+
+    /// An `?acquire=` of `key` by `session` is on its way; `put` tells when it has finished.
+    pub fn arm(&mut self, lease: &Arc<KeptLease>, api: &Api, key: &str, session: &str, name: &str, put: Finished) {
+        let (api, key, session, name_text) = (api.clone(), key.to_owned(), session.to_owned(), name.to_owned());
+        let attempt = lockkit_core::attempt(move || {
+            let (api, key, session, name) = (api.clone(), key.clone(), session.clone(), name_text.clone());
+            async move { release(&api, &key, &session, &name).await }
+        });
+        let mut cleanup = Cleanup::new(lease, format!("lock {name:?}"), attempt);
+        cleanup.after(put);
+        self.disarm();
+        if let Some(turn) = self.turn.take() {
+            cleanup.keep_turn(turn);
+        }
+        self.cleanup = Some(cleanup);
+    }
+
+    /// The `?acquire=` was answered without taking the key: nothing to clean up.
+    pub fn disarm(&mut self) {
+        if let Some(cleanup) = self.cleanup.take()
+            && let Some(turn) = cleanup.disarm()
+        {
+            self.turn = Some(turn);
+        }
+    }
+
+    /// The key became a guard's: the turn, to keep with the guard.
+    pub fn into_turn(mut self) -> Option<Turn> {
+        self.disarm();
+        self.turn.take()
+    }
+
+    /// Cleans up now, if a `?acquire=` may have taken the key, and waits until the key is
+    /// released or the session given up.
+    pub async fn clean_up(mut self) {
+        if let Some(cleanup) = self.cleanup.take()
+            && let Err(e) = cleanup.now().await
+        {
+            tracing::debug!(backend = BACKEND, error = %e, "cleaning up after a failed acquire");
+        }
+    }
+}
+
+impl std::fmt::Debug for Claim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Claim").field("armed", &self.cleanup.is_some()).finish()
+    }
+}
+
+/// A held key.
+pub struct ConsulGrant {
+    pub session: Arc<ConsulSession>,
+    pub key: String,
+    pub name: String,
+    pub watch: tokio::task::JoinHandle<()>,
+    pub _turn: Option<Turn>,
+}
+
+#[async_trait]
+impl Grant for ConsulGrant {
+    /// One `?release=`. The key stays on the session's list of held keys until Consul
+    /// confirmed the release (or said the session no longer holds it), so that a session given
+    /// up because the release could not be confirmed still releases it first (no lock-delay).
+    async fn release(&self) -> Result<()> {
+        self.watch.abort();
+        let released = release(&self.session.api, &self.key, &self.session.id, &self.name).await;
+        if matches!(released, Ok(()) | Err(Error::NotHeld { .. })) {
+            self.session.hold(&self.key, false);
+        }
+        released
+    }
+}
+
+impl Drop for ConsulGrant {
+    fn drop(&mut self) {
+        self.watch.abort();
+    }
+}
+
+/// Fires the grant's loss signal when its key is deleted or no longer held by its session.
+/// Errors reading it are retried: the session's renewals decide loss when Consul is away. An
+/// index that goes backwards (servers restored from a snapshot) starts over.
+pub async fn watch_key(api: Api, key: String, session: String, mut index: u64, wait: Duration, signal: LossSignal) {
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match api.get(&key, Some(Blocking { index, wait })).await {
+            Ok((None, _)) => return signal.lose(format!("its key {key} was deleted")),
+            Ok((Some(entry), _)) if entry.session.as_deref() != Some(session.as_str()) => {
+                return signal.lose(format!("its key {key} was released or taken behind its back"));
+            }
+            Ok((Some(_), next)) => {
+                index = if next < index { 0 } else { next };
+                pause = Duration::from_millis(100);
+            }
+            Err(e) => {
+                tracing::debug!(backend = BACKEND, %key, error = %e, "watching a held key failed; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

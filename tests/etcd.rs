@@ -199,3 +199,145 @@ async fn etcds_uses_tls_and_checks_the_server_certificate() {
     let err = lockkit::connect(&format!("etcds://127.0.0.1:{}?ca=/nonexistent/ca.crt", server.port)).await.unwrap_err();
     assert!(matches!(err, Error::InvalidUrl { .. }) && err.to_string().contains("cannot read the `ca` file"), "{err}");
 }
+
+// Faults (issue #14), made by a proxy between one handle and etcd.
+
+/// A `refresh()` dropped while its keep-alive is in flight leaves no reply behind that a later
+/// refresh would take for its own: with the connection frozen, no refresh sent after the freeze
+/// is confirmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_refresh_leaves_no_reply_for_the_next_to_take_as_its_own() {
+    let server = Server::etcd();
+    let proxy = proxy::Proxy::start(server.port).await;
+    let namespace = unique("e");
+    // A long TTL and refresh interval: the background refresh stays out of the way.
+    let ttl = Duration::from_secs(6);
+    let url = format!("etcd://127.0.0.1:{}/{namespace}?ttl=6s&refresh=5s&timeout=5s", proxy.port);
+    let locks = connect(&url).await;
+    let guard = locks.acquire("x").await.unwrap();
+    let lease = guard.lease();
+
+    let delay = Duration::from_millis(300);
+    proxy.delay(delay);
+    // Opening the keep-alive stream takes one delayed round trip, the keep-alive another: the
+    // refresh is dropped while waiting for the second reply, which comes later.
+    let cancelled = tokio::time::timeout(delay * 3 / 2, lease.refresh()).await;
+    assert!(cancelled.is_err(), "the refresh was meant to be cut short: {cancelled:?}");
+    tokio::time::sleep(delay).await; // its reply arrives meanwhile
+    proxy.freeze();
+    let frozen_at = Instant::now();
+    let refreshed = tokio::time::timeout(Duration::from_secs(1), lease.refresh()).await;
+    assert!(!matches!(refreshed, Ok(Ok(()))), "a refresh was confirmed through a frozen connection");
+    let bound = frozen_at + ttl - lockkit_core::safety_margin(ttl);
+    assert!(lease.valid_until() < bound, "the deadline moved past what the server confirmed");
+    proxy.thaw();
+}
+
+/// A TCP proxy in front of a server, for faults between one handle and etcd: it delays what the
+/// client sends, freezes both directions (what was sent is held, and delivered once thawed), or
+/// cuts the connections.
+mod proxy {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::{mpsc, watch};
+    use tokio::task::AbortHandle;
+    use tokio::time::Instant;
+
+    pub struct Proxy {
+        pub port: u16,
+        shared: Arc<Shared>,
+        frozen: watch::Sender<bool>,
+        accept: tokio::task::JoinHandle<()>,
+    }
+
+    #[derive(Default)]
+    struct Shared {
+        delay_ms: AtomicU64,
+        /// The tasks of the connections open now.
+        connections: Mutex<Vec<AbortHandle>>,
+    }
+
+    impl Proxy {
+        /// A proxy on a free loopback port to the server on `server`.
+        pub async fn start(server: u16) -> Proxy {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let shared = Arc::new(Shared::default());
+            let frozen = watch::Sender::new(false);
+            let (state, thawed) = (shared.clone(), frozen.subscribe());
+            let accept = tokio::spawn(async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let Ok(upstream) = TcpStream::connect(("127.0.0.1", server)).await else { continue };
+                    let ((client_read, client_write), (server_read, server_write)) =
+                        (client.into_split(), upstream.into_split());
+                    let sent = pump(client_read, server_write, Some(state.clone()), thawed.clone());
+                    let received = pump(server_read, client_write, None, thawed.clone());
+                    state.connections.lock().unwrap().extend(sent.into_iter().chain(received));
+                }
+            });
+            Proxy { port, shared, frozen, accept }
+        }
+
+        /// Delays what clients send from now on by `by`.
+        pub fn delay(&self, by: Duration) {
+            self.shared.delay_ms.store(by.as_millis() as u64, Ordering::SeqCst);
+        }
+
+        /// Closes every connection open now (clients may connect again).
+        pub fn cut(&self) {
+            for task in self.shared.connections.lock().unwrap().drain(..) {
+                task.abort();
+            }
+        }
+
+        /// Holds everything, both ways, until [`thaw`](Self::thaw).
+        pub fn freeze(&self) {
+            self.frozen.send_replace(true);
+        }
+
+        pub fn thaw(&self) {
+            self.frozen.send_replace(false);
+        }
+    }
+
+    impl Drop for Proxy {
+        fn drop(&mut self) {
+            self.accept.abort();
+            self.cut();
+        }
+    }
+
+    /// Copies `from` to `to` in order, never while frozen, each chunk after the proxy's delay
+    /// when `delayed` is given; returns its tasks.
+    fn pump(
+        mut from: OwnedReadHalf,
+        mut to: OwnedWriteHalf,
+        delayed: Option<Arc<Shared>>,
+        mut thawed: watch::Receiver<bool>,
+    ) -> [AbortHandle; 2] {
+        let (chunks, mut due) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+        let reader = tokio::spawn(async move {
+            let mut buffer = vec![0; 64 * 1024];
+            while let Ok(n @ 1..) = from.read(&mut buffer).await {
+                let delay = Duration::from_millis(delayed.as_ref().map_or(0, |s| s.delay_ms.load(Ordering::SeqCst)));
+                if chunks.send((Instant::now() + delay, buffer[..n].to_vec())).is_err() {
+                    break;
+                }
+            }
+        });
+        let writer = tokio::spawn(async move {
+            while let Some((at, chunk)) = due.recv().await {
+                tokio::time::sleep_until(at).await;
+                if thawed.wait_for(|frozen| !frozen).await.is_err() || to.write_all(&chunk).await.is_err() {
+                    break;
+                }
+            }
+        });
+        [reader.abort_handle(), writer.abort_handle()]
+    }
+}

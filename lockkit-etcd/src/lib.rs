@@ -138,12 +138,31 @@ where
     })
 }
 
-/// Whether a client error is connection trouble that another try may get past.
+/// Whether a client error is connection trouble that another try may get past (and after which
+/// a request's outcome is unknown).
 pub(crate) fn is_transient(e: &etcd_client::Error) -> bool {
     use etcd_client::Error as E;
     match e {
         E::TransportError(_) | E::IoError(_) => true,
-        E::GRpcStatus(status) => [grpc::UNAVAILABLE, grpc::DEADLINE_EXCEEDED].contains(&(status.code() as i32)),
+        E::GRpcStatus(status) => transport_status(status.code() as i32, std::error::Error::source(status).is_some()),
+        _ => false,
+    }
+}
+
+/// Whether a gRPC status (its `code`, and whether it has a `source`) says the request may not
+/// have reached etcd or its answer got lost: etcd's own "unavailable" and "deadline exceeded",
+/// or a status the client made of a transport failure (a broken connection: it carries that
+/// failure as its source; statuses etcd sends carry none).
+fn transport_status(code: i32, has_source: bool) -> bool {
+    [grpc::UNAVAILABLE, grpc::DEADLINE_EXCEEDED].contains(&code) || code == grpc::UNKNOWN && has_source
+}
+
+/// Whether etcd said the lease is gone: its "requested lease not found" (gRPC NOT_FOUND), or
+/// the client's own error when a keep-alive stream opens on a lease that is gone.
+pub(crate) fn is_lease_not_found(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(status) => status.code() as i32 == grpc::NOT_FOUND,
+        etcd_client::Error::LeaseKeepAliveError(message) => message == "lease not found",
         _ => false,
     }
 }
@@ -165,14 +184,12 @@ fn error(endpoints: &str, e: etcd_client::Error) -> Error {
                 message: status.message().to_owned(),
             }
         }
-        E::GRpcStatus(status) if [grpc::UNAVAILABLE, grpc::DEADLINE_EXCEEDED].contains(&(status.code() as i32)) => {
-            Error::connection(
-                BACKEND,
-                endpoints,
-                format!("{}; is etcd running there?", status.message()),
-                Some(Box::new(e)),
-            )
-        }
+        E::GRpcStatus(status) if is_transient(&e) => Error::connection(
+            BACKEND,
+            endpoints,
+            format!("{}; is etcd running there?", status.message()),
+            Some(Box::new(e)),
+        ),
         E::TransportError(_) | E::IoError(_) => {
             Error::connection(BACKEND, endpoints, format!("{text}; is etcd running there?"), Some(Box::new(e)))
         }
@@ -187,7 +204,9 @@ fn error(endpoints: &str, e: etcd_client::Error) -> Error {
 
 /// The gRPC status codes the mapping needs (their numbers are fixed by the gRPC spec).
 mod grpc {
+    pub const UNKNOWN: i32 = 2;
     pub const DEADLINE_EXCEEDED: i32 = 4;
+    pub const NOT_FOUND: i32 = 5;
     pub const UNAVAILABLE: i32 = 14;
     pub const UNAUTHENTICATED: i32 = 16;
 }

@@ -200,7 +200,80 @@ async fn etcds_uses_tls_and_checks_the_server_certificate() {
     assert!(matches!(err, Error::InvalidUrl { .. }) && err.to_string().contains("cannot read the `ca` file"), "{err}");
 }
 
-// Faults (issue #14), made by a proxy between one handle and etcd.
+// Faults (issue #14), made by a proxy between one handle and etcd (delay, freeze, cut, refuse)
+// and by compaction.
+
+/// A handle's URL through `port` (the server's or a proxy's), with the test TTL and `query`.
+fn url_via(port: u16, namespace: &str, query: &str) -> String {
+    format!("etcd://127.0.0.1:{port}/{namespace}?ttl={}ms&{query}", TTL.as_millis())
+}
+
+/// The key of `guard` (lock `name` in `namespace`).
+fn key_of(namespace: &str, name: &str, guard: &lockkit::LockGuard) -> String {
+    format!("{namespace}/{name}/{}", guard.lease().id())
+}
+
+/// After a compaction past the revision a guard's watch started from, a reconnection of the
+/// watch stream (its connection cut) does not count as a loss; the watch still fires on deletion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guard_outlives_a_watch_stream_reconnecting_after_compaction() {
+    use lockkit::etcd::etcd_client::Client;
+    let server = Server::etcd();
+    let proxy = proxy::Proxy::start(server.port).await;
+    let namespace = unique("e");
+    let locks = connect(&url_via(proxy.port, &namespace, "timeout=5s")).await;
+    let guard = locks.acquire("kept").await.unwrap();
+
+    let mut client = Client::connect([format!("127.0.0.1:{}", server.port)], None).await.unwrap();
+    for i in 0..20 {
+        client.put(format!("{namespace}/filler"), i.to_string(), None).await.unwrap();
+    }
+    let revision = client.get("nothing", None).await.unwrap().header().unwrap().revision();
+    client.compact(revision, None).await.unwrap();
+    proxy.cut();
+
+    let quiet = tokio::time::timeout(TTL, guard.lost()).await;
+    assert!(quiet.is_err(), "the guard was fired: {quiet:?}");
+    assert!(guard.is_held());
+    assert_eq!(run(etcdctl(&server, &["del", &key_of(&namespace, "kept", &guard)])).await.trim(), "1");
+    let reason = tokio::time::timeout(TTL, guard.lost()).await.expect("the resumed watch fires");
+    assert!(reason.contains("deleted"), "{reason}");
+}
+
+/// A watch stream reopened while acquires make new watches stays one stream: the server counts
+/// one watch stream for the handle, not one per opener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_stream_reopened_while_locks_are_taken_stays_one_stream() {
+    let server = Server::etcd();
+    let proxy = proxy::Proxy::start(server.port).await;
+    let namespace = unique("e");
+    let locks = connect(&url_via(proxy.port, &namespace, "timeout=5s")).await;
+    let _held = locks.acquire("held").await.unwrap();
+
+    proxy.down();
+    // Unreachable long enough for the reopening to pause between rounds of attempts (for up
+    // to 2 s), then acquires make new watches at once.
+    tokio::time::sleep(Duration::from_millis(8600)).await;
+    proxy.up();
+    let mut guards = Vec::new();
+    for i in 0..4 {
+        guards.push(locks.acquire_timeout(&format!("new-{i}"), Duration::from_secs(5)).await.unwrap());
+    }
+    // A second opener would come within the reopening's pause.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(metric(&server, "etcd_debugging_mvcc_watch_stream_total").await, "1", "watch streams on the server");
+}
+
+/// A metric of the etcd server, from its `/metrics` page.
+async fn metric(server: &Server, name: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", server.port)).await.unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").await.unwrap();
+    let mut page = String::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut page)).await.unwrap().unwrap();
+    let value = page.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' '));
+    value.unwrap_or_else(|| panic!("no metric {name}")).to_owned()
+}
 
 /// A `refresh()` dropped while its keep-alive is in flight leaves no reply behind that a later
 /// refresh would take for its own: with the connection frozen, no refresh sent after the freeze
@@ -234,10 +307,10 @@ async fn a_cancelled_refresh_leaves_no_reply_for_the_next_to_take_as_its_own() {
 }
 
 /// A TCP proxy in front of a server, for faults between one handle and etcd: it delays what the
-/// client sends, freezes both directions (what was sent is held, and delivered once thawed), or
-/// cuts the connections.
+/// client sends, freezes both directions (what was sent is held, and delivered once thawed), cuts
+/// the connections, or refuses new ones.
 mod proxy {
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
@@ -258,6 +331,7 @@ mod proxy {
     #[derive(Default)]
     struct Shared {
         delay_ms: AtomicU64,
+        refusing: AtomicBool,
         /// The tasks of the connections open now.
         connections: Mutex<Vec<AbortHandle>>,
     }
@@ -272,6 +346,9 @@ mod proxy {
             let (state, thawed) = (shared.clone(), frozen.subscribe());
             let accept = tokio::spawn(async move {
                 while let Ok((client, _)) = listener.accept().await {
+                    if state.refusing.load(Ordering::SeqCst) {
+                        continue; // closed at once
+                    }
                     let Ok(upstream) = TcpStream::connect(("127.0.0.1", server)).await else { continue };
                     let ((client_read, client_write), (server_read, server_write)) =
                         (client.into_split(), upstream.into_split());
@@ -293,6 +370,17 @@ mod proxy {
             for task in self.shared.connections.lock().unwrap().drain(..) {
                 task.abort();
             }
+        }
+
+        /// The server becomes unreachable: connections are cut, new ones closed at once.
+        pub fn down(&self) {
+            self.shared.refusing.store(true, Ordering::SeqCst);
+            self.cut();
+        }
+
+        /// The server is reachable again.
+        pub fn up(&self) {
+            self.shared.refusing.store(false, Ordering::SeqCst);
         }
 
         /// Holds everything, both ways, until [`thaw`](Self::thaw).

@@ -26,7 +26,9 @@
 //! - **Loss**: the guard watches its own key (all watches of a handle share one watch stream),
 //!   so a deleted key or a revoked lease fires the loss signal at once. A released guard's
 //!   watch stays, idle, for the next grant of the same name through the handle (at most 64
-//!   per handle), so taking the same lock again makes no new watch.
+//!   per handle), so taking the same lock again makes no new watch. One task keeps the stream:
+//!   when it breaks it reopens it, and each watch resumes from a fresh read of its key (a
+//!   compaction since the watch began is no loss; a key gone meanwhile is).
 //! - **Release** deletes the key only if its create revision is still the grant's, so a stale
 //!   release never deletes a newer grant. A dropped acquire deletes its waiter key.
 //! - **Same name twice through one handle**: the second acquire waits (in the process) until
@@ -85,7 +87,7 @@ pub async fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
     .await?;
     Ok(Arc::new(EtcdLocks {
         endpoints,
-        watches: Watches::new(client.clone()),
+        watches: Watches::new(client.clone(), settings.timeout),
         client,
         pool: LeasePool::new(BACKEND, settings.timeout),
         settings,

@@ -15,7 +15,7 @@ use lockkit_core::{
 use std::sync::atomic::Ordering;
 
 use crate::lease::EtcdLease;
-use crate::watches::{OnDelete, Watch, Watches, Woken};
+use crate::watches::{OnDelete, Watches, Woken};
 use crate::{BACKEND, error};
 
 pub struct EtcdLocks {
@@ -188,8 +188,7 @@ impl EtcdLocks {
         let mut mine_gone = Arc::new(Woken::default());
         // My key's watch, from its creation: an idle one of an earlier grant, or a new one.
         let on_delete = OnDelete::Wake(mine_gone.clone());
-        let own_id = self.watches.reuse_or_watch(&keys.mine, mine + 1, on_delete).await;
-        let mut own = self.unwatch_later(vec![own_id.map_err(|e| error(&self.endpoints, e))?]);
+        let mut own = self.unwatch_later(vec![self.watches.reuse_or_watch(&keys.mine, mine, on_delete).await]);
         let mut floor = mine;
         let mut known = None;
         loop {
@@ -207,14 +206,16 @@ impl EtcdLocks {
             if mine_gone.revision.load(Ordering::Relaxed) > 0 {
                 // The watch on my key ended without a deletion (etcd cancelled it): again.
                 mine_gone = Arc::new(Woken::default());
-                own = self.unwatch_later(vec![self.watch(&keys.mine, revision + 1, &mine_gone).await?.id]);
+                let on_delete = OnDelete::Wake(mine_gone.clone());
+                own = self.unwatch_later(vec![self.watches.watch(&keys.mine, mine, revision + 1, on_delete).await.id]);
             }
             let Some(predecessor) = contenders.get(1) else { return Ok(own) };
             // A watch from now, whose events etcd sends at once (one from an older revision can
             // wait for etcd's 100 ms catch-up loop). It covers the revisions after the one etcd
             // reports at its creation; when that is past the read, one more read covers the gap.
             let woken = Arc::new(Woken::default());
-            let watch = self.watch(predecessor.key_str().unwrap_or_default(), 0, &woken).await?;
+            let (key, made) = (predecessor.key_str().unwrap_or_default(), predecessor.create_revision());
+            let watch = self.watches.watch(key, made, 0, OnDelete::Wake(woken.clone())).await;
             let _unwatch = self.unwatch_later(vec![watch.id]);
             let created = tokio::select! {
                 created = watch.created => created.unwrap_or_default(),
@@ -239,11 +240,6 @@ impl EtcdLocks {
                 _ = lease.lost() => return Err(lost("its lease was lost")),
             }
         }
-    }
-
-    /// Watches `key` for deletion from revision `from` (0: from now), waking `woken`.
-    async fn watch(&self, key: &str, from: i64, woken: &Arc<Woken>) -> Result<Watch> {
-        self.watches.watch(key, from, OnDelete::Wake(woken.clone())).await.map_err(|e| error(&self.endpoints, e))
     }
 
     fn unwatch_later(&self, ids: Vec<i64>) -> Unwatch {
@@ -324,10 +320,7 @@ impl DistributedLock for EtcdLocks {
         let signal = lease.grant_signal();
         // The guard watches its key from its creation on: a waiter's watch carries over.
         let watch = match own_watch.map(Unwatch::keep) {
-            None => {
-                let watch = self.watches.reuse_or_watch(&keys.mine, revision + 1, OnDelete::Lose(signal.clone())).await;
-                watch.map_err(|e| error(&self.endpoints, e))?
-            }
+            None => self.watches.reuse_or_watch(&keys.mine, revision, OnDelete::Lose(signal.clone())).await,
             Some(id) if self.watches.retarget(id, OnDelete::Lose(signal.clone())).await => id,
             Some(_) => {
                 return Err(Error::LockLost {

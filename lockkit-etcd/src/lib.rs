@@ -30,7 +30,14 @@
 //!   when it breaks it reopens it, and each watch resumes from a fresh read of its key (a
 //!   compaction since the watch began is no loss; a key gone meanwhile is).
 //! - **Release** deletes the key only if its create revision is still the grant's, so a stale
-//!   release never deletes a newer grant. A dropped acquire deletes its waiter key.
+//!   release never deletes a newer grant. A dropped or failed acquire deletes its waiter key
+//!   (compared on its create revision too). Both are tried again until etcd confirms, for up
+//!   to the request timeout; past it the handle gives the lease up (every guard on it fires,
+//!   etcd ends the key with the lease, later acquires get a new lease), as it does when a put
+//!   got no answer (it may still be applied). See `lockkit_core::Cleanup`.
+//! - **A waiter whose lease is lost** while it waits queues again, once, on a new lease.
+//! - **Force release** deletes the holder it read only if its key still has the create
+//!   revision read, and reads again otherwise.
 //! - **Same name twice through one handle**: the second acquire waits (in the process) until
 //!   the first guard is released — both would use the same key — or gives `None` when trying.
 //! - **TLS**: `etcds://` checks the server against the public roots, or against
@@ -167,6 +174,11 @@ pub(crate) fn is_lease_not_found(e: &etcd_client::Error) -> bool {
         etcd_client::Error::LeaseKeepAliveError(message) => message == "lease not found",
         _ => false,
     }
+}
+
+/// [`is_lease_not_found`] for a driver error, from the client error it was made of.
+pub(crate) fn lost_its_lease(e: &Error) -> bool {
+    std::error::Error::source(e).and_then(|s| s.downcast_ref::<etcd_client::Error>()).is_some_and(is_lease_not_found)
 }
 
 /// Maps a client error: authentication, connection trouble, or what the server answered.

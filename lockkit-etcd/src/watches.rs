@@ -202,6 +202,12 @@ impl Watches {
         }
     }
 
+    /// The idle watches, oldest first.
+    #[cfg(test)]
+    pub async fn idle_ids(&self) -> Vec<i64> {
+        self.state.lock().await.idle.iter().copied().collect()
+    }
+
     /// Gives a watch that has not fired yet a new target; `false` when it had fired already.
     pub async fn retarget(&self, id: i64, on_delete: OnDelete) -> bool {
         let mut state = self.state.lock().await;

@@ -199,3 +199,424 @@ async fn etcds_uses_tls_and_checks_the_server_certificate() {
     let err = lockkit::connect(&format!("etcds://127.0.0.1:{}?ca=/nonexistent/ca.crt", server.port)).await.unwrap_err();
     assert!(matches!(err, Error::InvalidUrl { .. }) && err.to_string().contains("cannot read the `ca` file"), "{err}");
 }
+
+// Faults (issue #14), made by a proxy between one handle and etcd (delay, freeze, cut, refuse)
+// and by compaction. Bounds: TTL + request timeout + SLACK.
+
+/// Room for scheduling on a loaded machine in the bounds below.
+const SLACK: Duration = Duration::from_secs(2);
+
+/// A handle's URL through `port` (the server's or a proxy's), with the test TTL and `query`.
+fn url_via(port: u16, namespace: &str, query: &str) -> String {
+    format!("etcd://127.0.0.1:{port}/{namespace}?ttl={}ms&{query}", TTL.as_millis())
+}
+
+/// The key of `guard` (lock `name` in `namespace`).
+fn key_of(namespace: &str, name: &str, guard: &lockkit::LockGuard) -> String {
+    format!("{namespace}/{name}/{}", guard.lease().id())
+}
+
+/// A release nothing answers (the connection is frozen, as with a paused server) is tried until
+/// the request timeout, then the lease it hung on is given up and the error says so: the grant
+/// ends within TTL + timeout, and the handle takes locks again on a fresh lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_that_cannot_be_confirmed_gives_its_lease_up() {
+    let server = Server::etcd();
+    let proxy = proxy::Proxy::start(server.port).await;
+    let namespace = unique("e");
+    let timeout = Duration::from_millis(500);
+    let locks = connect(&url_via(proxy.port, &namespace, "timeout=500ms")).await;
+    let other = connect(&url(&server, &namespace)).await;
+    let guard = locks.acquire("x").await.unwrap();
+    let first_lease = guard.lease().id().to_owned();
+
+    proxy.freeze();
+    let release = tokio::time::timeout(timeout + SLACK, guard.release()).await.expect("the release ends");
+    let text = release.expect_err("nothing confirmed the release").to_string();
+    assert!(text.contains("given up") && !text.contains("the lease TTL will end the grant"), "{text}");
+    proxy.thaw();
+
+    let taken = other.acquire_timeout("x", TTL + timeout + SLACK).await.expect("the grant ended with its lease");
+    assert!(taken.is_held());
+    let again = locks.acquire_timeout("y", Duration::from_secs(5)).await.expect("the handle is still usable");
+    assert!(again.is_held() && again.lease().id() != first_lease, "a fresh lease: {}", again.lease().id());
+}
+
+/// A release whose first attempts fail (the server is unreachable a moment) and which is
+/// confirmed later keeps the guard's watch for the next grant once: that grant's watch is not
+/// cancelled when the handle's idle watches overflow, so a deletion of its key still fires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_retried_after_failed_attempts_keeps_its_watch_once() {
+    let server = Server::etcd();
+    let proxy = proxy::Proxy::start(server.port).await;
+    let namespace = unique("e");
+    let locks = connect(&url_via(proxy.port, &namespace, "timeout=5s")).await;
+    let guard = locks.acquire("again").await.unwrap();
+    let released = guard.loss_signal();
+
+    proxy.down();
+    let release = tokio::spawn(guard.release());
+    tokio::time::timeout(SLACK, released.lost()).await.expect("a release fires the guard first");
+    tokio::time::sleep(Duration::from_millis(200)).await; // attempts fail meanwhile
+    proxy.up();
+    release.await.unwrap().expect("confirmed once the server is reachable");
+
+    let guard = locks.acquire_timeout("again", Duration::from_secs(5)).await.unwrap();
+    for i in 0..=64 {
+        locks.acquire(&format!("other-{i}")).await.unwrap().release().await.unwrap();
+    }
+    assert_eq!(run(etcdctl(&server, &["del", &key_of(&namespace, "again", &guard)])).await.trim(), "1");
+    let reason = tokio::time::timeout(TTL, guard.lost()).await.expect("the guard's watch still fires");
+    assert!(reason.contains("deleted"), "{reason}");
+}
+
+/// A waiter dropped while the server is unreachable: its key's removal fails at first and is
+/// tried again (or its lease given up), so the key never becomes a holder nobody releases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_waiters_failed_cleanup_never_leaves_its_key_holding_the_lock() {
+    let server = Server::etcd();
+    let proxy = proxy::Proxy::start(server.port).await;
+    let namespace = unique("e");
+    let holder = connect(&url(&server, &namespace)).await;
+    let waiter = connect(&url_via(proxy.port, &namespace, "timeout=500ms")).await;
+    let other = connect(&url(&server, &namespace)).await;
+    let held = holder.acquire("x").await.unwrap();
+    let waiting = tokio::spawn({
+        let waiter = waiter.clone();
+        async move { waiter.acquire("x").await }
+    });
+    support::in_line(&*other, "x", 1).await;
+
+    proxy.down();
+    waiting.abort(); // the waiter gives up: its key's removal fails while etcd is unreachable
+    assert!(waiting.await.unwrap_err().is_cancelled());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    proxy.up();
+    held.release().await.unwrap();
+
+    let bound = TTL + Duration::from_millis(500) + SLACK;
+    let guard = other.acquire_timeout("x", bound).await.expect("the dropped waiter's key went");
+    assert!(guard.is_held());
+    drop(waiter);
+}
+
+/// After a compaction past the revision a guard's watch started from, a reconnection of the
+/// watch stream (its connection cut) does not count as a loss; the watch still fires on deletion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guard_outlives_a_watch_stream_reconnecting_after_compaction() {
+    use lockkit::etcd::etcd_client::Client;
+    let server = Server::etcd();
+    let proxy = proxy::Proxy::start(server.port).await;
+    let namespace = unique("e");
+    let locks = connect(&url_via(proxy.port, &namespace, "timeout=5s")).await;
+    let guard = locks.acquire("kept").await.unwrap();
+
+    let mut client = Client::connect([format!("127.0.0.1:{}", server.port)], None).await.unwrap();
+    for i in 0..20 {
+        client.put(format!("{namespace}/filler"), i.to_string(), None).await.unwrap();
+    }
+    let revision = client.get("nothing", None).await.unwrap().header().unwrap().revision();
+    client.compact(revision, None).await.unwrap();
+    proxy.cut();
+
+    let quiet = tokio::time::timeout(TTL, guard.lost()).await;
+    assert!(quiet.is_err(), "the guard was fired: {quiet:?}");
+    assert!(guard.is_held());
+    assert_eq!(run(etcdctl(&server, &["del", &key_of(&namespace, "kept", &guard)])).await.trim(), "1");
+    let reason = tokio::time::timeout(TTL, guard.lost()).await.expect("the resumed watch fires");
+    assert!(reason.contains("deleted"), "{reason}");
+}
+
+/// A watch stream reopened while acquires make new watches stays one stream: the server counts
+/// one watch stream for the handle, not one per opener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_stream_reopened_while_locks_are_taken_stays_one_stream() {
+    let server = Server::etcd();
+    let proxy = proxy::Proxy::start(server.port).await;
+    let namespace = unique("e");
+    let locks = connect(&url_via(proxy.port, &namespace, "timeout=5s")).await;
+    let _held = locks.acquire("held").await.unwrap();
+
+    proxy.down();
+    // Unreachable long enough for the reopening to pause between rounds of attempts (for up
+    // to 2 s), then acquires make new watches at once.
+    tokio::time::sleep(Duration::from_millis(8600)).await;
+    proxy.up();
+    let mut guards = Vec::new();
+    for i in 0..4 {
+        guards.push(locks.acquire_timeout(&format!("new-{i}"), Duration::from_secs(5)).await.unwrap());
+    }
+    // A second opener would come within the reopening's pause.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(metric(&server, "etcd_debugging_mvcc_watch_stream_total").await, "1", "watch streams on the server");
+}
+
+/// Waits until the server counts `count` watches.
+async fn watchers(server: &Server, count: usize) {
+    let started = Instant::now();
+    while metric(server, "etcd_debugging_mvcc_watcher_total").await != count.to_string() {
+        assert!(started.elapsed() < Duration::from_secs(10), "never {count} watches");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A metric of the etcd server, from its `/metrics` page.
+async fn metric(server: &Server, name: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", server.port)).await.unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").await.unwrap();
+    let mut page = String::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut page)).await.unwrap().unwrap();
+    let value = page.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' '));
+    value.unwrap_or_else(|| panic!("no metric {name}")).to_owned()
+}
+
+/// `force_release` deletes the holder it read, compared on its create revision: a key of the
+/// same name made after the read (the old holder queued again) is left alone, and the holder
+/// of the moment is removed instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_release_removes_the_holder_it_read_not_a_key_made_after() {
+    let server = Server::etcd();
+    let proxy = proxy::Proxy::start(server.port).await;
+    let namespace = unique("e");
+    let (first, second) = (connect(&url(&server, &namespace)).await, connect(&url(&server, &namespace)).await);
+    let admin = connect(&url_via(proxy.port, &namespace, "timeout=10s")).await;
+    let old = first.acquire("x").await.unwrap();
+    let waiting = tokio::spawn({
+        let second = second.clone();
+        async move { second.acquire("x").await }
+    });
+    support::in_line(&*first, "x", 1).await;
+
+    // The admin's read reaches etcd in 1 s, its delete 1 s after that; between the two, the
+    // holder hands over and queues again with the same key.
+    let delay = Duration::from_secs(1);
+    proxy.delay(delay);
+    let evict = tokio::spawn({
+        let admin = admin.clone();
+        async move { admin.force_release("x").await }
+    });
+    tokio::time::sleep(delay + delay / 4).await;
+    old.release().await.unwrap();
+    let holder = tokio::time::timeout(SLACK, waiting).await.expect("the waiter's turn").unwrap().unwrap();
+    let queued = tokio::spawn({
+        let first = first.clone();
+        async move { first.acquire_timeout("x", Duration::from_secs(15)).await }
+    });
+    support::in_line(&*first, "x", 1).await;
+
+    assert!(evict.await.unwrap().unwrap(), "there was a holder to remove");
+    let reason = tokio::time::timeout(TTL, holder.lost()).await.expect("the holder of the moment was removed");
+    assert!(reason.contains("deleted"), "{reason}");
+    let regranted = queued.await.unwrap().expect("the queued key was left alone");
+    assert!(regranted.is_held());
+}
+
+/// A `refresh()` dropped while its keep-alive is in flight leaves no reply behind that a later
+/// refresh would take for its own: with the connection frozen, no refresh sent after the freeze
+/// is confirmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_refresh_leaves_no_reply_for_the_next_to_take_as_its_own() {
+    let server = Server::etcd();
+    let proxy = proxy::Proxy::start(server.port).await;
+    let namespace = unique("e");
+    // A long TTL and refresh interval: the background refresh stays out of the way.
+    let ttl = Duration::from_secs(6);
+    let url = format!("etcd://127.0.0.1:{}/{namespace}?ttl=6s&refresh=5s&timeout=5s", proxy.port);
+    let locks = connect(&url).await;
+    let guard = locks.acquire("x").await.unwrap();
+    let lease = guard.lease();
+
+    let delay = Duration::from_millis(300);
+    proxy.delay(delay);
+    // Opening the keep-alive stream takes one delayed round trip, the keep-alive another: the
+    // refresh is dropped while waiting for the second reply, which comes later.
+    let cancelled = tokio::time::timeout(delay * 3 / 2, lease.refresh()).await;
+    assert!(cancelled.is_err(), "the refresh was meant to be cut short: {cancelled:?}");
+    tokio::time::sleep(delay).await; // its reply arrives meanwhile
+    proxy.freeze();
+    let frozen_at = Instant::now();
+    let refreshed = tokio::time::timeout(Duration::from_secs(1), lease.refresh()).await;
+    assert!(!matches!(refreshed, Ok(Ok(()))), "a refresh was confirmed through a frozen connection");
+    let bound = frozen_at + ttl - lockkit_core::safety_margin(ttl);
+    assert!(lease.valid_until() < bound, "the deadline moved past what the server confirmed");
+    proxy.thaw();
+}
+
+/// A waiter whose lease is given up while it waits (another lock's release on that lease could
+/// not be confirmed) waits on with a fresh lease instead of failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_whose_lease_is_given_up_waits_on_with_a_fresh_lease() {
+    let server = Server::etcd();
+    let proxy = proxy::Proxy::start(server.port).await;
+    let namespace = unique("e");
+    let holder = connect(&url(&server, &namespace)).await;
+    let waiter = connect(&url_via(proxy.port, &namespace, "timeout=500ms")).await;
+    let held = holder.acquire("b").await.unwrap();
+    let other = waiter.acquire("a").await.unwrap();
+    let first_lease = other.lease().id().to_owned();
+    let waiting = tokio::spawn({
+        let waiter = waiter.clone();
+        async move { waiter.acquire_timeout("b", Duration::from_secs(20)).await }
+    });
+    // Waiting: the holder's watch, the waiter's guard's, and the waiter's on its key and its
+    // predecessor's.
+    watchers(&server, 4).await;
+
+    proxy.freeze();
+    let release = other.release().await;
+    assert!(release.unwrap_err().to_string().contains("given up"));
+    proxy.thaw();
+    held.release().await.unwrap();
+
+    let guard = waiting.await.unwrap().expect("the waiter waited on");
+    assert!(guard.is_held() && guard.lease().id() != first_lease);
+}
+
+/// An acquire dropped while its put is unanswered: the put may still be applied, so the lease
+/// it was made with is given up (its guards are told why), and whatever the put makes ends
+/// with that lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acquire_dropped_with_its_put_unanswered_gives_its_lease_up() {
+    let server = Server::etcd();
+    let proxy = proxy::Proxy::start(server.port).await;
+    let namespace = unique("e");
+    let locks = connect(&url_via(proxy.port, &namespace, "timeout=500ms")).await;
+    let other = connect(&url(&server, &namespace)).await;
+    let guard = locks.acquire("a").await.unwrap();
+
+    proxy.freeze();
+    let dropped = locks.acquire_timeout("b", Duration::from_millis(100)).await;
+    assert!(matches!(dropped, Err(Error::Timeout { .. })), "{dropped:?}");
+    let reason = tokio::time::timeout(SLACK, guard.lost()).await.expect("the lease is given up");
+    assert!(reason.contains("may still be applied"), "{reason}");
+    proxy.thaw(); // the held put reaches etcd now
+
+    let bound = TTL + Duration::from_millis(500) + SLACK;
+    let taken = other.acquire_timeout("b", bound).await.expect("the late put ended with its lease");
+    assert!(taken.is_held());
+}
+
+/// A TCP proxy in front of a server, for faults between one handle and etcd: it delays what the
+/// client sends, freezes both directions (what was sent is held, and delivered once thawed), cuts
+/// the connections, or refuses new ones.
+mod proxy {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::{mpsc, watch};
+    use tokio::task::AbortHandle;
+    use tokio::time::Instant;
+
+    pub struct Proxy {
+        pub port: u16,
+        shared: Arc<Shared>,
+        frozen: watch::Sender<bool>,
+        accept: tokio::task::JoinHandle<()>,
+    }
+
+    #[derive(Default)]
+    struct Shared {
+        delay_ms: AtomicU64,
+        refusing: AtomicBool,
+        /// The tasks of the connections open now.
+        connections: Mutex<Vec<AbortHandle>>,
+    }
+
+    impl Proxy {
+        /// A proxy on a free loopback port to the server on `server`.
+        pub async fn start(server: u16) -> Proxy {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let shared = Arc::new(Shared::default());
+            let frozen = watch::Sender::new(false);
+            let (state, thawed) = (shared.clone(), frozen.subscribe());
+            let accept = tokio::spawn(async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    if state.refusing.load(Ordering::SeqCst) {
+                        continue; // closed at once
+                    }
+                    let Ok(upstream) = TcpStream::connect(("127.0.0.1", server)).await else { continue };
+                    let ((client_read, client_write), (server_read, server_write)) =
+                        (client.into_split(), upstream.into_split());
+                    let sent = pump(client_read, server_write, Some(state.clone()), thawed.clone());
+                    let received = pump(server_read, client_write, None, thawed.clone());
+                    state.connections.lock().unwrap().extend(sent.into_iter().chain(received));
+                }
+            });
+            Proxy { port, shared, frozen, accept }
+        }
+
+        /// Delays what clients send from now on by `by`.
+        pub fn delay(&self, by: Duration) {
+            self.shared.delay_ms.store(by.as_millis() as u64, Ordering::SeqCst);
+        }
+
+        /// Closes every connection open now (clients may connect again).
+        pub fn cut(&self) {
+            for task in self.shared.connections.lock().unwrap().drain(..) {
+                task.abort();
+            }
+        }
+
+        /// The server becomes unreachable: connections are cut, new ones closed at once.
+        pub fn down(&self) {
+            self.shared.refusing.store(true, Ordering::SeqCst);
+            self.cut();
+        }
+
+        /// The server is reachable again.
+        pub fn up(&self) {
+            self.shared.refusing.store(false, Ordering::SeqCst);
+        }
+
+        /// Holds everything, both ways, until [`thaw`](Self::thaw).
+        pub fn freeze(&self) {
+            self.frozen.send_replace(true);
+        }
+
+        pub fn thaw(&self) {
+            self.frozen.send_replace(false);
+        }
+    }
+
+    impl Drop for Proxy {
+        fn drop(&mut self) {
+            self.accept.abort();
+            self.cut();
+        }
+    }
+
+    /// Copies `from` to `to` in order, never while frozen, each chunk after the proxy's delay
+    /// when `delayed` is given; returns its tasks.
+    fn pump(
+        mut from: OwnedReadHalf,
+        mut to: OwnedWriteHalf,
+        delayed: Option<Arc<Shared>>,
+        mut thawed: watch::Receiver<bool>,
+    ) -> [AbortHandle; 2] {
+        let (chunks, mut due) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+        let reader = tokio::spawn(async move {
+            let mut buffer = vec![0; 64 * 1024];
+            while let Ok(n @ 1..) = from.read(&mut buffer).await {
+                let delay = Duration::from_millis(delayed.as_ref().map_or(0, |s| s.delay_ms.load(Ordering::SeqCst)));
+                if chunks.send((Instant::now() + delay, buffer[..n].to_vec())).is_err() {
+                    break;
+                }
+            }
+        });
+        let writer = tokio::spawn(async move {
+            while let Some((at, chunk)) = due.recv().await {
+                tokio::time::sleep_until(at).await;
+                if thawed.wait_for(|frozen| !frozen).await.is_err() || to.write_all(&chunk).await.is_err() {
+                    break;
+                }
+            }
+        });
+        [reader.abort_handle(), writer.abort_handle()]
+    }
+}

@@ -7,14 +7,18 @@ use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper};
 use lockkit_core::{KeepAlive, LeaseBackend, Result};
 use tokio::sync::Mutex;
 
-use crate::error;
+use crate::{error, is_lease_not_found};
+
+/// The keep-alive stream: a keeper that sends pings, and their replies in order.
+type KeepAliveStream = (LeaseKeeper, LeaseKeepAliveStream);
 
 pub struct EtcdLease {
     pub client: Client,
     pub id: i64,
     pub endpoints: String,
-    /// The keep-alive stream, opened on first use and again after it breaks.
-    stream: Mutex<Option<(LeaseKeeper, LeaseKeepAliveStream)>>,
+    /// The keep-alive stream, opened on first use and again after it breaks or after a round
+    /// trip on it was cut short.
+    stream: Mutex<Option<KeepAliveStream>>,
 }
 
 impl EtcdLease {
@@ -42,16 +46,21 @@ impl LeaseBackend for EtcdLease {
         if stream.is_none() {
             match self.client.clone().lease_keep_alive(self.id).await {
                 Ok(opened) => *stream = Some(opened),
-                Err(e) if e.to_string().contains("lease not found") => {
+                Err(e) if is_lease_not_found(&e) => {
                     return Ok(KeepAlive::Gone(format!("etcd lease {:x} is gone (expired or revoked)", self.id)));
                 }
                 Err(e) => return Err(error(&self.endpoints, e)),
             }
         }
-        let (keeper, responses) = stream.as_mut().expect("opened above");
-        let answer = match keeper.keep_alive().await {
-            Ok(()) => responses.message().await,
-            Err(e) => Err(e),
+        let answer = {
+            let mut round_trip = RoundTrip { stream: &mut stream, finished: false };
+            let (keeper, responses) = round_trip.stream.as_mut().expect("opened above");
+            let answer = match keeper.keep_alive().await {
+                Ok(()) => responses.message().await,
+                Err(e) => Err(e),
+            };
+            round_trip.finished = true;
+            answer
         };
         match answer {
             Ok(Some(response)) if response.ttl() > 0 => {
@@ -77,8 +86,24 @@ impl LeaseBackend for EtcdLease {
     async fn revoke(&self) -> Result<()> {
         match self.client.clone().lease_revoke(self.id).await {
             Ok(_) => Ok(()),
-            Err(e) if e.to_string().contains("lease not found") => Ok(()),
+            Err(e) if is_lease_not_found(&e) => Ok(()),
             Err(e) => Err(error(&self.endpoints, e)),
+        }
+    }
+}
+
+/// A keep-alive round trip in progress. Cut short (its caller dropped the refresh), it drops the
+/// stream: the reply still on its way would otherwise be read by the next round trip as its own,
+/// crediting the lease from that round trip's later send time.
+struct RoundTrip<'a> {
+    stream: &'a mut Option<KeepAliveStream>,
+    finished: bool,
+}
+
+impl Drop for RoundTrip<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            *self.stream = None;
         }
     }
 }

@@ -26,9 +26,18 @@
 //! - **Loss**: the guard watches its own key (all watches of a handle share one watch stream),
 //!   so a deleted key or a revoked lease fires the loss signal at once. A released guard's
 //!   watch stays, idle, for the next grant of the same name through the handle (at most 64
-//!   per handle), so taking the same lock again makes no new watch.
+//!   per handle), so taking the same lock again makes no new watch. One task keeps the stream:
+//!   when it breaks it reopens it, and each watch resumes from a fresh read of its key (a
+//!   compaction since the watch began is no loss; a key gone meanwhile is).
 //! - **Release** deletes the key only if its create revision is still the grant's, so a stale
-//!   release never deletes a newer grant. A dropped acquire deletes its waiter key.
+//!   release never deletes a newer grant. A dropped or failed acquire deletes its waiter key
+//!   (compared on its create revision too). Both are tried again until etcd confirms, for up
+//!   to the request timeout; past it the handle gives the lease up (every guard on it fires,
+//!   etcd ends the key with the lease, later acquires get a new lease), as it does when a put
+//!   got no answer (it may still be applied). See `lockkit_core::Cleanup`.
+//! - **A waiter whose lease is lost** while it waits queues again, once, on a new lease.
+//! - **Force release** deletes the holder it read only if its key still has the create
+//!   revision read, and reads again otherwise.
 //! - **Same name twice through one handle**: the second acquire waits (in the process) until
 //!   the first guard is released — both would use the same key — or gives `None` when trying.
 //! - **TLS**: `etcds://` checks the server against the public roots, or against
@@ -85,7 +94,7 @@ pub async fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
     .await?;
     Ok(Arc::new(EtcdLocks {
         endpoints,
-        watches: Watches::new(client.clone()),
+        watches: Watches::new(client.clone(), settings.timeout),
         client,
         pool: LeasePool::new(BACKEND, settings.timeout),
         settings,
@@ -138,14 +147,38 @@ where
     })
 }
 
-/// Whether a client error is connection trouble that another try may get past.
+/// Whether a client error is connection trouble that another try may get past (and after which
+/// a request's outcome is unknown).
 pub(crate) fn is_transient(e: &etcd_client::Error) -> bool {
     use etcd_client::Error as E;
     match e {
         E::TransportError(_) | E::IoError(_) => true,
-        E::GRpcStatus(status) => [grpc::UNAVAILABLE, grpc::DEADLINE_EXCEEDED].contains(&(status.code() as i32)),
+        E::GRpcStatus(status) => transport_status(status.code() as i32, std::error::Error::source(status).is_some()),
         _ => false,
     }
+}
+
+/// Whether a gRPC status (its `code`, and whether it has a `source`) says the request may not
+/// have reached etcd or its answer got lost: etcd's own "unavailable" and "deadline exceeded",
+/// or a status the client made of a transport failure (a broken connection: it carries that
+/// failure as its source; statuses etcd sends carry none).
+fn transport_status(code: i32, has_source: bool) -> bool {
+    [grpc::UNAVAILABLE, grpc::DEADLINE_EXCEEDED].contains(&code) || code == grpc::UNKNOWN && has_source
+}
+
+/// Whether etcd said the lease is gone: its "requested lease not found" (gRPC NOT_FOUND), or
+/// the client's own error when a keep-alive stream opens on a lease that is gone.
+pub(crate) fn is_lease_not_found(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(status) => status.code() as i32 == grpc::NOT_FOUND,
+        etcd_client::Error::LeaseKeepAliveError(message) => message == "lease not found",
+        _ => false,
+    }
+}
+
+/// [`is_lease_not_found`] for a driver error, from the client error it was made of.
+pub(crate) fn lost_its_lease(e: &Error) -> bool {
+    std::error::Error::source(e).and_then(|s| s.downcast_ref::<etcd_client::Error>()).is_some_and(is_lease_not_found)
 }
 
 /// Maps a client error: authentication, connection trouble, or what the server answered.
@@ -165,14 +198,12 @@ fn error(endpoints: &str, e: etcd_client::Error) -> Error {
                 message: status.message().to_owned(),
             }
         }
-        E::GRpcStatus(status) if [grpc::UNAVAILABLE, grpc::DEADLINE_EXCEEDED].contains(&(status.code() as i32)) => {
-            Error::connection(
-                BACKEND,
-                endpoints,
-                format!("{}; is etcd running there?", status.message()),
-                Some(Box::new(e)),
-            )
-        }
+        E::GRpcStatus(status) if is_transient(&e) => Error::connection(
+            BACKEND,
+            endpoints,
+            format!("{}; is etcd running there?", status.message()),
+            Some(Box::new(e)),
+        ),
         E::TransportError(_) | E::IoError(_) => {
             Error::connection(BACKEND, endpoints, format!("{text}; is etcd running there?"), Some(Box::new(e)))
         }
@@ -187,7 +218,9 @@ fn error(endpoints: &str, e: etcd_client::Error) -> Error {
 
 /// The gRPC status codes the mapping needs (their numbers are fixed by the gRPC spec).
 mod grpc {
+    pub const UNKNOWN: i32 = 2;
     pub const DEADLINE_EXCEEDED: i32 = 4;
+    pub const NOT_FOUND: i32 = 5;
     pub const UNAVAILABLE: i32 = 14;
     pub const UNAUTHENTICATED: i32 = 16;
 }

@@ -1,6 +1,7 @@
 //! The backend handle and the lock protocol of Go's `concurrency.Mutex`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -9,14 +10,13 @@ use etcd_client::{
     TxnResponse,
 };
 use lockkit_core::{
-    Capabilities, DistributedLock, Error, FencingToken, Finished, Grant, GrantRequest, Lease, LeaseBackend, LeasePool,
-    LocalTurns, LockGuard, LockName, LockStatus, Result, Settings, Turn,
+    Attempt, Capabilities, Cleanup, DistributedLock, Error, FencingToken, Grant, GrantRequest, KeptLease, Lease,
+    LeaseBackend, LeasePool, LocalTurns, LockGuard, LockName, LockStatus, Result, Settings, Turn,
 };
-use std::sync::atomic::Ordering;
 
 use crate::lease::EtcdLease;
-use crate::watches::{OnDelete, Watch, Watches, Woken};
-use crate::{BACKEND, error};
+use crate::watches::{OnDelete, Watches, Woken};
+use crate::{BACKEND, error, lost_its_lease};
 
 pub struct EtcdLocks {
     pub endpoints: String,
@@ -110,7 +110,8 @@ impl EtcdLocks {
 
     /// Puts a new key of mine; returns its create revision and whether it is first. A key of
     /// mine left over from an earlier grant (whose release failed) is deleted first, so every
-    /// grant gets a new revision, hence a new token.
+    /// grant gets a new revision, hence a new token. (This process's turn on the key keeps
+    /// every other acquire of it out, so deleting it by name is safe.)
     async fn enqueue(&self, keys: &Keys, lease: i64, holder: &str, cleanup: &mut Cleanup) -> Result<(i64, bool)> {
         let (revision, first) = self.try_enqueue(keys, lease, holder, cleanup).await?;
         if revision > 0 {
@@ -130,7 +131,8 @@ impl EtcdLocks {
     ///
     /// If the acquire is dropped meanwhile, the put still completes, and `cleanup` deletes the
     /// key only after it (etcd does not order two requests in flight at once, so a delete sent
-    /// alongside could land first and orphan the key).
+    /// alongside could land first and orphan the key); a put left unanswered may still be
+    /// applied, so `cleanup` then gives the lease up instead.
     async fn try_enqueue(&self, keys: &Keys, lease: i64, holder: &str, cleanup: &mut Cleanup) -> Result<(i64, bool)> {
         let head = first(SortOrder::Ascend).with_limit(1);
         let txn = Txn::new().when([Compare::create_revision(keys.mine.clone(), CompareOp::Equal, 0)]).and_then([
@@ -138,14 +140,14 @@ impl EtcdLocks {
             TxnOp::get(keys.prefix.clone(), Some(head)),
         ]);
         let (client, timeout, endpoints) = (self.client.clone(), self.settings.timeout, self.endpoints.clone());
-        let (put, finished) = lockkit_core::unabandoned(async move {
+        let (put, finished) = lockkit_core::unabandoned_request(async move {
             crate::retry(timeout, &endpoints, || {
                 let (mut client, txn) = (client.clone(), txn.clone());
                 async move { client.txn(txn).await }
             })
             .await
         });
-        cleanup.in_flight = Some(finished);
+        cleanup.after(finished);
         let response = put.await?;
         if !response.succeeded() {
             return Ok((0, false));
@@ -188,8 +190,7 @@ impl EtcdLocks {
         let mut mine_gone = Arc::new(Woken::default());
         // My key's watch, from its creation: an idle one of an earlier grant, or a new one.
         let on_delete = OnDelete::Wake(mine_gone.clone());
-        let own_id = self.watches.reuse_or_watch(&keys.mine, mine + 1, on_delete).await;
-        let mut own = self.unwatch_later(vec![own_id.map_err(|e| error(&self.endpoints, e))?]);
+        let mut own = self.unwatch_later(vec![self.watches.reuse_or_watch(&keys.mine, mine, on_delete).await]);
         let mut floor = mine;
         let mut known = None;
         loop {
@@ -207,14 +208,16 @@ impl EtcdLocks {
             if mine_gone.revision.load(Ordering::Relaxed) > 0 {
                 // The watch on my key ended without a deletion (etcd cancelled it): again.
                 mine_gone = Arc::new(Woken::default());
-                own = self.unwatch_later(vec![self.watch(&keys.mine, revision + 1, &mine_gone).await?.id]);
+                let on_delete = OnDelete::Wake(mine_gone.clone());
+                own = self.unwatch_later(vec![self.watches.watch(&keys.mine, mine, revision + 1, on_delete).await.id]);
             }
             let Some(predecessor) = contenders.get(1) else { return Ok(own) };
             // A watch from now, whose events etcd sends at once (one from an older revision can
             // wait for etcd's 100 ms catch-up loop). It covers the revisions after the one etcd
             // reports at its creation; when that is past the read, one more read covers the gap.
             let woken = Arc::new(Woken::default());
-            let watch = self.watch(predecessor.key_str().unwrap_or_default(), 0, &woken).await?;
+            let (key, made) = (predecessor.key_str().unwrap_or_default(), predecessor.create_revision());
+            let watch = self.watches.watch(key, made, 0, OnDelete::Wake(woken.clone())).await;
             let _unwatch = self.unwatch_later(vec![watch.id]);
             let created = tokio::select! {
                 created = watch.created => created.unwrap_or_default(),
@@ -241,9 +244,93 @@ impl EtcdLocks {
         }
     }
 
-    /// Watches `key` for deletion from revision `from` (0: from now), waking `woken`.
-    async fn watch(&self, key: &str, from: i64, woken: &Arc<Woken>) -> Result<Watch> {
-        self.watches.watch(key, from, OnDelete::Wake(woken.clone())).await.map_err(|e| error(&self.endpoints, e))
+    /// The handle's lease for the request's TTL, granted on first use.
+    async fn lease(&self, request: &GrantRequest) -> Result<Arc<KeptLease>> {
+        let (client, endpoints, ttl, timeout) =
+            (self.client.clone(), self.endpoints.clone(), request.ttl, self.settings.timeout);
+        self.pool
+            .get(request.ttl, request.refresh_interval, || async move {
+                let lease = EtcdLease::grant(&client, ttl, &endpoints, timeout).await?;
+                let id = format!("{:x}", lease.id);
+                Ok((Arc::new(lease) as Arc<dyn LeaseBackend>, id))
+            })
+            .await
+    }
+
+    /// Grants `request` with a key on `lease`. Until the key is the guard's, a cleanup removes
+    /// it if the acquire fails or is dropped (see [`Cleanup`] for what happens when that
+    /// removal cannot be confirmed).
+    async fn grant_on(&self, lease: &Arc<KeptLease>, request: &GrantRequest) -> Result<Option<LockGuard>> {
+        let lease_id =
+            i64::from_str_radix(lease.id(), 16).map_err(|_| Error::backend(BACKEND, "a lease id is not hex"))?;
+        let prefix = format!("{}/", self.settings.namespace.key(&request.name));
+        let keys = Keys { mine: format!("{prefix}{}", lease.id()), prefix };
+        let Some(turn) = self.local.take(&keys.mine, request.wait).await else { return Ok(None) };
+        let made_at = Arc::new(AtomicI64::new(0));
+        let what = format!("the key {} of lock {:?}", keys.mine, request.name.as_str());
+        let mut cleanup = Cleanup::new(lease, what, self.removal(&keys.mine, made_at.clone()));
+        cleanup.keep_turn(turn);
+        let (revision, first) = self.enqueue(&keys, lease_id, &request.holder, &mut cleanup).await?;
+        made_at.store(revision, Ordering::SeqCst);
+        let own_watch = match (first, request.wait) {
+            (true, _) => None,
+            (false, false) => {
+                return match cleanup.now().await {
+                    Ok(()) | Err(Error::LockLost { .. }) => Ok(None),
+                    Err(e) => Err(e),
+                };
+            }
+            (false, true) => Some(self.wait_turn(&keys, revision, lease.as_ref()).await?),
+        };
+        let signal = lease.grant_signal();
+        // The guard watches its key from its creation on: a waiter's watch carries over.
+        let watch = match own_watch.map(Unwatch::keep) {
+            None => self.watches.reuse_or_watch(&keys.mine, revision, OnDelete::Lose(signal.clone())).await,
+            Some(id) if self.watches.retarget(id, OnDelete::Lose(signal.clone())).await => id,
+            Some(_) => {
+                return Err(Error::LockLost {
+                    backend: BACKEND,
+                    name: request.name.to_string(),
+                    reason: "its key disappeared as its turn came".into(),
+                });
+            }
+        };
+        let grant = EtcdGrant {
+            client: self.client.clone(),
+            watches: self.watches.clone(),
+            watch,
+            idled: AtomicBool::new(false),
+            key: keys.mine,
+            revision,
+            name: request.name.to_string(),
+            endpoints: self.endpoints.clone(),
+            timeout: self.settings.timeout,
+            _turn: cleanup.disarm(),
+        };
+        Ok(Some(request.granted(BACKEND, FencingToken::new(revision as u64), lease.clone(), signal, grant)))
+    }
+
+    /// One attempt at removing my `key`: compared on its create revision once that is known
+    /// (`made_at`, 0 until then; this process's turn on the key keeps every other acquire of it
+    /// out meanwhile), so a key made anew is left alone. A key gone already counts as removed.
+    fn removal(&self, key: &str, made_at: Arc<AtomicI64>) -> Attempt {
+        let (client, key, endpoints, timeout) =
+            (self.client.clone(), key.to_owned(), self.endpoints.clone(), self.settings.timeout);
+        lockkit_core::attempt(move || {
+            let (mut client, key, endpoints) = (client.clone(), key.clone(), endpoints.clone());
+            let txn = match made_at.load(Ordering::SeqCst) {
+                0 => Txn::new(),
+                revision => Txn::new().when([Compare::create_revision(key.clone(), CompareOp::Equal, revision)]),
+            };
+            let txn = txn.and_then([TxnOp::delete(key.clone(), None)]);
+            async move {
+                match tokio::time::timeout(timeout, client.txn(txn)).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(error(&endpoints, e)),
+                    Err(_) => Err(no_answer(&endpoints, "removal", timeout)),
+                }
+            }
+        })
     }
 
     fn unwatch_later(&self, ids: Vec<i64>) -> Unwatch {
@@ -284,71 +371,20 @@ impl DistributedLock for EtcdLocks {
     }
 
     async fn grant(&self, request: &GrantRequest) -> Result<Option<LockGuard>> {
-        // A lease revoked behind our back is noticed here at the latest: lose it, take a new one.
+        // A lease revoked behind our back is noticed here at the latest, and a lease may be
+        // given up while a waiter waits on it: lose it, and try once more on a new one.
         let mut retried = false;
-        let (lease, keys, revision, cleanup, own_watch) = loop {
-            let (client, endpoints, ttl, timeout) =
-                (self.client.clone(), self.endpoints.clone(), request.ttl, self.settings.timeout);
-            let lease = self
-                .pool
-                .get(request.ttl, request.refresh_interval, || async move {
-                    let lease = EtcdLease::grant(&client, ttl, &endpoints, timeout).await?;
-                    let id = format!("{:x}", lease.id);
-                    Ok((Arc::new(lease) as Arc<dyn LeaseBackend>, id))
-                })
-                .await?;
-            let lease_id =
-                i64::from_str_radix(lease.id(), 16).map_err(|_| Error::backend(BACKEND, "a lease id is not hex"))?;
-            let prefix = format!("{}/", self.settings.namespace.key(&request.name));
-            let keys = Keys { mine: format!("{prefix}{}", lease.id()), prefix };
-            let Some(turn) = self.local.take(&keys.mine, request.wait).await else { return Ok(None) };
-            let mut cleanup =
-                Cleanup { client: self.client.clone(), key: keys.mine.clone(), turn: Some(turn), in_flight: None };
-            match self.enqueue(&keys, lease_id, &request.holder, &mut cleanup).await {
-                Ok((revision, true)) => break (lease, keys, revision, cleanup, None),
-                Ok((_, false)) if !request.wait => {
-                    cleanup.now().await;
-                    return Ok(None);
-                }
-                Ok((revision, false)) => {
-                    let own_watch = self.wait_turn(&keys, revision, lease.as_ref()).await?;
-                    break (lease, keys, revision, cleanup, Some(own_watch));
-                }
-                Err(e) if !retried && e.to_string().contains("lease not found") => {
+        loop {
+            let lease = self.lease(request).await?;
+            match self.grant_on(&lease, request).await {
+                Err(e) if !retried && lost_its_lease(&e) => {
                     lease.lose(format!("etcd lease {} is gone (revoked or expired)", lease.id()));
                     retried = true;
                 }
-                Err(e) => return Err(e),
+                Err(Error::LockLost { .. }) if !retried && lease.is_lost() => retried = true,
+                other => return other,
             }
-        };
-        let signal = lease.grant_signal();
-        // The guard watches its key from its creation on: a waiter's watch carries over.
-        let watch = match own_watch.map(Unwatch::keep) {
-            None => {
-                let watch = self.watches.reuse_or_watch(&keys.mine, revision + 1, OnDelete::Lose(signal.clone())).await;
-                watch.map_err(|e| error(&self.endpoints, e))?
-            }
-            Some(id) if self.watches.retarget(id, OnDelete::Lose(signal.clone())).await => id,
-            Some(_) => {
-                return Err(Error::LockLost {
-                    backend: BACKEND,
-                    name: request.name.to_string(),
-                    reason: "its key disappeared as its turn came".into(),
-                });
-            }
-        };
-        let grant = EtcdGrant {
-            client: self.client.clone(),
-            watches: self.watches.clone(),
-            watch,
-            key: keys.mine,
-            revision,
-            name: request.name.to_string(),
-            endpoints: self.endpoints.clone(),
-            timeout: self.settings.timeout,
-            _turn: cleanup.disarm(),
-        };
-        Ok(Some(request.granted(BACKEND, FencingToken::new(revision as u64), lease, signal, grant)))
+        }
     }
 
     async fn shutdown(&self) -> Result<()> {
@@ -380,56 +416,50 @@ impl DistributedLock for EtcdLocks {
         Ok(LockStatus::held(metadata, Some(token), ttl_left).waiting(waiting))
     }
 
+    /// Deletes the holder it read only if its key still has the create revision read (a holder
+    /// that went meanwhile may have left its name to a newer key of the same lease, a waiter);
+    /// otherwise reads the holder again. The delete is tried once per read: repeated after a
+    /// lost answer, its compare would fail and the next holder would go too.
     async fn evict(&self, name: &LockName) -> Result<bool> {
         let prefix = format!("{}/", self.settings.namespace.key(name));
         let keys = Keys { mine: String::new(), prefix };
         let options = first(SortOrder::Ascend);
-        let head = self.get(&keys.prefix, options.clone().with_limit(1)).await?;
-        let Some(holder) = self.first_contender(&keys, head, options).await? else { return Ok(false) };
-        Ok(self.delete(holder.key()).await? > 0)
-    }
-}
-
-/// Deletes the waiter key of an acquire that failed or was dropped, keeping this process's
-/// turn on the key until the delete is done (so a later acquire cannot lose its new key to it).
-struct Cleanup {
-    client: Client,
-    key: String,
-    turn: Option<Turn>,
-    /// When the put of the key has been answered.
-    in_flight: Option<Finished>,
-}
-
-impl Cleanup {
-    async fn now(&mut self) {
-        let _ = self.client.clone().delete(self.key.clone(), None).await;
-        self.turn = None;
-    }
-
-    fn disarm(mut self) -> Option<Turn> {
-        self.turn.take()
-    }
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let Some(turn) = self.turn.take() else { return };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-        let (mut client, key, in_flight) = (self.client.clone(), std::mem::take(&mut self.key), self.in_flight.take());
-        runtime.spawn(async move {
-            if let Some(put) = in_flight {
-                put.wait().await;
+        for _ in 0..EVICT_TRIES {
+            let head = self.get(&keys.prefix, options.clone().with_limit(1)).await?;
+            let Some(holder) = self.first_contender(&keys, head, options.clone()).await? else { return Ok(false) };
+            let txn = Txn::new()
+                .when([Compare::create_revision(holder.key(), CompareOp::Equal, holder.create_revision())])
+                .and_then([TxnOp::delete(holder.key(), None)]);
+            let (timeout, mut client) = (self.settings.timeout, self.client.clone());
+            let response = match tokio::time::timeout(timeout, client.txn(txn)).await {
+                Ok(answer) => answer.map_err(|e| error(&self.endpoints, e))?,
+                Err(_) => return Err(no_answer(&self.endpoints, "force release", timeout)),
+            };
+            if response.succeeded() {
+                return Ok(true);
             }
-            let _ = client.delete(key, None).await;
-            drop(turn);
-        });
+        }
+        Err(Error::backend(
+            BACKEND,
+            format!("lock {:?}: its holder kept changing; force release gave up", name.as_str()),
+        ))
     }
+}
+
+/// How many holders in a row `evict` reads before it gives up (each one gone before its delete).
+const EVICT_TRIES: usize = 10;
+
+/// A request of `what` that got no answer within `timeout`: its outcome is unknown.
+fn no_answer(endpoints: &str, what: &str, timeout: Duration) -> Error {
+    Error::connection(BACKEND, endpoints, format!("no answer to the {what} within {timeout:?}"), None)
 }
 
 struct EtcdGrant {
     client: Client,
     watches: Arc<Watches>,
     watch: i64,
+    /// Whether the watch was kept for the key's next grant (by the first release attempt).
+    idled: AtomicBool,
     key: String,
     revision: i64,
     name: String,
@@ -440,28 +470,56 @@ struct EtcdGrant {
 
 #[async_trait]
 impl Grant for EtcdGrant {
+    /// One attempt; the core repeats it until etcd confirms (see [`Grant::release`]).
     async fn release(&self) -> Result<()> {
         // The watch stays, idle, for the next grant of this key (the release's own deletion
         // is ignored: it comes before that grant's revision).
-        self.watches.idle(self.watch).await;
+        if !self.idled.swap(true, Ordering::SeqCst) {
+            self.watches.idle(self.watch).await;
+        }
         let txn = Txn::new()
             .when([Compare::create_revision(self.key.clone(), CompareOp::Equal, self.revision)])
             .and_then([TxnOp::delete(self.key.clone(), None)]);
         let response = tokio::time::timeout(self.timeout, self.client.clone().txn(txn))
             .await
-            .map_err(|_| {
-                Error::connection(
-                    BACKEND,
-                    &self.endpoints,
-                    "no answer to the release; the lease TTL will end the grant",
-                    None,
-                )
-            })?
+            .map_err(|_| no_answer(&self.endpoints, "release", self.timeout))?
             .map_err(|e| error(&self.endpoints, e))?;
         if response.succeeded() {
             Ok(())
         } else {
             Err(Error::not_held(BACKEND, &self.name, "its key was gone or re-created; any newer grant was left alone"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The core repeats a release until etcd confirms it: the guard's watch is kept idle once,
+    /// not once per attempt (a second entry would later cancel the watch of the grant that
+    /// adopted it).
+    #[tokio::test]
+    async fn a_release_tried_twice_keeps_its_watch_idle_once() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).unwrap().port();
+        let client = Client::connect([format!("127.0.0.1:{port}")], None).await.unwrap();
+        let timeout = Duration::from_millis(200);
+        let watches = Watches::new(client.clone(), timeout);
+        let watch = watches.watch("lock/1", 1, 2, OnDelete::Wake(Default::default())).await.id;
+        let grant = EtcdGrant {
+            client,
+            watches: watches.clone(),
+            watch,
+            idled: AtomicBool::new(false),
+            key: "lock/1".into(),
+            revision: 1,
+            name: "lock".into(),
+            endpoints: format!("127.0.0.1:{port}"),
+            timeout,
+            _turn: None,
+        };
+        assert!(grant.release().await.is_err(), "nobody listens there");
+        assert!(grant.release().await.is_err());
+        assert_eq!(watches.idle_ids().await, [watch]);
     }
 }

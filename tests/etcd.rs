@@ -10,6 +10,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use lockkit::Error;
+use support::proxy::{Direction, Proxy};
 use support::servers::{self, Server};
 use support::{connect, contend_while, unique};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -222,19 +223,19 @@ fn key_of(namespace: &str, name: &str, guard: &lockkit::LockGuard) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_that_cannot_be_confirmed_gives_its_lease_up() {
     let server = Server::etcd();
-    let proxy = proxy::Proxy::start(server.port).await;
+    let proxy = Proxy::start(([127, 0, 0, 1], server.port).into()).await;
     let namespace = unique("e");
     let timeout = Duration::from_millis(500);
-    let locks = connect(&url_via(proxy.port, &namespace, "timeout=500ms")).await;
+    let locks = connect(&url_via(proxy.port(), &namespace, "timeout=500ms")).await;
     let other = connect(&url(&server, &namespace)).await;
     let guard = locks.acquire("x").await.unwrap();
     let first_lease = guard.lease().id().to_owned();
 
-    proxy.freeze();
+    proxy.hold(Direction::Both);
     let release = tokio::time::timeout(timeout + SLACK, guard.release()).await.expect("the release ends");
     let text = release.expect_err("nothing confirmed the release").to_string();
     assert!(text.contains("given up") && !text.contains("the lease TTL will end the grant"), "{text}");
-    proxy.thaw();
+    proxy.release();
 
     let taken = other.acquire_timeout("x", TTL + timeout + SLACK).await.expect("the grant ended with its lease");
     assert!(taken.is_held());
@@ -248,17 +249,18 @@ async fn a_release_that_cannot_be_confirmed_gives_its_lease_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_retried_after_failed_attempts_keeps_its_watch_once() {
     let server = Server::etcd();
-    let proxy = proxy::Proxy::start(server.port).await;
+    let proxy = Proxy::start(([127, 0, 0, 1], server.port).into()).await;
     let namespace = unique("e");
-    let locks = connect(&url_via(proxy.port, &namespace, "timeout=5s")).await;
+    let locks = connect(&url_via(proxy.port(), &namespace, "timeout=5s")).await;
     let guard = locks.acquire("again").await.unwrap();
     let released = guard.loss_signal();
 
-    proxy.down();
+    proxy.refuse(true);
+    proxy.cut();
     let release = tokio::spawn(guard.release());
     tokio::time::timeout(SLACK, released.lost()).await.expect("a release fires the guard first");
     tokio::time::sleep(Duration::from_millis(200)).await; // attempts fail meanwhile
-    proxy.up();
+    proxy.refuse(false);
     release.await.unwrap().expect("confirmed once the server is reachable");
 
     let guard = locks.acquire_timeout("again", Duration::from_secs(5)).await.unwrap();
@@ -275,10 +277,10 @@ async fn a_release_retried_after_failed_attempts_keeps_its_watch_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_waiters_failed_cleanup_never_leaves_its_key_holding_the_lock() {
     let server = Server::etcd();
-    let proxy = proxy::Proxy::start(server.port).await;
+    let proxy = Proxy::start(([127, 0, 0, 1], server.port).into()).await;
     let namespace = unique("e");
     let holder = connect(&url(&server, &namespace)).await;
-    let waiter = connect(&url_via(proxy.port, &namespace, "timeout=500ms")).await;
+    let waiter = connect(&url_via(proxy.port(), &namespace, "timeout=500ms")).await;
     let other = connect(&url(&server, &namespace)).await;
     let held = holder.acquire("x").await.unwrap();
     let waiting = tokio::spawn({
@@ -287,11 +289,12 @@ async fn a_dropped_waiters_failed_cleanup_never_leaves_its_key_holding_the_lock(
     });
     support::in_line(&*other, "x", 1).await;
 
-    proxy.down();
+    proxy.refuse(true);
+    proxy.cut();
     waiting.abort(); // the waiter gives up: its key's removal fails while etcd is unreachable
     assert!(waiting.await.unwrap_err().is_cancelled());
     tokio::time::sleep(Duration::from_millis(200)).await;
-    proxy.up();
+    proxy.refuse(false);
     held.release().await.unwrap();
 
     let bound = TTL + Duration::from_millis(500) + SLACK;
@@ -306,9 +309,9 @@ async fn a_dropped_waiters_failed_cleanup_never_leaves_its_key_holding_the_lock(
 async fn a_guard_outlives_a_watch_stream_reconnecting_after_compaction() {
     use lockkit::etcd::etcd_client::Client;
     let server = Server::etcd();
-    let proxy = proxy::Proxy::start(server.port).await;
+    let proxy = Proxy::start(([127, 0, 0, 1], server.port).into()).await;
     let namespace = unique("e");
-    let locks = connect(&url_via(proxy.port, &namespace, "timeout=5s")).await;
+    let locks = connect(&url_via(proxy.port(), &namespace, "timeout=5s")).await;
     let guard = locks.acquire("kept").await.unwrap();
 
     let mut client = Client::connect([format!("127.0.0.1:{}", server.port)], None).await.unwrap();
@@ -332,16 +335,17 @@ async fn a_guard_outlives_a_watch_stream_reconnecting_after_compaction() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_stream_reopened_while_locks_are_taken_stays_one_stream() {
     let server = Server::etcd();
-    let proxy = proxy::Proxy::start(server.port).await;
+    let proxy = Proxy::start(([127, 0, 0, 1], server.port).into()).await;
     let namespace = unique("e");
-    let locks = connect(&url_via(proxy.port, &namespace, "timeout=5s")).await;
+    let locks = connect(&url_via(proxy.port(), &namespace, "timeout=5s")).await;
     let _held = locks.acquire("held").await.unwrap();
 
-    proxy.down();
+    proxy.refuse(true);
+    proxy.cut();
     // Unreachable long enough for the reopening to pause between rounds of attempts (for up
     // to 2 s), then acquires make new watches at once.
     tokio::time::sleep(Duration::from_millis(8600)).await;
-    proxy.up();
+    proxy.refuse(false);
     let mut guards = Vec::new();
     for i in 0..4 {
         guards.push(locks.acquire_timeout(&format!("new-{i}"), Duration::from_secs(5)).await.unwrap());
@@ -377,10 +381,10 @@ async fn metric(server: &Server, name: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn force_release_removes_the_holder_it_read_not_a_key_made_after() {
     let server = Server::etcd();
-    let proxy = proxy::Proxy::start(server.port).await;
+    let proxy = Proxy::start(([127, 0, 0, 1], server.port).into()).await;
     let namespace = unique("e");
     let (first, second) = (connect(&url(&server, &namespace)).await, connect(&url(&server, &namespace)).await);
-    let admin = connect(&url_via(proxy.port, &namespace, "timeout=10s")).await;
+    let admin = connect(&url_via(proxy.port(), &namespace, "timeout=10s")).await;
     let old = first.acquire("x").await.unwrap();
     let waiting = tokio::spawn({
         let second = second.clone();
@@ -388,10 +392,10 @@ async fn force_release_removes_the_holder_it_read_not_a_key_made_after() {
     });
     support::in_line(&*first, "x", 1).await;
 
-    // The admin's read reaches etcd in 1 s, its delete 1 s after that; between the two, the
-    // holder hands over and queues again with the same key.
+    // The admin's read reaches etcd in 1 s, its delete 2 s after that (its answer comes back
+    // late too); between the two, the holder hands over and queues again with the same key.
     let delay = Duration::from_secs(1);
-    proxy.delay(delay);
+    proxy.latency(delay);
     let evict = tokio::spawn({
         let admin = admin.clone();
         async move { admin.force_release("x").await }
@@ -418,29 +422,30 @@ async fn force_release_removes_the_holder_it_read_not_a_key_made_after() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_refresh_leaves_no_reply_for_the_next_to_take_as_its_own() {
     let server = Server::etcd();
-    let proxy = proxy::Proxy::start(server.port).await;
+    let proxy = Proxy::start(([127, 0, 0, 1], server.port).into()).await;
     let namespace = unique("e");
     // A long TTL and refresh interval: the background refresh stays out of the way.
     let ttl = Duration::from_secs(6);
-    let url = format!("etcd://127.0.0.1:{}/{namespace}?ttl=6s&refresh=5s&timeout=5s", proxy.port);
+    let url = format!("etcd://127.0.0.1:{}/{namespace}?ttl=6s&refresh=5s&timeout=5s", proxy.port());
     let locks = connect(&url).await;
     let guard = locks.acquire("x").await.unwrap();
     let lease = guard.lease();
 
+    // 150 ms each way: a round trip takes 300 ms.
     let delay = Duration::from_millis(300);
-    proxy.delay(delay);
+    proxy.latency(delay / 2);
     // Opening the keep-alive stream takes one delayed round trip, the keep-alive another: the
     // refresh is dropped while waiting for the second reply, which comes later.
     let cancelled = tokio::time::timeout(delay * 3 / 2, lease.refresh()).await;
     assert!(cancelled.is_err(), "the refresh was meant to be cut short: {cancelled:?}");
     tokio::time::sleep(delay).await; // its reply arrives meanwhile
-    proxy.freeze();
+    proxy.hold(Direction::Both);
     let frozen_at = Instant::now();
     let refreshed = tokio::time::timeout(Duration::from_secs(1), lease.refresh()).await;
     assert!(!matches!(refreshed, Ok(Ok(()))), "a refresh was confirmed through a frozen connection");
     let bound = frozen_at + ttl - lockkit_core::safety_margin(ttl);
     assert!(lease.valid_until() < bound, "the deadline moved past what the server confirmed");
-    proxy.thaw();
+    proxy.release();
 }
 
 /// A waiter whose lease is given up while it waits (another lock's release on that lease could
@@ -448,10 +453,10 @@ async fn a_cancelled_refresh_leaves_no_reply_for_the_next_to_take_as_its_own() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_whose_lease_is_given_up_waits_on_with_a_fresh_lease() {
     let server = Server::etcd();
-    let proxy = proxy::Proxy::start(server.port).await;
+    let proxy = Proxy::start(([127, 0, 0, 1], server.port).into()).await;
     let namespace = unique("e");
     let holder = connect(&url(&server, &namespace)).await;
-    let waiter = connect(&url_via(proxy.port, &namespace, "timeout=500ms")).await;
+    let waiter = connect(&url_via(proxy.port(), &namespace, "timeout=500ms")).await;
     let held = holder.acquire("b").await.unwrap();
     let other = waiter.acquire("a").await.unwrap();
     let first_lease = other.lease().id().to_owned();
@@ -463,10 +468,10 @@ async fn a_waiter_whose_lease_is_given_up_waits_on_with_a_fresh_lease() {
     // predecessor's.
     watchers(&server, 4).await;
 
-    proxy.freeze();
+    proxy.hold(Direction::Both);
     let release = other.release().await;
     assert!(release.unwrap_err().to_string().contains("given up"));
-    proxy.thaw();
+    proxy.release();
     held.release().await.unwrap();
 
     let guard = waiting.await.unwrap().expect("the waiter waited on");
@@ -479,144 +484,20 @@ async fn a_waiter_whose_lease_is_given_up_waits_on_with_a_fresh_lease() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acquire_dropped_with_its_put_unanswered_gives_its_lease_up() {
     let server = Server::etcd();
-    let proxy = proxy::Proxy::start(server.port).await;
+    let proxy = Proxy::start(([127, 0, 0, 1], server.port).into()).await;
     let namespace = unique("e");
-    let locks = connect(&url_via(proxy.port, &namespace, "timeout=500ms")).await;
+    let locks = connect(&url_via(proxy.port(), &namespace, "timeout=500ms")).await;
     let other = connect(&url(&server, &namespace)).await;
     let guard = locks.acquire("a").await.unwrap();
 
-    proxy.freeze();
+    proxy.hold(Direction::Both);
     let dropped = locks.acquire_timeout("b", Duration::from_millis(100)).await;
     assert!(matches!(dropped, Err(Error::Timeout { .. })), "{dropped:?}");
     let reason = tokio::time::timeout(SLACK, guard.lost()).await.expect("the lease is given up");
     assert!(reason.contains("may still be applied"), "{reason}");
-    proxy.thaw(); // the held put reaches etcd now
+    proxy.release(); // the held put reaches etcd now
 
     let bound = TTL + Duration::from_millis(500) + SLACK;
     let taken = other.acquire_timeout("b", bound).await.expect("the late put ended with its lease");
     assert!(taken.is_held());
-}
-
-/// A TCP proxy in front of a server, for faults between one handle and etcd: it delays what the
-/// client sends, freezes both directions (what was sent is held, and delivered once thawed), cuts
-/// the connections, or refuses new ones.
-mod proxy {
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    use std::sync::{Arc, Mutex};
-    use std::time::Duration;
-
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-    use tokio::net::{TcpListener, TcpStream};
-    use tokio::sync::{mpsc, watch};
-    use tokio::task::AbortHandle;
-    use tokio::time::Instant;
-
-    pub struct Proxy {
-        pub port: u16,
-        shared: Arc<Shared>,
-        frozen: watch::Sender<bool>,
-        accept: tokio::task::JoinHandle<()>,
-    }
-
-    #[derive(Default)]
-    struct Shared {
-        delay_ms: AtomicU64,
-        refusing: AtomicBool,
-        /// The tasks of the connections open now.
-        connections: Mutex<Vec<AbortHandle>>,
-    }
-
-    impl Proxy {
-        /// A proxy on a free loopback port to the server on `server`.
-        pub async fn start(server: u16) -> Proxy {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let port = listener.local_addr().unwrap().port();
-            let shared = Arc::new(Shared::default());
-            let frozen = watch::Sender::new(false);
-            let (state, thawed) = (shared.clone(), frozen.subscribe());
-            let accept = tokio::spawn(async move {
-                while let Ok((client, _)) = listener.accept().await {
-                    if state.refusing.load(Ordering::SeqCst) {
-                        continue; // closed at once
-                    }
-                    let Ok(upstream) = TcpStream::connect(("127.0.0.1", server)).await else { continue };
-                    let ((client_read, client_write), (server_read, server_write)) =
-                        (client.into_split(), upstream.into_split());
-                    let sent = pump(client_read, server_write, Some(state.clone()), thawed.clone());
-                    let received = pump(server_read, client_write, None, thawed.clone());
-                    state.connections.lock().unwrap().extend(sent.into_iter().chain(received));
-                }
-            });
-            Proxy { port, shared, frozen, accept }
-        }
-
-        /// Delays what clients send from now on by `by`.
-        pub fn delay(&self, by: Duration) {
-            self.shared.delay_ms.store(by.as_millis() as u64, Ordering::SeqCst);
-        }
-
-        /// Closes every connection open now (clients may connect again).
-        pub fn cut(&self) {
-            for task in self.shared.connections.lock().unwrap().drain(..) {
-                task.abort();
-            }
-        }
-
-        /// The server becomes unreachable: connections are cut, new ones closed at once.
-        pub fn down(&self) {
-            self.shared.refusing.store(true, Ordering::SeqCst);
-            self.cut();
-        }
-
-        /// The server is reachable again.
-        pub fn up(&self) {
-            self.shared.refusing.store(false, Ordering::SeqCst);
-        }
-
-        /// Holds everything, both ways, until [`thaw`](Self::thaw).
-        pub fn freeze(&self) {
-            self.frozen.send_replace(true);
-        }
-
-        pub fn thaw(&self) {
-            self.frozen.send_replace(false);
-        }
-    }
-
-    impl Drop for Proxy {
-        fn drop(&mut self) {
-            self.accept.abort();
-            self.cut();
-        }
-    }
-
-    /// Copies `from` to `to` in order, never while frozen, each chunk after the proxy's delay
-    /// when `delayed` is given; returns its tasks.
-    fn pump(
-        mut from: OwnedReadHalf,
-        mut to: OwnedWriteHalf,
-        delayed: Option<Arc<Shared>>,
-        mut thawed: watch::Receiver<bool>,
-    ) -> [AbortHandle; 2] {
-        let (chunks, mut due) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
-        let reader = tokio::spawn(async move {
-            let mut buffer = vec![0; 64 * 1024];
-            while let Ok(n @ 1..) = from.read(&mut buffer).await {
-                let delay = Duration::from_millis(delayed.as_ref().map_or(0, |s| s.delay_ms.load(Ordering::SeqCst)));
-                if chunks.send((Instant::now() + delay, buffer[..n].to_vec())).is_err() {
-                    break;
-                }
-            }
-        });
-        let writer = tokio::spawn(async move {
-            while let Some((at, chunk)) = due.recv().await {
-                tokio::time::sleep_until(at).await;
-                if thawed.wait_for(|frozen| !frozen).await.is_err() || to.write_all(&chunk).await.is_err() {
-                    break;
-                }
-            }
-        });
-        [reader.abort_handle(), writer.abort_handle()]
-    }
 }

@@ -9,7 +9,6 @@
 mod support;
 
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lockkit::Error;
@@ -17,10 +16,8 @@ use lockkit::zookeeper::zookeeper_client::{self as zk, Acls, Client, CreateMode,
 use support::proxy::{Direction, Proxy};
 use support::servers::{self, Server};
 use support::{connect, contend_while, unique};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{ChildStdin, ChildStdout};
-use tokio::sync::watch;
 
 const TTL: Duration = Duration::from_secs(2);
 
@@ -443,8 +440,7 @@ async fn a_connection_lost_while_waiting_is_retried_on_the_same_session() {
     let root = unique("z");
     let holder = connect(&url(&server, &format!("/{root}"), "")).await;
     let held = holder.acquire("blip").await.unwrap();
-    let tap = Tap::start(proxy.port()).await;
-    let through = connect(&format!("zk://127.0.0.1:{}/{root}?ttl={}ms", tap.port, TTL.as_millis())).await;
+    let through = connect(&format!("zk://127.0.0.1:{}/{root}?ttl={}ms", proxy.port(), TTL.as_millis())).await;
     let waiter = tokio::spawn(async move { through.acquire_timeout("blip", Duration::from_secs(20)).await });
     let raw = raw(server.port, None).await;
     let directory = format!("/{root}/blip");
@@ -455,10 +451,10 @@ async fn a_connection_lost_while_waiting_is_retried_on_the_same_session() {
         waiter.first().is_some_and(|session| watchers(&server, &ahead).contains(session))
     })
     .await;
-    let before = tap.sent_so_far();
+    let before = proxy.sent_so_far();
     proxy.hold(Direction::ToServer);
     raw.set_data(&format!("{directory}/{mine}"), b"poke", None).await.unwrap();
-    tap.sent_after(before, mine.as_bytes()).await; // the waiter asked about its node again: held
+    proxy.sent_after(before, mine.as_bytes()).await; // the waiter asked about its node again: held
     proxy.cut();
     proxy.release();
     held.release().await.unwrap();
@@ -497,66 +493,5 @@ async fn acl_creator_keeps_clients_without_the_credentials_off_the_nodes() {
     for (query, expected) in [("acl=creator", "user:password"), ("acl=world", "creator or open")] {
         let err = lockkit::connect(&format!("zk://127.0.0.1:{}?{query}", server.port)).await.unwrap_err();
         assert!(matches!(err, Error::InvalidUrl { .. }) && err.to_string().contains(expected), "{err}");
-    }
-}
-
-/// Records what a handle sends (to a fault proxy, say), so that a test can wait until a
-/// request is out before it cuts the connection.
-struct Tap {
-    port: u16,
-    sent: Arc<watch::Sender<Vec<u8>>>,
-    acceptor: tokio::task::JoinHandle<()>,
-}
-
-impl Tap {
-    /// A tap on a free loopback port in front of `upstream`.
-    async fn start(upstream: u16) -> Tap {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let sent = Arc::new(watch::channel(Vec::new()).0);
-        let log = sent.clone();
-        let acceptor = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else { continue };
-                let ((mut from_client, mut to_client), (mut from_server, mut to_server)) =
-                    (client.into_split(), server.into_split());
-                let log = log.clone();
-                tokio::spawn(async move {
-                    let requests = async {
-                        let mut buffer = vec![0; 16 * 1024];
-                        while let Ok(n @ 1..) = from_client.read(&mut buffer).await {
-                            log.send_modify(|sent| sent.extend_from_slice(&buffer[..n]));
-                            if to_server.write_all(&buffer[..n]).await.is_err() {
-                                return;
-                            }
-                        }
-                    };
-                    // Either side closing closes both.
-                    tokio::select! {
-                        _ = requests => {}
-                        _ = tokio::io::copy(&mut from_server, &mut to_client) => {}
-                    }
-                });
-            }
-        });
-        Tap { port, sent, acceptor }
-    }
-
-    /// How many bytes were sent so far.
-    fn sent_so_far(&self) -> usize {
-        self.sent.borrow().len()
-    }
-
-    /// Waits (10 s at most) until the bytes sent after the first `from` contain `needle`.
-    async fn sent_after(&self, from: usize, needle: &[u8]) {
-        let mut sent = self.sent.subscribe();
-        let seen = sent.wait_for(|bytes| bytes[from..].windows(needle.len()).any(|w| w == needle));
-        tokio::time::timeout(Duration::from_secs(10), seen).await.expect("sent in time").unwrap();
-    }
-}
-
-impl Drop for Tap {
-    fn drop(&mut self) {
-        self.acceptor.abort();
     }
 }

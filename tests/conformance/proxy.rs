@@ -9,7 +9,9 @@
 //! - [`cut`](Proxy::cut) closes every open connection, both sides, dropping whatever was held;
 //! - [`refuse`](Proxy::refuse) closes new connections as soon as they are accepted (the server
 //!   is unreachable);
-//! - [`latency`](Proxy::latency) forwards every chunk that long after it was read.
+//! - [`latency`](Proxy::latency) forwards every chunk that long after it was read;
+//! - [`sent_so_far`](Proxy::sent_so_far) and [`sent_after`](Proxy::sent_after) tell what
+//!   clients sent (held or not), so a test can wait until a request is out before it cuts.
 //!
 //! A [`ProxySet`] does the same to several proxies at once (the five servers of a Redlock).
 
@@ -59,6 +61,8 @@ pub struct Proxy {
     /// Bumped by every cut; each connection ends when it changes (or when the proxy is dropped).
     cuts: watch::Sender<u64>,
     refusing: Arc<AtomicBool>,
+    /// Every byte clients sent, in order (held bytes included).
+    sent: Arc<watch::Sender<Vec<u8>>>,
     acceptor: tokio::task::JoinHandle<()>,
 }
 
@@ -70,8 +74,27 @@ impl Proxy {
         let (rules, _) = watch::channel(Rules::default());
         let (cuts, _) = watch::channel(0);
         let refusing = Arc::new(AtomicBool::new(false));
-        let acceptor = tokio::spawn(accept(listener, upstream, rules.subscribe(), cuts.subscribe(), refusing.clone()));
-        Proxy { addr, upstream, rules, cuts, refusing, acceptor }
+        let sent = Arc::new(watch::channel(Vec::new()).0);
+        let controls = Controls {
+            rules: rules.subscribe(),
+            cuts: cuts.subscribe(),
+            refusing: refusing.clone(),
+            sent: sent.clone(),
+        };
+        let acceptor = tokio::spawn(accept(listener, upstream, controls));
+        Proxy { addr, upstream, rules, cuts, refusing, sent, acceptor }
+    }
+
+    /// How many bytes clients have sent so far.
+    pub fn sent_so_far(&self) -> usize {
+        self.sent.borrow().len()
+    }
+
+    /// Waits (10 s at most) until the bytes clients sent after the first `from` contain `needle`.
+    pub async fn sent_after(&self, from: usize, needle: &[u8]) {
+        let mut sent = self.sent.subscribe();
+        let seen = sent.wait_for(|bytes| bytes[from..].windows(needle.len()).any(|w| w == needle));
+        tokio::time::timeout(Duration::from_secs(10), seen).await.expect("sent in time").expect("the proxy lives");
     }
 
     /// Where clients connect: `127.0.0.1:<port>`.
@@ -126,13 +149,16 @@ impl Drop for Proxy {
     }
 }
 
-async fn accept(
-    listener: TcpListener,
-    upstream: SocketAddr,
+/// What every connection of a proxy obeys and reports to.
+struct Controls {
     rules: watch::Receiver<Rules>,
     cuts: watch::Receiver<u64>,
     refusing: Arc<AtomicBool>,
-) {
+    sent: Arc<watch::Sender<Vec<u8>>>,
+}
+
+async fn accept(listener: TcpListener, upstream: SocketAddr, controls: Controls) {
+    let Controls { rules, cuts, refusing, sent } = controls;
     while let Ok((client, _)) = listener.accept().await {
         if refusing.load(Ordering::SeqCst) {
             drop(client);
@@ -142,15 +168,15 @@ async fn accept(
         // This connection ends at the next cut, not at one that came before it.
         let mut cut = cuts.clone();
         cut.borrow_and_update();
-        let (rules, cut_seen) = (rules.clone(), cut.clone());
+        let (rules, cut_seen, sent) = (rules.clone(), cut.clone(), sent.clone());
         tokio::spawn(async move {
             let forward = async move {
                 let Ok(server) = TcpStream::connect(upstream).await else { return };
                 let _ = server.set_nodelay(true);
                 let ((client_in, client_out), (server_in, server_out)) = (client.into_split(), server.into_split());
                 tokio::join!(
-                    pump(client_in, server_out, true, rules.clone(), cut_seen.clone()),
-                    pump(server_in, client_out, false, rules, cut_seen)
+                    pump(client_in, server_out, Some(sent), rules.clone(), cut_seen.clone()),
+                    pump(server_in, client_out, None, rules, cut_seen)
                 );
             };
             // A cut (or the proxy dropped) ends the forwarding: both sockets close here.
@@ -165,18 +191,23 @@ async fn accept(
 /// Forwards one direction of a connection: every chunk is read at once and kept, with the
 /// time it was read, until the rules let it through. Nothing is written after a cut, even
 /// before the connection's task has seen it (so `cut(); release();` forwards nothing held).
+/// Toward the server, `sent` logs every chunk read.
 async fn pump(
     mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
-    to_server: bool,
+    sent: Option<Arc<watch::Sender<Vec<u8>>>>,
     mut rules: watch::Receiver<Rules>,
     cut: watch::Receiver<u64>,
 ) {
+    let to_server = sent.is_some();
     let (chunks, mut pending) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
     let read = async move {
         let mut buffer = vec![0; 16 * 1024];
         // EOF or an error: dropping `chunks` tells the writer, after what was read before.
         while let Ok(n @ 1..) = from.read(&mut buffer).await {
+            if let Some(sent) = &sent {
+                sent.send_modify(|log| log.extend_from_slice(&buffer[..n]));
+            }
             if chunks.send((Instant::now(), buffer[..n].to_vec())).is_err() {
                 break;
             }

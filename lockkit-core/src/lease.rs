@@ -271,11 +271,12 @@ async fn refresh_once(state: &LeaseState, backend: &dyn LeaseBackend) -> std::re
     let deadline = state.valid_until();
     let outcome = tokio::time::timeout_at(deadline.into(), backend.keep_alive()).await;
     match outcome {
-        Ok(Ok(KeepAlive::Alive(ttl))) => {
-            state.confirm(sent, ttl);
+        Ok(Ok(KeepAlive::Alive(ttl))) if state.confirm(sent, ttl) => {
             tracing::debug!(backend = state.backend, lease = %state.id, ttl = ?ttl, "lease refreshed");
             Ok(sent)
         }
+        // Confirmed only after the deadline had passed: the lease was lost by then, for good.
+        Ok(Ok(KeepAlive::Alive(_))) => Err(Refresh::Gone(state.reason_text())),
         Ok(Ok(KeepAlive::Gone(reason))) => {
             state.lose(reason.clone());
             Err(Refresh::Gone(reason))

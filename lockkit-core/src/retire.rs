@@ -444,4 +444,58 @@ mod tests {
         let never = Cleanup::new(&lease, "lock \"w\"", attempt(|| async { panic!("a moot cleanup is not sent") }));
         assert!(matches!(never.now().await, Err(Error::LockLost { .. })));
     }
+
+    /// A lease whose first keep-alive answers only when a gate opens.
+    struct Gated {
+        gate: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
+        revoked: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl LeaseBackend for Gated {
+        async fn keep_alive(&self) -> Result<KeepAlive> {
+            let gate = self.gate.lock().unwrap().take();
+            if let Some(gate) = gate {
+                let _ = gate.await;
+            }
+            Ok(KeepAlive::Alive(Duration::from_secs(1)))
+        }
+        async fn revoke(&self) -> Result<()> {
+            self.revoked.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    /// A refresh answered just before the deadline but processed just after it (a busy runtime,
+    /// a paused process) does not revive the lease: a guard that read "lost" never reads "held"
+    /// again, and a release in that window is moot because the lease really ends (revoked).
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_deadline_that_passed_is_final_even_if_a_refresh_answer_comes_after_it() {
+        let ttl = Duration::from_secs(1);
+        let (open, gate) = tokio::sync::oneshot::channel();
+        let backend = Arc::new(Gated { gate: Mutex::new(Some(gate)), revoked: AtomicUsize::new(0) });
+        let lease = KeptLease::start("test", "l".into(), backend.clone(), (ttl, ttl * 3 / 10, TIMEOUT), Instant::now());
+        let (a, b) = (guard(&lease, &Arc::new(Scripted::default())), guard(&lease, &Arc::new(Scripted::default())));
+        let deadline = lease.valid_until();
+        let opener = std::thread::spawn(move || {
+            std::thread::sleep(deadline.saturating_duration_since(Instant::now()) - Duration::from_millis(30));
+            let _ = open.send(());
+        });
+        tokio::time::sleep_until((deadline - Duration::from_millis(100)).into()).await;
+        // The runtime is blocked until 30 ms after the deadline; the answer came 30 ms before.
+        std::thread::sleep(deadline + Duration::from_millis(30) - Instant::now());
+        opener.join().unwrap();
+        assert!(!b.is_held(), "past its deadline");
+        assert!(matches!(a.release().await, Err(Error::LockLost { .. })));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!b.is_held(), "loss is final: a late confirmation does not make the guard held again");
+        assert!(lease.is_lost());
+        tokio::time::timeout(TIMEOUT, async {
+            while backend.revoked.load(Ordering::SeqCst) == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the lost lease is revoked, so nothing keeps the moot grant alive");
+    }
 }

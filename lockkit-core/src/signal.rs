@@ -47,14 +47,34 @@ impl LeaseState {
         *lock(&self.valid_until)
     }
 
-    /// The server confirmed a refresh that was sent at `sent`, for `ttl`.
-    pub(crate) fn confirm(&self, sent: Instant, ttl: Duration) {
+    /// The server confirmed a refresh that was sent at `sent`, for `ttl`: `false` (and nothing
+    /// changes) when the lease is lost already — its deadline passed first. Loss is final.
+    pub(crate) fn confirm(&self, sent: Instant, ttl: Duration) -> bool {
         let mut until = lock(&self.valid_until);
+        if self.lost.is_cancelled() || Instant::now() >= *until {
+            drop(until);
+            self.is_lost();
+            return false;
+        }
         *until = (*until).max(sent + ttl - safety_margin(ttl));
+        true
     }
 
+    /// Whether the lease is lost. Passing the deadline loses it for good (a confirmation that
+    /// comes later is ignored), so a guard that once read "lost" never reads "held" again.
     pub(crate) fn is_lost(&self) -> bool {
-        self.lost.is_cancelled() || Instant::now() >= self.valid_until()
+        if self.lost.is_cancelled() {
+            return true;
+        }
+        if Instant::now() < self.valid_until() {
+            return false;
+        }
+        self.lose(self.deadline_reason());
+        true
+    }
+
+    fn deadline_reason(&self) -> String {
+        format!("no refresh of lease {} was confirmed before its deadline", self.id)
     }
 
     /// Ends the lease without a loss (it was dropped or revoked by its owner): grants on it
@@ -82,7 +102,7 @@ impl LeaseState {
     pub(crate) fn reason_text(&self) -> String {
         match self.reason.get() {
             Some(reason) => reason.clone(),
-            None => format!("no refresh of lease {} was confirmed before its deadline", self.id),
+            None => self.deadline_reason(),
         }
     }
 
@@ -131,7 +151,7 @@ pub struct LossSignal {
 impl LossSignal {
     /// Whether the lock may no longer be held (lost, or past its local deadline).
     pub fn is_lost(&self) -> bool {
-        self.shared.own.is_cancelled() || Instant::now() >= self.lease.valid_until()
+        self.shared.own.is_cancelled() || self.lease.is_lost()
     }
 
     /// The local deadline: after it the lock counts as lost unless a refresh is confirmed first.
@@ -157,7 +177,7 @@ impl LossSignal {
             tokio::select! {
                 _ = self.shared.own.cancelled() => break,
                 _ = tokio::time::sleep_until(deadline.into()) => {
-                    if Instant::now() >= self.lease.valid_until() {
+                    if self.lease.is_lost() {
                         break;
                     }
                 }

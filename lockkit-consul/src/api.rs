@@ -28,6 +28,28 @@ impl std::fmt::Debug for Api {
     }
 }
 
+/// The cause of an error for a request Consul's rate limiter refused (429, 503): nothing was
+/// applied, although trying again later may work.
+#[derive(Debug)]
+pub struct Refused;
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("refused by Consul's rate limiter; nothing was applied")
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// Whether a request was answered: it succeeded, or failed with an answer that applied nothing
+/// or applied it for sure — not "no answer" (which Consul may still apply later).
+pub fn answered<T>(outcome: &Result<T>) -> bool {
+    match outcome {
+        Err(e) if e.is_temporary() => std::error::Error::source(e).is_some_and(|cause| cause.is::<Refused>()),
+        _ => true,
+    }
+}
+
 /// A KV entry, as `GET /v1/kv/<key>` gives it.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -147,7 +169,7 @@ impl Api {
                     text(&body)
                 ),
                 temporary: true,
-                source: None,
+                source: Some(Box::new(Refused)),
             }),
             s => Err(Error::Backend {
                 backend: BACKEND,

@@ -9,7 +9,7 @@ use lockkit_core::{
     LocalTurns, LockGuard, LockName, LockStatus, Result, Settings,
 };
 
-use crate::api::{Api, Blocking, Entry};
+use crate::api::{self, Api, Blocking, Entry};
 use crate::grant::{Claim, ConsulGrant, watch_key};
 use crate::session::ConsulSession;
 use crate::{BACKEND, FLAGS};
@@ -125,16 +125,16 @@ impl ConsulLocks {
     ) -> Result<bool> {
         let (api, owned_key, id, value) =
             (self.api.clone(), key.to_owned(), session.id.clone(), request.holder.clone());
-        let (put, finished) = lockkit_core::unabandoned_request(async move {
-            api.lock(&owned_key, &id, false, value.as_bytes(), FLAGS).await
-        });
+        let put = async move { api.lock(&owned_key, &id, false, value.as_bytes(), FLAGS).await };
+        let (put, finished) = lockkit_core::unabandoned_request_by(put, api::answered);
         claim.arm(lease, &self.api, key, &session.id, request.name.as_str(), finished);
         let taken = put.await;
         match &taken {
             Ok(true) => {}
-            // Refused, or an answer that applied nothing (a bad request, no permission).
+            // Refused, or an answer that applied nothing (a bad request, no permission, the
+            // rate limiter).
             Ok(false) => claim.disarm(),
-            Err(e) if !e.is_temporary() => claim.disarm(),
+            Err(_) if api::answered(&taken) => claim.disarm(),
             Err(_) => {}
         }
         taken

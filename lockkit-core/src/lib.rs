@@ -37,7 +37,7 @@ pub use retire::{Attempt, Cleanup, attempt};
 pub use signal::{LossSignal, safety_margin};
 pub use token::FencingToken;
 pub use turns::{LocalTurns, Turn};
-pub use unabandoned::{Finished, Unabandoned, unabandoned, unabandoned_request};
+pub use unabandoned::{Finished, Unabandoned, unabandoned, unabandoned_request, unabandoned_request_by};
 pub use url::{COMMON_OPTIONS, Host, LockUrl, Scheme, Secret, TLS_OPTIONS, TlsFiles, parse_duration};
 
 /// A random number, different at every call (not for cryptography): for drivers' per-grant

@@ -50,7 +50,21 @@ where
     F: Future<Output = crate::Result<T>> + Send + 'static,
     T: Send + 'static,
 {
-    finishing(request, |output| !matches!(output, Err(e) if e.is_temporary()))
+    unabandoned_request_by(request, |output| !matches!(output, Err(e) if e.is_temporary()))
+}
+
+/// [`unabandoned_request`] with the driver's own rule for what counts as answered: for a
+/// backend that says "refused, nothing applied" with an error that is still
+/// [temporary](crate::Error::is_temporary) (Consul's rate limiter).
+pub fn unabandoned_request_by<F, T>(
+    request: F,
+    answered: fn(&crate::Result<T>) -> bool,
+) -> (Unabandoned<crate::Result<T>>, Finished)
+where
+    F: Future<Output = crate::Result<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    finishing(request, answered)
 }
 
 fn finishing<F>(request: F, answered: fn(&F::Output) -> bool) -> (Unabandoned<F::Output>, Finished)

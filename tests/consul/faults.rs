@@ -193,3 +193,30 @@ async fn a_node_deregistered_behind_the_holders_back_fires_the_loss_signal() {
     assert!(started.elapsed() >= delay - Duration::from_millis(50), "granted in the lock-delay");
     assert!(taken.fencing_token() > guard.fencing_token());
 }
+
+/// An acquire that Consul's rate limiter keeps refusing (429: nothing applied) is answered, not
+/// "maybe applied": it costs the handle's session nothing, so the handle's other guards stay
+/// held (found by the attack review: the session was given up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acquire_the_rate_limiter_refused_costs_the_session_nothing() {
+    let double = double();
+    let url = format!("consul://{}?ttl=2s&timeout=500ms&lock_delay=0s", double.addr);
+    let (locks, other) = (connect(&url).await, connect(&url).await);
+    let bystander = locks.acquire("bystander").await.unwrap();
+    let holder = other.acquire("limited").await.unwrap();
+    let waiter = tokio::spawn({
+        let locks = locks.clone();
+        async move { locks.acquire_timeout("limited", Duration::from_secs(5)).await.map(|g| g.fencing_token()) }
+    });
+    // The holder's guard watches the key, and now the waiter too.
+    tokio::time::timeout(BOUND, double.blocking_queries_on("limited/.lock", 2)).await.unwrap();
+    // Every request from now on is refused; the waiter, woken, asks to acquire: refused too.
+    double.set_fault(Some(Fault::TooManyRequests));
+    double.destroy_session(holder.lease().id());
+    tokio::time::sleep(Duration::from_millis(800)).await; // the refusals last this long
+    double.set_fault(None);
+    let waited = tokio::time::timeout(BOUND, waiter).await.unwrap().unwrap();
+    let lost = tokio::time::timeout(Duration::from_millis(500), bystander.lost()).await;
+    assert!(lost.is_err(), "a refusal that applied nothing gave the session up: {lost:?} (waiter: {waited:?})");
+    drop(holder);
+}

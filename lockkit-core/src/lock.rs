@@ -48,7 +48,8 @@ use crate::{Capabilities, Error, GrantRequest, LockGuard, LockName, LockOptions,
 /// - **leave no ghost grants**: from the moment its owner gives a grant or a waiter entry up
 ///   (release returned, release errored, release future dropped, guard dropped, acquire
 ///   cancelled, timed out or errored), the entry is gone from the server within **TTL + request
-///   timeout**, whatever the network and the server did meanwhile, while the handle lives on and
+///   timeout** (a backend whose server may end a lease late says so: Consul, 2 × TTL + request
+///   timeout), whatever the network and the server did meanwhile, while the handle lives on and
 ///   keeps its other locks where it can. Drivers get this by releasing through
 ///   [`Grant::release`](crate::Grant::release) (one repeatable attempt) and cleaning up through
 ///   [`Cleanup`](crate::Cleanup); the core retries, and gives the lease up when a removal cannot

@@ -13,8 +13,22 @@ use crate::locks::{RECONNECT_PAUSE, ZkGrant, ZkLocks, watch_node};
 use crate::session::ZkSession;
 use crate::{BACKEND, connection_broke, error};
 
-/// A one-shot watch on the acquire's own node, as a future (so it survives rounds of waiting).
-pub type OwnWatch = Pin<Box<dyn Future<Output = WatchedEvent> + Send>>;
+/// A one-shot watch as a future: the event, or `None` when the session closed with the watch
+/// still set (zookeeper-client 0.11 panics inside `changed()` then, as the watch's sender is
+/// dropped; that panic is caught here, so it never reaches a caller's task).
+pub type OwnWatch = Pin<Box<dyn Future<Output = Option<WatchedEvent>> + Send>>;
+
+/// The watch of `watcher`, as an [`OwnWatch`].
+pub fn watch_of(watcher: OneshotWatcher) -> OwnWatch {
+    let mut changed = Box::pin(watcher.changed());
+    Box::pin(std::future::poll_fn(move |cx| {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| changed.as_mut().poll(cx))) {
+            Ok(std::task::Poll::Ready(event)) => std::task::Poll::Ready(Some(event)),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(_) => std::task::Poll::Ready(None),
+        }
+    }))
+}
 
 /// One contender's node.
 struct Node {
@@ -174,7 +188,7 @@ impl<'a> Acquire<'a> {
                 let (stat, watcher) = self.until_lost(|| self.watch_stat(&path)).await?;
                 let Some(stat) = stat else { continue }; // deleted meanwhile: look again
                 *node = Node { path, name: place.mine, stat };
-                own = Some(Box::pin(watcher.changed()));
+                own = Some(watch_of(watcher));
                 std::mem::replace(cleanup, self.cleanup(Target::Name(node.name.clone()))).disarm();
             }
             for extra in place.extra {
@@ -198,18 +212,19 @@ impl<'a> Acquire<'a> {
             tokio::select! {
                 biased;
                 event = &mut watching => {
-                    if event.event_type != EventType::NodeDataChanged {
+                    if !event.is_some_and(|e| e.event_type == EventType::NodeDataChanged) {
                         return Err(self.gone("its node disappeared (session expired or node deleted)"));
                     }
                     // Its data changed: the next round watches it again.
                 }
                 _ = self.lease.lost() => return Err(self.gone("its ZooKeeper session was lost")),
-                event = ahead_watch.changed() => {
+                event = watch_of(ahead_watch) => {
                     // When only the contender ahead was ahead, its deletion makes this node first
                     // (later contenders queue behind it): no need to list the directory again. The
                     // own node is still there, or its deletion would have come first (ZooKeeper
                     // sends one session's events in order, and `biased` looks at it first).
-                    if place.position == 1 && event.event_type == EventType::NodeDeleted && !self.lease.is_lost() {
+                    let deleted = event.is_some_and(|e| e.event_type == EventType::NodeDeleted);
+                    if place.position == 1 && deleted && !self.lease.is_lost() {
                         return Ok(Some(watching));
                     }
                     own = Some(watching);
@@ -249,7 +264,7 @@ impl<'a> Acquire<'a> {
     /// The own node's watch, once it is known to exist.
     fn own_watch(&self, (stat, watcher): (Option<Stat>, OneshotWatcher)) -> Result<OwnWatch> {
         match stat {
-            Some(_) => Ok(Box::pin(watcher.changed())),
+            Some(_) => Ok(watch_of(watcher)),
             None => Err(self.gone("its node disappeared (session expired or node deleted)")),
         }
     }

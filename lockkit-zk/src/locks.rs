@@ -10,7 +10,7 @@ use lockkit_core::{
 };
 use zookeeper_client::{Acls, Client, CreateMode, CreateOptions, EventType};
 
-use crate::acquire::{Acquire, OwnWatch};
+use crate::acquire::{Acquire, OwnWatch, watch_of};
 use crate::recipe::{Contender, Recipe};
 use crate::session::{Connector, ZkSession};
 use crate::{BACKEND, connection_broke, error};
@@ -222,7 +222,7 @@ impl Drop for ZkGrant {
 pub async fn watch_node(session: Arc<ZkSession>, path: String, mut watch: OwnWatch, signal: LossSignal) {
     let watching = async {
         loop {
-            let event = watch.await;
+            let Some(event) = watch.await else { return "its ZooKeeper session was closed".to_owned() };
             match event.event_type {
                 EventType::NodeDeleted => return format!("its node {path} was deleted"),
                 EventType::Session => return format!("its ZooKeeper session ended: {}", event.session_state),
@@ -234,7 +234,7 @@ pub async fn watch_node(session: Arc<ZkSession>, path: String, mut watch: OwnWat
                     Err(e) => Err(e),
                 };
                 match again {
-                    Ok((Some(_), again)) => break watch = Box::pin(again.changed()),
+                    Ok((Some(_), again)) => break watch = watch_of(again),
                     Ok((None, _)) => return format!("its node {path} was deleted"),
                     Err(e) if connection_broke(&e) => tokio::time::sleep(RECONNECT_PAUSE).await,
                     Err(e) => return format!("watching its node {path} failed: {e}"),
@@ -243,6 +243,7 @@ pub async fn watch_node(session: Arc<ZkSession>, path: String, mut watch: OwnWat
         }
     };
     tokio::select! {
+        biased;
         _ = signal.lost() => {}
         reason = watching => signal.lose(reason),
     }

@@ -2,7 +2,8 @@
 //! network backends: TTL expiry, fencing, loss signals, FIFO handoff.
 //!
 //! Every `connect` to the same store name (`memory://` is the default store) shares one
-//! in-process "server", so two handles behave like two clients of one backend. It is the
+//! in-process "server", so two handles behave like two clients of one backend; a store lives as
+//! long as the process, so its fencing tokens never restart. It is the
 //! reference implementation of the [`DistributedLock`] contract and what application unit tests
 //! should use.
 //!
@@ -18,7 +19,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, Weak};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -128,19 +129,18 @@ struct Store {
     ids: AtomicU64,
 }
 
-static STORES: LazyLock<Mutex<HashMap<String, Weak<Store>>>> = LazyLock::new(Default::default);
+/// Every store of the process, kept for its whole life: a store's fencing counters must never
+/// restart, even when no handle is connected for a while.
+static STORES: LazyLock<Mutex<HashMap<String, Arc<Store>>>> = LazyLock::new(Default::default);
 
 impl Store {
-    /// The store of that name, shared by every handle in the process while any is alive.
+    /// The store of that name, shared by every handle in the process.
     fn named(name: &str) -> Arc<Store> {
         let mut stores = lock(&STORES);
-        stores.retain(|_, s| s.strong_count() > 0);
-        if let Some(store) = stores.get(name).and_then(Weak::upgrade) {
-            return store;
-        }
-        let store = Arc::new(Store { slots: Mutex::new(HashMap::new()), ids: AtomicU64::new(1) });
-        stores.insert(name.to_owned(), Arc::downgrade(&store));
-        store
+        let store = stores
+            .entry(name.to_owned())
+            .or_insert_with(|| Arc::new(Store { slots: Mutex::new(HashMap::new()), ids: AtomicU64::new(1) }));
+        store.clone()
     }
 
     fn next_id(&self) -> u64 {
@@ -337,5 +337,27 @@ impl Grant for MemoryGrant {
             &self.name,
             "its grant had expired or was removed; any newer grant was left alone",
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tokens keep increasing when every handle of a store was dropped between two grants (the
+    /// store used to go with its last handle, and its counters restarted at 1).
+    #[tokio::test]
+    async fn tokens_survive_every_handle_being_dropped() {
+        let mut tokens = Vec::new();
+        for _ in 0..3 {
+            let locks = connect(&"memory://dropped-handles".parse().unwrap()).unwrap();
+            let guard = locks.acquire("x").await.unwrap();
+            tokens.push(guard.fencing_token().get());
+            guard.release().await.unwrap();
+            drop(locks);
+            // Let the dropped lease's background revoke run and let go of the store.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(tokens.windows(2).all(|w| w[0] < w[1]), "{tokens:?}");
     }
 }

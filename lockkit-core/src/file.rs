@@ -5,8 +5,9 @@
 //!   advisory lock for as long as the guard lives. A process that dies, however it dies, drops
 //!   its locks at once: the OS closes its files.
 //! - Fencing tokens come from `<escaped NAME>.fence` beside it, read and bumped (written to a
-//!   temporary file, synced, renamed over) while the lock is held, so they survive process
-//!   crashes and restarts.
+//!   temporary file, synced, renamed over, the directory synced) while the lock is held and
+//!   `<escaped NAME>.fencelock` is locked too (`force_release` can break the lock, not that), so
+//!   they survive process crashes, restarts and power loss, and never repeat.
 //! - The lock file holds the current token and the holder metadata, for `status`.
 //! - Lock files stay in the directory after release (removing them would race with the next
 //!   holder); they are a few bytes each.
@@ -177,8 +178,21 @@ fn try_lock(path: &Path) -> io::Result<Option<File>> {
     }
 }
 
-/// Reads, increments and durably writes the fencing counter; only called under the lock.
+/// Reads, increments and durably writes the fencing counter; only called under the lock. The
+/// lock file alone does not guard it — `force_release` removes that file, and the next holder
+/// may bump while the evicted one still is — so the bump also holds `<stem>.fencelock`, a file
+/// that is never removed or replaced (and whose name no lock's `.lock` or `.fence` file can
+/// have). The directory is synced after the rename, so a power loss
+/// cannot bring an older counter back.
 fn bump_fence(path: &Path) -> io::Result<u64> {
+    let guard = OpenOptions::new().write(true).create(true).truncate(false).open(path.with_extension("fencelock"))?;
+    guard.lock()?;
+    let bumped = bump_fence_locked(path);
+    let _ = guard.unlock();
+    bumped
+}
+
+fn bump_fence_locked(path: &Path) -> io::Result<u64> {
     let last = match fs::read_to_string(path) {
         Ok(text) => text.trim().parse::<u64>().map_err(|_| {
             io::Error::new(
@@ -200,6 +214,10 @@ fn bump_fence(path: &Path) -> io::Result<u64> {
     fs::rename(&tmp, path).inspect_err(|_| {
         let _ = fs::remove_file(&tmp);
     })?;
+    #[cfg(unix)]
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
     Ok(next)
 }
 
@@ -395,5 +413,57 @@ mod tests {
             let err = connect(&LockUrl::parse(url).unwrap()).unwrap_err().to_string();
             assert!(err.contains(expected), "{url}: {err}");
         }
+    }
+}
+
+#[cfg(test)]
+mod race_tests {
+    use super::*;
+
+    /// `force_release` racing holders' fence bumps: every grant still gets its own token (the
+    /// fence used to be guarded by the lock file alone, which `force_release` removes, so two
+    /// holders could read the same counter).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn force_release_racing_fence_bumps_never_repeats_a_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let url: LockUrl = format!("file://{}", dir.path().display()).parse().unwrap();
+        let admin = connect(&url).unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let evictor = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = admin.force_release("raced").await;
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+        let tasks: Vec<_> = (0..3)
+            .map(|_| {
+                let locks = connect(&url).unwrap();
+                tokio::spawn(async move {
+                    let mut tokens = Vec::new();
+                    for _ in 0..600 {
+                        if let Some(guard) = locks.try_acquire("raced").await.unwrap() {
+                            tokens.push(guard.fencing_token().get());
+                            drop(guard);
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                    tokens
+                })
+            })
+            .collect();
+        let mut tokens = Vec::new();
+        for task in tasks {
+            tokens.extend(task.await.unwrap());
+        }
+        stop.store(true, Ordering::Relaxed);
+        evictor.await.unwrap();
+        let granted = tokens.len();
+        tokens.sort_unstable();
+        tokens.dedup();
+        assert!(granted > 100, "too few grants to tell: {granted}");
+        assert_eq!(tokens.len(), granted, "{} tokens were granted twice", granted - tokens.len());
     }
 }

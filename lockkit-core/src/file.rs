@@ -98,6 +98,7 @@ impl DistributedLock for FileLocks {
             .await?;
         let (lock_path, fence_path) = self.paths(&request.name);
         let mut backoff = Duration::from_millis(2);
+        let mut tries_left = 2;
         let (file, token) = loop {
             let released = RELEASED.notified();
             if let Some(file) =
@@ -109,7 +110,13 @@ impl DistributedLock for FileLocks {
                 break (file, token);
             }
             if !request.wait {
-                return Ok(None);
+                if tries_left == 0 {
+                    return Ok(None);
+                }
+                // A `status` of a file left by a holder that died locks it for a moment.
+                tries_left -= 1;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                continue;
             }
             let jittered = backoff.mul_f64(0.5 + (random_u64() % 1000) as f64 / 1000.0);
             tokio::select! {
@@ -133,13 +140,18 @@ impl DistributedLock for FileLocks {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(LockStatus::free()),
                 other => other?,
             };
+            let mut text = String::new();
+            file.read_to_string(&mut text)?;
+            // A release empties the file before it unlocks it: an empty file is free, and is
+            // not locked here even for a moment (a shared lock would make a concurrent try fail).
+            if text.trim().is_empty() {
+                return Ok(LockStatus::free());
+            }
             match file.try_lock_shared() {
-                Ok(()) => return Ok(LockStatus::free()),
+                Ok(()) => return Ok(LockStatus::free()), // left by a holder that died
                 Err(TryLockError::WouldBlock) => {}
                 Err(TryLockError::Error(e)) => return Err(e),
             }
-            let mut text = String::new();
-            file.read_to_string(&mut text)?;
             let (token, holder) = parse_holder(&text);
             Ok(LockStatus::held(holder, token, None))
         };
@@ -281,6 +293,12 @@ struct Held {
 }
 
 impl Held {
+    /// Empties the file (so `status` sees it free without locking it), then unlocks it.
+    fn empty_and_unlock(&self) {
+        let _ = self.file.set_len(0);
+        let _ = self.file.unlock();
+    }
+
     fn intact(&self) -> bool {
         match (fs::metadata(&self.path), self.file.metadata()) {
             (Ok(now), Ok(mine)) => same_file(&now, &mine),
@@ -310,7 +328,7 @@ impl Holdings {
     fn revoke(&self, lease: &str) {
         lock(&self.held).retain(|_, held| {
             if held.lease == lease {
-                let _ = held.file.unlock();
+                held.empty_and_unlock();
                 held.signal.lose("its lease was revoked");
             }
             held.lease != lease
@@ -355,6 +373,7 @@ impl FileGrant {
             return Err(Error::not_held(BACKEND, &self.name, "its lock file was removed or its lease revoked"));
         };
         let intact = held.intact();
+        let _ = held.file.set_len(0); // so that `status` sees it free without locking it
         let unlocked = held.file.unlock();
         drop(held);
         RELEASED.notify_waiters();
@@ -419,6 +438,36 @@ mod tests {
 #[cfg(test)]
 mod race_tests {
     use super::*;
+
+    /// `status` polled in a tight loop never makes a try on a free lock fail (it used to lock the
+    /// file shared for a moment, and a concurrent try then read the lock as held).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn status_polling_never_makes_a_try_on_a_free_lock_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let url: LockUrl = format!("file://{}", dir.path().display()).parse().unwrap();
+        let (locks, monitor) = (connect(&url).unwrap(), connect(&url).unwrap());
+        locks.acquire("polled").await.unwrap().release().await.unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let poller = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    runtime.block_on(monitor.status("polled")).unwrap();
+                }
+            }
+        });
+        let mut refused = 0;
+        for _ in 0..2000 {
+            match locks.try_acquire("polled").await.unwrap() {
+                Some(guard) => guard.release().await.unwrap(),
+                None => refused += 1,
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        poller.join().unwrap();
+        assert_eq!(refused, 0, "tries on a free lock refused while `status` was polled");
+    }
 
     /// `force_release` racing holders' fence bumps: every grant still gets its own token (the
     /// fence used to be guarded by the lock file alone, which `force_release` removes, so two

@@ -371,8 +371,9 @@ impl DistributedLock for EtcdLocks {
     }
 
     async fn grant(&self, request: &GrantRequest) -> Result<Option<LockGuard>> {
-        // A lease revoked behind our back is noticed here at the latest, and a lease may be
-        // given up while a waiter waits on it: lose it, and try once more on a new one.
+        // A lease revoked behind our back is noticed here at the latest: lose it, and try once
+        // more on a new one. (A waiter whose lease is lost while it waits is queued again on a
+        // fresh lease by the core.)
         let mut retried = false;
         loop {
             let lease = self.lease(request).await?;
@@ -381,7 +382,6 @@ impl DistributedLock for EtcdLocks {
                     lease.lose(format!("etcd lease {} is gone (revoked or expired)", lease.id()));
                     retried = true;
                 }
-                Err(Error::LockLost { .. }) if !retried && lease.is_lost() => retried = true,
                 other => return other,
             }
         }

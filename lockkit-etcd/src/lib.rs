@@ -35,7 +35,8 @@
 //!   to the request timeout; past it the handle gives the lease up (every guard on it fires,
 //!   etcd ends the key with the lease, later acquires get a new lease), as it does when a put
 //!   got no answer (it may still be applied). See `lockkit_core::Cleanup`.
-//! - **A waiter whose lease is lost** while it waits queues again, once, on a new lease.
+//! - **A waiter whose lease is lost** while it waits queues again on a new lease (the core does
+//!   it for every backend, up to 3 times).
 //! - **Force release** deletes the holder it read only if its key still has the create
 //!   revision read, and reads again otherwise.
 //! - **Same name twice through one handle**: the second acquire waits (in the process) until

@@ -89,6 +89,10 @@ pub fn error(address: &str, e: RedisError) -> Error {
     if auth {
         return Error::Authentication { backend: BACKEND, endpoint: address.to_owned(), message: e.to_string() };
     }
+    if e.code() == Some("BADFENCE") {
+        let detail = e.detail().unwrap_or("its fencing counter holds garbage");
+        return Error::backend(BACKEND, format!("redis at {address} refused the grant: {detail}"));
+    }
     if e.is_io_error() || e.is_connection_refusal() || e.is_timeout() || e.is_connection_dropped() {
         return Error::connection(BACKEND, address, format!("{e}; is the server up?"), Some(Box::new(e)));
     }

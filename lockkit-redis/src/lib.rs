@@ -37,6 +37,7 @@
 //!   is idempotent for its owner).
 #![deny(missing_docs, missing_debug_implementations)]
 
+mod fence;
 mod instance;
 mod locks;
 mod quorum;

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use lockkit_core::{Error, FencingToken, LockStatus, safety_margin};
 
+use crate::fence::{self, AcquireReply, Acquired};
 use crate::instance::Instance;
 use crate::scripts::{self, LockKeys};
 use crate::wakeups::Wakeups;
@@ -55,13 +56,14 @@ impl Quorum {
     ) -> Result<Attempt, Error> {
         let started = Instant::now();
         let replies = on_all(&self.instances, |instance| async move {
-            let call = || instance.run::<(u64, i64)>(scripts::acquire(keys, owner, ttl, self.fair, join));
+            let call = || instance.run::<AcquireReply>(scripts::acquire(keys, owner, ttl, self.fair, join));
             // The script is idempotent for its owner, so a reply lost to a dropped connection
             // is recovered by asking again.
-            match call().await {
+            let reply = match call().await {
                 Err(e) if e.is_temporary() => call().await,
                 other => other,
-            }
+            };
+            reply.and_then(|reply| fence::acquired(reply, &instance.address))
         })
         .await;
         let mut fences = Vec::new();
@@ -69,12 +71,12 @@ impl Quorum {
         let mut errors = Vec::new();
         for reply in replies {
             match reply {
-                Ok((fence, _)) if fence > 0 => fences.push(fence),
-                Ok((_, pttl)) if pttl > 0 => {
+                Ok(Acquired::Granted(token)) => fences.push(token),
+                Ok(Acquired::Busy(pttl)) if pttl > 0 => {
                     let pttl = Duration::from_millis(pttl as u64);
                     expires_in = Some(expires_in.map_or(pttl, |e| e.min(pttl)));
                 }
-                Ok(_) => {}
+                Ok(Acquired::Busy(_)) => {}
                 Err(e) => errors.push(e),
             }
         }
@@ -149,7 +151,8 @@ impl Quorum {
 
     /// The lock as a majority sees it.
     pub async fn status(&self, keys: &LockKeys) -> Result<LockStatus, Error> {
-        type Reply = (Option<String>, Option<u64>, i64, usize);
+        // The counter as a string: one holding garbage shows no token (an acquire says why).
+        type Reply = (Option<String>, Option<String>, i64, usize);
         let replies = on_all(&self.instances, |instance| instance.run::<Reply>(scripts::status(keys))).await;
         let mut errors = Vec::new();
         let mut held = Vec::new();
@@ -159,7 +162,7 @@ impl Quorum {
                 Ok((owner, fence, pttl, waiters)) => {
                     waiting.push(waiters);
                     if let Some(owner) = owner {
-                        held.push((owner, fence, pttl));
+                        held.push((owner, fence.and_then(|f| f.parse::<u64>().ok()), pttl));
                     }
                 }
                 Err(e) => errors.push(e),
@@ -180,13 +183,14 @@ impl Quorum {
         Ok(LockStatus::held(holder, token, ttl_left).waiting(waiting))
     }
 
-    /// Fails when too few instances answered to decide: with an authentication error if there
-    /// was one, else with the connection error (of the only server, or a summary).
+    /// Fails when too few instances answered to decide: with an error that trying again will
+    /// not fix if there was one (wrong credentials, a counter holding garbage), else with the
+    /// connection error (of the only server, or a summary).
     fn enough_answered(&self, mut errors: Vec<Error>) -> Result<(), Error> {
         if self.instances.len() - errors.len() >= self.needed {
             return Ok(());
         }
-        if let Some(i) = errors.iter().position(|e| matches!(e, Error::Authentication { .. })) {
+        if let Some(i) = errors.iter().position(|e| !e.is_temporary()) {
             return Err(errors.swap_remove(i));
         }
         if self.instances.len() == 1 {

@@ -8,6 +8,8 @@ mod support;
 
 #[path = "redis/interop.rs"]
 mod interop;
+#[path = "redis/refresh.rs"]
+mod refresh;
 #[path = "redis/tokens.rs"]
 mod tokens;
 

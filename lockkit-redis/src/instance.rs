@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use lockkit_core::Error;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ErrorKind, FromRedisValue, RedisError, ScriptInvocation};
+use redis::{ErrorKind, FromRedisValue, RedisError, RedisResult, ScriptInvocation};
 
 use crate::BACKEND;
 
@@ -45,14 +45,16 @@ impl Instance {
         }
     }
 
-    /// Runs a pipeline of invocations of one script in one round trip.
+    /// Runs a pipeline of invocations of one script in one round trip. `Err` when the
+    /// pipeline got no answer; otherwise each invocation's own answer, an error reply (say
+    /// WRONGTYPE, for a key another client replaced) failing only its own.
     pub async fn run_many(
         &self,
         script: &redis::Script,
         invocations: &[ScriptInvocation<'_>],
-    ) -> Result<Vec<i64>, Error> {
+    ) -> Result<Vec<RedisResult<i64>>, Error> {
         let mut pipe = redis::pipe();
-        pipe.load_script(script).ignore();
+        pipe.ignore_errors().load_script(script).ignore();
         for invocation in invocations {
             pipe.invoke_script(invocation);
         }

@@ -8,7 +8,7 @@ use futures_util::future::join_all;
 use lockkit_core::{Error, FencingToken, LockStatus, safety_margin};
 
 use crate::fence::{self, AcquireReply, Acquired};
-use crate::instance::Instance;
+use crate::instance::{self, Instance};
 use crate::scripts::{self, LockKeys};
 use crate::wakeups::Wakeups;
 
@@ -120,10 +120,34 @@ impl Quorum {
         let replies = on_all(&self.instances, |instance| instance.run_many(&scripts::REFRESH, &invocations)).await;
         let allowed_missing = self.instances.len() - self.needed;
         let mut first_error = None;
+        // Each grant on each instance: held, gone, or undecided (no answer, an error reply).
+        let mut answers: Vec<Vec<Option<bool>>> = Vec::with_capacity(replies.len());
+        for (instance, reply) in self.instances.iter().zip(replies) {
+            match reply {
+                Ok(results) => answers.push(
+                    (0..grants.len())
+                        .map(|i| match results.get(i) {
+                            Some(Ok(held)) => Some(*held == 1),
+                            // The key holds another type: someone replaced it, so it is gone.
+                            Some(Err(e)) if is_wrong_type(e) => Some(false),
+                            Some(Err(e)) => {
+                                first_error.get_or_insert_with(|| instance::error(&instance.address, e.clone()));
+                                None
+                            }
+                            None => None,
+                        })
+                        .collect(),
+                ),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                    answers.push(vec![None; grants.len()]);
+                }
+            }
+        }
         let verdicts = (0..grants.len())
             .map(|i| {
-                let held = replies.iter().filter(|r| matches!(r, Ok(v) if v.get(i) == Some(&1))).count();
-                let gone = replies.iter().filter(|r| matches!(r, Ok(v) if v.get(i) == Some(&0))).count();
+                let held = answers.iter().filter(|a| a[i] == Some(true)).count();
+                let gone = answers.iter().filter(|a| a[i] == Some(false)).count();
                 if held >= self.needed {
                     Some(true)
                 } else if gone > allowed_missing {
@@ -133,11 +157,6 @@ impl Quorum {
                 }
             })
             .collect();
-        for reply in replies {
-            if let Err(e) = reply {
-                first_error.get_or_insert(e);
-            }
-        }
         (verdicts, first_error)
     }
 
@@ -210,4 +229,10 @@ impl Quorum {
             None,
         ))
     }
+}
+
+/// Whether a script failed on a key of another type (`WRONGTYPE`; before Redis 7, a script
+/// error whose message names it).
+fn is_wrong_type(e: &redis::RedisError) -> bool {
+    e.code() == Some("WRONGTYPE") || e.to_string().contains("WRONGTYPE")
 }

@@ -107,6 +107,17 @@ async fn wrong_credentials_give_a_clear_authentication_error() {
     }
 }
 
+/// The server version is read with `INFO server` at connect; an ACL user not allowed `INFO`
+/// still connects (the check is skipped) and locks as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_not_allowed_info_still_connects() {
+    let port = servers::free_port();
+    let _server = Server::redis_with(port, &["--user", "bob", "on", ">bob-secret", "~*", "&*", "+@all", "-info"]);
+    let locks = connect(&format!("redis://bob:bob-secret@127.0.0.1:{port}")).await;
+    let guard = locks.try_acquire("no-info").await.unwrap().expect("granted");
+    guard.release().await.unwrap();
+}
+
 /// `rediss://` talks TLS: trusted through `?ca=`, refused (clearly) without it, and a wrong
 /// `ca` path is a clear URL error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

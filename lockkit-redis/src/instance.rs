@@ -6,7 +6,7 @@ use lockkit_core::Error;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, FromRedisValue, RedisError, RedisResult, ScriptInvocation};
 
-use crate::BACKEND;
+use crate::{BACKEND, version};
 
 #[derive(Clone)]
 pub struct Instance {
@@ -65,11 +65,24 @@ impl Instance {
         }
     }
 
-    /// Checks that the server answers and accepts the credentials.
-    pub async fn ping(&self) -> Result<(), Error> {
+    /// Checks that the server answers, accepts the credentials and is recent enough for the
+    /// scripts ([`version::MINIMUM`]). A user not allowed `INFO` skips the version check.
+    pub async fn check(&self) -> Result<(), Error> {
         let mut connection = self.connection.clone();
-        match tokio::time::timeout(self.timeout, redis::cmd("PING").query_async::<()>(&mut connection)).await {
-            Ok(result) => result.map_err(|e| error(&self.address, e)),
+        let info = async {
+            redis::cmd("PING").query_async::<()>(&mut connection).await?;
+            match redis::cmd("INFO").arg("server").query_async::<String>(&mut connection).await {
+                Err(e) if e.code().is_some() => {
+                    tracing::debug!(address = %self.address, error = %e, "INFO refused; the server version is not checked");
+                    Ok(None)
+                }
+                other => other.map(Some),
+            }
+        };
+        match tokio::time::timeout(self.timeout, info).await {
+            Ok(Ok(Some(info))) => version::check(&info, &self.address),
+            Ok(Ok(None)) => Ok(()),
+            Ok(Err(e)) => Err(error(&self.address, e)),
             Err(_) => Err(timed_out(&self.address, self.timeout)),
         }
     }

@@ -42,6 +42,7 @@ mod instance;
 mod locks;
 mod quorum;
 mod scripts;
+mod version;
 mod wakeups;
 
 use std::sync::Arc;
@@ -134,9 +135,10 @@ pub async fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
         wakeups,
         instances,
     };
-    let pings = join_all(quorum.instances.iter().map(Instance::ping)).await;
-    if let Some(auth) = pings.iter().position(|p| matches!(p, Err(Error::Authentication { .. }))) {
-        return Err(pings.into_iter().nth(auth).and_then(Result::err).expect("an error"));
+    let pings = join_all(quorum.instances.iter().map(Instance::check)).await;
+    // Wrong credentials or too old a server: trying again will not help.
+    if let Some(i) = pings.iter().position(|p| matches!(p, Err(e) if !e.is_temporary())) {
+        return Err(pings.into_iter().nth(i).and_then(Result::err).expect("an error"));
     }
     let answered = pings.iter().filter(|p| p.is_ok()).count();
     if answered < quorum.needed {

@@ -7,7 +7,7 @@
 //! has moved past every token minted before — as long as the clocks agree: the first token
 //! after the loss is above the last one before it when the server minting it has a clock
 //! behind the one that minted the last token by less than the time between the two grants.
-//! On one server that always holds (its clock does not go back); on a failover, the clock
+//! On one server that holds unless its clock is set back; on a failover, the clock
 //! skew between master and replica is the bound (keep them on NTP: a promoted replica whose
 //! clock is 2 s behind can repeat or go below tokens minted in the 2 s before the failover).
 //! The counter runs ahead of the clock only when grants come faster than one a microsecond.

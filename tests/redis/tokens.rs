@@ -30,15 +30,18 @@ async fn tokens_survive(locks: &dyn DistributedLock, name: &str, lose_data: impl
     );
 }
 
-/// FLUSHALL while a lock is held: the holder is told, and the next token is still higher.
+/// FLUSHALL while a lock is held: the holder is told, and the next token is still higher
+/// (plain and fair scripts).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_keep_increasing_after_flushall_while_held() {
     let server = Server::redis();
-    let locks = connect(&url(&server)).await;
-    tokens_survive(locks.as_ref(), "flushed", async || {
-        assert_eq!(redis_reply(&server, &["FLUSHALL"]).await, "OK");
-    })
-    .await;
+    for url in [url(&server), format!("{}&fair=true", url(&server))] {
+        let locks = connect(&url).await;
+        tokens_survive(locks.as_ref(), "flushed", async || {
+            assert_eq!(redis_reply(&server, &["FLUSHALL"]).await, "OK");
+        })
+        .await;
+    }
 }
 
 /// FLUSHALL on every Redlock server while a lock is held: the same, through the majority.
@@ -89,25 +92,28 @@ async fn tokens_keep_increasing_after_the_counter_is_evicted() {
 
 /// A counter holding garbage (negative, not a number, beyond 2^53 where Lua loses precision):
 /// a try fails with an error naming the key and saying to delete it, and leaves no grant
-/// behind; once deleted, the lock is granted again.
+/// behind; once deleted, the lock is granted again. Plain and fair scripts alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_garbage_counter_is_a_clear_error_and_sets_no_lock_key() {
     let server = Server::redis();
-    let locks = connect(&url(&server)).await;
-    for garbage in ["-1", "abc", "9007199254740993", "1.5"] {
-        assert_eq!(redis_reply(&server, &["SET", "{garbage}:fence", garbage]).await, "OK");
-        let err = match locks.try_acquire("garbage").await {
-            Err(err) => err,
-            Ok(guard) => panic!("fence {garbage}: no error, but {:?}", guard.map(|g| g.fencing_token())),
-        };
-        assert!(matches!(err, Error::Backend { .. }) && !err.is_temporary(), "{err:?}");
-        let text = err.to_string();
-        assert!(text.contains("{garbage}:fence") && text.contains(garbage) && text.contains("DEL"), "{text}");
-        assert_eq!(redis_number(&server, &["EXISTS", "garbage"]).await, 0, "fence {garbage}: the lock key was set");
-        assert_eq!(redis_reply(&server, &["GET", "{garbage}:fence"]).await, garbage, "the counter was changed");
+    for url in [url(&server), format!("{}&fair=true", url(&server))] {
+        let locks = connect(&url).await;
+        for garbage in ["-1", "abc", "9007199254740993", "1.5"] {
+            assert_eq!(redis_reply(&server, &["SET", "{garbage}:fence", garbage]).await, "OK");
+            let err = match locks.try_acquire("garbage").await {
+                Err(err) => err,
+                Ok(guard) => panic!("{url}, fence {garbage}: no error, but {:?}", guard.map(|g| g.fencing_token())),
+            };
+            assert!(matches!(err, Error::Backend { .. }) && !err.is_temporary(), "{err:?}");
+            let text = err.to_string();
+            assert!(text.contains("{garbage}:fence") && text.contains(garbage) && text.contains("DEL"), "{text}");
+            assert_eq!(redis_number(&server, &["EXISTS", "garbage"]).await, 0, "{url}, fence {garbage}: lock key set");
+            assert_eq!(redis_reply(&server, &["GET", "{garbage}:fence"]).await, garbage, "the counter was changed");
+        }
+        assert_eq!(redis_number(&server, &["DEL", "{garbage}:fence"]).await, 1);
+        let guard = locks.try_acquire("garbage").await.unwrap().expect("granted once the garbage is deleted");
+        guard.release().await.unwrap();
     }
-    assert_eq!(redis_number(&server, &["DEL", "{garbage}:fence"]).await, 1);
-    assert!(locks.try_acquire("garbage").await.unwrap().is_some(), "granted once the garbage is deleted");
 }
 
 /// `acquire` on a lock whose counter holds garbage fails at once, instead of waiting (and

@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use lockkit_core::Error;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ErrorKind, FromRedisValue, RedisError, ScriptInvocation};
+use redis::{ErrorKind, FromRedisValue, RedisError, RedisResult, ScriptInvocation};
 
-use crate::BACKEND;
+use crate::{BACKEND, version};
 
 #[derive(Clone)]
 pub struct Instance {
@@ -45,14 +45,16 @@ impl Instance {
         }
     }
 
-    /// Runs a pipeline of invocations of one script in one round trip.
+    /// Runs a pipeline of invocations of one script in one round trip. `Err` when the
+    /// pipeline got no answer; otherwise each invocation's own answer, an error reply (say
+    /// WRONGTYPE, for a key another client replaced) failing only its own.
     pub async fn run_many(
         &self,
         script: &redis::Script,
         invocations: &[ScriptInvocation<'_>],
-    ) -> Result<Vec<i64>, Error> {
+    ) -> Result<Vec<RedisResult<i64>>, Error> {
         let mut pipe = redis::pipe();
-        pipe.load_script(script).ignore();
+        pipe.ignore_errors().load_script(script).ignore();
         for invocation in invocations {
             pipe.invoke_script(invocation);
         }
@@ -63,11 +65,24 @@ impl Instance {
         }
     }
 
-    /// Checks that the server answers and accepts the credentials.
-    pub async fn ping(&self) -> Result<(), Error> {
+    /// Checks that the server answers, accepts the credentials and is recent enough for the
+    /// scripts ([`version::MINIMUM`]). A user not allowed `INFO` skips the version check.
+    pub async fn check(&self) -> Result<(), Error> {
         let mut connection = self.connection.clone();
-        match tokio::time::timeout(self.timeout, redis::cmd("PING").query_async::<()>(&mut connection)).await {
-            Ok(result) => result.map_err(|e| error(&self.address, e)),
+        let info = async {
+            redis::cmd("PING").query_async::<()>(&mut connection).await?;
+            match redis::cmd("INFO").arg("server").query_async::<String>(&mut connection).await {
+                Err(e) if e.code().is_some() => {
+                    tracing::debug!(address = %self.address, error = %e, "INFO refused; the server version is not checked");
+                    Ok(None)
+                }
+                other => other.map(Some),
+            }
+        };
+        match tokio::time::timeout(self.timeout, info).await {
+            Ok(Ok(Some(info))) => version::check(&info, &self.address),
+            Ok(Ok(None)) => Ok(()),
+            Ok(Err(e)) => Err(error(&self.address, e)),
             Err(_) => Err(timed_out(&self.address, self.timeout)),
         }
     }
@@ -88,6 +103,10 @@ pub fn error(address: &str, e: RedisError) -> Error {
         e.kind() == ErrorKind::AuthenticationFailed || matches!(e.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"));
     if auth {
         return Error::Authentication { backend: BACKEND, endpoint: address.to_owned(), message: e.to_string() };
+    }
+    if e.code() == Some("BADFENCE") {
+        let detail = e.detail().unwrap_or("its fencing counter holds garbage");
+        return Error::backend(BACKEND, format!("redis at {address} refused the grant: {detail}"));
     }
     if e.is_io_error() || e.is_connection_refusal() || e.is_timeout() || e.is_connection_dropped() {
         return Error::connection(BACKEND, address, format!("{e}; is the server up?"), Some(Box::new(e)));

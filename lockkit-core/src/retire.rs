@@ -122,8 +122,9 @@ fn unconfirmed(lease: &KeptLease, what: &str, cause: &str) -> Error {
 /// Removes what an acquire put on the server unless the acquire hands it out: a waiter's key or
 /// node, a grant it made but could not return, a request that may still be applied. Armed when
 /// made; [`disarm`](Self::disarm) once the entry became a guard's. Dropped armed (the acquire
-/// failed, timed out or was cancelled), it retires the entry in the background by the rule of
-/// [this module](self); [`now`](Self::now) does the same and waits for it.
+/// failed, timed out or was cancelled), it retires the entry in the background: retried for up
+/// to one request timeout, and if still unconfirmed where the lease would keep the entry alive,
+/// the lease is given up. [`now`](Self::now) does the same and waits for it.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> lockkit_core::Result<()> {
@@ -160,7 +161,7 @@ impl Cleanup {
 
     /// Runs the cleanup only after this request has finished (two requests in flight at once
     /// are not ordered by every backend); a request that ended unanswered may be applied later,
-    /// so it gives the lease up (see [the rule](self)).
+    /// so it gives the lease up, as an unconfirmed cleanup does.
     pub fn after(&mut self, request: Finished) {
         self.after = Some(request);
     }

@@ -11,6 +11,9 @@ mod support;
 #[path = "consul/faults.rs"]
 mod faults;
 
+#[path = "consul/lock_delay.rs"]
+mod lock_delay;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -79,7 +82,7 @@ async fn entry(double: &ConsulDouble, key: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_destroyed_behind_the_holders_back_fires_the_loss_signal() {
     let double = double();
-    let locks = connect(&url(&double, "&lock_delay=0s")).await;
+    let locks = connect(&url(&double, "&lock_delay=1s")).await;
     let guard = locks.acquire("destroyed").await.unwrap();
     let old = guard.lease().id().to_owned();
     double.destroy_session(&old);

@@ -7,14 +7,23 @@
 //!   long one blocking query waits; shorten it when a proxy between lockkit and Consul cuts
 //!   requests idle for longer. A blocking query may take `timeout` + its wait + wait / 16
 //!   (Consul's jitter).
-//! - **One session per handle** (per TTL): `Behavior: release`, no node checks, created at
-//!   connect and renewed by the core's refresh loop at TTL / 3 (a longer TTL answered by a
-//!   renew is kept). A renew answering 404, or no renew confirmed for a TTL since it was sent,
-//!   loses the session: every guard on it fires, and the next acquire creates a new one.
-//!   Consul accepts TTLs from 10 s (its `session_ttl_min`) to 24 h.
-//! - **Key layout of `consul lock PREFIX` and Go's `api.Lock`**: lock `NAME` is the key
-//!   `[ns/]NAME/.lock`, acquired with `?acquire=<session>` and flags `0x2ddccbc058a50c18`; a key
-//!   with other flags is a conflict (a clear error). The value is the holder metadata.
+//! - **One session per handle** (per TTL): `Behavior: release`, no node checks, `LockDelay`
+//!   from `lock_delay` (default 15 s), created at connect and renewed by the core's refresh loop.
+//! - **A guard counts as held for min(TTL, `lock_delay`) after its last confirmed renew was
+//!   sent**, minus the core's safety margin. Consul can end a session before its TTL without
+//!   the holder hearing of it (its node deregistered; a client agent leaving on SIGTERM); from
+//!   then on only the lock-delay keeps others out of its keys, so a guard must not outlive it.
+//!   Renews come every third of that (or every `refresh`, which must be at most half of it);
+//!   a `lock_delay` too short for that (`0s`, below 100 ms, below twice `refresh`) is an error
+//!   at connect. A renew answering 404 loses the session at once: every guard on it fires, and
+//!   the next acquire creates a new one. Consul accepts TTLs from 10 s (its `session_ttl_min`)
+//!   to 24 h.
+//! - **Key layout of `consul lock PREFIX`**: lock `NAME` is the key `[ns/]NAME/.lock`, acquired
+//!   with `?acquire=<session>` and flags `0x2ddccbc058a50c18` (`api.Lock`'s); a key with other
+//!   flags is a conflict (a clear error). The value is the holder metadata. Only the `consul
+//!   lock` command appends `/.lock` to its prefix; Go's `api.Lock` uses its `Key` as given, so
+//!   lock `nightly` in namespace `jobs` is `consul lock jobs/nightly`'s lock, and a Go program's
+//!   with `Key: "jobs/nightly/.lock"`.
 //! - **Waiting** uses blocking queries on the key (with jitter), not polling; an index that goes
 //!   backwards starts over. Every waiter is woken by a release (Consul has no queue): not fair.
 //!   In the lock-delay after a holder's session ended (acquire refused with nobody holding), a
@@ -76,11 +85,14 @@ pub async fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
             url.invalid("Consul takes an ACL token, not a user: consul://host:8500?token=… or CONSUL_HTTP_TOKEN")
         );
     }
-    let settings = Settings::from_url(url)?;
+    let mut settings = Settings::from_url(url)?;
     let lock_delay = url.duration_option("lock_delay")?.unwrap_or(DEFAULT_LOCK_DELAY);
     if lock_delay > Duration::from_secs(60) {
         return Err(url.invalid("`lock_delay` can be at most 60s (Consul's limit)"));
     }
+    // A session Consul ends without its holder hearing of it (its node deregistered, its agent
+    // gone) frees the keys after the lock-delay: a guard may count as held no longer than that.
+    settings.cap_validity(lock_delay).map_err(|reason| url.invalid(lock_delay_too_short(lock_delay, &reason)))?;
     let wait = url.duration_option("blocking_wait")?.unwrap_or(DEFAULT_BLOCKING_WAIT);
     if wait.is_zero() || wait > Duration::from_secs(600) {
         return Err(url.invalid("`blocking_wait` must be above zero and at most 10m (Consul's limit)"));
@@ -90,11 +102,23 @@ pub async fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
     let scheme = if url.tls() { "https" } else { "http" };
     let base = format!("{scheme}://{}", host.address(8500));
     let api = Api::new(http_client(url)?, base, token, url.option("dc").map(str::to_owned), settings.timeout);
-    let pool = LeasePool::new(BACKEND, settings.timeout);
+    let pool = LeasePool::for_settings(BACKEND, &settings);
     let locks = ConsulLocks { api, lock_delay, wait, pool, local: Default::default(), settings };
     let ttl = locks.settings.ttl;
-    locks.session(ttl, locks.settings.refresh_interval.unwrap_or(ttl / 3)).await?;
+    locks.session(ttl, locks.settings.refresh_for(ttl)).await?;
     Ok(Arc::new(locks))
+}
+
+/// Why a `lock_delay` is refused, and what to set.
+fn lock_delay_too_short(lock_delay: Duration, reason: &str) -> String {
+    let shown = if lock_delay.is_zero() { "0s".to_owned() } else { format!("{lock_delay:?}") };
+    format!(
+        "`lock_delay={shown}` is too short: {reason}. When Consul ends a session without its holder \
+         hearing of it (its node deregistered, its agent gone), only the lock-delay keeps others out, so a guard \
+         counts as held for at most min(ttl, lock_delay) after its last renew and must be renewed well within \
+         that. Set `lock_delay` to at least twice the refresh interval — the ttl is a good choice (Consul's \
+         default is 15s, its maximum 60s)"
+    )
 }
 
 /// An HTTP client; for `consuls://`, trusting the public roots or `?ca=`, with a client

@@ -122,6 +122,11 @@ impl DistributedLock for FileLocks {
             tokio::select! {
                 _ = released => {}
                 _ = tokio::time::sleep(jittered) => {}
+                reason = lease.lost() => {
+                    // The handle was closed (or its lease lost) while this waited.
+                    let reason = format!("while waiting, its lease was lost: {reason}");
+                    return Err(Error::LockLost { backend: BACKEND, name: request.name.to_string(), reason });
+                }
             }
             backoff = (backoff * 2).min(Duration::from_millis(50));
         };
@@ -156,6 +161,11 @@ impl DistributedLock for FileLocks {
             Ok(LockStatus::held(holder, token, None))
         };
         read().map_err(|e| io_error(&format!("cannot read {}", lock_path.display()), e))
+    }
+
+    /// Revokes the handle's leases: every grant on them is released and fires its guard.
+    async fn shutdown(&self) -> Result<()> {
+        self.pool.close().await
     }
 
     async fn evict(&self, name: &LockName) -> Result<bool> {

@@ -15,7 +15,7 @@ use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
 use crate::signal::{LeaseState, LossSignal};
-use crate::{Error, Result};
+use crate::{Error, Result, Settings};
 
 /// The liveness a grant hangs on: an etcd lease, a ZooKeeper or Consul session, or the set of
 /// keys one handle keeps alive on Redis, memory or file.
@@ -29,8 +29,10 @@ pub trait Lease: Send + Sync + fmt::Debug {
     /// The TTL granted.
     fn ttl(&self) -> Duration;
 
-    /// The local deadline: when the last successful refresh was *sent*, plus the TTL, minus a
-    /// safety margin ([`safety_margin`](crate::safety_margin)). Past it the lease counts as lost.
+    /// The local deadline: when the last successful refresh was *sent*, plus the local validity,
+    /// minus a safety margin ([`safety_margin`](crate::safety_margin)) of it. The local validity
+    /// is the TTL, or less where the backend caps it (Consul's lock-delay; see
+    /// [`Settings::max_validity`](crate::Settings::max_validity)). Past it the lease counts as lost.
     fn valid_until(&self) -> Instant;
 
     /// Whether the lease is lost (or past its deadline).
@@ -139,10 +141,23 @@ impl KeptLease {
         backend_name: &'static str,
         id: String,
         backend: Arc<dyn LeaseBackend>,
-        (ttl, refresh_interval, timeout): (Duration, Duration, Duration),
+        timing: (Duration, Duration, Duration),
         granted_at: Instant,
     ) -> Arc<Self> {
-        let state = LeaseState::new(backend_name, id, ttl, granted_at);
+        Self::start_capped(backend_name, id, backend, timing, None, granted_at)
+    }
+
+    /// [`start`](Self::start), for a lease that counts as valid for at most `max_validity` after
+    /// each confirmed refresh, whatever its TTL (see [`Settings::max_validity`]).
+    pub fn start_capped(
+        backend_name: &'static str,
+        id: String,
+        backend: Arc<dyn LeaseBackend>,
+        (ttl, refresh_interval, timeout): (Duration, Duration, Duration),
+        max_validity: Option<Duration>,
+        granted_at: Instant,
+    ) -> Arc<Self> {
+        let state = LeaseState::new(backend_name, id, ttl, max_validity, granted_at);
         let shared = Arc::new(Shared { state, backend, timeout, revoked: tokio::sync::OnceCell::new() });
         let stop = CancellationToken::new();
         let runtime = Handle::try_current().ok();
@@ -340,13 +355,20 @@ async fn refresh_loop(shared: Arc<Shared>, interval: Duration, granted_at: Insta
 pub struct LeasePool {
     backend: &'static str,
     timeout: Duration,
+    max_validity: Option<Duration>,
     leases: tokio::sync::Mutex<HashMap<(Duration, Duration), Arc<KeptLease>>>,
 }
 
 impl LeasePool {
     /// An empty pool for a handle whose request timeout is `timeout`.
     pub fn new(backend: &'static str, timeout: Duration) -> Self {
-        LeasePool { backend, timeout, leases: tokio::sync::Mutex::new(HashMap::new()) }
+        LeasePool { backend, timeout, max_validity: None, leases: tokio::sync::Mutex::new(HashMap::new()) }
+    }
+
+    /// An empty pool for a handle with these settings: their request timeout, and their
+    /// [`max_validity`](Settings::max_validity) for every lease.
+    pub fn for_settings(backend: &'static str, settings: &Settings) -> Self {
+        LeasePool { max_validity: settings.max_validity, ..Self::new(backend, settings.timeout) }
     }
 
     /// The live lease for `ttl` and `refresh_interval`, or a new one from `grant`, which
@@ -367,7 +389,8 @@ impl LeasePool {
         }
         let sent = Instant::now();
         let (backend, id) = grant().await?;
-        let lease = KeptLease::start(self.backend, id, backend, (ttl, refresh_interval, self.timeout), sent);
+        let timing = (ttl, refresh_interval, self.timeout);
+        let lease = KeptLease::start_capped(self.backend, id, backend, timing, self.max_validity, sent);
         leases.insert((ttl, refresh_interval), lease.clone());
         Ok(lease)
     }

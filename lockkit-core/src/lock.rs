@@ -85,11 +85,12 @@ pub trait DistributedLock: Send + Sync {
     async fn evict(&self, name: &LockName) -> Result<bool>;
 
     /// Driver hook: ends the handle's leases or sessions now, so that nothing it held or
-    /// queued outlives it (a program about to exit calls [`close`](Self::close)). The default
-    /// does nothing, for backends whose grants end with their guards.
-    async fn shutdown(&self) -> Result<()> {
-        Ok(())
-    }
+    /// queued outlives it (a program about to exit calls [`close`](Self::close)). Drivers whose
+    /// grants hang on a [`LeasePool`](crate::LeasePool) — every built-in backend — call
+    /// [`LeasePool::close`](crate::LeasePool::close): revoking a lease releases every grant on
+    /// it and fires every guard on it. There is no default: doing nothing would break the
+    /// contract of `close`.
+    async fn shutdown(&self) -> Result<()>;
 
     /// Releases everything this handle holds or waits for, and waits for the backend to
     /// confirm. Guards of the handle fire their loss signals. Call it before a program exits:
@@ -259,6 +260,9 @@ mod tests {
         }
         async fn evict(&self, name: &LockName) -> Result<bool> {
             self.inner.evict(name).await
+        }
+        async fn shutdown(&self) -> Result<()> {
+            self.inner.shutdown().await
         }
     }
 

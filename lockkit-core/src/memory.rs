@@ -3,7 +3,8 @@
 //!
 //! Every `connect` to the same store name (`memory://` is the default store) shares one
 //! in-process "server", so two handles behave like two clients of one backend; a store lives as
-//! long as the process, so its fencing tokens never restart. It is the
+//! long as the process, so its fencing tokens never restart. A name nobody holds or waits for
+//! keeps only its counter, so a store's memory is bounded by the names in use. It is the
 //! reference implementation of the [`DistributedLock`] contract and what application unit tests
 //! should use.
 //!
@@ -17,20 +18,20 @@
 //! # drop(held); Ok(()) }
 //! ```
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+mod store;
+
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
 use crate::lease::{KeepAlive, LeaseBackend, LeasePool};
-use crate::signal::lock;
 use crate::{
     Capabilities, DistributedLock, Error, FencingToken, Grant, GrantRequest, Lease, LockGuard, LockName, LockStatus,
-    LockUrl, LossSignal, Result, Settings,
+    LockUrl, Result, Settings,
 };
+use store::{Store, Waiter};
 
 const BACKEND: &str = "memory";
 
@@ -91,8 +92,13 @@ impl DistributedLock for MemoryLocks {
             signal: lease.grant_signal(),
             notify: Notify::new(),
         });
-        let Some(token) = self.store.acquire(&key, &waiter, request.wait).await else {
-            return Ok(None);
+        let token = match self.store.acquire(&key, &waiter, request.wait).await {
+            Ok(Some(token)) => token,
+            Ok(None) => return Ok(None),
+            Err(reason) => {
+                let reason = format!("while waiting, its lease was lost: {reason}");
+                return Err(Error::LockLost { backend: BACKEND, name: request.name.to_string(), reason });
+            }
         };
         let grant = MemoryGrant { store: self.store.clone(), key, grant: waiter.grant, name: request.name.to_string() };
         Ok(Some(request.granted(BACKEND, FencingToken::new(token), lease, waiter.signal.clone(), grant)))
@@ -100,187 +106,30 @@ impl DistributedLock for MemoryLocks {
 
     async fn inspect(&self, name: &LockName) -> Result<LockStatus> {
         let key = self.settings.namespace.key(name);
-        let mut slots = lock(&self.store.slots);
-        let Some(slot) = slots.get_mut(&key) else { return Ok(LockStatus::free().waiting(0)) };
-        slot.expire();
-        let status = match &slot.holder {
-            None => LockStatus::free(),
-            Some(h) => LockStatus::held(
-                Some(h.holder.clone()),
-                Some(FencingToken::new(h.token)),
-                Some(h.expires_at.saturating_duration_since(Instant::now())),
-            ),
-        };
-        Ok(status.waiting(slot.waiters.len()))
+        let status = self.store.with_live(&key, |slot| {
+            let status = match &slot.holder {
+                None => LockStatus::free(),
+                Some(h) => LockStatus::held(
+                    Some(h.holder.clone()),
+                    Some(FencingToken::new(h.token)),
+                    Some(h.expires_at.saturating_duration_since(Instant::now())),
+                ),
+            };
+            status.waiting(slot.waiters.len())
+        });
+        Ok(status.unwrap_or_else(|| LockStatus::free().waiting(0)))
     }
 
     async fn evict(&self, name: &LockName) -> Result<bool> {
         let key = self.settings.namespace.key(name);
-        let mut slots = lock(&self.store.slots);
-        let Some(slot) = slots.get_mut(&key) else { return Ok(false) };
-        slot.expire();
-        Ok(slot.remove_holder("the grant was removed by force_release").is_some())
-    }
-}
-
-/// The in-process "server": one slot per key.
-struct Store {
-    slots: Mutex<HashMap<String, Slot>>,
-    ids: AtomicU64,
-}
-
-/// Every store of the process, kept for its whole life: a store's fencing counters must never
-/// restart, even when no handle is connected for a while.
-static STORES: LazyLock<Mutex<HashMap<String, Arc<Store>>>> = LazyLock::new(Default::default);
-
-impl Store {
-    /// The store of that name, shared by every handle in the process.
-    fn named(name: &str) -> Arc<Store> {
-        let mut stores = lock(&STORES);
-        let store = stores
-            .entry(name.to_owned())
-            .or_insert_with(|| Arc::new(Store { slots: Mutex::new(HashMap::new()), ids: AtomicU64::new(1) }));
-        store.clone()
+        let evicted =
+            self.store.with_live(&key, |slot| slot.remove_holder("the grant was removed by force_release").is_some());
+        Ok(evicted.unwrap_or(false))
     }
 
-    fn next_id(&self) -> u64 {
-        self.ids.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Grants `key` to `waiter` now, or (if `wait`) queues it and waits for the handoff.
-    async fn acquire(self: &Arc<Self>, key: &str, waiter: &Arc<Waiter>, wait: bool) -> Option<u64> {
-        {
-            let mut slots = lock(&self.slots);
-            let slot = slots.entry(key.to_owned()).or_default();
-            slot.expire();
-            if slot.holder.is_none() && slot.waiters.is_empty() {
-                return Some(slot.hand_to(waiter));
-            }
-            if !wait {
-                return None;
-            }
-            slot.waiters.push_back(waiter.clone());
-        }
-        let mut queued = Queued { store: self, key, grant: waiter.grant, armed: true };
-        loop {
-            let notified = waiter.notify.notified();
-            let expiry = {
-                let mut slots = lock(&self.slots);
-                let slot = slots.get_mut(key).expect("slots are never removed");
-                slot.expire();
-                match &slot.holder {
-                    Some(h) if h.grant == waiter.grant => {
-                        queued.armed = false;
-                        return Some(h.token);
-                    }
-                    // Only the first waiter watches the holder's expiry; the rest are woken in turn.
-                    Some(h) if slot.waiters.front().is_some_and(|w| w.grant == waiter.grant) => Some(h.expires_at),
-                    _ => None,
-                }
-            };
-            match expiry {
-                Some(at) => tokio::select! {
-                    _ = notified => {}
-                    _ = tokio::time::sleep_until(at.into()) => {}
-                },
-                None => notified.await,
-            }
-        }
-    }
-}
-
-/// A contender: what it needs to become the holder when the lock is handed to it.
-struct Waiter {
-    grant: u64,
-    lease: String,
-    ttl: Duration,
-    holder: String,
-    signal: LossSignal,
-    notify: Notify,
-}
-
-struct Holder {
-    grant: u64,
-    lease: String,
-    token: u64,
-    expires_at: Instant,
-    holder: String,
-    signal: LossSignal,
-}
-
-#[derive(Default)]
-struct Slot {
-    fence: u64,
-    holder: Option<Holder>,
-    waiters: VecDeque<Arc<Waiter>>,
-}
-
-impl Slot {
-    /// Makes `waiter` the holder with a new fencing token.
-    fn hand_to(&mut self, waiter: &Waiter) -> u64 {
-        self.fence += 1;
-        self.holder = Some(Holder {
-            grant: waiter.grant,
-            lease: waiter.lease.clone(),
-            token: self.fence,
-            expires_at: Instant::now() + waiter.ttl,
-            holder: waiter.holder.clone(),
-            signal: waiter.signal.clone(),
-        });
-        waiter.notify.notify_one();
-        self.fence
-    }
-
-    /// Drops the holder if its TTL ran out.
-    fn expire(&mut self) {
-        if self.holder.as_ref().is_some_and(|h| Instant::now() >= h.expires_at) {
-            self.remove_holder("its TTL ran out on the server before a refresh arrived");
-        }
-    }
-
-    /// Removes the holder (firing its loss signal) and hands the lock to the first waiter.
-    fn remove_holder(&mut self, reason: &str) -> Option<Holder> {
-        let holder = self.holder.take()?;
-        holder.signal.lose(reason);
-        self.promote();
-        Some(holder)
-    }
-
-    fn promote(&mut self) {
-        if self.holder.is_none()
-            && let Some(next) = self.waiters.pop_front()
-        {
-            self.hand_to(&next);
-        }
-    }
-}
-
-/// Removes a waiter that gave up (its future was dropped): from the queue, or — if the lock
-/// was handed to it meanwhile — by handing the lock on.
-struct Queued<'a> {
-    store: &'a Store,
-    key: &'a str,
-    grant: u64,
-    armed: bool,
-}
-
-impl Drop for Queued<'_> {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let mut slots = lock(&self.store.slots);
-        let Some(slot) = slots.get_mut(self.key) else { return };
-        if slot.holder.as_ref().is_some_and(|h| h.grant == self.grant) {
-            slot.holder = None;
-            slot.promote();
-            return;
-        }
-        let was_first = slot.waiters.front().is_some_and(|w| w.grant == self.grant);
-        slot.waiters.retain(|w| w.grant != self.grant);
-        if was_first && let Some(next) = slot.waiters.front() {
-            next.notify.notify_one();
-        }
+    /// Revokes the handle's leases: every grant on them is released and fires its guard.
+    async fn shutdown(&self) -> Result<()> {
+        self.pool.close().await
     }
 }
 
@@ -294,23 +143,20 @@ struct MemoryLease {
 #[async_trait]
 impl LeaseBackend for MemoryLease {
     async fn keep_alive(&self) -> Result<KeepAlive> {
-        let mut slots = lock(&self.store.slots);
-        for slot in slots.values_mut() {
-            slot.expire();
+        self.store.for_each_live(|slot| {
             if let Some(h) = slot.holder.as_mut().filter(|h| h.lease == self.id) {
                 h.expires_at = Instant::now() + self.ttl;
             }
-        }
+        });
         Ok(KeepAlive::Alive(self.ttl))
     }
 
     async fn revoke(&self) -> Result<()> {
-        let mut slots = lock(&self.store.slots);
-        for slot in slots.values_mut() {
+        self.store.for_each_live(|slot| {
             if slot.holder.as_ref().is_some_and(|h| h.lease == self.id) {
                 slot.remove_holder("its lease was revoked");
             }
-        }
+        });
         Ok(())
     }
 }
@@ -325,11 +171,7 @@ struct MemoryGrant {
 #[async_trait]
 impl Grant for MemoryGrant {
     async fn release(&self) -> Result<()> {
-        let mut slots = lock(&self.store.slots);
-        let slot = slots.get_mut(&self.key).expect("slots are never removed");
-        if slot.holder.as_ref().is_some_and(|h| h.grant == self.grant) {
-            slot.holder = None;
-            slot.promote();
+        if self.store.with_live(&self.key, |slot| slot.give_back(self.grant)) == Some(true) {
             return Ok(());
         }
         Err(Error::not_held(
@@ -359,5 +201,50 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(tokens.windows(2).all(|w| w[0] < w[1]), "{tokens:?}");
+    }
+}
+
+#[cfg(test)]
+mod pruning_tests {
+    use super::*;
+    use crate::LockOptions;
+
+    /// A name nobody holds or waits for any more keeps only its counter: after a thousand names
+    /// were acquired and released — one of them also waited for in vain, force-released, and
+    /// expired — the store holds no slot for any of them, and their tokens still increase.
+    #[tokio::test]
+    async fn released_names_keep_only_their_counters() {
+        let url: LockUrl = "memory://pruned".parse().unwrap();
+        let (locks, other) = (connect(&url).unwrap(), connect(&url).unwrap());
+        let store = Store::named("pruned");
+        let names: Vec<String> = (0..1000).map(|i| format!("name-{i}")).collect();
+        let mut first = Vec::new();
+        for name in &names {
+            let guard = locks.acquire(name).await.unwrap();
+            first.push(guard.fencing_token());
+            guard.release().await.unwrap();
+        }
+        // A try and a timed-out waiter on a held name, then a force_release.
+        let held = locks.acquire("name-0").await.unwrap();
+        assert!(other.try_acquire("name-0").await.unwrap().is_none());
+        assert!(other.acquire_timeout("name-0", Duration::from_millis(20)).await.is_err());
+        assert!(other.force_release("name-0").await.unwrap());
+        drop(held);
+        // A grant left to expire: its holder stopped refreshing (its runtime went away).
+        let short = LockOptions::new().ttl(Duration::from_millis(100));
+        let expired = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async { locks.acquire_with("name-1", &short).await.unwrap().unwrap() })
+        })
+        .join()
+        .unwrap();
+        let after_expiry = other.acquire_timeout("name-1", Duration::from_secs(2)).await.expect("expired");
+        after_expiry.release().await.unwrap();
+        assert!(!expired.is_held());
+        assert_eq!(store.live_slots(), 0, "slots kept for names nobody holds or waits for");
+        for (name, before) in names.iter().zip(first) {
+            let again = other.try_acquire(name).await.unwrap().expect("free");
+            assert!(again.fencing_token() > before, "{name}: {:?} after {before:?}", again.fencing_token());
+        }
     }
 }

@@ -87,6 +87,13 @@ pub struct Settings {
     pub timeout: Duration,
     /// Prefix of every key (`namespace`, or the URL path).
     pub namespace: Namespace,
+    /// The longest a lease counts as valid after its last confirmed refresh, whatever its TTL
+    /// (`None`, the default: the TTL). A driver caps it, with
+    /// [`cap_validity`](Self::cap_validity), where the server may end a lease before its TTL
+    /// without the holder hearing of it and keeps others out only for a known time after that
+    /// (Consul's lock-delay). The default refresh interval is a third of the validity, and where
+    /// the cap is below the TTL one set explicitly must be at most half of it.
+    pub max_validity: Option<Duration>,
 }
 
 impl Settings {
@@ -103,6 +110,7 @@ impl Settings {
             refresh_interval: url.duration_option("refresh")?,
             timeout: url.duration_option("timeout")?.unwrap_or(Self::DEFAULT_TIMEOUT),
             namespace: url.namespace(),
+            max_validity: None,
         };
         settings.check_timing(settings.ttl, settings.refresh_interval).map_err(|reason| url.invalid(reason))?;
         if settings.timeout.is_zero() {
@@ -111,24 +119,60 @@ impl Settings {
         Ok(settings)
     }
 
+    /// Caps [`max_validity`](Self::max_validity) at `cap` and checks the handle's TTL and
+    /// refresh interval against it: the error says why they do not fit (drivers add what to set).
+    pub fn cap_validity(&mut self, cap: Duration) -> std::result::Result<(), String> {
+        self.max_validity = Some(cap);
+        self.check_timing(self.ttl, self.refresh_interval).map(|_| ())
+    }
+
+    /// The refresh interval of a grant with this TTL and the handle's defaults: `refresh` when
+    /// set, else a third of how long a lease counts as held after a refresh (the TTL, or
+    /// [`max_validity`](Self::max_validity) where that is shorter).
+    pub fn refresh_for(&self, ttl: Duration) -> Duration {
+        self.refresh_interval.unwrap_or(self.validity(ttl) / 3)
+    }
+
+    fn validity(&self, ttl: Duration) -> Duration {
+        self.max_validity.map_or(ttl, |cap| cap.min(ttl))
+    }
+
     /// Resolves the TTL and refresh interval of one acquire, or says why they do not fit.
     pub(crate) fn check_timing(
         &self,
         ttl: Duration,
         refresh: Option<Duration>,
     ) -> std::result::Result<(Duration, Duration), String> {
-        if ttl < Duration::from_millis(100) {
-            return Err(format!("TTL {ttl:?} is too short; use at least 100ms"));
+        if ttl < MIN_VALIDITY {
+            return Err(format!("TTL {ttl:?} is too short; use at least {MIN_VALIDITY:?}"));
         }
-        let refresh = refresh.unwrap_or(ttl / 3);
+        let validity = self.validity(ttl);
+        if validity < MIN_VALIDITY {
+            return Err(format!(
+                "a lease would count as held for only {validity:?} after each refresh, too short to refresh in \
+                 time; it must be at least {MIN_VALIDITY:?}"
+            ));
+        }
+        let refresh = refresh.unwrap_or(validity / 3);
         if refresh.is_zero() || refresh >= ttl {
             return Err(format!(
                 "refresh interval {refresh:?} must be above zero and below the TTL {ttl:?}; the default is TTL / 3"
             ));
         }
+        if validity < ttl && refresh > validity / 2 {
+            return Err(format!(
+                "refresh interval {refresh:?} is too long: a lease counts as held for only {validity:?} after each \
+                 refresh (less than the TTL {ttl:?}), so one late refresh would lose it; use at most {:?}, or leave \
+                 `refresh` unset (the default is a third of {validity:?})",
+                validity / 2
+            ));
+        }
         Ok((ttl, refresh))
     }
 }
+
+/// The shortest TTL, and the shortest time a lease may count as valid after a refresh.
+const MIN_VALIDITY: Duration = Duration::from_millis(100);
 
 /// One acquire, as the core hands it to a driver: validated and with every default resolved.
 #[derive(Clone, Debug)]
@@ -279,5 +323,20 @@ mod tests {
     #[test]
     fn default_holder_names_this_process() {
         assert!(default_holder().ends_with(&format!("pid {}", std::process::id())));
+    }
+
+    /// A validity capped below the TTL sets the default refresh interval (a third of it) and
+    /// refuses a refresh interval above half of it, or a validity below 100 ms.
+    #[test]
+    fn a_capped_validity_sets_and_bounds_the_refresh_interval() {
+        let mut s = Settings::from_url(&LockUrl::parse("memory://?ttl=3s").unwrap()).unwrap();
+        s.cap_validity(Duration::from_millis(900)).unwrap();
+        assert_eq!(s.refresh_for(s.ttl), Duration::from_millis(300));
+        assert_eq!(s.check_timing(s.ttl, None), Ok((s.ttl, Duration::from_millis(300))));
+        let err = s.check_timing(s.ttl, Some(Duration::from_millis(500))).unwrap_err();
+        assert!(err.contains("too long") && err.contains("450ms"), "{err}");
+        assert!(s.cap_validity(Duration::from_millis(50)).unwrap_err().contains("at least 100ms"));
+        let mut explicit = Settings::from_url(&LockUrl::parse("memory://?ttl=3s&refresh=1s").unwrap()).unwrap();
+        assert!(explicit.cap_validity(Duration::from_millis(1500)).unwrap_err().contains("use at most 750ms"));
     }
 }

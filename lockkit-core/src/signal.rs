@@ -17,12 +17,22 @@ pub fn safety_margin(ttl: Duration) -> Duration {
     ttl / 20 + Duration::from_millis(2)
 }
 
+/// How long after a confirmation sent at some moment a lease still counts as valid: its `ttl`,
+/// capped by `max_validity`, minus the [`safety_margin`] of that.
+fn local_validity(ttl: Duration, max_validity: Option<Duration>) -> Duration {
+    let validity = max_validity.map_or(ttl, |cap| cap.min(ttl));
+    validity.saturating_sub(safety_margin(validity))
+}
+
 /// The shared state of one lease: its deadline and whether it is lost.
 #[derive(Debug)]
 pub(crate) struct LeaseState {
     pub(crate) backend: &'static str,
     pub(crate) id: String,
     pub(crate) ttl: Duration,
+    /// The longest the lease counts as valid after a confirmation, whatever TTL the server
+    /// answers (`None`: the TTL answered); see [`Settings::max_validity`](crate::Settings::max_validity).
+    max_validity: Option<Duration>,
     valid_until: Mutex<Instant>,
     lost: CancellationToken,
     reason: OnceLock<String>,
@@ -30,13 +40,21 @@ pub(crate) struct LeaseState {
 }
 
 impl LeaseState {
-    /// A lease whose last confirmation was sent at `confirmed_at`.
-    pub(crate) fn new(backend: &'static str, id: String, ttl: Duration, confirmed_at: Instant) -> Arc<Self> {
+    /// A lease whose last confirmation was sent at `confirmed_at`, valid for its `ttl` — or for
+    /// `max_validity` where that is shorter — after each confirmation.
+    pub(crate) fn new(
+        backend: &'static str,
+        id: String,
+        ttl: Duration,
+        max_validity: Option<Duration>,
+        confirmed_at: Instant,
+    ) -> Arc<Self> {
         Arc::new(LeaseState {
             backend,
             id,
             ttl,
-            valid_until: Mutex::new(confirmed_at + ttl - safety_margin(ttl)),
+            max_validity,
+            valid_until: Mutex::new(confirmed_at + local_validity(ttl, max_validity)),
             lost: CancellationToken::new(),
             reason: OnceLock::new(),
             grants: Mutex::new(Vec::new()),
@@ -56,7 +74,7 @@ impl LeaseState {
             self.is_lost();
             return false;
         }
-        *until = (*until).max(sent + ttl - safety_margin(ttl));
+        *until = (*until).max(sent + local_validity(ttl, self.max_validity));
         true
     }
 
@@ -224,7 +242,7 @@ mod tests {
 
     #[tokio::test]
     async fn losing_the_lease_fires_every_grant_but_a_grant_can_be_lost_alone() {
-        let lease = LeaseState::new("test", "l1".into(), Duration::from_secs(10), Instant::now());
+        let lease = LeaseState::new("test", "l1".into(), Duration::from_secs(10), None, Instant::now());
         let (a, b) = (lease.grant_signal(), lease.grant_signal());
         a.lose("key deleted");
         assert!(a.is_lost() && !b.is_lost());
@@ -236,7 +254,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_deadline_alone_makes_a_grant_lost() {
-        let lease = LeaseState::new("test", "l1".into(), Duration::from_millis(150), Instant::now());
+        let lease = LeaseState::new("test", "l1".into(), Duration::from_millis(150), None, Instant::now());
         let signal = lease.grant_signal();
         assert!(!signal.is_lost());
         let reason = signal.lost().await;
@@ -246,12 +264,25 @@ mod tests {
     #[tokio::test]
     async fn a_confirmed_refresh_moves_the_deadline_forward_only() {
         let start = Instant::now();
-        let lease = LeaseState::new("test", "l1".into(), Duration::from_secs(1), start);
+        let lease = LeaseState::new("test", "l1".into(), Duration::from_secs(1), None, start);
         let first = lease.valid_until();
         assert_eq!(first, start + Duration::from_secs(1) - safety_margin(Duration::from_secs(1)));
         lease.confirm(start + Duration::from_millis(300), Duration::from_secs(1));
         assert_eq!(lease.valid_until(), first + Duration::from_millis(300));
         lease.confirm(start, Duration::from_secs(1));
         assert_eq!(lease.valid_until(), first + Duration::from_millis(300));
+    }
+
+    /// A lease capped below its TTL counts as valid for the cap after each confirmation, also
+    /// when the server answers a longer TTL than asked.
+    #[test]
+    fn a_capped_lease_is_valid_for_the_cap_after_each_confirmation() {
+        let (start, ttl, cap) = (Instant::now(), Duration::from_secs(2), Duration::from_millis(500));
+        let lease = LeaseState::new("test", "l1".into(), ttl, Some(cap), start);
+        assert_eq!(lease.valid_until(), start + cap - safety_margin(cap));
+        lease.confirm(start + Duration::from_millis(100), Duration::from_secs(30));
+        assert_eq!(lease.valid_until(), start + Duration::from_millis(100) + cap - safety_margin(cap));
+        let uncapped = LeaseState::new("test", "l2".into(), ttl, Some(Duration::from_secs(5)), start);
+        assert_eq!(uncapped.valid_until(), start + ttl - safety_margin(ttl), "a cap above the TTL changes nothing");
     }
 }

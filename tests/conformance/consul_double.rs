@@ -197,6 +197,12 @@ impl ConsulDouble {
         self.shared.acquires.load(Ordering::SeqCst)
     }
 
+    /// When `key` was last acquired by a session that did not hold it already: the moment the
+    /// server granted it.
+    pub fn granted_at(&self, key: &str) -> Option<std::time::Instant> {
+        self.shared.granted.lock().unwrap().get(key).copied()
+    }
+
     /// The ids of the live sessions.
     pub fn sessions(&self) -> Vec<String> {
         self.shared.store.lock().unwrap().sessions.keys().cloned().collect()

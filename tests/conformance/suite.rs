@@ -31,6 +31,7 @@ macro_rules! conformance {
                 a_refreshed_lock_is_held_for_three_ttls,
                 a_grant_removed_behind_the_holders_back_fires_the_loss_signal,
                 revoking_a_lease_fires_every_guard_on_it,
+                closing_a_handle_releases_its_locks_and_fires_its_guards,
                 dropping_a_guard_lets_a_waiter_in_promptly,
                 a_dropped_acquire_leaves_nothing_behind,
                 a_stale_release_leaves_the_new_holder_alone,
@@ -207,6 +208,24 @@ pub async fn revoking_a_lease_fires_every_guard_on_it(t: &Target) {
     let fresh = a.acquire("z").await.unwrap();
     assert_ne!(fresh.lease().id(), x.lease().id(), "a lost lease is replaced");
     assert!(fresh.is_held());
+}
+
+/// `close()` releases every lock the handle holds and fires its guards' loss signals: another
+/// handle gets the locks at once, long before their 30 s TTL could free them.
+pub async fn closing_a_handle_releases_its_locks_and_fires_its_guards(t: &Target) {
+    let long_ttl = Duration::from_secs(30);
+    let (a, b) = (connect(&t.url_in("", long_ttl)).await, connect(&t.url_in("", long_ttl)).await);
+    let guards = [a.acquire("closed-x").await.unwrap(), a.acquire("closed-y").await.unwrap()];
+    a.close().await.expect("close");
+    for guard in &guards {
+        assert!(!guard.is_held(), "`{}` is still held after close()", guard.name());
+        tokio::time::timeout(Duration::from_secs(1), guard.lost()).await.expect("the loss signal fired");
+    }
+    for guard in &guards {
+        let taken = b.try_acquire(guard.name()).await.unwrap();
+        let taken = taken.unwrap_or_else(|| panic!("`{}` is not free at once after close()", guard.name()));
+        assert!(taken.fencing_token() > guard.fencing_token());
+    }
 }
 
 /// Dropping a guard releases the lock: a waiter gets it far sooner than the TTL would allow.

@@ -41,12 +41,11 @@ impl Target {
         Target { base: servers::shared_zk_url(), namespace: unique("t"), _dir: None }
     }
 
-    /// Consul (the double unless `LOCKKIT_TEST_CONSUL_ADDR` names a real one), with a short
-    /// lock-delay so that a vanished holder's lock is free again within the suite's bounds.
+    /// Consul (the double unless `LOCKKIT_TEST_CONSUL_ADDR` names a real one), with a lock-delay
+    /// as long as each URL's TTL (see [`ttl_option`]).
     #[cfg(feature = "consul")]
     pub fn consul() -> Target {
-        let base = format!("{}?lock_delay=200ms", servers::consul_double::shared_url());
-        Target { base, namespace: unique("t"), _dir: None }
+        Target { base: servers::consul_double::shared_url(), namespace: unique("t"), _dir: None }
     }
 
     pub fn redis() -> Target {
@@ -69,12 +68,13 @@ impl Target {
 
     /// The URL of this test's namespace (plus `suffix`) with the suite's TTL.
     pub fn url_in(&self, suffix: &str, ttl: Duration) -> String {
-        format!("{}{}ttl={}ms&namespace={}{suffix}", self.base, self.query_start(), ttl.as_millis(), self.namespace)
+        let ttl = ttl_option(&self.base, ttl);
+        format!("{}{}{ttl}&namespace={}{suffix}", self.base, self.query_start(), self.namespace)
     }
 
     /// The URL of the backend's root namespace (shared by all tests: use unique names there).
     pub fn root_url(&self) -> String {
-        format!("{}{}ttl={}ms", self.base, self.query_start(), TTL.as_millis())
+        format!("{}{}{}", self.base, self.query_start(), ttl_option(&self.base, TTL))
     }
 
     pub fn url(&self) -> String {
@@ -131,7 +131,19 @@ impl Target {
 /// `base` with the options `ttl`, `timeout` and `namespace` added to its query.
 fn compose(base: &str, namespace: &str, ttl: Duration, timeout: Duration) -> String {
     let start = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{start}ttl={}ms&timeout={}ms&namespace={namespace}", ttl.as_millis(), timeout.as_millis())
+    format!("{base}{start}{}&timeout={}ms&namespace={namespace}", ttl_option(base, ttl), timeout.as_millis())
+}
+
+/// `ttl=…`, and for Consul a lock-delay as long: a guard counts as held for min(TTL, lock-delay)
+/// after a renew, so the suite's timings, made for the TTL, hold on Consul too — and a vanished
+/// holder's lock is free within 2 × TTL (Consul's grace) plus the lock-delay.
+fn ttl_option(base: &str, ttl: Duration) -> String {
+    let ms = ttl.as_millis();
+    if base.starts_with("consul") {
+        format!("ttl={ms}ms&lock_delay={}ms", ms.min(60_000))
+    } else {
+        format!("ttl={ms}ms")
+    }
 }
 
 /// `host[:port]` of a server URL as a socket address (the first it resolves to).

@@ -29,7 +29,7 @@ async fn until_free(double: &ConsulDouble, key: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acquire_consul_applies_after_its_timeout_gives_the_session_up() {
     let double = double();
-    let locks = connect(&url(&double, "&timeout=500ms&lock_delay=0s")).await;
+    let locks = connect(&url(&double, "&timeout=500ms&lock_delay=1s")).await;
     for (name, caller_gives_up_first) in [("late", false), ("later", true)] {
         let bystander = locks.acquire("bystander").await.unwrap();
         let session = bystander.lease().id().to_owned();
@@ -108,7 +108,7 @@ async fn a_blocking_query_answered_at_the_end_of_consuls_jitter_is_no_failure() 
 }
 
 /// A waiter refused in another session's lock-delay (15 s here) backs off up to 1 s between
-/// tries, whatever this handle's own `lock_delay` (0 s here): the delay in force is not its own.
+/// tries, whatever this handle's own `lock_delay` (1 s here): the delay in force is not its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_in_a_foreign_lock_delay_backs_off_whatever_its_own_lock_delay() {
     let double = double();
@@ -116,7 +116,7 @@ async fn a_waiter_in_a_foreign_lock_delay_backs_off_whatever_its_own_lock_delay(
     let acquire = format!("/v1/kv/delayed/.lock?acquire={theirs}&flags={}", lockkit::consul::FLAGS);
     assert_eq!(http(&double, "PUT", &acquire, "").await.1, Value::Bool(true));
     double.destroy_session(&theirs);
-    let locks = connect(&url(&double, "&lock_delay=0s")).await;
+    let locks = connect(&url(&double, "&lock_delay=1s")).await;
     let before = double.acquires();
     let err = locks.acquire_timeout("delayed", Duration::from_secs(3)).await.unwrap_err();
     assert!(matches!(err, Error::Timeout { .. }), "{err}");
@@ -200,7 +200,7 @@ async fn a_node_deregistered_behind_the_holders_back_fires_the_loss_signal() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acquire_the_rate_limiter_refused_costs_the_session_nothing() {
     let double = double();
-    let url = format!("consul://{}?ttl=2s&timeout=500ms&lock_delay=0s", double.addr);
+    let url = format!("consul://{}?ttl=2s&timeout=500ms&lock_delay=2s", double.addr);
     let (locks, other) = (connect(&url).await, connect(&url).await);
     let bystander = locks.acquire("bystander").await.unwrap();
     let holder = other.acquire("limited").await.unwrap();

@@ -167,6 +167,9 @@ fn apply_put(shared: &Shared, key: String, query: &HashMap<String, String>, body
             Some(e) => e.lock_index + 1,
             None => 1,
         };
+        if existing.as_ref().is_none_or(|e| e.session.is_none()) {
+            shared.granted.lock().unwrap().insert(key.clone(), Instant::now());
+        }
         set(shared, &mut store, key, content(Some(session.clone()), lock_index));
         return Json(json!(true)).into_response();
     }

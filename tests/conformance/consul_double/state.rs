@@ -40,6 +40,8 @@ pub struct Shared {
     pub wait_ends: watch::Sender<u64>,
     /// How many `?acquire=` requests came.
     pub acquires: AtomicU64,
+    /// When each key was last acquired by a session that did not hold it.
+    pub granted: Mutex<HashMap<String, Instant>>,
 }
 
 /// The fault answered instead of handling requests, and for how many more (`None`: all).
@@ -98,6 +100,7 @@ impl Shared {
             latest_answers: AtomicBool::new(false),
             wait_ends: watch::channel(0).0,
             acquires: AtomicU64::new(0),
+            granted: Mutex::default(),
         }
     }
 

@@ -1,0 +1,263 @@
+//! The in-process "server" of `memory://`: a slot per name that is held or waited for, and the
+//! fencing counter alone of every other name granted so far.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use crate::LossSignal;
+use crate::signal::lock;
+
+/// One store: what every handle connected to the same store name shares.
+pub(super) struct Store {
+    slots: Mutex<Slots>,
+    ids: AtomicU64,
+}
+
+/// Every store of the process, kept for its whole life: a store's fencing counters must never
+/// restart, even when no handle is connected for a while.
+static STORES: LazyLock<Mutex<HashMap<String, Arc<Store>>>> = LazyLock::new(Default::default);
+
+/// The names of a store. A name nobody holds or waits for keeps only its counter, so the memory
+/// a store takes grows with the names in use, plus eight bytes and the name for every name
+/// used before.
+#[derive(Default)]
+struct Slots {
+    /// The names held or waited for.
+    live: HashMap<String, Slot>,
+    /// The last token of every other name granted so far.
+    fences: HashMap<String, u64>,
+}
+
+impl Slots {
+    /// The live slot of `key`, made live again (with its counter) if it was idle.
+    fn open(&mut self, key: &str) -> &mut Slot {
+        let fences = &mut self.fences;
+        self.live
+            .entry(key.to_owned())
+            .or_insert_with(|| Slot { fence: fences.remove(key).unwrap_or(0), ..Slot::default() })
+    }
+
+    /// Keeps only the counter of `key` once nobody holds or waits for it.
+    fn settle(&mut self, key: &str) {
+        if self.live.get(key).is_some_and(Slot::idle)
+            && let Some(slot) = self.live.remove(key)
+        {
+            self.fences.insert(key.to_owned(), slot.fence);
+        }
+    }
+
+    /// [`settle`](Self::settle) for every name.
+    fn settle_all(&mut self) {
+        let fences = &mut self.fences;
+        self.live.retain(|key, slot| {
+            if slot.idle() {
+                fences.insert(key.clone(), slot.fence);
+            }
+            !slot.idle()
+        });
+    }
+}
+
+impl Store {
+    /// The store of that name, shared by every handle in the process.
+    pub(super) fn named(name: &str) -> Arc<Store> {
+        let mut stores = lock(&STORES);
+        let store = stores
+            .entry(name.to_owned())
+            .or_insert_with(|| Arc::new(Store { slots: Mutex::new(Slots::default()), ids: AtomicU64::new(1) }));
+        store.clone()
+    }
+
+    pub(super) fn next_id(&self) -> u64 {
+        self.ids.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Runs `f` on the slot of `key` once its holder is expired, if anyone holds or waits for
+    /// it; then keeps only its counter if nobody does any more.
+    pub(super) fn with_live<T>(&self, key: &str, f: impl FnOnce(&mut Slot) -> T) -> Option<T> {
+        let mut slots = lock(&self.slots);
+        let slot = slots.live.get_mut(key)?;
+        slot.expire();
+        let out = f(slot);
+        slots.settle(key);
+        Some(out)
+    }
+
+    /// Runs `f` on every live slot once its holder is expired, then settles them all.
+    pub(super) fn for_each_live(&self, mut f: impl FnMut(&mut Slot)) {
+        let mut slots = lock(&self.slots);
+        for slot in slots.live.values_mut() {
+            slot.expire();
+            f(slot);
+        }
+        slots.settle_all();
+    }
+
+    /// How many names are held or waited for (the others keep only their counters).
+    #[cfg(test)]
+    pub(super) fn live_slots(&self) -> usize {
+        lock(&self.slots).live.len()
+    }
+
+    /// Grants `key` to `waiter` now, or (if `wait`) queues it and waits for the handoff: the
+    /// token, `None` when held and not waiting, or why the waiter's lease was lost meanwhile.
+    pub(super) async fn acquire(&self, key: &str, waiter: &Arc<Waiter>, wait: bool) -> Result<Option<u64>, String> {
+        {
+            let mut slots = lock(&self.slots);
+            let slot = slots.open(key);
+            slot.expire();
+            if slot.holder.is_none() && slot.waiters.is_empty() {
+                return Ok(Some(slot.hand_to(waiter)));
+            }
+            if !wait {
+                return Ok(None);
+            }
+            slot.waiters.push_back(waiter.clone());
+        }
+        let mut queued = Queued { store: self, key, grant: waiter.grant, armed: true };
+        loop {
+            let notified = waiter.notify.notified();
+            if let Some(reason) = waiter.signal.reason() {
+                // Lost while in line (the handle was closed, a pause past the deadline): the
+                // queue entry goes with `queued`.
+                return Err(reason);
+            }
+            let expiry = {
+                let mut slots = lock(&self.slots);
+                let slot = slots.open(key);
+                slot.expire();
+                match &slot.holder {
+                    Some(h) if h.grant == waiter.grant => {
+                        queued.armed = false;
+                        return Ok(Some(h.token));
+                    }
+                    // Only the first waiter watches the holder's expiry; the rest are woken in turn.
+                    Some(h) if slot.waiters.front().is_some_and(|w| w.grant == waiter.grant) => Some(h.expires_at),
+                    _ => None,
+                }
+            };
+            match expiry {
+                Some(at) => tokio::select! {
+                    _ = notified => {}
+                    _ = waiter.signal.lost() => {}
+                    _ = tokio::time::sleep_until(at.into()) => {}
+                },
+                None => tokio::select! {
+                    _ = notified => {}
+                    _ = waiter.signal.lost() => {}
+                },
+            }
+        }
+    }
+}
+
+/// A contender: what it needs to become the holder when the lock is handed to it.
+pub(super) struct Waiter {
+    pub(super) grant: u64,
+    pub(super) lease: String,
+    pub(super) ttl: Duration,
+    pub(super) holder: String,
+    pub(super) signal: LossSignal,
+    pub(super) notify: Notify,
+}
+
+pub(super) struct Holder {
+    pub(super) grant: u64,
+    pub(super) lease: String,
+    pub(super) token: u64,
+    pub(super) expires_at: Instant,
+    pub(super) holder: String,
+    signal: LossSignal,
+}
+
+#[derive(Default)]
+pub(super) struct Slot {
+    fence: u64,
+    pub(super) holder: Option<Holder>,
+    pub(super) waiters: VecDeque<Arc<Waiter>>,
+}
+
+impl Slot {
+    fn idle(&self) -> bool {
+        self.holder.is_none() && self.waiters.is_empty()
+    }
+
+    /// Makes `waiter` the holder with a new fencing token.
+    fn hand_to(&mut self, waiter: &Waiter) -> u64 {
+        self.fence += 1;
+        self.holder = Some(Holder {
+            grant: waiter.grant,
+            lease: waiter.lease.clone(),
+            token: self.fence,
+            expires_at: Instant::now() + waiter.ttl,
+            holder: waiter.holder.clone(),
+            signal: waiter.signal.clone(),
+        });
+        waiter.notify.notify_one();
+        self.fence
+    }
+
+    /// Drops the holder if its TTL ran out.
+    fn expire(&mut self) {
+        if self.holder.as_ref().is_some_and(|h| Instant::now() >= h.expires_at) {
+            self.remove_holder("its TTL ran out on the server before a refresh arrived");
+        }
+    }
+
+    /// Removes the holder (firing its loss signal) and hands the lock to the first waiter.
+    pub(super) fn remove_holder(&mut self, reason: &str) -> Option<Holder> {
+        let holder = self.holder.take()?;
+        holder.signal.lose(reason);
+        self.promote();
+        Some(holder)
+    }
+
+    /// Removes the holder if it is the grant `grant` (quietly: its owner gave it up).
+    pub(super) fn give_back(&mut self, grant: u64) -> bool {
+        if self.holder.as_ref().is_none_or(|h| h.grant != grant) {
+            return false;
+        }
+        self.holder = None;
+        self.promote();
+        true
+    }
+
+    fn promote(&mut self) {
+        if self.holder.is_none()
+            && let Some(next) = self.waiters.pop_front()
+        {
+            self.hand_to(&next);
+        }
+    }
+}
+
+/// Removes a waiter that gave up (its future was dropped, its lease was lost): from the queue,
+/// or — if the lock was handed to it meanwhile — by handing the lock on.
+struct Queued<'a> {
+    store: &'a Store,
+    key: &'a str,
+    grant: u64,
+    armed: bool,
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        self.store.with_live(self.key, |slot| {
+            if slot.give_back(self.grant) {
+                return;
+            }
+            let was_first = slot.waiters.front().is_some_and(|w| w.grant == self.grant);
+            slot.waiters.retain(|w| w.grant != self.grant);
+            if was_first && let Some(next) = slot.waiters.front() {
+                next.notify.notify_one();
+            }
+        });
+    }
+}

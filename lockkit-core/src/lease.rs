@@ -78,7 +78,7 @@ pub trait LeaseBackend: std::any::Any + Send + Sync {
     /// the lease is kept alive (an etcd key, a ZooKeeper node, a Consul key: `true`, the
     /// default), or ends at its TTL anyway because keeping the lease alive refreshes only the
     /// grants still held (Redis, memory, file: `false`). With `true`, a retirement that cannot
-    /// be confirmed in time makes the handle give the whole lease up (see [`KeptLease::retire`]).
+    /// be confirmed in time makes the handle give the whole lease up (see [`Cleanup`](crate::Cleanup)).
     fn keeps_orphans(&self) -> bool {
         true
     }
@@ -356,13 +356,14 @@ pub struct LeasePool {
     backend: &'static str,
     timeout: Duration,
     max_validity: Option<Duration>,
-    leases: tokio::sync::Mutex<HashMap<(Duration, Duration), Arc<KeptLease>>>,
+    /// The leases by (TTL, refresh interval); `None` once the pool is closed.
+    leases: tokio::sync::Mutex<Option<HashMap<(Duration, Duration), Arc<KeptLease>>>>,
 }
 
 impl LeasePool {
     /// An empty pool for a handle whose request timeout is `timeout`.
     pub fn new(backend: &'static str, timeout: Duration) -> Self {
-        LeasePool { backend, timeout, max_validity: None, leases: tokio::sync::Mutex::new(HashMap::new()) }
+        LeasePool { backend, timeout, max_validity: None, leases: tokio::sync::Mutex::new(Some(HashMap::new())) }
     }
 
     /// An empty pool for a handle with these settings: their request timeout, and their
@@ -374,6 +375,10 @@ impl LeasePool {
     /// The live lease for `ttl` and `refresh_interval`, or a new one from `grant`, which
     /// returns the driver's lease and its display id.
     ///
+    /// # Errors
+    /// After [`close`](Self::close): the handle was closed, and takes no more locks (so a
+    /// waiter whose lease the close revoked ends instead of queueing again).
+    ///
     /// # Cancel safety
     /// Cancel safe: a lease granted by a cancelled call is dropped, which revokes it.
     pub async fn get<F, Fut>(&self, ttl: Duration, refresh_interval: Duration, grant: F) -> Result<Arc<KeptLease>>
@@ -382,6 +387,12 @@ impl LeasePool {
         Fut: Future<Output = Result<(Arc<dyn LeaseBackend>, String)>> + Send,
     {
         let mut leases = self.leases.lock().await;
+        let Some(leases) = leases.as_mut() else {
+            return Err(Error::backend(
+                self.backend,
+                "this handle was closed and takes no more locks; connect again for a new handle",
+            ));
+        };
         if let Some(lease) = leases.get(&(ttl, refresh_interval))
             && !lease.is_lost()
         {
@@ -396,9 +407,11 @@ impl LeasePool {
     }
 
     /// Revokes every lease of the pool now and waits for the backend to confirm: whatever was
-    /// held or queued on them is gone when this returns.
+    /// held or queued on them is gone when this returns. The pool hands out no lease after
+    /// this, so the handle takes no more locks and its waits end.
     pub async fn close(&self) -> Result<()> {
-        let leases: Vec<Arc<KeptLease>> = self.leases.lock().await.drain().map(|(_, lease)| lease).collect();
+        let leases: Vec<Arc<KeptLease>> =
+            self.leases.lock().await.take().into_iter().flatten().map(|(_, lease)| lease).collect();
         let mut result = Ok(());
         for lease in leases {
             // A lost lease too: its revoke may still be under way, and is waited for.

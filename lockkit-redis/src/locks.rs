@@ -85,6 +85,12 @@ impl DistributedLock for RedisLocks {
                     tokio::select! {
                         _ = watch.notify.notified() => {}
                         _ = tokio::time::sleep(timer) => {}
+                        // Closed, or lost while waiting: the core queues the acquire again
+                        // on a fresh lease, unless the handle was closed.
+                        _ = lease.lost() => {
+                            let reason = "its lease was lost while it waited".to_owned();
+                            return Err(Error::LockLost { backend: self.quorum.backend, name: request.name.to_string(), reason });
+                        }
                     }
                 }
             }

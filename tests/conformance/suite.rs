@@ -32,6 +32,7 @@ macro_rules! conformance {
                 a_grant_removed_behind_the_holders_back_fires_the_loss_signal,
                 revoking_a_lease_fires_every_guard_on_it,
                 closing_a_handle_releases_its_locks_and_fires_its_guards,
+                a_closed_handle_ends_its_waits_and_takes_no_more_locks,
                 dropping_a_guard_lets_a_waiter_in_promptly,
                 a_dropped_acquire_leaves_nothing_behind,
                 a_stale_release_leaves_the_new_holder_alone,
@@ -226,6 +227,30 @@ pub async fn closing_a_handle_releases_its_locks_and_fires_its_guards(t: &Target
         let taken = taken.unwrap_or_else(|| panic!("`{}` is not free at once after close()", guard.name()));
         assert!(taken.fencing_token() > guard.fencing_token());
     }
+}
+
+/// `close()` also ends the handle's waits (an acquire under way fails instead of queueing again
+/// on a fresh lease), and a closed handle takes no more locks: it says so instead.
+pub async fn a_closed_handle_ends_its_waits_and_takes_no_more_locks(t: &Target) {
+    let long_ttl = Duration::from_secs(30);
+    let (a, b) = (connect(&t.url_in("", long_ttl)).await, connect(&t.url_in("", long_ttl)).await);
+    let held = b.acquire("closed-wait").await.unwrap();
+    let waiting = {
+        let a = a.clone();
+        tokio::spawn(async move { a.acquire("closed-wait").await.map(|g| g.fencing_token()) })
+    };
+    // Queued first where the backend counts waiters; elsewhere it fails just as well before.
+    if b.status("closed-wait").await.unwrap().waiting.is_some() {
+        in_line(b.as_ref(), "closed-wait", 1).await;
+    }
+    a.close().await.expect("close");
+    let ended = tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("the wait ended at close()");
+    let err = ended.unwrap().expect_err("a wait of a closed handle fails");
+    assert!(err.to_string().contains("closed"), "the error says the handle was closed: {err}");
+    let err = a.try_acquire("closed-other").await.expect_err("a closed handle takes no more locks");
+    assert!(err.to_string().contains("closed"), "{err}");
+    assert!(b.try_acquire("closed-other").await.unwrap().is_some(), "and it left nothing behind");
+    drop(held);
 }
 
 /// Dropping a guard releases the lock: a waiter gets it far sooner than the TTL would allow.

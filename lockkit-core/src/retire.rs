@@ -9,8 +9,9 @@
 //! lock whose release failed), the lease is never refreshed again and is revoked in the
 //! background, and later acquires get a fresh lease. The last refresh of the lease was sent at
 //! most one request timeout after the entry was given up, so the server ends the entry within
-//! **TTL + request timeout** of that moment. A retirement whose lease is lost meanwhile is moot:
-//! the server ends the entry with the lease.
+//! **TTL + request timeout** of that moment. A retirement whose lease is lost meanwhile is moot
+//! where the server ends the entry with the lease; where it does not (a Redis waiter's place in
+//! line), the entry is still removed.
 //!
 //! An acquire request whose outcome is unknown (no answer in time, a cut connection) may still
 //! be applied later, after any cleanup sent behind it: the entry it may create is one that
@@ -57,17 +58,25 @@ pub(crate) async fn retire(lease: Arc<KeptLease>, what: String, given_up: Instan
     let mut pause = FIRST_PAUSE;
     let mut unanswered = false;
     let mut last_error = None;
+    // Where the server ends the entry with the lease, a lost lease makes the retirement moot;
+    // elsewhere (a Redis waiter's place in line) the entry outlives the lease, so it is still
+    // removed, and a lost grant is still reported as lost.
+    let dies_with_lease = lease.shared.backend.keeps_orphans();
+    let lost = |what: String| {
+        let reason = lease.shared.state.reason_text();
+        Err(Error::LockLost { backend, name: what, reason: format!("its lease was lost ({reason})") })
+    };
     loop {
-        if lease.is_lost() {
-            let reason = lease.shared.state.reason_text();
-            return Err(Error::LockLost { backend, name: what, reason: format!("its lease was lost ({reason})") });
+        if dies_with_lease && lease.is_lost() {
+            return lost(what);
         }
         let tried = tokio::select! {
             biased;
-            _ = lease.shared.state.lost() => continue,
+            _ = lease.shared.state.lost(), if dies_with_lease => continue,
             tried = tokio::time::timeout_at(deadline.into(), attempt()) => tried,
         };
         match tried {
+            Ok(Ok(()) | Err(Error::NotHeld { .. })) if lease.is_lost() => return lost(what),
             Ok(Ok(())) => return Ok(()),
             // An earlier attempt may have removed it without its answer reaching us.
             Ok(Err(Error::NotHeld { .. })) if unanswered => return Ok(()),
@@ -80,7 +89,7 @@ pub(crate) async fn retire(lease: Arc<KeptLease>, what: String, given_up: Instan
             Err(_) => break,
         }
         tokio::select! {
-            _ = lease.shared.state.lost() => {}
+            _ = lease.shared.state.lost(), if dies_with_lease => {}
             _ = tokio::time::sleep_until(deadline.min(Instant::now() + pause).into()) => {}
         }
         pause = (pause * 2).min(MAX_PAUSE);
@@ -444,6 +453,26 @@ mod tests {
         lease.lose("gone");
         let never = Cleanup::new(&lease, "lock \"w\"", attempt(|| async { panic!("a moot cleanup is not sent") }));
         assert!(matches!(never.now().await, Err(Error::LockLost { .. })));
+    }
+
+    /// Where the entry outlives the lease (a Redis waiter's place in line), a lost lease does
+    /// not make its cleanup moot: the entry is still removed.
+    #[tokio::test]
+    async fn a_cleanup_of_an_entry_that_outlives_its_lease_still_runs_after_the_loss() {
+        let (lease, _) = lease(false);
+        lease.lose("closed");
+        let ran = Arc::new(AtomicBool::new(false));
+        let flag = ran.clone();
+        let cleanup = Cleanup::new(
+            &lease,
+            "lock \"v\"",
+            attempt(move || {
+                flag.store(true, Ordering::SeqCst);
+                async { Ok(()) }
+            }),
+        );
+        assert!(matches!(cleanup.now().await, Err(Error::LockLost { .. })), "still reported as lost");
+        assert!(ran.load(Ordering::SeqCst), "the entry was removed all the same");
     }
 
     /// A lease whose first keep-alive answers only when a gate opens.

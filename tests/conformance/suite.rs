@@ -33,6 +33,7 @@ macro_rules! conformance {
                 revoking_a_lease_fires_every_guard_on_it,
                 closing_a_handle_releases_its_locks_and_fires_its_guards,
                 a_closed_handle_ends_its_waits_and_takes_no_more_locks,
+                a_closed_handles_waiter_does_not_hold_up_the_line,
                 dropping_a_guard_lets_a_waiter_in_promptly,
                 a_dropped_acquire_leaves_nothing_behind,
                 a_stale_release_leaves_the_new_holder_alone,
@@ -251,6 +252,37 @@ pub async fn a_closed_handle_ends_its_waits_and_takes_no_more_locks(t: &Target) 
     assert!(err.to_string().contains("closed"), "{err}");
     assert!(b.try_acquire("closed-other").await.unwrap().is_some(), "and it left nothing behind");
     drop(held);
+}
+
+/// A waiter of a closed handle leaves the line: the waiter behind it gets the lock as soon as
+/// it is released, not when the closed waiter's entry would have expired (30 s here).
+pub async fn a_closed_handles_waiter_does_not_hold_up_the_line(t: &Target) {
+    let long_ttl = Duration::from_secs(30);
+    let url = t.url_in("", long_ttl);
+    let (a, b, c) = (connect(&url).await, connect(&url).await, connect(&url).await);
+    let held = b.acquire("closed-line").await.unwrap();
+    let counted = b.status("closed-line").await.unwrap().waiting.is_some();
+    let first = tokio::spawn({
+        let a = a.clone();
+        async move { a.acquire("closed-line").await.map(|g| g.fencing_token()) }
+    });
+    if counted {
+        in_line(b.as_ref(), "closed-line", 1).await;
+    }
+    let behind = tokio::spawn(async move { c.acquire("closed-line").await.map(|g| (g.fencing_token(), g)) });
+    if counted {
+        in_line(b.as_ref(), "closed-line", 2).await;
+    }
+    a.close().await.expect("close");
+    assert!(first.await.unwrap().is_err(), "the closed handle's wait ended");
+    let token = held.fencing_token();
+    drop(held);
+    let (next, _guard) = tokio::time::timeout(Duration::from_secs(5), behind)
+        .await
+        .expect("the waiter behind a closed handle's waiter got the lock promptly")
+        .unwrap()
+        .unwrap();
+    assert!(next > token);
 }
 
 /// Dropping a guard releases the lock: a waiter gets it far sooner than the TTL would allow.

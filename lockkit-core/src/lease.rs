@@ -356,9 +356,12 @@ pub struct LeasePool {
     backend: &'static str,
     timeout: Duration,
     max_validity: Option<Duration>,
-    /// The leases by (TTL, refresh interval); `None` once the pool is closed.
-    leases: tokio::sync::Mutex<Option<HashMap<(Duration, Duration), Arc<KeptLease>>>>,
+    /// `None` once the pool is closed.
+    leases: tokio::sync::Mutex<Option<Leases>>,
 }
+
+/// A pool's leases by (TTL, refresh interval).
+type Leases = HashMap<(Duration, Duration), Arc<KeptLease>>;
 
 impl LeasePool {
     /// An empty pool for a handle whose request timeout is `timeout`.

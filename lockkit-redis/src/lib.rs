@@ -37,6 +37,7 @@
 //!   is idempotent for its owner).
 #![deny(missing_docs, missing_debug_implementations)]
 
+mod cluster;
 mod instance;
 mod locks;
 mod quorum;
@@ -53,24 +54,31 @@ use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
 use crate::instance::Instance;
 use crate::locks::RedisLocks;
 use crate::quorum::Quorum;
-use crate::wakeups::Wakeups;
+use crate::wakeups::{Feed, Wakeups};
 
 /// The backend name of single-server errors.
 const BACKEND: &str = "redis";
+/// The backend name of Redis Cluster errors.
+const CLUSTER: &str = "redis-cluster";
 
-/// Connects to `redis://` or `redlock://`; checks that enough servers answer and accept the
-/// credentials.
+/// Connects to `redis://`, `redis-cluster://` or `redlock://`; checks that enough servers
+/// answer and accept the credentials.
 pub async fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
     url.check_options(&[lockkit_core::TLS_OPTIONS, &["fair"]].concat())?;
-    let redlock = url.scheme() == Scheme::Redlock;
+    let scheme = url.scheme();
+    let redlock = scheme == Scheme::Redlock;
     let hosts = url.hosts();
     if hosts.is_empty() {
-        return Err(url.invalid("name the server: redis://127.0.0.1:6379"));
+        return Err(url.invalid(match scheme {
+            Scheme::RedisCluster => "name the seed nodes: redis-cluster://127.0.0.1:7000,127.0.0.1:7001",
+            _ => "name the server: redis://127.0.0.1:6379",
+        }));
     }
-    if !redlock && hosts.len() > 1 {
-        return Err(
-            url.invalid("redis:// takes one server; for a majority of independent servers use redlock://h1,h2,h3")
-        );
+    if scheme == Scheme::Redis && hosts.len() > 1 {
+        return Err(url.invalid(
+            "redis:// takes one server; for a Redis Cluster use redis-cluster://h1,h2,…, \
+             for a majority of independent servers redlock://h1,h2,h3",
+        ));
     }
     if redlock && (hosts.len() < 3 || hosts.len().is_multiple_of(2)) {
         return Err(url.invalid("redlock:// needs an odd number of independent servers, at least 3"));
@@ -90,6 +98,9 @@ pub async fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
             ))
         })?,
     };
+    if scheme == Scheme::RedisCluster && db != 0 {
+        return Err(url.invalid("a Redis Cluster has only database 0; set a namespace with ?namespace="));
+    }
     let mut settings = Settings::from_url(url)?;
     settings.namespace = Namespace::new(url.option("namespace").unwrap_or(""));
     // Redlock bounds each server's answer well below the TTL, so one dead server cannot eat
@@ -106,30 +117,25 @@ pub async fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
     if let Some(password) = url.password() {
         redis_settings = redis_settings.set_password(password.expose());
     }
-    let mut instances = Vec::new();
-    for host in hosts {
-        let address = host.address(6379);
-        let (name, port) = (host.host.clone(), host.port.unwrap_or(6379));
-        let addr = match url.tls() {
-            true => ConnectionAddr::TcpTls { host: name, port, insecure: false, tls_params: None },
-            false => ConnectionAddr::Tcp(name, port),
-        };
-        let info = addr
-            .into_connection_info()
-            .map_err(|e| instance::error(&address, e))?
-            .set_redis_settings(redis_settings.clone());
-        let client = match &certificates {
-            Some(certificates) => redis::Client::build_with_tls(info, certificates.clone()),
-            None => redis::Client::open(info),
+    let backend = match scheme {
+        Scheme::Redlock => "redlock",
+        Scheme::RedisCluster => CLUSTER,
+        _ => BACKEND,
+    };
+    let (instances, feeds) = match scheme {
+        Scheme::RedisCluster => {
+            let (instance, feed) =
+                cluster::connect(url, &redis_settings, certificates, settings.timeout, call_timeout).await?;
+            (vec![instance], vec![feed])
         }
-        .map_err(|e| instance::error(&address, e))?;
-        instances.push(Instance::new(address, client, settings.timeout, call_timeout)?);
-    }
-    let wakeups = Wakeups::start(instances.iter().map(|i| i.client.clone()).collect(), settings.timeout);
+        _ => servers(url, backend, &redis_settings, certificates, settings.timeout, call_timeout)?,
+    };
+    let wakeups = Wakeups::start(feeds, settings.timeout, call_timeout);
     let quorum = Quorum {
         needed: instances.len() / 2 + 1,
-        backend: if redlock { "redlock" } else { BACKEND },
+        backend,
         fair,
+        sharded: scheme == Scheme::RedisCluster,
         wakeups,
         instances,
     };
@@ -160,6 +166,40 @@ pub async fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
         quorum: Arc::new(quorum),
         holdings: Default::default(),
     }))
+}
+
+/// The independent servers of `redis://` (one) or `redlock://` (several): lazily connecting
+/// instances, and the feeds of their pub/sub messages.
+fn servers(
+    url: &LockUrl,
+    backend: &'static str,
+    redis_settings: &RedisConnectionInfo,
+    certificates: Option<redis::TlsCertificates>,
+    connect_timeout: Duration,
+    call_timeout: Duration,
+) -> Result<(Vec<Instance>, Vec<Feed>)> {
+    let mut instances = Vec::new();
+    let mut feeds = Vec::new();
+    for host in url.hosts() {
+        let address = host.address(6379);
+        let (name, port) = (host.host.clone(), host.port.unwrap_or(6379));
+        let addr = match url.tls() {
+            true => ConnectionAddr::TcpTls { host: name, port, insecure: false, tls_params: None },
+            false => ConnectionAddr::Tcp(name, port),
+        };
+        let info = addr
+            .into_connection_info()
+            .map_err(|e| instance::error(backend, &address, e))?
+            .set_redis_settings(redis_settings.clone());
+        let client = match &certificates {
+            Some(certificates) => redis::Client::build_with_tls(info, certificates.clone()),
+            None => redis::Client::open(info),
+        }
+        .map_err(|e| instance::error(backend, &address, e))?;
+        feeds.push(Feed::Server(client.clone()));
+        instances.push(Instance::server(backend, address, client, connect_timeout, call_timeout)?);
+    }
+    Ok((instances, feeds))
 }
 
 /// The CA and client certificate of the `ca`, `cert` and `key` options; `None` when there are

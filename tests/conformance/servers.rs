@@ -306,3 +306,146 @@ pub fn shared_redlock_url() -> String {
         })
         .clone()
 }
+
+/// A Redis Cluster on loopback: 3 masters and 3 replicas (one each), no persistence, a short
+/// node timeout so that a failover takes a few seconds.
+pub struct RedisCluster {
+    /// The nodes; `None` once stopped.
+    pub nodes: Vec<Option<Server>>,
+}
+
+/// Bound on a cluster's start (servers up, slots assigned, `cluster_state:ok` everywhere).
+const CLUSTER_START: Duration = Duration::from_secs(30);
+
+impl RedisCluster {
+    /// Starts six nodes and joins them with `redis-cli --cluster create`; ready when every node
+    /// reports `cluster_state:ok` and every replica is in sync with its master.
+    pub fn start() -> RedisCluster {
+        let args = [
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "{port}",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            "{dir}",
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "{dir}/nodes.conf",
+            "--cluster-node-timeout",
+            "1000",
+            // A replica takes over however long ago it last heard from its master.
+            "--cluster-replica-validity-factor",
+            "0",
+            // Replicas sync at once, not after the default 5 s wait for more replicas.
+            "--repl-diskless-sync-delay",
+            "0",
+        ];
+        let nodes: Vec<Server> = (0..6).map(|_| Server::spawn(free_port(), 0, "redis-server", &args)).collect();
+        for node in &nodes {
+            node.wait_until("redis-server (cluster)", redis_ready);
+        }
+        let addresses: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let create = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addresses)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli runs; is redis-tools installed (scripts/install-deps)?");
+        assert!(
+            create.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&create.stdout),
+            String::from_utf8_lossy(&create.stderr)
+        );
+        let cluster = RedisCluster { nodes: nodes.into_iter().map(Some).collect() };
+        cluster.wait_until_ok(CLUSTER_START);
+        cluster
+    }
+
+    /// Waits until every running node reports `cluster_state:ok`, every master owns slots,
+    /// and every replica's link to its master is up; panics with what is missing after `bound`.
+    pub fn wait_until_ok(&self, bound: Duration) {
+        let started = Instant::now();
+        loop {
+            let missing: Vec<String> = self
+                .ports()
+                .filter_map(|port| {
+                    let info = redis_cli(port, &["CLUSTER", "INFO"]).unwrap_or_default();
+                    if !info.contains("cluster_state:ok") {
+                        return Some(format!("{port}: not cluster_state:ok"));
+                    }
+                    let replication = redis_cli(port, &["INFO", "replication"]).unwrap_or_default();
+                    let syncing = replication.contains("role:slave") && !replication.contains("master_link_status:up");
+                    syncing.then(|| format!("{port}: replica not in sync"))
+                })
+                .collect();
+            if missing.is_empty() {
+                return;
+            }
+            assert!(started.elapsed() < bound, "the Redis Cluster was not ready within {bound:?}: {missing:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The ports of the running nodes.
+    pub fn ports(&self) -> impl Iterator<Item = u16> + '_ {
+        self.nodes.iter().flatten().map(|n| n.port)
+    }
+
+    /// A `redis-cluster://` URL listing every running node as a seed.
+    pub fn url(&self) -> String {
+        let seeds: Vec<String> = self.ports().map(|p| format!("127.0.0.1:{p}")).collect();
+        format!("redis-cluster://{}", seeds.join(","))
+    }
+
+    /// The port of the master that serves `key`'s slot now, as the running nodes see it.
+    pub fn master_of(&self, key: &str) -> u16 {
+        let any = self.ports().next().expect("a running node");
+        let slot: u16 = redis_cli(any, &["CLUSTER", "KEYSLOT", key])
+            .and_then(|s| s.trim().parse().ok())
+            .expect("CLUSTER KEYSLOT answers");
+        // Lines of `id address@bus flags master ping pong epoch link slot-range…`.
+        let nodes = redis_cli(any, &["CLUSTER", "NODES"]).expect("CLUSTER NODES answers");
+        let in_range = |range: &str| match range.split_once('-') {
+            Some((from, to)) => (from.parse().unwrap_or(u16::MAX)..=to.parse().unwrap_or(0)).contains(&slot),
+            None => range.parse() == Ok(slot),
+        };
+        nodes
+            .lines()
+            .map(|line| line.split(' ').collect::<Vec<_>>())
+            .filter(|fields| fields.len() > 8 && fields[2].contains("master") && !fields[2].contains("fail"))
+            .find(|fields| fields[8..].iter().any(|range| in_range(range)))
+            .and_then(|fields| fields[1].split('@').next()?.rsplit_once(':')?.1.parse().ok())
+            .unwrap_or_else(|| panic!("no master serves slot {slot}: {nodes}"))
+    }
+
+    /// Stops the node on `port` at once (SIGKILL), like a crash.
+    pub fn kill(&mut self, port: u16) {
+        let node = self.nodes.iter_mut().find(|n| n.as_ref().is_some_and(|n| n.port == port));
+        node.and_then(Option::take).expect("a running node on that port").kill();
+    }
+}
+
+/// `redis-cli -p port args…`: its output, if it ran and succeeded.
+pub fn redis_cli(port: u16, args: &[&str]) -> Option<String> {
+    let output = Command::new("redis-cli").args(["-p", &port.to_string()]).args(args).output().ok()?;
+    output.status.success().then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The Redis Cluster the whole test binary shares, as a `redis-cluster://` URL:
+/// `LOCKKIT_TEST_REDIS_CLUSTER_URL`, or one started here.
+pub fn shared_redis_cluster_url() -> String {
+    static CLUSTER: OnceLock<String> = OnceLock::new();
+    CLUSTER
+        .get_or_init(|| match std::env::var("LOCKKIT_TEST_REDIS_CLUSTER_URL") {
+            Ok(url) => url,
+            Err(_) => Box::leak(Box::new(RedisCluster::start())).url(),
+        })
+        .clone()
+}

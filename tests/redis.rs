@@ -6,13 +6,14 @@
 #[allow(dead_code)]
 mod support;
 
-use std::process::Stdio;
+#[path = "redis/interop.rs"]
+mod interop;
+
 use std::time::{Duration, Instant};
 
 use lockkit::Error;
 use support::servers::{self, Server};
 use support::{connect, in_line, unique};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 const TTL: Duration = Duration::from_secs(2);
 
@@ -117,53 +118,6 @@ async fn wrong_credentials_give_a_clear_authentication_error() {
     }
 }
 
-/// A redis-py `Lock` and a lockkit lock on the same key exclude each other, both ways.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_py_locks_and_lockkit_exclude_each_other() {
-    let server = Server::redis();
-    let namespace = unique("r");
-    let locks =
-        connect(&format!("redis://127.0.0.1:{}?ttl={}ms&namespace={namespace}", server.port, TTL.as_millis())).await;
-    let key = format!("{namespace}/shared");
-    // A small redis-py peer: answers each command line with one result line.
-    let peer = r#"
-import sys, redis
-r = redis.Redis(port=int(sys.argv[1]))
-lock = r.lock(sys.argv[2], timeout=30)
-for line in sys.stdin:
-    cmd = line.strip()
-    if cmd == "try":
-        print(lock.acquire(blocking=False), flush=True)
-    elif cmd == "release":
-        lock.release()
-        print("released", flush=True)
-"#;
-    let mut python = tokio::process::Command::new("python3")
-        .args(["-c", peer, &server.port.to_string(), &key])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python3 with redis-py (scripts/install-deps installs it)");
-    let mut to_py = python.stdin.take().unwrap();
-    let mut from_py = BufReader::new(python.stdout.take().unwrap()).lines();
-    let mut ask = async |command: &str| {
-        to_py.write_all(format!("{command}\n").as_bytes()).await.unwrap();
-        tokio::time::timeout(Duration::from_secs(10), from_py.next_line()).await.unwrap().unwrap().expect("an answer")
-    };
-
-    let guard = locks.acquire("shared").await.unwrap();
-    assert_eq!(ask("try").await, "False", "redis-py got a lock lockkit holds");
-    guard.release().await.unwrap();
-    assert_eq!(ask("try").await, "True");
-    assert!(locks.try_acquire("shared").await.unwrap().is_none(), "lockkit got a lock redis-py holds");
-    let waiter = tokio::spawn(async move {
-        locks.acquire_timeout("shared", Duration::from_secs(10)).await.map(|g| g.fencing_token())
-    });
-    assert_eq!(ask("release").await, "released");
-    waiter.await.unwrap().expect("granted once redis-py released");
-}
-
 /// `rediss://` talks TLS: trusted through `?ca=`, refused (clearly) without it, and a wrong
 /// `ca` path is a clear URL error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,8 +168,8 @@ async fn fair_mode_tries_do_not_barge() {
     // A waiter that joined the line (its place good for a long while) but never comes to take
     // its turn: as a paused process would.
     let far_future = "32503680000000";
-    redis_number(&server, &["ZADD", &format!("{namespace}/line:waiters"), far_future, "slow"]).await;
-    redis_number(&server, &["RPUSH", &format!("{namespace}/line:queue"), "slow"]).await;
+    redis_number(&server, &["ZADD", &format!("{{{namespace}/line}}:waiters"), far_future, "slow"]).await;
+    redis_number(&server, &["RPUSH", &format!("{{{namespace}/line}}:queue"), "slow"]).await;
     in_line(holder.as_ref(), "line", 1).await;
     guard.release().await.unwrap();
     assert!(holder.try_acquire("line").await.unwrap().is_none(), "a try jumped the line");
@@ -239,7 +193,7 @@ async fn a_release_wakes_one_waiter_not_every_handle() {
         waiters.push(tokio::spawn(async move { locks.acquire("herd").await.unwrap().release().await.unwrap() }));
     }
     let started = Instant::now();
-    while redis_number(&server, &["ZCARD", &format!("{namespace}/herd:wakeup")]).await != WAITERS {
+    while redis_number(&server, &["ZCARD", &format!("{{{namespace}/herd}}:wakeup")]).await != WAITERS {
         assert!(started.elapsed() < Duration::from_secs(10), "the waiters never registered");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -253,7 +207,7 @@ async fn a_release_wakes_one_waiter_not_every_handle() {
     // handle would add a failed attempt per remaining handle per release (28 more); allow a
     // fallback retry per waiter.
     assert!(scripts <= 1 + 2 * WAITERS + WAITERS, "{scripts} scripts for {WAITERS} handoffs: a herd");
-    assert_eq!(redis_number(&server, &["EXISTS", &format!("{namespace}/herd:wakeup")]).await, 0, "waiters left");
+    assert_eq!(redis_number(&server, &["EXISTS", &format!("{{{namespace}/herd}}:wakeup")]).await, 0, "waiters left");
 }
 
 /// Scripts the server has run so far (EVALSHA calls).

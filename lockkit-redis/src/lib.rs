@@ -6,21 +6,21 @@
 //!   `redlock://host1:port,host2:port,host3:port[/db][?…]` (an odd number, at least 3).
 //!   The path is the database number, as in every Redis URL; the namespace is an option.
 //!   `?fair=true` (redis:// only) grants in arrival order: waiters queue inside the scripts
-//!   (`K:queue`, entries expire one TTL after their waiter last asked), a release wakes only the
+//!   (`{K}:queue`, entries expire one TTL after their waiter last asked), a release wakes only the
 //!   first in line, and a plain acquire does not barge ahead of the line. Handles without
 //!   `fair=true` on the same lock ignore the line (and may get ahead of it).
 //!   `rediss://` and `redlocks://` use TLS: the server is checked against the public roots,
 //!   or against `?ca=/path/ca.pem`; `&cert=…&key=…` give a client certificate (mutual TLS).
 //! - **Grant**: one script per server does `SET key owner NX PX ttl` and, only on success,
-//!   `INCR key:fence` — the fencing token. The lock key is a plain string holding the owner
+//!   `INCR {key}:fence` — the fencing token. The lock key is a plain string holding the owner
 //!   value (a random token, a space, the holder metadata), as redis-py's `Lock` holds its
 //!   token, so the two exclude each other on the same key, and the metadata expires with the
 //!   grant.
 //! - **Release / refresh**: compare-owner-then-DEL / PEXPIRE scripts, so no grant of another
 //!   owner is ever deleted or extended. All locks of a handle are refreshed in one pipelined
 //!   round trip per server per tick; a refresh that finds a key gone fires that guard's loss.
-//! - **Waiting**: a waiter registers in `key:wakeup` (ranked by arrival) and a release pops
-//!   the first and PUBLISHes its owner value on `key:released`, so one release wakes one
+//! - **Waiting**: a waiter registers in `{key}:wakeup` (ranked by arrival) and a release pops
+//!   the first and PUBLISHes its owner value on `{key}:released`, so one release wakes one
 //!   waiter however many wait. Each handle keeps one pub/sub connection per server, shared by
 //!   all its waiters, and wakes only the waiter a message names. A waiter
 //!   also wakes when the holder's TTL runs out (it knows the PTTL), and after a bounded,

@@ -44,7 +44,7 @@ impl DistributedLock for RedisLocks {
                 Ok((Arc::new(RedisLease { quorum, holdings, id: id.clone(), ttl }) as Arc<dyn LeaseBackend>, id))
             })
             .await?;
-        let keys = LockKeys::new(self.settings.namespace.key(&request.name));
+        let keys = LockKeys::of(&self.settings.namespace, &request.name);
         let owner = scripts::owner_value(&request.holder);
         // Only for missed messages: a release publishes, and a vanished holder's expiry is known.
         let fallback = (request.ttl / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
@@ -113,11 +113,11 @@ impl DistributedLock for RedisLocks {
     }
 
     async fn inspect(&self, name: &LockName) -> Result<LockStatus> {
-        self.quorum.status(&LockKeys::new(self.settings.namespace.key(name))).await
+        self.quorum.status(&LockKeys::of(&self.settings.namespace, name)).await
     }
 
     async fn evict(&self, name: &LockName) -> Result<bool> {
-        self.quorum.evict(&LockKeys::new(self.settings.namespace.key(name))).await
+        self.quorum.evict(&LockKeys::of(&self.settings.namespace, name)).await
     }
 }
 

@@ -1,19 +1,27 @@
 //! The server-side scripts. Each runs atomically on one instance.
 //!
-//! Keys of lock `K`: `K` holds the owner value as a plain string, as redis-py's `Lock` holds
-//! its token, so the two exclude each other. The value is a random token, a space, and the
-//! holder metadata, so the metadata lives and expires with the grant. `K:fence` is the
-//! fencing counter (never expires). A release publishes on channel `K:released` the owner
-//! value of the one waiter it wakes: plain waiters register in `K:wakeup` (a sorted set ranked
-//! by arrival, expiring a TTL after its last waiter asked) and a release pops the first; with
-//! `fair=true`, waiters queue in `K:queue` (a list, arrival order) and `K:waiters` (a sorted
-//! set: when each queued entry expires unless its waiter asks again) instead.
-//! Lock names are escaped (`:` becomes `%3A`), so these suffixes never collide with a lock.
+//! Keys of lock `K`: `K` is the namespaced name ([`Namespace::verbatim_key`]: only `%`, `/`,
+//! `{`, `}` and control bytes are percent-encoded, so `jobs:nightly` is the key
+//! `jobs:nightly`). It holds the owner value as a plain string, as redis-py's `Lock` holds its
+//! token, so the two exclude each other on the same name. The value is a random token, a
+//! space, and the holder metadata, so the metadata lives and expires with the grant.
+//! `{K}:fence` is the fencing counter (never expires). A release publishes on channel
+//! `{K}:released` the owner value of the one waiter it wakes: plain waiters register in
+//! `{K}:wakeup` (a sorted set ranked by arrival, expiring a TTL after its last waiter asked)
+//! and a release pops the first; with `fair=true`, waiters queue in `{K}:queue` (a list,
+//! arrival order) and `{K}:waiters` (a sorted set: when each queued entry expires unless its
+//! waiter asks again) instead.
+//!
+//! Redis Cluster: `K` never contains `{`, so its slot is the hash of the whole key, and every
+//! helper key carries the whole of `K` as its hash tag: all keys of one script are in one
+//! slot. `K` never starts with `{`, so no helper key can equal a lock key.
+//!
+//! [`Namespace::verbatim_key`]: lockkit_core::Namespace::verbatim_key
 
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use lockkit_core::random_u64;
+use lockkit_core::{LockName, Namespace, random_u64};
 use redis::{Script, ScriptInvocation};
 
 /// The keys and channel of one lock.
@@ -28,13 +36,19 @@ pub struct LockKeys {
 }
 
 impl LockKeys {
+    /// The keys of lock `name` in `namespace`.
+    pub fn of(namespace: &Namespace, name: &LockName) -> Self {
+        LockKeys::new(namespace.verbatim_key(name))
+    }
+
+    /// The keys of the lock key `key`: each helper is tagged with the whole of `key`.
     pub fn new(key: String) -> Self {
         LockKeys {
-            fence: format!("{key}:fence"),
-            queue: format!("{key}:queue"),
-            waiters: format!("{key}:waiters"),
-            wakeup: format!("{key}:wakeup"),
-            channel: format!("{key}:released"),
+            fence: format!("{{{key}}}:fence"),
+            queue: format!("{{{key}}}:queue"),
+            waiters: format!("{{{key}}}:waiters"),
+            wakeup: format!("{{{key}}}:wakeup"),
+            channel: format!("{{{key}}}:released"),
             lock: key,
         }
     }
@@ -319,5 +333,16 @@ mod tests {
         // redis-py's token: 32 hex digits and nothing else.
         assert_eq!(holder_of("9b1deb4d3b7d4bad9bdd2b0d7b3dcb6d"), None);
         assert_eq!(holder_of("not a lockkit value"), None);
+    }
+
+    #[test]
+    fn helper_keys_are_tagged_with_the_whole_lock_key() {
+        let keys = LockKeys::of(&Namespace::new("app"), &LockName::new("jobs:nightly").unwrap());
+        assert_eq!(keys.lock, "app/jobs:nightly");
+        assert_eq!(keys.fence, "{app/jobs:nightly}:fence");
+        assert_eq!(keys.queue, "{app/jobs:nightly}:queue");
+        assert_eq!(keys.waiters, "{app/jobs:nightly}:waiters");
+        assert_eq!(keys.wakeup, "{app/jobs:nightly}:wakeup");
+        assert_eq!(keys.channel, "{app/jobs:nightly}:released");
     }
 }

@@ -406,7 +406,17 @@ impl RedisCluster {
 
     /// The port of the master that serves `key`'s slot now, as the running nodes see it.
     pub fn master_of(&self, key: &str) -> u16 {
-        let any = self.ports().next().expect("a running node");
+        RedisCluster::master_port(self.ports().next().expect("a running node"), key)
+    }
+
+    /// The port of the master that serves `key`'s slot now, as the node on port `any` sees it.
+    pub fn master_port(any: u16, key: &str) -> u16 {
+        RedisCluster::serving(any, key).unwrap_or_else(|nodes| panic!("no master serves {key:?}: {nodes}"))
+    }
+
+    /// The port of the healthy master that serves `key`'s slot, as the node on port `any` sees
+    /// it; else what that node knows of the cluster (during a failover, say).
+    pub fn serving(any: u16, key: &str) -> Result<u16, String> {
         let slot: u16 = redis_cli(any, &["CLUSTER", "KEYSLOT", key])
             .and_then(|s| s.trim().parse().ok())
             .expect("CLUSTER KEYSLOT answers");
@@ -422,7 +432,21 @@ impl RedisCluster {
             .filter(|fields| fields.len() > 8 && fields[2].contains("master") && !fields[2].contains("fail"))
             .find(|fields| fields[8..].iter().any(|range| in_range(range)))
             .and_then(|fields| fields[1].split('@').next()?.rsplit_once(':')?.1.parse().ok())
-            .unwrap_or_else(|| panic!("no master serves slot {slot}: {nodes}"))
+            .ok_or_else(|| nodes.clone())
+    }
+
+    /// The port of a replica of the master on `master`.
+    pub fn replica_of(&self, master: u16) -> u16 {
+        let nodes = redis_cli(master, &["CLUSTER", "NODES"]).expect("CLUSTER NODES answers");
+        let lines: Vec<Vec<&str>> = nodes.lines().map(|line| line.split(' ').collect()).collect();
+        let port =
+            |fields: &Vec<&str>| -> Option<u16> { fields[1].split('@').next()?.rsplit_once(':')?.1.parse().ok() };
+        let id = lines.iter().find(|f| f.len() > 3 && port(f) == Some(master)).map(|f| f[0]).expect("the master");
+        lines
+            .iter()
+            .find(|f| f.len() > 3 && f[2].contains("slave") && f[3] == id)
+            .and_then(port)
+            .unwrap_or_else(|| panic!("no replica of {master}: {nodes}"))
     }
 
     /// Stops the node on `port` at once (SIGKILL), like a crash.

@@ -9,6 +9,9 @@ mod support;
 #[path = "redis/interop.rs"]
 mod interop;
 
+#[path = "redis/subscriptions.rs"]
+mod subscriptions;
+
 use std::time::{Duration, Instant};
 
 use lockkit::Error;

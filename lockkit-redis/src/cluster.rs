@@ -69,3 +69,37 @@ pub async fn connect(
     };
     Ok((Instance::cluster(CLUSTER, address, connection.clone(), call_timeout), Feed::Cluster(connection, feed)))
 }
+
+/// Redis 7.0: wake-ups on a cluster use sharded pub/sub (`SSUBSCRIBE`, `SPUBLISH`).
+const MINIMUM: (u32, u32, u32) = (7, 0, 0);
+
+/// Checks that the cluster node at `address` (its `INFO server`) has sharded pub/sub.
+pub fn check_version(info: &str, address: &str) -> Result<(), Error> {
+    match crate::version::version(info) {
+        Some((field, found)) if found < MINIMUM => Err(Error::backend(
+            CLUSTER,
+            format!(
+                "redis at {address} is version {field}, and redis-cluster:// needs 7.0 or later (its wake-ups use \
+                 sharded pub/sub, SSUBSCRIBE and SPUBLISH); upgrade the cluster"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_nodes_need_sharded_pubsub() {
+        let info = |version: &str| format!("# Server\r\nredis_version:{version}\r\nredis_mode:cluster\r\n");
+        for version in ["7.0.0", "7.0.15", "7.2.4", "8.0.1"] {
+            assert!(check_version(&info(version), "127.0.0.1:7000").is_ok(), "{version}");
+        }
+        for version in ["6.2.14", "5.0.14"] {
+            let err = check_version(&info(version), "127.0.0.1:7000").unwrap_err().to_string();
+            assert!(err.contains(version) && err.contains("needs 7.0") && err.contains("SSUBSCRIBE"), "{err}");
+        }
+    }
+}

@@ -10,7 +10,9 @@ use lockkit_core::Error;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::Slot;
-use redis::{Cmd, ErrorKind, FromRedisValue, Pipeline, RedisError, RedisFuture, ScriptInvocation, Value};
+use redis::{Cmd, ErrorKind, FromRedisValue, Pipeline, RedisError, RedisFuture, RedisResult, ScriptInvocation, Value};
+
+use crate::version;
 
 /// The connection the scripts go through.
 #[derive(Clone)]
@@ -86,25 +88,25 @@ impl Instance {
 
     /// Runs a script (EVALSHA, loading it on NOSCRIPT), bounded by the call timeout.
     pub async fn run<T: FromRedisValue>(&self, invocation: ScriptInvocation<'_>) -> Result<T, Error> {
-        self.run_ref(&invocation).await
-    }
-
-    async fn run_ref<T: FromRedisValue>(&self, invocation: &ScriptInvocation<'_>) -> Result<T, Error> {
         let mut link = self.link.clone();
-        self.bounded(async move { invocation.invoke_async(&mut link).await }).await
+        let call = self.bounded(async move { invocation.invoke_async(&mut link).await });
+        call.await.map_err(|e| error(self.backend, &self.address, e))
     }
 
     /// Runs invocations of one script, the i-th on `keys[i]` (its first key), in one
-    /// pipelined round trip. A cluster pipeline goes to one node, so there it is one pipeline
-    /// per slot, all at once.
+    /// pipelined round trip. `Err` when nothing was answered; otherwise each invocation's own
+    /// answer, an error reply (say WRONGTYPE, for a key another client replaced) failing only
+    /// its own. A cluster pipeline goes to one node, so there it is one pipeline per slot, all
+    /// at once, and a slot without an answer fails only its own invocations.
     pub async fn run_many(
         &self,
         script: &redis::Script,
         invocations: &[ScriptInvocation<'_>],
         keys: &[&str],
-    ) -> Result<Vec<i64>, Error> {
+    ) -> Result<Vec<RedisResult<i64>>, Error> {
         if let Link::Server(_) = self.link {
-            return self.pipeline(script, invocations.iter()).await;
+            let all = self.pipeline(script, invocations.iter()).await;
+            return all.map_err(|e| error(self.backend, &self.address, e));
         }
         let mut slots: HashMap<Slot, Vec<usize>> = HashMap::new();
         for (i, key) in keys.iter().enumerate() {
@@ -114,28 +116,32 @@ impl Instance {
         let replies = join_all(groups.iter().map(|group| async move {
             match group.as_slice() {
                 // EVALSHA, with a SCRIPT LOAD only on NOSCRIPT.
-                [one] => self.run_ref::<i64>(&invocations[*one]).await.map(|reply| vec![reply]),
+                [one] => {
+                    let mut link = self.link.clone();
+                    Ok(vec![self.bounded(invocations[*one].invoke_async(&mut link)).await])
+                }
                 _ => self.pipeline(script, group.iter().map(|i| &invocations[*i])).await,
             }
         }))
         .await;
-        let mut results = vec![0; invocations.len()];
+        let mut results: Vec<RedisResult<i64>> = (0..invocations.len()).map(|_| Ok(0)).collect();
         for (group, reply) in groups.iter().zip(replies) {
-            for (i, value) in group.iter().zip(reply?) {
-                results[*i] = value;
+            match reply {
+                Ok(values) => group.iter().zip(values).for_each(|(i, value)| results[*i] = value),
+                Err(e) => group.iter().for_each(|i| results[*i] = Err(e.clone())),
             }
         }
         Ok(results)
     }
 
-    /// A pipeline that loads the script, then runs the invocations.
+    /// A pipeline that loads the script, then runs the invocations, each answer its own.
     async fn pipeline<'a>(
         &self,
         script: &redis::Script,
         invocations: impl Iterator<Item = &'a ScriptInvocation<'a>>,
-    ) -> Result<Vec<i64>, Error> {
+    ) -> RedisResult<Vec<RedisResult<i64>>> {
         let mut pipe = redis::pipe();
-        pipe.load_script(script).ignore();
+        pipe.ignore_errors().load_script(script).ignore();
         for invocation in invocations {
             pipe.invoke_script(invocation);
         }
@@ -143,27 +149,51 @@ impl Instance {
         self.bounded(async move { pipe.query_async(&mut link).await }).await
     }
 
-    /// Checks that the server (every cluster master) answers and accepts the credentials.
-    pub async fn ping(&self) -> Result<(), Error> {
+    /// Checks that the server answers, accepts the credentials and is recent enough for the
+    /// scripts ([`version::MINIMUM`]; on a cluster, every master, and 7.0 for sharded pub/sub).
+    /// A user not allowed `INFO` skips the version check.
+    pub async fn check(&self) -> Result<(), Error> {
         let mut link = self.link.clone();
-        self.bounded(async move { redis::cmd("PING").query_async::<()>(&mut link).await }).await
+        let cluster = matches!(link, Link::Cluster(_));
+        let info = async {
+            redis::cmd("PING").query_async::<()>(&mut link).await?;
+            // A cluster answers INFO from every master: address → text.
+            let info = match cluster {
+                true => redis::cmd("INFO").arg("server").query_async::<HashMap<String, String>>(&mut link).await,
+                false => redis::cmd("INFO")
+                    .arg("server")
+                    .query_async::<String>(&mut link)
+                    .await
+                    .map(|info| HashMap::from([(self.address.clone(), info)])),
+            };
+            match info {
+                Err(e) if e.code().is_some() => {
+                    tracing::debug!(address = %self.address, error = %e, "INFO refused; the server version is not checked");
+                    Ok(HashMap::new())
+                }
+                other => other,
+            }
+        };
+        let infos = self.bounded(info).await.map_err(|e| error(self.backend, &self.address, e))?;
+        for (address, info) in &infos {
+            version::check(info, address)?;
+            if cluster {
+                crate::cluster::check_version(info, address)?;
+            }
+        }
+        Ok(())
     }
 
-    async fn bounded<T>(&self, call: impl Future<Output = Result<T, RedisError>>) -> Result<T, Error> {
+    /// `call`, failing with a timeout error after the call timeout.
+    async fn bounded<T>(&self, call: impl Future<Output = RedisResult<T>>) -> RedisResult<T> {
         match tokio::time::timeout(self.timeout, call).await {
-            Ok(result) => result.map_err(|e| error(self.backend, &self.address, e)),
-            Err(_) => Err(timed_out(self.backend, &self.address, self.timeout)),
+            Ok(result) => result,
+            Err(_) => Err(RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {:?} (the `timeout` option)", self.timeout),
+            ))),
         }
     }
-}
-
-fn timed_out(backend: &'static str, address: &str, timeout: Duration) -> Error {
-    Error::connection(
-        backend,
-        address,
-        format!("no answer within {timeout:?}; is the server up and the `timeout` option long enough?"),
-        None,
-    )
 }
 
 /// Maps a client error: authentication, connection trouble, or what the server answered.
@@ -172,6 +202,10 @@ pub fn error(backend: &'static str, address: &str, e: RedisError) -> Error {
         e.kind() == ErrorKind::AuthenticationFailed || matches!(e.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"));
     if auth {
         return Error::Authentication { backend, endpoint: address.to_owned(), message: e.to_string() };
+    }
+    if e.code() == Some("BADFENCE") {
+        let detail = e.detail().unwrap_or("its fencing counter holds garbage");
+        return Error::backend(backend, format!("redis at {address} refused the grant: {detail}"));
     }
     if e.is_io_error() || e.is_connection_refusal() || e.is_timeout() || e.is_connection_dropped() {
         return Error::connection(backend, address, format!("{e}; is the server up?"), Some(Box::new(e)));

@@ -11,16 +11,25 @@
 //!   `fair=true` on the same lock ignore the line (and may get ahead of it).
 //!   `rediss://` and `redlocks://` use TLS: the server is checked against the public roots,
 //!   or against `?ca=/path/ca.pem`; `&cert=…&key=…` give a client certificate (mutual TLS).
-//! - **Grant**: one script per server does `SET key owner NX PX ttl` and, only on success,
-//!   `INCR {key}:fence` — the fencing token. The lock key is a plain string holding the owner
-//!   value (a random token, a space, the holder metadata), as redis-py's `Lock` holds its
-//!   token, so the two exclude each other on the same key, and the metadata expires with the
-//!   grant.
+//! - **Keys**: the lock `K` is the namespaced name as written (`[ns/]NAME`): only `%`, `/`,
+//!   `{`, `}` and control characters are percent-encoded (`a{b}` is the key `a%7Bb%7D`), so a
+//!   lock named `jobs:nightly` is the key `jobs:nightly`, and distinct names never share a key.
+//!   Its helper keys carry the whole of `K` as their Redis Cluster hash tag — `{K}:fence`,
+//!   `{K}:wakeup`, `{K}:queue`, `{K}:waiters`, channel `{K}:released` — so each script
+//!   touches one slot.
+//! - **Grant**: one script per server does `SET K owner NX PX ttl` and, only on success, mints
+//!   the fencing token `max(counter + 1, now_µs)` — `now_µs` the server's clock (`TIME`) in
+//!   microseconds — and writes it back to `{K}:fence`. The lock key is a plain string holding
+//!   the owner value (a random token, a space, the holder metadata), as redis-py's `Lock`
+//!   holds its token, so `Lock(r, "jobs:nightly")` and lockkit's `jobs:nightly` exclude each
+//!   other, and the metadata expires with the grant. A counter holding anything but a whole
+//!   number up to 2^53 − 1 is an error naming the key (delete it), before anything is written.
 //! - **Release / refresh**: compare-owner-then-DEL / PEXPIRE scripts, so no grant of another
 //!   owner is ever deleted or extended. All locks of a handle are refreshed in one pipelined
-//!   round trip per server per tick; a refresh that finds a key gone fires that guard's loss.
-//! - **Waiting**: a waiter registers in `{key}:wakeup` (ranked by arrival) and a release pops
-//!   the first and PUBLISHes its owner value on `{key}:released`, so one release wakes one
+//!   round trip per server per tick; a refresh that finds a key gone (or replaced by another
+//!   type) fires that guard's loss, and an error for one key leaves the others refreshed.
+//! - **Waiting**: a waiter registers in `{K}:wakeup` (ranked by arrival) and a release pops
+//!   the first and PUBLISHes its owner value on `{K}:released`, so one release wakes one
 //!   waiter however many wait. Each handle keeps one pub/sub connection per server, shared by
 //!   all its waiters, and wakes only the waiter a message names. A waiter
 //!   also wakes when the holder's TTL runs out (it knows the PTTL), and after a bounded,
@@ -29,19 +38,29 @@
 //!   validity time (TTL − elapsed − margin); otherwise the partial grants are deleted. The token
 //!   is the maximum of the majority's counters, written back to every server before the guard
 //!   is handed out, so any later majority overlaps one that has seen it.
-//! - **Limits**: a server that restarts without persistence loses its grants (holders are told
-//!   at their next refresh) and its fencing counters; on a single server, tokens then restart.
-//!   With Redlock, tokens keep increasing as long as a majority keeps its data.
+//! - **Data loss**: a server that loses its data (`FLUSHALL`, a restart without persistence,
+//!   an evicted `{K}:fence`, a failover to a replica that missed the last writes) loses its
+//!   grants — holders are told at their next refresh — but tokens do not go back: the next
+//!   one comes from the server clock, past every token minted before, as long as the clock of
+//!   the server minting it is not behind the one that minted the last token by more than the
+//!   time between the two grants. On one server that holds unless its clock is set back; on a
+//!   failover the clock skew between master and replica is the bound, so keep them on NTP.
+//!   With Redlock the same holds on each server, and the majority's maximum is written back.
+//! - **Server**: Redis 5.0 or later (the scripts use `ZPOPMIN`, and read `TIME` before writing,
+//!   which replicates safely with the effects replication of 5.0 on); an older server is a
+//!   clear error at connect.
 //! - **Cancel safety**: an acquire dropped mid-way deletes (compare-and-delete) any grant it may
 //!   have made; a reply lost to a dropped connection is recovered by asking again (the script
 //!   is idempotent for its owner).
 #![deny(missing_docs, missing_debug_implementations)]
 
 mod cluster;
+mod fence;
 mod instance;
 mod locks;
 mod quorum;
 mod scripts;
+mod version;
 mod wakeups;
 
 use std::sync::Arc;
@@ -139,9 +158,10 @@ pub async fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
         wakeups,
         instances,
     };
-    let pings = join_all(quorum.instances.iter().map(Instance::ping)).await;
-    if let Some(auth) = pings.iter().position(|p| matches!(p, Err(Error::Authentication { .. }))) {
-        return Err(pings.into_iter().nth(auth).and_then(Result::err).expect("an error"));
+    let pings = join_all(quorum.instances.iter().map(Instance::check)).await;
+    // Wrong credentials or too old a server: trying again will not help.
+    if let Some(i) = pings.iter().position(|p| matches!(p, Err(e) if !e.is_temporary())) {
+        return Err(pings.into_iter().nth(i).and_then(Result::err).expect("an error"));
     }
     let answered = pings.iter().filter(|p| p.is_ok()).count();
     if answered < quorum.needed {

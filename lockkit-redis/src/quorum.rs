@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use lockkit_core::{Error, FencingToken, LockStatus, safety_margin};
 
-use crate::instance::Instance;
+use crate::fence::{self, AcquireReply, Acquired};
+use crate::instance::{self, Instance};
 use crate::scripts::{self, LockKeys};
 use crate::wakeups::Wakeups;
 
@@ -57,13 +58,14 @@ impl Quorum {
     ) -> Result<Attempt, Error> {
         let started = Instant::now();
         let replies = on_all(&self.instances, |instance| async move {
-            let call = || instance.run::<(u64, i64)>(scripts::acquire(keys, owner, ttl, self.fair, join));
+            let call = || instance.run::<AcquireReply>(scripts::acquire(keys, owner, ttl, self.fair, join));
             // The script is idempotent for its owner, so a reply lost to a dropped connection
             // is recovered by asking again.
-            match call().await {
+            let reply = match call().await {
                 Err(e) if e.is_temporary() => call().await,
                 other => other,
-            }
+            };
+            reply.and_then(|reply| fence::acquired(reply, &instance.address))
         })
         .await;
         let mut fences = Vec::new();
@@ -71,12 +73,12 @@ impl Quorum {
         let mut errors = Vec::new();
         for reply in replies {
             match reply {
-                Ok((fence, _)) if fence > 0 => fences.push(fence),
-                Ok((_, pttl)) if pttl > 0 => {
+                Ok(Acquired::Granted(token)) => fences.push(token),
+                Ok(Acquired::Busy(pttl)) if pttl > 0 => {
                     let pttl = Duration::from_millis(pttl as u64);
                     expires_in = Some(expires_in.map_or(pttl, |e| e.min(pttl)));
                 }
-                Ok(_) => {}
+                Ok(Acquired::Busy(_)) => {}
                 Err(e) => errors.push(e),
             }
         }
@@ -123,10 +125,36 @@ impl Quorum {
             on_all(&self.instances, |instance| instance.run_many(&scripts::REFRESH, &invocations, &locks)).await;
         let allowed_missing = self.instances.len() - self.needed;
         let mut first_error = None;
+        // Each grant on each instance: held, gone, or undecided (no answer, an error reply).
+        let mut answers: Vec<Vec<Option<bool>>> = Vec::with_capacity(replies.len());
+        for (instance, reply) in self.instances.iter().zip(replies) {
+            match reply {
+                Ok(results) => answers.push(
+                    (0..grants.len())
+                        .map(|i| match results.get(i) {
+                            Some(Ok(held)) => Some(*held == 1),
+                            // The key holds another type: someone replaced it, so it is gone.
+                            Some(Err(e)) if is_wrong_type(e) => Some(false),
+                            Some(Err(e)) => {
+                                first_error.get_or_insert_with(|| {
+                                    instance::error(instance.backend, &instance.address, e.clone())
+                                });
+                                None
+                            }
+                            None => None,
+                        })
+                        .collect(),
+                ),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                    answers.push(vec![None; grants.len()]);
+                }
+            }
+        }
         let verdicts = (0..grants.len())
             .map(|i| {
-                let held = replies.iter().filter(|r| matches!(r, Ok(v) if v.get(i) == Some(&1))).count();
-                let gone = replies.iter().filter(|r| matches!(r, Ok(v) if v.get(i) == Some(&0))).count();
+                let held = answers.iter().filter(|a| a[i] == Some(true)).count();
+                let gone = answers.iter().filter(|a| a[i] == Some(false)).count();
                 if held >= self.needed {
                     Some(true)
                 } else if gone > allowed_missing {
@@ -136,11 +164,6 @@ impl Quorum {
                 }
             })
             .collect();
-        for reply in replies {
-            if let Err(e) = reply {
-                first_error.get_or_insert(e);
-            }
-        }
         (verdicts, first_error)
     }
 
@@ -154,7 +177,8 @@ impl Quorum {
 
     /// The lock as a majority sees it.
     pub async fn status(&self, keys: &LockKeys) -> Result<LockStatus, Error> {
-        type Reply = (Option<String>, Option<u64>, i64, usize);
+        // The counter as a string: one holding garbage shows no token (an acquire says why).
+        type Reply = (Option<String>, Option<String>, i64, usize);
         let replies = on_all(&self.instances, |instance| instance.run::<Reply>(scripts::status(keys))).await;
         let mut errors = Vec::new();
         let mut held = Vec::new();
@@ -164,7 +188,7 @@ impl Quorum {
                 Ok((owner, fence, pttl, waiters)) => {
                     waiting.push(waiters);
                     if let Some(owner) = owner {
-                        held.push((owner, fence, pttl));
+                        held.push((owner, fence.and_then(|f| f.parse::<u64>().ok()), pttl));
                     }
                 }
                 Err(e) => errors.push(e),
@@ -185,13 +209,14 @@ impl Quorum {
         Ok(LockStatus::held(holder, token, ttl_left).waiting(waiting))
     }
 
-    /// Fails when too few instances answered to decide: with an authentication error if there
-    /// was one, else with the connection error (of the only server, or a summary).
+    /// Fails when too few instances answered to decide: with an error that trying again will
+    /// not fix if there was one (wrong credentials, a counter holding garbage), else with the
+    /// connection error (of the only server, or a summary).
     fn enough_answered(&self, mut errors: Vec<Error>) -> Result<(), Error> {
         if self.instances.len() - errors.len() >= self.needed {
             return Ok(());
         }
-        if let Some(i) = errors.iter().position(|e| matches!(e, Error::Authentication { .. })) {
+        if let Some(i) = errors.iter().position(|e| !e.is_temporary()) {
             return Err(errors.swap_remove(i));
         }
         if self.instances.len() == 1 {
@@ -211,4 +236,10 @@ impl Quorum {
             None,
         ))
     }
+}
+
+/// Whether a script failed on a key of another type (`WRONGTYPE`; before Redis 7, a script
+/// error whose message names it).
+fn is_wrong_type(e: &redis::RedisError) -> bool {
+    e.code() == Some("WRONGTYPE") || e.to_string().contains("WRONGTYPE")
 }

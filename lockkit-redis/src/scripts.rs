@@ -22,6 +22,8 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use lockkit_core::{LockName, Namespace, random_u64};
+
+use crate::fence::FENCE;
 use redis::{Script, ScriptInvocation};
 
 /// The keys and channel of one lock.
@@ -100,15 +102,15 @@ end
 /// KEYS: lock, fence, queue, waiters. ARGV: owner, ttl ms, join (0: no).
 /// Fair acquire: granted only when free and this owner is first in line (or the line is
 /// empty); otherwise, when `join`, joins the line or renews its place there for one TTL.
-/// Returns like [`ACQUIRE`] (pttl 0: free, but someone else is first in line).
+/// Answers like [`ACQUIRE`] (pttl 0: free, but someone else is first in line).
 static ACQUIRE_FAIR: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{PURGE}{}",
+        "{PURGE}local fence_key = KEYS[2]\n{FENCE}{}",
         r"
 local current = redis.call('GET', KEYS[1])
 if current == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return {tonumber(redis.call('GET', KEYS[2]) or '0'), 0}
+  return {1, fence or mint(), 0}
 end
 local head = redis.call('LINDEX', KEYS[3], 0)
 if current == false and (head == false or head == ARGV[1]) then
@@ -117,15 +119,15 @@ if current == false and (head == false or head == ARGV[1]) then
     redis.call('ZREM', KEYS[4], ARGV[1])
   end
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return {redis.call('INCR', KEYS[2]), 0}
+  return {1, mint(), 0}
 end
 if ARGV[3] ~= '0' and redis.call('ZADD', KEYS[4], now + tonumber(ARGV[2]), ARGV[1]) == 1 then
   redis.call('RPUSH', KEYS[3], ARGV[1])
 end
 if current == false then
-  return {0, 0}
+  return {0, '0', 0}
 end
-return {0, redis.call('PTTL', KEYS[1])}
+return {0, '0', redis.call('PTTL', KEYS[1])}
 "
     ))
 });
@@ -154,12 +156,14 @@ return released
 });
 
 /// KEYS: lock, fence, wakeup. ARGV: owner, ttl ms, join (0: no, else the waiter's arrival
-/// time). Returns `{fence, 0}` when granted (also when this owner already holds it: a retry
-/// after a lost reply), else `{0, pttl}` of the current grant (-1: no expiry), after
-/// registering the owner as a waiter to wake when `join`, ranked by its arrival (so that every
-/// Redlock server wakes the same one).
+/// time). Answers `{1, token, 0}` when granted (also when this owner already holds it: a retry
+/// after a lost reply), the token a string (see [`fence`](crate::fence)); else `{0, '0', pttl}`
+/// of the current grant (-1: no expiry), after registering the owner as a waiter to wake when
+/// `join`, ranked by its arrival (so that every Redlock server wakes the same one). A counter
+/// holding garbage is a `BADFENCE` error, before anything is written.
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
+        "local fence_key = KEYS[2]\n{FENCE}{}",
         r"
 local granted = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
 if granted or redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -167,10 +171,10 @@ if granted or redis.call('GET', KEYS[1]) == ARGV[1] then
     redis.call('ZREM', KEYS[3], ARGV[1])
   end
   if granted then
-    return {redis.call('INCR', KEYS[2]), 0}
+    return {1, mint(), 0}
   end
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return {tonumber(redis.call('GET', KEYS[2]) or '0'), 0}
+  return {1, fence or mint(), 0}
 end
 if ARGV[3] ~= '0' then
   redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
@@ -178,9 +182,9 @@ if ARGV[3] ~= '0' then
     redis.call('PEXPIRE', KEYS[3], ARGV[2])
   end
 end
-return {0, redis.call('PTTL', KEYS[1])}
-",
-    )
+return {0, '0', redis.call('PTTL', KEYS[1])}
+"
+    ))
 });
 
 /// KEYS: lock, wakeup. ARGV: owner, channel, withdraw (0/1), publish command. Deletes only this owner's grant
@@ -205,16 +209,18 @@ return 1
     )
 });
 
-/// KEYS: fence. ARGV: token. Raises the counter to `token` (Redlock: the quorum's maximum).
+/// KEYS: fence. ARGV: token. Raises the counter to `token` (Redlock: the quorum's maximum);
+/// a counter holding garbage is a `BADFENCE` error.
 static RAISE_FENCE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
+        "local fence_key = KEYS[1]\n{FENCE}{}",
         r"
-if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then
+if tonumber(fence or '0') < tonumber(ARGV[1]) then
   redis.call('SET', KEYS[1], ARGV[1])
 end
 return 1
-",
-    )
+"
+    ))
 });
 
 /// KEYS: lock. ARGV: owner, ttl ms. Extends only this owner's grant; 1 if it did.

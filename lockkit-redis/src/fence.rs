@@ -1,0 +1,85 @@
+//! Fencing tokens that never go backwards, even when a server loses data.
+//!
+//! A grant's token is `max(counter + 1, now_µs)`, `now_µs` being the server's clock (`TIME`)
+//! in microseconds, and it is written back to the counter (`SET`, not `INCR`) in the same
+//! script. After a `FLUSHALL`, a restart without persistence, an evicted counter or a failover
+//! to a replica that missed the last write, the counter starts again from the clock, which
+//! has moved past every token minted before — as long as the clocks agree: the first token
+//! after the loss is above the last one before it when the server minting it has a clock
+//! behind the one that minted the last token by less than the time between the two grants.
+//! On one server that holds unless its clock is set back; on a failover, the clock
+//! skew between master and replica is the bound (keep them on NTP: a promoted replica whose
+//! clock is 2 s behind can repeat or go below tokens minted in the 2 s before the failover).
+//! The counter runs ahead of the clock only when grants come faster than one a microsecond.
+//!
+//! Lua numbers are doubles: integers are exact up to 2^53, so the counter is checked to be a
+//! whole number no larger than that before anything is written, and tokens travel as strings.
+
+use lockkit_core::Error;
+
+/// Lua, run before a script writes anything: reads the counter at `fence_key` (a local the
+/// script defines) into `fence` (a string, or false when absent), and answers a `BADFENCE`
+/// error when it holds anything but a whole number of at most 2^53 − 1. Defines `mint()`, which
+/// writes the next token back to the counter and returns it as a string.
+pub const FENCE: &str = r#"
+local fence = redis.call('GET', fence_key)
+if fence and not (string.match(fence, '^%d+$') and #fence <= 16 and tonumber(fence) <= 9007199254740991) then
+  local shown = string.gsub(string.sub(fence, 1, 40), '%c', '?')
+  return redis.error_reply('BADFENCE the fencing counter ' .. fence_key .. ' holds \"' .. shown ..
+    '\", not a whole number from 0 to 2^53 - 1, so no token can be minted and nothing was granted; ' ..
+    'delete it (redis-cli DEL \"' .. fence_key .. '\"): the next grant then takes its token from the server clock, ' ..
+    'above earlier tokens')
+end
+local function mint()
+  local clock = redis.call('TIME')
+  local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+  local token = string.format('%d', math.max(tonumber(fence or '0') + 1, now))
+  redis.call('SET', fence_key, token)
+  return token
+end
+"#;
+
+/// What an acquire script answered: `{1, token, 0}` granted, `{0, "0", pttl}` not granted.
+pub type AcquireReply = (i64, String, i64);
+
+/// An acquire script's answer, read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Acquired {
+    /// Granted with this token.
+    Granted(u64),
+    /// Not granted; the current grant expires in this many ms (-1: never, 0 or -2: free now).
+    Busy(i64),
+}
+
+/// Reads an acquire script's answer from the server at `address`.
+pub fn acquired((granted, token, pttl): AcquireReply, address: &str) -> Result<Acquired, Error> {
+    match (granted, token.parse::<u64>()) {
+        (0, _) => Ok(Acquired::Busy(pttl)),
+        (1, Ok(token)) if token > 0 => Ok(Acquired::Granted(token)),
+        _ => Err(Error::backend(
+            crate::BACKEND,
+            format!(
+                "redis at {address} answered the acquire script with ({granted}, {token:?}, {pttl}), not a grant with \
+                 a positive token nor a refusal; is another program loading scripts under lockkit's SHA1s?"
+            ),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grants_and_refusals_are_read_apart_from_the_token() {
+        let read = |granted, token: &str, pttl| acquired((granted, token.to_owned(), pttl), "127.0.0.1:6379");
+        assert_eq!(read(1, "1764711000123456", 0).unwrap(), Acquired::Granted(1_764_711_000_123_456));
+        assert_eq!(read(1, "18446744073709551615", 0).unwrap(), Acquired::Granted(u64::MAX));
+        assert_eq!(read(0, "0", 1500).unwrap(), Acquired::Busy(1500));
+        assert_eq!(read(0, "0", -1).unwrap(), Acquired::Busy(-1));
+        for (granted, token) in [(1, "0"), (1, "-3"), (1, "1.7e15"), (2, "5")] {
+            let err = read(granted, token, 0).unwrap_err();
+            assert!(err.to_string().contains("127.0.0.1:6379"), "{err}");
+        }
+    }
+}

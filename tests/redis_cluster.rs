@@ -77,12 +77,42 @@ async fn releases_wake_waiters_by_sharded_pubsub_on_the_locks_shard_only() {
     }
 }
 
+/// redis-py's cluster client, one call in a fresh process: `RedisCluster(port).lock(key,
+/// timeout=2).acquire(blocking=False)`, printed (the lock is left to its timeout).
+async fn redis_py_cluster_try(port: u16, key: &str) -> String {
+    let code = "import sys; from redis.cluster import RedisCluster; \
+                r = RedisCluster(host='127.0.0.1', port=int(sys.argv[1])); \
+                print(r.lock(sys.argv[2], timeout=2).acquire(blocking=False))";
+    let output = tokio::process::Command::new("python3")
+        .args(["-c", code, &port.to_string(), key])
+        .output()
+        .await
+        .expect("python3 with redis-py (scripts/install-deps installs it)");
+    assert!(output.status.success(), "redis-py: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// On a cluster too, redis-py's `Lock` and lockkit's lock of the same name are one key and
+/// exclude each other, both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_py_cluster_locks_and_lockkit_exclude_each_other() {
+    let url = shared_redis_cluster_url();
+    let port = ports(&url)[0];
+    let name = format!("jobs:{}", unique("nightly"));
+    let locks = connect(&format!("{url}?ttl=2s")).await;
+    let guard = locks.acquire(&name).await.unwrap();
+    assert_eq!(redis_py_cluster_try(port, &name).await, "False", "redis-py got a lock lockkit holds");
+    guard.release().await.unwrap();
+    assert_eq!(redis_py_cluster_try(port, &name).await, "True", "redis-py did not get a free lock");
+    assert!(locks.try_acquire(&name).await.unwrap().is_none(), "lockkit got a lock redis-py holds");
+}
+
 /// A `redis-cluster://` URL that names a single (non-cluster) server fails at connect and says
 /// so, rather than at the first lock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_url_naming_a_single_server_says_it_is_not_a_cluster() {
     let server = Server::redis();
-    let err = lockkit::connect(&format!("redis-cluster://127.0.0.1:{}", server.port)).await.err().expect("an error");
+    let err = lockkit::connect(&format!("redis-cluster://127.0.0.1:{}", server.port)).await.expect_err("an error");
     assert!(matches!(err, Error::InvalidUrl { .. }), "{err}");
     assert!(err.to_string().contains("not a Redis Cluster node"), "{err}");
     assert!(err.to_string().contains("redis://"), "the error names the right scheme: {err}");
@@ -99,7 +129,7 @@ async fn a_single_server_url_naming_a_cluster_node_points_at_the_cluster_scheme(
     let master = RedisCluster::master_port(nodes[0], &key);
     let other = *nodes.iter().find(|p| **p != master).unwrap();
     let locks = connect(&format!("redis://127.0.0.1:{other}?namespace={namespace}")).await;
-    let err = locks.try_acquire("moved").await.err().expect("the node redirects");
+    let err = locks.try_acquire("moved").await.expect_err("the node redirects");
     assert!(err.to_string().contains("redis-cluster://"), "{err}");
 }
 

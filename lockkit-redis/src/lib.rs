@@ -1,15 +1,18 @@
-//! Redis driver for [lockkit](https://docs.rs/lockkit): `redis://` on one server and
-//! `redlock://` on a majority of N independent servers. Applications use it through
+//! Redis driver for [lockkit](https://docs.rs/lockkit): `redis://` on one server,
+//! `redis-cluster://` on a Redis Cluster and `redlock://` on a majority of N independent
+//! servers — one code path: a script runs on an *instance*, which is one server's reconnecting
+//! connection or the cluster's slot-following connection. Applications use it through
 //! `lockkit::connect` with the facade's `redis` feature.
 //!
-//! - **URLs**: `redis://[user:password@]host[:6379][/db][?namespace=…&ttl=…&timeout=…]` and
+//! - **URLs**: `redis://[user:password@]host[:6379][/db][?namespace=…&ttl=…&timeout=…]`,
+//!   `redis-cluster://seed1:port,seed2:port[,…][?…]` (any nodes of the cluster; database 0) and
 //!   `redlock://host1:port,host2:port,host3:port[/db][?…]` (an odd number, at least 3).
 //!   The path is the database number, as in every Redis URL; the namespace is an option.
-//!   `?fair=true` (redis:// only) grants in arrival order: waiters queue inside the scripts
+//!   `?fair=true` (not on redlock://) grants in arrival order: waiters queue inside the scripts
 //!   (`{K}:queue`, entries expire one TTL after their waiter last asked), a release wakes only the
 //!   first in line, and a plain acquire does not barge ahead of the line. Handles without
 //!   `fair=true` on the same lock ignore the line (and may get ahead of it).
-//!   `rediss://` and `redlocks://` use TLS: the server is checked against the public roots,
+//!   `rediss://`, `rediss-cluster://` and `redlocks://` use TLS: the server is checked against the public roots,
 //!   or against `?ca=/path/ca.pem`; `&cert=…&key=…` give a client certificate (mutual TLS).
 //! - **Keys**: the lock `K` is the namespaced name as written (`[ns/]NAME`): only `%`, `/`,
 //!   `{`, `}` and control characters are percent-encoded (`a{b}` is the key `a%7Bb%7D`), so a
@@ -31,9 +34,21 @@
 //! - **Waiting**: a waiter registers in `{K}:wakeup` (ranked by arrival) and a release pops
 //!   the first and PUBLISHes its owner value on `{K}:released`, so one release wakes one
 //!   waiter however many wait. Each handle keeps one pub/sub connection per server, shared by
-//!   all its waiters, and wakes only the waiter a message names. A waiter
+//!   all its waiters, and wakes only the waiter a message names; a subscribe is bounded by the
+//!   per-server call timeout and holds up no other waiter, so a stopped Redlock server costs a
+//!   new waiter at most that timeout. A waiter
 //!   also wakes when the holder's TTL runs out (it knows the PTTL), and after a bounded,
 //!   jittered fallback (TTL / 4, 50 ms – 1 s) in case a message was missed.
+//! - **Redis Cluster**: the `redis` crate's cluster client reads the slots from the seeds,
+//!   sends each script to the master of its lock's slot (every key of a lock is in that slot),
+//!   follows MOVED and ASK, and refreshes the slots after a failover; a handle's refresh is one
+//!   pipeline per slot. Releases wake with `SPUBLISH` and waiters listen with `SSUBSCRIBE`
+//!   (sharded pub/sub, RESP3 pushes on the same connections), so a release reaches only the
+//!   lock's shard, where a `PUBLISH` would be broadcast to every node. Needs Redis 7.0 on
+//!   every master (checked at connect). A failover promotes a replica that may lack the last
+//!   grant (replication is asynchronous): the lock can be granted again while the old holder
+//!   has not yet heard of its loss, so two holders may overlap for up to a TTL; the new token
+//!   is still above the old one (see **Data loss**), which is what a fenced resource checks.
 //! - **Redlock**: an attempt goes to every server at once and succeeds on a majority within the
 //!   validity time (TTL − elapsed − margin); otherwise the partial grants are deleted. The token
 //!   is the maximum of the majority's counters, written back to every server before the guard
@@ -216,7 +231,7 @@ fn servers(
             None => redis::Client::open(info),
         }
         .map_err(|e| instance::error(backend, &address, e))?;
-        feeds.push(Feed::Server(client.clone()));
+        feeds.push(Feed::Server(Box::new(client.clone())));
         instances.push(Instance::server(backend, address, client, connect_timeout, call_timeout)?);
     }
     Ok((instances, feeds))

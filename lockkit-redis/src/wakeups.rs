@@ -27,7 +27,7 @@ const LINGER: Duration = Duration::from_secs(1);
 /// Where the messages of one instance come from.
 pub enum Feed {
     /// One server: a pub/sub connection of its own (SUBSCRIBE), reconnected here.
-    Server(redis::Client),
+    Server(Box<redis::Client>),
     /// A cluster: sharded pub/sub (SSUBSCRIBE) on the cluster connection, which subscribes
     /// again after reconnects and slot moves by itself; its pushes arrive on the receiver.
     Cluster(ClusterConnection, UnboundedReceiver<PushInfo>),
@@ -114,7 +114,7 @@ impl Wakeups {
             let (weak, stop) = (Arc::downgrade(&wakeups), wakeups.stop.clone());
             let listen = async move {
                 match feed {
-                    Feed::Server(client) => listen(weak, index, client, connect_timeout).await,
+                    Feed::Server(client) => listen(weak, index, *client, connect_timeout).await,
                     Feed::Cluster(connection, pushes) => listen_cluster(weak, index, connection, pushes).await,
                 }
             };
@@ -212,10 +212,10 @@ impl Drop for Watch {
             if !wakeups.state().idle(&channel, &gate) {
                 return;
             }
-            if *subscribed {
-                wakeups.on_sinks(&channel, false).await;
-                *subscribed = false;
-            }
+            // Also when not marked subscribed: a watch cancelled in the middle of its
+            // SUBSCRIBE may have reached some servers.
+            wakeups.on_sinks(&channel, false).await;
+            *subscribed = false;
             // A waiter that came meanwhile waits at the gate, and subscribes again after us.
             let mut state = wakeups.state();
             if state.idle(&channel, &gate) {

@@ -22,6 +22,8 @@ conformance!(redis_fair, crate::support::Target::redis_fair);
 conformance!(redlock, crate::support::Target::redlock);
 #[cfg(feature = "redis")]
 conformance!(redis_cluster, crate::support::Target::redis_cluster);
+#[cfg(feature = "redis")]
+conformance!(redis_cluster_fair, crate::support::Target::redis_cluster_fair);
 
 mod child {
     /// Not a test: the helper process `support::holder_process` starts.

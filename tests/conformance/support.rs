@@ -63,6 +63,12 @@ impl Target {
         Target { base: servers::shared_redis_cluster_url(), namespace: unique("t"), _dir: None }
     }
 
+    /// The Redis Cluster with `fair=true`.
+    pub fn redis_cluster_fair() -> Target {
+        let base = format!("{}?fair=true", servers::shared_redis_cluster_url());
+        Target { base, namespace: unique("t"), _dir: None }
+    }
+
     pub fn redlock() -> Target {
         Target { base: servers::shared_redlock_url(), namespace: unique("t"), _dir: None }
     }

@@ -107,6 +107,48 @@ async fn redis_py_cluster_locks_and_lockkit_exclude_each_other() {
     assert!(locks.try_acquire(&name).await.unwrap().is_none(), "lockkit got a lock redis-py holds");
 }
 
+/// `rediss-cluster://` speaks TLS to every node it learns of, checking each certificate
+/// against `?ca=`: locks on all three shards are granted, a release wakes a waiter (sharded
+/// pub/sub over TLS), and without the CA the connect fails on the certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_cluster_uses_tls_to_every_node() {
+    let certs = tempfile::tempdir().unwrap();
+    support::servers::make_certificates(certs.path());
+    let ca = certs.path().join("ca.crt").display().to_string();
+    let cluster = RedisCluster::start_tls(certs.path());
+    let url = format!("{}?ca={ca}&ttl=30s", cluster.url());
+    assert!(url.starts_with("rediss-cluster://"), "{url}");
+    let (locks, waiter) = (connect(&url).await, connect(&url).await);
+    // `redis-cli --cluster create` gives the three masters these slot ranges.
+    let shards = [0..5461, 5461..10923, 10923..16384];
+    for shard in shards {
+        let name = (0..).map(|i| format!("tls-{i}")).find(|n| shard.contains(&slot(n))).unwrap();
+        let guard = locks.acquire(&name).await.unwrap_or_else(|e| panic!("{name} on slot {}: {e}", slot(&name)));
+        let waiter = waiter.clone();
+        let waiting = tokio::spawn(async move { waiter.acquire(&name).await.map(|g| g.fencing_token()) });
+        support::in_line(locks.as_ref(), guard.name(), 1).await;
+        let first = guard.fencing_token();
+        guard.release().await.unwrap();
+        let next = tokio::time::timeout(Duration::from_secs(1), waiting).await.expect("woken, not timed out");
+        assert!(next.unwrap().unwrap() > first);
+    }
+    let without_ca = cluster.url() + "?timeout=2s";
+    let err = lockkit::connect(&without_ca).await.expect_err("an untrusted certificate");
+    assert!(err.to_string().to_lowercase().contains("certificate") || err.to_string().contains("Issuer"), "{err}");
+}
+
+/// The cluster slot of a key (CRC16 of the key, as Redis computes it).
+fn slot(key: &str) -> u16 {
+    let mut crc: u16 = 0;
+    for byte in key.bytes() {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+        }
+    }
+    crc % 16384
+}
+
 /// A `redis-cluster://` URL that names a single (non-cluster) server fails at connect and says
 /// so, rather than at the first lock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

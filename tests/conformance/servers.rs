@@ -312,6 +312,9 @@ pub fn shared_redlock_url() -> String {
 pub struct RedisCluster {
     /// The nodes; `None` once stopped.
     pub nodes: Vec<Option<Server>>,
+    /// What `redis-cli` needs to reach a node (TLS options), before the command.
+    cli: Vec<String>,
+    tls: bool,
 }
 
 /// Bound on a cluster's start (servers up, slots assigned, `cluster_state:ok` everywhere).
@@ -321,7 +324,38 @@ impl RedisCluster {
     /// Starts six nodes and joins them with `redis-cli --cluster create`; ready when every node
     /// reports `cluster_state:ok` and every replica is in sync with its master.
     pub fn start() -> RedisCluster {
-        let args = [
+        RedisCluster::start_with(&[], Vec::new())
+    }
+
+    /// A cluster that speaks TLS only — to clients, on its bus and for replication — with the
+    /// certificates [`make_certificates`] wrote to `certs`; clients need not present one.
+    pub fn start_tls(certs: &std::path::Path) -> RedisCluster {
+        let file = |name: &str| certs.join(name).display().to_string();
+        let (cert, key, ca) = (file("server.crt"), file("server.key"), file("ca.crt"));
+        let tls = [
+            "--port",
+            "0",
+            "--tls-port",
+            "{port}",
+            "--tls-cluster",
+            "yes",
+            "--tls-replication",
+            "yes",
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            "no",
+        ];
+        RedisCluster::start_with(&tls, vec!["--tls".into(), "--cacert".into(), ca.clone()])
+    }
+
+    /// Starts the nodes with `extra` arguments; `cli`: what `redis-cli` needs to reach them.
+    fn start_with(extra: &[&str], cli: Vec<String>) -> RedisCluster {
+        let mut args = vec![
             "--bind",
             "127.0.0.1",
             "--port",
@@ -345,12 +379,15 @@ impl RedisCluster {
             "--repl-diskless-sync-delay",
             "0",
         ];
+        args.extend_from_slice(extra);
         let nodes: Vec<Server> = (0..6).map(|_| Server::spawn(free_port(), 0, "redis-server", &args)).collect();
-        for node in &nodes {
-            node.wait_until("redis-server (cluster)", redis_ready);
+        let cluster = RedisCluster { nodes: nodes.into_iter().map(Some).collect(), tls: !cli.is_empty(), cli };
+        for node in cluster.nodes.iter().flatten() {
+            node.wait_until("redis-server (cluster)", |port| cluster.cli(port, &["PING"]).as_deref() == Some("PONG\n"));
         }
-        let addresses: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let addresses: Vec<String> = cluster.ports().map(|port| format!("127.0.0.1:{port}")).collect();
         let create = Command::new("redis-cli")
+            .args(&cluster.cli)
             .arg("--cluster")
             .arg("create")
             .args(&addresses)
@@ -363,9 +400,14 @@ impl RedisCluster {
             String::from_utf8_lossy(&create.stdout),
             String::from_utf8_lossy(&create.stderr)
         );
-        let cluster = RedisCluster { nodes: nodes.into_iter().map(Some).collect() };
         cluster.wait_until_ok(CLUSTER_START);
         cluster
+    }
+
+    /// `redis-cli` on the node on `port`, with the cluster's TLS options.
+    pub fn cli(&self, port: u16, args: &[&str]) -> Option<String> {
+        let cli: Vec<&str> = self.cli.iter().map(String::as_str).chain(args.iter().copied()).collect();
+        redis_cli(port, &cli)
     }
 
     /// Waits until every running node reports `cluster_state:ok`, every master owns slots,
@@ -376,11 +418,11 @@ impl RedisCluster {
             let missing: Vec<String> = self
                 .ports()
                 .filter_map(|port| {
-                    let info = redis_cli(port, &["CLUSTER", "INFO"]).unwrap_or_default();
+                    let info = self.cli(port, &["CLUSTER", "INFO"]).unwrap_or_default();
                     if !info.contains("cluster_state:ok") {
                         return Some(format!("{port}: not cluster_state:ok"));
                     }
-                    let replication = redis_cli(port, &["INFO", "replication"]).unwrap_or_default();
+                    let replication = self.cli(port, &["INFO", "replication"]).unwrap_or_default();
                     let syncing = replication.contains("role:slave") && !replication.contains("master_link_status:up");
                     syncing.then(|| format!("{port}: replica not in sync"))
                 })
@@ -398,10 +440,10 @@ impl RedisCluster {
         self.nodes.iter().flatten().map(|n| n.port)
     }
 
-    /// A `redis-cluster://` URL listing every running node as a seed.
+    /// A `redis-cluster://` (`rediss-cluster://`) URL listing every running node as a seed.
     pub fn url(&self) -> String {
         let seeds: Vec<String> = self.ports().map(|p| format!("127.0.0.1:{p}")).collect();
-        format!("redis-cluster://{}", seeds.join(","))
+        format!("{}://{}", if self.tls { "rediss-cluster" } else { "redis-cluster" }, seeds.join(","))
     }
 
     /// The port of the master that serves `key`'s slot now, as the running nodes see it.
@@ -409,13 +451,15 @@ impl RedisCluster {
         RedisCluster::master_port(self.ports().next().expect("a running node"), key)
     }
 
-    /// The port of the master that serves `key`'s slot now, as the node on port `any` sees it.
+    /// The port of the master that serves `key`'s slot now, as the node on port `any` (of a
+    /// cluster without TLS) sees it.
     pub fn master_port(any: u16, key: &str) -> u16 {
         RedisCluster::serving(any, key).unwrap_or_else(|nodes| panic!("no master serves {key:?}: {nodes}"))
     }
 
-    /// The port of the healthy master that serves `key`'s slot, as the node on port `any` sees
-    /// it; else what that node knows of the cluster (during a failover, say).
+    /// The port of the healthy master that serves `key`'s slot, as the node on port `any` (of a
+    /// cluster without TLS) sees it; else what that node knows of the cluster (during a
+    /// failover, say).
     pub fn serving(any: u16, key: &str) -> Result<u16, String> {
         let slot: u16 = redis_cli(any, &["CLUSTER", "KEYSLOT", key])
             .and_then(|s| s.trim().parse().ok())
@@ -437,7 +481,7 @@ impl RedisCluster {
 
     /// The port of a replica of the master on `master`.
     pub fn replica_of(&self, master: u16) -> u16 {
-        let nodes = redis_cli(master, &["CLUSTER", "NODES"]).expect("CLUSTER NODES answers");
+        let nodes = self.cli(master, &["CLUSTER", "NODES"]).expect("CLUSTER NODES answers");
         let lines: Vec<Vec<&str>> = nodes.lines().map(|line| line.split(' ').collect()).collect();
         let port =
             |fields: &Vec<&str>| -> Option<u16> { fields[1].split('@').next()?.rsplit_once(':')?.1.parse().ok() };

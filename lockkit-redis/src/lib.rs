@@ -121,7 +121,10 @@ pub async fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
     let fair = match url.option("fair") {
         None | Some("false") => false,
         Some("true") if !redlock => true,
-        Some("true") => return Err(url.invalid("`fair=true` is for redis://; Redlock grants by majority, not in line")),
+        Some("true") => {
+            return Err(url
+                .invalid("`fair=true` is for redis:// and redis-cluster://; Redlock grants by majority, not in line"));
+        }
         Some(other) => return Err(url.invalid(format!("`fair` is true or false, not `{other}`"))),
     };
     let db = match url.path().trim_start_matches('/') {

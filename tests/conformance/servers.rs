@@ -307,8 +307,7 @@ pub fn shared_redlock_url() -> String {
         .clone()
 }
 
-/// A Redis Cluster on loopback: 3 masters and 3 replicas (one each), no persistence, a short
-/// node timeout so that a failover takes a few seconds.
+/// A Redis Cluster on loopback: 3 masters and 3 replicas (one each), no persistence.
 pub struct RedisCluster {
     /// The nodes; `None` once stopped.
     pub nodes: Vec<Option<Server>>,
@@ -322,9 +321,15 @@ const CLUSTER_START: Duration = Duration::from_secs(30);
 
 impl RedisCluster {
     /// Starts six nodes and joins them with `redis-cli --cluster create`; ready when every node
-    /// reports `cluster_state:ok` and every replica is in sync with its master.
+    /// reports `cluster_state:ok` and every replica is in sync with its master. The node
+    /// timeout is 5 s, so that a loaded machine does not make the cluster fail over.
     pub fn start() -> RedisCluster {
-        RedisCluster::start_with(&[], Vec::new())
+        RedisCluster::start_with(&["--cluster-node-timeout", "5000"], Vec::new())
+    }
+
+    /// A cluster whose node timeout is 1 s: a master that stops is replaced in about 2 s.
+    pub fn start_quick_failover() -> RedisCluster {
+        RedisCluster::start_with(&["--cluster-node-timeout", "1000"], Vec::new())
     }
 
     /// A cluster that speaks TLS only — to clients, on its bus and for replication — with the
@@ -371,7 +376,7 @@ impl RedisCluster {
             "--cluster-config-file",
             "{dir}/nodes.conf",
             "--cluster-node-timeout",
-            "1000",
+            "5000",
             // A replica takes over however long ago it last heard from its master.
             "--cluster-replica-validity-factor",
             "0",

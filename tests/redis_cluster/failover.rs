@@ -65,7 +65,7 @@ impl Register {
 /// bounded time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failover_during_contention_accepts_no_stale_write_and_tokens_keep_increasing() {
-    let mut cluster = RedisCluster::start();
+    let mut cluster = RedisCluster::start_quick_failover();
     let namespace = unique("f");
     let url = format!("{}?ttl=2s&timeout=1s&namespace={namespace}", cluster.url());
     let register = Arc::new(Mutex::new(Register::default()));

@@ -93,7 +93,7 @@ impl State {
         self.channels.values().flat_map(|c| &c.watchers).for_each(|(_, notify)| notify.notify_one());
     }
 
-    /// The channel's gate, while it has no watchers and is still the entry `gate` made.
+    /// Whether the channel has no watchers and its entry is still the one `gate` belongs to.
     fn idle(&self, channel: &str, gate: &Arc<Gate<bool>>) -> bool {
         self.channels.get(channel).is_some_and(|c| c.watchers.is_empty() && Arc::ptr_eq(&c.gate, gate))
     }

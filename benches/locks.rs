@@ -20,12 +20,15 @@
 //! - Redis: a raw-client baseline in the same run (the same round trips made directly with the
 //!   `redis` crate), one raw round trip (PING), and the server commands per grant while
 //!   contended (from `INFO stats`); each contended row also shows its ratio to the p50 of PINGs
-//!   made right before and right after it.
+//!   made right before and right after it. Redis Cluster (3 masters + 3 replicas on loopback)
+//!   the same way, through the crate's cluster client; its round trip is a GET on one master,
+//!   and a contended row counts and PINGs the master of its lock's slot.
 //!
 //! `LOCKKIT_BENCH_SECONDS` sets the contended run time per row (default 2);
 //! `LOCKKIT_BENCH_HOLD_MS` how long each contender holds the lock (default 0: back to back, so
 //! the releaser's next acquire writes while the handoff runs);
-//! `LOCKKIT_BENCH_ONLY=zookeeper,consul` runs only those backends (names as in the table).
+//! `LOCKKIT_BENCH_ONLY=zookeeper,consul` runs only those backends (names as in the table;
+//! `redis` includes `redis-cluster`).
 //! Servers are started like the tests start them (`scripts/install-deps` installs them).
 
 #[path = "../tests/conformance/servers.rs"]
@@ -103,6 +106,18 @@ async fn main() {
     } else {
         None
     };
+    #[cfg(feature = "redis")]
+    let _redis_cluster = if wanted("redis") || wanted("redis-cluster") {
+        Some({
+            let cluster = servers::RedisCluster::start();
+            let ports: Vec<u16> = cluster.ports().collect();
+            rows.extend(redis_raw::cluster_baseline(&ports, 2000).await);
+            targets.push(("redis-cluster".to_owned(), cluster.url(), Some(Probe::Cluster(ports[0]))));
+            cluster
+        })
+    } else {
+        None
+    };
     #[cfg(feature = "etcd")]
     let _etcd_server = if wanted("etcd") {
         Some({
@@ -149,6 +164,14 @@ async fn main() {
             for _ in 0..contenders {
                 ours.push(Lockkit { locks: connect(url).await, name: name.clone(), guard: None });
             }
+            // On a cluster, the probe is the master of this lock's slot.
+            let probe = match probe {
+                Some(Probe::Cluster(any)) => {
+                    let master = servers::RedisCluster::master_port(*any, &name);
+                    Some(Probe::Redis(format!("redis://127.0.0.1:{master}")))
+                }
+                other => other.clone(),
+            };
             let mut row = contended(backend, ours, &name, probe.as_ref(), run).await;
             if let Some(raw) = raw {
                 let times = row.p50.as_secs_f64() / raw.p50.as_secs_f64();
@@ -404,6 +427,9 @@ fn row(
 enum Probe {
     /// A Redis URL: PINGs, and the commands counted during the run.
     Redis(String),
+    /// A Redis Cluster, by the port of any node: a contended row probes the master of its
+    /// lock's slot (as `Redis`).
+    Cluster(u16),
     /// An etcd port: releases and the etcd waiter's read.
     Etcd(u16),
     /// A ZooKeeper port: releases and the ZooKeeper waiter's read.

@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | `memory://[store][/namespace]` | in-process | built in |
 //! | `file:///dir[?namespace=…]` | OS advisory file locks on one host | built in |
-//! | `etcd://`, `zk://`, `consul://`, `redis://`, `redlock://` | network backends | cargo features |
+//! | `etcd://`, `zk://`, `consul://`, `redis://`, `redis-cluster://`, `redlock://` | network backends | cargo features |
 //!
 //! Every backend gives the same guarantees where it can (see
 //! [`DistributedLock::capabilities`]): server-minted [`FencingToken`]s that strictly increase
@@ -75,7 +75,7 @@ pub async fn connect_url(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
         #[cfg(feature = "etcd")]
         Scheme::Etcd => lockkit_etcd::connect(url).await,
         #[cfg(feature = "redis")]
-        Scheme::Redis | Scheme::Redlock => lockkit_redis::connect(url).await,
+        Scheme::Redis | Scheme::Redlock | Scheme::RedisCluster => lockkit_redis::connect(url).await,
         #[cfg(feature = "zookeeper")]
         Scheme::ZooKeeper => lockkit_zk::connect(url).await,
         #[cfg(feature = "consul")]

@@ -45,6 +45,8 @@ cli_tests!(file, crate::support::Target::file);
 cli_tests!(etcd, crate::support::Target::etcd);
 #[cfg(feature = "redis")]
 cli_tests!(redis, crate::support::Target::redis);
+#[cfg(feature = "redis")]
+cli_tests!(redis_cluster, crate::support::Target::redis_cluster);
 #[cfg(feature = "zookeeper")]
 cli_tests!(zookeeper, crate::support::Target::zookeeper);
 #[cfg(feature = "consul")]

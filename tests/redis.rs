@@ -13,6 +13,9 @@ mod refresh;
 #[path = "redis/tokens.rs"]
 mod tokens;
 
+#[path = "redis/subscriptions.rs"]
+mod subscriptions;
+
 use std::time::{Duration, Instant};
 
 use lockkit::Error;

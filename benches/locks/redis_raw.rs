@@ -6,7 +6,31 @@ const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redi
 /// interleaved iteration by iteration so that all three see the same machine load.
 pub async fn baseline(url: &str, iterations: usize) -> Vec<Row> {
     let client = redis::Client::open(url).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let conn = client.get_multiplexed_async_connection().await.unwrap();
+    let trip = ("one round trip (PING)", redis::cmd("PING"));
+    measure("redis", conn, trip, url, iterations).await
+}
+
+/// The same on a Redis Cluster (seed nodes on `ports`): the raw calls go through the `redis`
+/// crate's cluster client, and the round trip is a GET of the raw lock's key (PING would go to
+/// every master).
+pub async fn cluster_baseline(ports: &[u16], iterations: usize) -> Vec<Row> {
+    let seeds: Vec<String> = ports.iter().map(|p| format!("redis://127.0.0.1:{p}")).collect();
+    let conn = redis::cluster::ClusterClient::new(seeds).unwrap().get_async_connection().await.unwrap();
+    let hosts: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let url = format!("redis-cluster://{}", hosts.join(","));
+    let mut get = redis::cmd("GET");
+    get.arg("raw-bench");
+    measure("redis-cluster", conn, ("one round trip (GET on the raw lock's master)", get), &url, iterations).await
+}
+
+async fn measure(
+    backend: &str,
+    mut conn: impl redis::aio::ConnectionLike,
+    (trip_case, trip_cmd): (&str, redis::Cmd),
+    url: &str,
+    iterations: usize,
+) -> Vec<Row> {
     let release = redis::Script::new(RELEASE);
     let locks = connect(url).await;
     let [raw, trip, ours] = interleave(iterations, async || {
@@ -23,14 +47,14 @@ pub async fn baseline(url: &str, iterations: usize) -> Vec<Row> {
         let _: i64 = release.key("raw-bench").arg("owner").invoke_async(&mut conn).await.unwrap();
         let raw = t.elapsed();
         let t = Instant::now();
-        let _: String = redis::cmd("PING").query_async(&mut conn).await.unwrap();
+        let _: redis::Value = trip_cmd.query_async(&mut conn).await.unwrap();
         let trip = t.elapsed();
         let t = Instant::now();
         locks.acquire("lockkit-bench").await.unwrap().release().await.unwrap();
         [raw, trip, t.elapsed()]
     })
     .await;
-    baseline_rows("redis", "SET NX PX + compare-and-delete", "one round trip (PING)", raw, trip, ours)
+    baseline_rows(backend, "SET NX PX + compare-and-delete", trip_case, raw, trip, ours)
 }
 
 /// The p50 of `iterations` PINGs on a fresh connection.

@@ -31,6 +31,9 @@ pub enum Scheme {
     Redis,
     /// `redlock://` — a quorum of independent Redis masters.
     Redlock,
+    /// `redis-cluster://` and `rediss-cluster://` (TLS) — a Redis Cluster, given by seed nodes
+    /// (`redis+cluster://` is accepted too).
+    RedisCluster,
 }
 
 /// Every spelling lockkit accepts, with the scheme it means and whether it asks for TLS.
@@ -47,6 +50,10 @@ const SCHEMES: &[(&str, Scheme, bool)] = &[
     ("rediss", Scheme::Redis, true),
     ("redlock", Scheme::Redlock, false),
     ("redlocks", Scheme::Redlock, true),
+    ("redis-cluster", Scheme::RedisCluster, false),
+    ("rediss-cluster", Scheme::RedisCluster, true),
+    ("redis+cluster", Scheme::RedisCluster, false),
+    ("rediss+cluster", Scheme::RedisCluster, true),
 ];
 
 impl Scheme {
@@ -58,7 +65,7 @@ impl Scheme {
             Scheme::Etcd => Some("etcd"),
             Scheme::ZooKeeper => Some("zookeeper"),
             Scheme::Consul => Some("consul"),
-            Scheme::Redis | Scheme::Redlock => Some("redis"),
+            Scheme::Redis | Scheme::Redlock | Scheme::RedisCluster => Some("redis"),
         }
     }
 
@@ -231,7 +238,8 @@ impl LockUrl {
         &self.scheme_text
     }
 
-    /// Whether the scheme asks for TLS (`etcds`, `rediss`, `consuls`, `redlocks`).
+    /// Whether the scheme asks for TLS (`etcds`, `rediss`, `consuls`, `redlocks`,
+    /// `rediss-cluster`).
     pub fn tls(&self) -> bool {
         self.tls
     }
@@ -302,7 +310,7 @@ impl LockUrl {
         };
         let (ca, cert, key) = (read("ca")?, read("cert")?, read("key")?);
         if !self.tls && (ca.is_some() || cert.is_some() || key.is_some()) {
-            return Err(self.invalid(format!("`ca`, `cert` and `key` are for TLS: use {}s://", self.scheme_text)));
+            return Err(self.invalid(format!("`ca`, `cert` and `key` are for TLS: use {}://", self.tls_spelling())));
         }
         let identity = match (cert, key) {
             (Some(cert), Some(key)) => Some((cert, key)),
@@ -310,6 +318,20 @@ impl LockUrl {
             _ => return Err(self.invalid("give both `cert` and `key` for a client certificate")),
         };
         Ok(TlsFiles { ca, identity })
+    }
+
+    /// The TLS spelling of this URL's scheme (`etcd` → `etcds`, `redis-cluster` →
+    /// `rediss-cluster`): the TLS spelling of the same scheme that is this one with one more `s`.
+    fn tls_spelling(&self) -> &str {
+        let text = self.scheme_text.as_str();
+        SCHEMES
+            .iter()
+            .find(|(s, scheme, tls)| {
+                *tls && *scheme == self.scheme
+                    && s.len() == text.len() + 1
+                    && (0..s.len()).any(|i| s.is_char_boundary(i) && format!("{}{}", &s[..i], &s[i + 1..]) == text)
+            })
+            .map_or(text, |(s, ..)| s)
     }
 
     /// An [`Error::InvalidUrl`] for this URL (redacted).
@@ -521,6 +543,22 @@ mod tests {
                 user: None,
                 shown: "redlock://a:1,b:2,c:3",
             },
+            Case {
+                url: "rediss-cluster://u:pw@a:7000,b:7001",
+                scheme: Scheme::RedisCluster,
+                hosts: &[("a", Some(7000)), ("b", Some(7001))],
+                path: "",
+                user: Some("u"),
+                shown: "rediss-cluster://u:***@a:7000,b:7001",
+            },
+            Case {
+                url: "redis+cluster://a:7000",
+                scheme: Scheme::RedisCluster,
+                hosts: &[("a", Some(7000))],
+                path: "",
+                user: None,
+                shown: "redis+cluster://a:7000",
+            },
         ];
         for case in cases {
             let url = LockUrl::parse(case.url).unwrap_or_else(|e| panic!("{}: {e}", case.url));
@@ -622,6 +660,9 @@ mod tests {
         assert_eq!(url.tls_files().unwrap().ca.as_deref(), Some(&b"PEM"[..]));
         for (text, expected) in [
             (format!("redis://h?ca={}", ca.display()), "are for TLS: use rediss://"),
+            (format!("redis-cluster://h?ca={}", ca.display()), "are for TLS: use rediss-cluster://"),
+            (format!("redis+cluster://h?ca={}", ca.display()), "are for TLS: use rediss+cluster://"),
+            (format!("redlock://h?ca={}", ca.display()), "are for TLS: use redlocks://"),
             ("etcds://h?ca=/nonexistent".to_owned(), "cannot read the `ca` file /nonexistent"),
             (format!("etcds://h?cert={}", ca.display()), "give both `cert` and `key`"),
         ] {

@@ -1,26 +1,71 @@
-//! One Redis server: a reconnecting connection, bounded calls, and errors mapped to lockkit's.
+//! One place the scripts run: a single Redis server (a reconnecting connection) or a whole
+//! Redis Cluster (a connection that follows the slots, MOVED and ASK). Calls are bounded, and
+//! errors mapped to lockkit's.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use lockkit_core::Error;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ErrorKind, FromRedisValue, RedisError, RedisResult, ScriptInvocation};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::Slot;
+use redis::{Cmd, ErrorKind, FromRedisValue, Pipeline, RedisError, RedisFuture, RedisResult, ScriptInvocation, Value};
 
-use crate::{BACKEND, version};
+use crate::version;
+
+/// The connection the scripts go through.
+#[derive(Clone)]
+pub enum Link {
+    /// One server, reconnected in the background.
+    Server(ConnectionManager),
+    /// A cluster: each command goes to the master of its first key's slot.
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Link {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Link::Server(connection) => connection.req_packed_command(cmd),
+            Link::Cluster(connection) => connection.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Link::Server(connection) => connection.req_packed_commands(pipeline, offset, count),
+            Link::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Link::Server(connection) => connection.get_db(),
+            Link::Cluster(connection) => connection.get_db(),
+        }
+    }
+}
 
 #[derive(Clone)]
 pub struct Instance {
-    /// `host:port`, for messages (never with credentials).
+    /// `host:port` (the seed nodes, for a cluster), for messages (never with credentials).
     pub address: String,
-    pub client: redis::Client,
-    connection: ConnectionManager,
+    /// `redis`, `redlock` or `redis-cluster`, for messages.
+    pub backend: &'static str,
+    link: Link,
     /// Bound on each call (Redlock keeps it small, so one dead instance does not stall a grant).
     timeout: Duration,
 }
 
 impl Instance {
-    /// A lazily connecting instance; nothing is sent yet.
-    pub fn new(
+    /// A lazily connecting single server; nothing is sent yet.
+    pub fn server(
+        backend: &'static str,
         address: String,
         client: redis::Client,
         connect_timeout: Duration,
@@ -32,89 +77,153 @@ impl Instance {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(200));
         let connection =
-            ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(|e| error(&address, e))?;
-        Ok(Instance { address, client, connection, timeout })
+            ConnectionManager::new_lazy_with_config(client, config).map_err(|e| error(backend, &address, e))?;
+        Ok(Instance { address, backend, link: Link::Server(connection), timeout })
+    }
+
+    /// A whole cluster through one (connected) cluster connection.
+    pub fn cluster(backend: &'static str, address: String, connection: ClusterConnection, timeout: Duration) -> Self {
+        Instance { address, backend, link: Link::Cluster(connection), timeout }
     }
 
     /// Runs a script (EVALSHA, loading it on NOSCRIPT), bounded by the call timeout.
     pub async fn run<T: FromRedisValue>(&self, invocation: ScriptInvocation<'_>) -> Result<T, Error> {
-        let mut connection = self.connection.clone();
-        match tokio::time::timeout(self.timeout, invocation.invoke_async(&mut connection)).await {
-            Ok(result) => result.map_err(|e| error(&self.address, e)),
-            Err(_) => Err(timed_out(&self.address, self.timeout)),
-        }
+        let mut link = self.link.clone();
+        let call = self.bounded(async move { invocation.invoke_async(&mut link).await });
+        call.await.map_err(|e| error(self.backend, &self.address, e))
     }
 
-    /// Runs a pipeline of invocations of one script in one round trip. `Err` when the
-    /// pipeline got no answer; otherwise each invocation's own answer, an error reply (say
-    /// WRONGTYPE, for a key another client replaced) failing only its own.
+    /// Runs invocations of one script, the i-th on `keys[i]` (its first key), in one
+    /// pipelined round trip. `Err` when nothing was answered; otherwise each invocation's own
+    /// answer, an error reply (say WRONGTYPE, for a key another client replaced) failing only
+    /// its own. A cluster pipeline goes to one node, so there it is one pipeline per slot, all
+    /// at once, and a slot without an answer fails only its own invocations.
     pub async fn run_many(
         &self,
         script: &redis::Script,
         invocations: &[ScriptInvocation<'_>],
+        keys: &[&str],
     ) -> Result<Vec<RedisResult<i64>>, Error> {
+        if let Link::Server(_) = self.link {
+            let all = self.pipeline(script, invocations.iter()).await;
+            return all.map_err(|e| error(self.backend, &self.address, e));
+        }
+        let mut slots: HashMap<Slot, Vec<usize>> = HashMap::new();
+        for (i, key) in keys.iter().enumerate() {
+            slots.entry(Slot::for_key(key)).or_default().push(i);
+        }
+        let groups: Vec<Vec<usize>> = slots.into_values().collect();
+        let replies = join_all(groups.iter().map(|group| async move {
+            match group.as_slice() {
+                // EVALSHA, with a SCRIPT LOAD only on NOSCRIPT.
+                [one] => {
+                    let mut link = self.link.clone();
+                    Ok(vec![self.bounded(invocations[*one].invoke_async(&mut link)).await])
+                }
+                _ => self.pipeline(script, group.iter().map(|i| &invocations[*i])).await,
+            }
+        }))
+        .await;
+        let mut results: Vec<RedisResult<i64>> = (0..invocations.len()).map(|_| Ok(0)).collect();
+        for (group, reply) in groups.iter().zip(replies) {
+            match reply {
+                Ok(values) => group.iter().zip(values).for_each(|(i, value)| results[*i] = value),
+                Err(e) => group.iter().for_each(|i| results[*i] = Err(e.clone())),
+            }
+        }
+        Ok(results)
+    }
+
+    /// A pipeline that loads the script, then runs the invocations, each answer its own.
+    async fn pipeline<'a>(
+        &self,
+        script: &redis::Script,
+        invocations: impl Iterator<Item = &'a ScriptInvocation<'a>>,
+    ) -> RedisResult<Vec<RedisResult<i64>>> {
         let mut pipe = redis::pipe();
         pipe.ignore_errors().load_script(script).ignore();
         for invocation in invocations {
             pipe.invoke_script(invocation);
         }
-        let mut connection = self.connection.clone();
-        match tokio::time::timeout(self.timeout, pipe.query_async(&mut connection)).await {
-            Ok(result) => result.map_err(|e| error(&self.address, e)),
-            Err(_) => Err(timed_out(&self.address, self.timeout)),
-        }
+        let mut link = self.link.clone();
+        self.bounded(async move { pipe.query_async(&mut link).await }).await
     }
 
     /// Checks that the server answers, accepts the credentials and is recent enough for the
-    /// scripts ([`version::MINIMUM`]). A user not allowed `INFO` skips the version check.
+    /// scripts ([`version::MINIMUM`]; on a cluster, every master, and 7.0 for sharded pub/sub).
+    /// A user not allowed `INFO` skips the version check.
     pub async fn check(&self) -> Result<(), Error> {
-        let mut connection = self.connection.clone();
+        let mut link = self.link.clone();
+        let cluster = matches!(link, Link::Cluster(_));
         let info = async {
-            redis::cmd("PING").query_async::<()>(&mut connection).await?;
-            match redis::cmd("INFO").arg("server").query_async::<String>(&mut connection).await {
+            redis::cmd("PING").query_async::<()>(&mut link).await?;
+            // A cluster answers INFO from every master: address → text.
+            let info = match cluster {
+                true => redis::cmd("INFO").arg("server").query_async::<HashMap<String, String>>(&mut link).await,
+                false => redis::cmd("INFO")
+                    .arg("server")
+                    .query_async::<String>(&mut link)
+                    .await
+                    .map(|info| HashMap::from([(self.address.clone(), info)])),
+            };
+            match info {
                 Err(e) if e.code().is_some() => {
                     tracing::debug!(address = %self.address, error = %e, "INFO refused; the server version is not checked");
-                    Ok(None)
+                    Ok(HashMap::new())
                 }
-                other => other.map(Some),
+                other => other,
             }
         };
-        match tokio::time::timeout(self.timeout, info).await {
-            Ok(Ok(Some(info))) => version::check(&info, &self.address),
-            Ok(Ok(None)) => Ok(()),
-            Ok(Err(e)) => Err(error(&self.address, e)),
-            Err(_) => Err(timed_out(&self.address, self.timeout)),
+        let infos = self.bounded(info).await.map_err(|e| error(self.backend, &self.address, e))?;
+        for (address, info) in &infos {
+            version::check(info, address)?;
+            if cluster {
+                crate::cluster::check_version(info, address)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `call`, failing with a timeout error after the call timeout.
+    async fn bounded<T>(&self, call: impl Future<Output = RedisResult<T>>) -> RedisResult<T> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {:?} (the `timeout` option)", self.timeout),
+            ))),
         }
     }
 }
 
-fn timed_out(address: &str, timeout: Duration) -> Error {
-    Error::connection(
-        BACKEND,
-        address,
-        format!("no answer within {timeout:?}; is the server up and the `timeout` option long enough?"),
-        None,
-    )
-}
-
 /// Maps a client error: authentication, connection trouble, or what the server answered.
-pub fn error(address: &str, e: RedisError) -> Error {
+pub fn error(backend: &'static str, address: &str, e: RedisError) -> Error {
     let auth =
         e.kind() == ErrorKind::AuthenticationFailed || matches!(e.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"));
     if auth {
-        return Error::Authentication { backend: BACKEND, endpoint: address.to_owned(), message: e.to_string() };
+        return Error::Authentication { backend, endpoint: address.to_owned(), message: e.to_string() };
     }
     if e.code() == Some("BADFENCE") {
         let detail = e.detail().unwrap_or("its fencing counter holds garbage");
-        return Error::backend(BACKEND, format!("redis at {address} refused the grant: {detail}"));
+        return Error::backend(backend, format!("redis at {address} refused the grant: {detail}"));
     }
     if e.is_io_error() || e.is_connection_refusal() || e.is_timeout() || e.is_connection_dropped() {
-        return Error::connection(BACKEND, address, format!("{e}; is the server up?"), Some(Box::new(e)));
+        return Error::connection(backend, address, format!("{e}; is the server up?"), Some(Box::new(e)));
     }
+    let cluster = backend == crate::CLUSTER;
+    let hint = match e.code() {
+        Some("MOVED" | "ASK" | "CLUSTERDOWN") if !cluster => {
+            "; the server is a Redis Cluster node: connect with redis-cluster://host:port,…"
+        }
+        _ => "",
+    };
+    // A cluster in the middle of a failover or a slot move answers these for a while.
+    let temporary = matches!(e.code(), Some("TRYAGAIN" | "LOADING" | "MASTERDOWN"))
+        || cluster && matches!(e.code(), Some("MOVED" | "ASK" | "CLUSTERDOWN"));
     Error::Backend {
-        backend: BACKEND,
-        message: format!("redis at {address} answered: {e}"),
-        temporary: false,
+        backend,
+        message: format!("redis at {address} answered: {e}{hint}"),
+        temporary,
         source: Some(Box::new(e)),
     }
 }

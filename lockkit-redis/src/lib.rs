@@ -1,15 +1,18 @@
-//! Redis driver for [lockkit](https://docs.rs/lockkit): `redis://` on one server and
-//! `redlock://` on a majority of N independent servers. Applications use it through
+//! Redis driver for [lockkit](https://docs.rs/lockkit): `redis://` on one server,
+//! `redis-cluster://` on a Redis Cluster and `redlock://` on a majority of N independent
+//! servers — one code path: a script runs on an *instance*, which is one server's reconnecting
+//! connection or the cluster's slot-following connection. Applications use it through
 //! `lockkit::connect` with the facade's `redis` feature.
 //!
-//! - **URLs**: `redis://[user:password@]host[:6379][/db][?namespace=…&ttl=…&timeout=…]` and
+//! - **URLs**: `redis://[user:password@]host[:6379][/db][?namespace=…&ttl=…&timeout=…]`,
+//!   `redis-cluster://seed1:port,seed2:port[,…][?…]` (any nodes of the cluster; database 0) and
 //!   `redlock://host1:port,host2:port,host3:port[/db][?…]` (an odd number, at least 3).
 //!   The path is the database number, as in every Redis URL; the namespace is an option.
-//!   `?fair=true` (redis:// only) grants in arrival order: waiters queue inside the scripts
+//!   `?fair=true` (not on redlock://) grants in arrival order: waiters queue inside the scripts
 //!   (`{K}:queue`, entries expire one TTL after their waiter last asked), a release wakes only the
 //!   first in line, and a plain acquire does not barge ahead of the line. Handles without
 //!   `fair=true` on the same lock ignore the line (and may get ahead of it).
-//!   `rediss://` and `redlocks://` use TLS: the server is checked against the public roots,
+//!   `rediss://`, `rediss-cluster://` and `redlocks://` use TLS: the server is checked against the public roots,
 //!   or against `?ca=/path/ca.pem`; `&cert=…&key=…` give a client certificate (mutual TLS).
 //! - **Keys**: the lock `K` is the namespaced name as written (`[ns/]NAME`): only `%`, `/`,
 //!   `{`, `}` and control characters are percent-encoded (`a{b}` is the key `a%7Bb%7D`), so a
@@ -31,9 +34,21 @@
 //! - **Waiting**: a waiter registers in `{K}:wakeup` (ranked by arrival) and a release pops
 //!   the first and PUBLISHes its owner value on `{K}:released`, so one release wakes one
 //!   waiter however many wait. Each handle keeps one pub/sub connection per server, shared by
-//!   all its waiters, and wakes only the waiter a message names. A waiter
+//!   all its waiters, and wakes only the waiter a message names; a subscribe is bounded by the
+//!   per-server call timeout and holds up no other waiter, so a stopped Redlock server costs a
+//!   new waiter at most that timeout. A waiter
 //!   also wakes when the holder's TTL runs out (it knows the PTTL), and after a bounded,
 //!   jittered fallback (TTL / 4, 50 ms – 1 s) in case a message was missed.
+//! - **Redis Cluster**: the `redis` crate's cluster client reads the slots from the seeds,
+//!   sends each script to the master of its lock's slot (every key of a lock is in that slot),
+//!   follows MOVED and ASK, and refreshes the slots after a failover; a handle's refresh is one
+//!   pipeline per slot. Releases wake with `SPUBLISH` and waiters listen with `SSUBSCRIBE`
+//!   (sharded pub/sub, RESP3 pushes on the same connections), so a release reaches only the
+//!   lock's shard, where a `PUBLISH` would be broadcast to every node. Needs Redis 7.0 on
+//!   every master (checked at connect). A failover promotes a replica that may lack the last
+//!   grant (replication is asynchronous): the lock can be granted again while the old holder
+//!   has not yet heard of its loss, so two holders may overlap for up to a TTL; the new token
+//!   is still above the old one (see **Data loss**), which is what a fenced resource checks.
 //! - **Redlock**: an attempt goes to every server at once and succeeds on a majority within the
 //!   validity time (TTL − elapsed − margin); otherwise the partial grants are deleted. The token
 //!   is the maximum of the majority's counters, written back to every server before the guard
@@ -54,6 +69,7 @@
 //!   is idempotent for its owner).
 #![deny(missing_docs, missing_debug_implementations)]
 
+mod cluster;
 mod fence;
 mod instance;
 mod locks;
@@ -72,24 +88,31 @@ use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
 use crate::instance::Instance;
 use crate::locks::RedisLocks;
 use crate::quorum::Quorum;
-use crate::wakeups::Wakeups;
+use crate::wakeups::{Feed, Wakeups};
 
 /// The backend name of single-server errors.
 const BACKEND: &str = "redis";
+/// The backend name of Redis Cluster errors.
+const CLUSTER: &str = "redis-cluster";
 
-/// Connects to `redis://` or `redlock://`; checks that enough servers answer and accept the
-/// credentials.
+/// Connects to `redis://`, `redis-cluster://` or `redlock://`; checks that enough servers
+/// answer and accept the credentials.
 pub async fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
     url.check_options(&[lockkit_core::TLS_OPTIONS, &["fair"]].concat())?;
-    let redlock = url.scheme() == Scheme::Redlock;
+    let scheme = url.scheme();
+    let redlock = scheme == Scheme::Redlock;
     let hosts = url.hosts();
     if hosts.is_empty() {
-        return Err(url.invalid("name the server: redis://127.0.0.1:6379"));
+        return Err(url.invalid(match scheme {
+            Scheme::RedisCluster => "name the seed nodes: redis-cluster://127.0.0.1:7000,127.0.0.1:7001",
+            _ => "name the server: redis://127.0.0.1:6379",
+        }));
     }
-    if !redlock && hosts.len() > 1 {
-        return Err(
-            url.invalid("redis:// takes one server; for a majority of independent servers use redlock://h1,h2,h3")
-        );
+    if scheme == Scheme::Redis && hosts.len() > 1 {
+        return Err(url.invalid(
+            "redis:// takes one server; for a Redis Cluster use redis-cluster://h1,h2,…, \
+             for a majority of independent servers redlock://h1,h2,h3",
+        ));
     }
     if redlock && (hosts.len() < 3 || hosts.len().is_multiple_of(2)) {
         return Err(url.invalid("redlock:// needs an odd number of independent servers, at least 3"));
@@ -98,7 +121,10 @@ pub async fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
     let fair = match url.option("fair") {
         None | Some("false") => false,
         Some("true") if !redlock => true,
-        Some("true") => return Err(url.invalid("`fair=true` is for redis://; Redlock grants by majority, not in line")),
+        Some("true") => {
+            return Err(url
+                .invalid("`fair=true` is for redis:// and redis-cluster://; Redlock grants by majority, not in line"));
+        }
         Some(other) => return Err(url.invalid(format!("`fair` is true or false, not `{other}`"))),
     };
     let db = match url.path().trim_start_matches('/') {
@@ -109,6 +135,9 @@ pub async fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
             ))
         })?,
     };
+    if scheme == Scheme::RedisCluster && db != 0 {
+        return Err(url.invalid("a Redis Cluster has only database 0; set a namespace with ?namespace="));
+    }
     let mut settings = Settings::from_url(url)?;
     settings.namespace = Namespace::new(url.option("namespace").unwrap_or(""));
     // Redlock bounds each server's answer well below the TTL, so one dead server cannot eat
@@ -125,30 +154,25 @@ pub async fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
     if let Some(password) = url.password() {
         redis_settings = redis_settings.set_password(password.expose());
     }
-    let mut instances = Vec::new();
-    for host in hosts {
-        let address = host.address(6379);
-        let (name, port) = (host.host.clone(), host.port.unwrap_or(6379));
-        let addr = match url.tls() {
-            true => ConnectionAddr::TcpTls { host: name, port, insecure: false, tls_params: None },
-            false => ConnectionAddr::Tcp(name, port),
-        };
-        let info = addr
-            .into_connection_info()
-            .map_err(|e| instance::error(&address, e))?
-            .set_redis_settings(redis_settings.clone());
-        let client = match &certificates {
-            Some(certificates) => redis::Client::build_with_tls(info, certificates.clone()),
-            None => redis::Client::open(info),
+    let backend = match scheme {
+        Scheme::Redlock => "redlock",
+        Scheme::RedisCluster => CLUSTER,
+        _ => BACKEND,
+    };
+    let (instances, feeds) = match scheme {
+        Scheme::RedisCluster => {
+            let (instance, feed) =
+                cluster::connect(url, &redis_settings, certificates, settings.timeout, call_timeout).await?;
+            (vec![instance], vec![feed])
         }
-        .map_err(|e| instance::error(&address, e))?;
-        instances.push(Instance::new(address, client, settings.timeout, call_timeout)?);
-    }
-    let wakeups = Wakeups::start(instances.iter().map(|i| i.client.clone()).collect(), settings.timeout);
+        _ => servers(url, backend, &redis_settings, certificates, settings.timeout, call_timeout)?,
+    };
+    let wakeups = Wakeups::start(feeds, settings.timeout, call_timeout);
     let quorum = Quorum {
         needed: instances.len() / 2 + 1,
-        backend: if redlock { "redlock" } else { BACKEND },
+        backend,
         fair,
+        sharded: scheme == Scheme::RedisCluster,
         wakeups,
         instances,
     };
@@ -180,6 +204,40 @@ pub async fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
         quorum: Arc::new(quorum),
         holdings: Default::default(),
     }))
+}
+
+/// The independent servers of `redis://` (one) or `redlock://` (several): lazily connecting
+/// instances, and the feeds of their pub/sub messages.
+fn servers(
+    url: &LockUrl,
+    backend: &'static str,
+    redis_settings: &RedisConnectionInfo,
+    certificates: Option<redis::TlsCertificates>,
+    connect_timeout: Duration,
+    call_timeout: Duration,
+) -> Result<(Vec<Instance>, Vec<Feed>)> {
+    let mut instances = Vec::new();
+    let mut feeds = Vec::new();
+    for host in url.hosts() {
+        let address = host.address(6379);
+        let (name, port) = (host.host.clone(), host.port.unwrap_or(6379));
+        let addr = match url.tls() {
+            true => ConnectionAddr::TcpTls { host: name, port, insecure: false, tls_params: None },
+            false => ConnectionAddr::Tcp(name, port),
+        };
+        let info = addr
+            .into_connection_info()
+            .map_err(|e| instance::error(backend, &address, e))?
+            .set_redis_settings(redis_settings.clone());
+        let client = match &certificates {
+            Some(certificates) => redis::Client::build_with_tls(info, certificates.clone()),
+            None => redis::Client::open(info),
+        }
+        .map_err(|e| instance::error(backend, &address, e))?;
+        feeds.push(Feed::Server(Box::new(client.clone())));
+        instances.push(Instance::server(backend, address, client, connect_timeout, call_timeout)?);
+    }
+    Ok((instances, feeds))
 }
 
 /// The CA and client certificate of the `ca`, `cert` and `key` options; `None` when there are

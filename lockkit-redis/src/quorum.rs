@@ -20,6 +20,8 @@ pub struct Quorum {
     pub backend: &'static str,
     /// `fair=true`: waiters queue inside the scripts and are granted in arrival order.
     pub fair: bool,
+    /// Wake-ups go by sharded pub/sub (`SPUBLISH`): on a cluster.
+    pub sharded: bool,
 }
 
 /// The outcome of one acquire attempt.
@@ -105,7 +107,8 @@ impl Quorum {
     /// Deletes this owner's grant on every instance; `Ok(n)`: n instances had it. `withdraw`:
     /// the acquire was given up, so also take the owner out of the waiters.
     pub async fn release(&self, keys: &LockKeys, owner: &str, withdraw: bool) -> Result<usize, Error> {
-        let script = |instance| Instance::run::<i64>(instance, scripts::release(keys, owner, self.fair, withdraw));
+        let script =
+            |instance| Instance::run::<i64>(instance, scripts::release(keys, owner, self.fair, withdraw, self.sharded));
         let replies = on_all(&self.instances, script).await;
         let released = replies.iter().filter(|r| matches!(r, Ok(1))).count();
         self.enough_answered(replies.into_iter().filter_map(Result::err).collect())?;
@@ -117,7 +120,9 @@ impl Quorum {
     /// `None` undecided (too few answers).
     pub async fn refresh(&self, grants: &[(LockKeys, String)], ttl: Duration) -> (Vec<Option<bool>>, Option<Error>) {
         let invocations: Vec<_> = grants.iter().map(|(keys, owner)| scripts::refresh(keys, owner, ttl)).collect();
-        let replies = on_all(&self.instances, |instance| instance.run_many(&scripts::REFRESH, &invocations)).await;
+        let locks: Vec<&str> = grants.iter().map(|(keys, _)| keys.lock.as_str()).collect();
+        let replies =
+            on_all(&self.instances, |instance| instance.run_many(&scripts::REFRESH, &invocations, &locks)).await;
         let allowed_missing = self.instances.len() - self.needed;
         let mut first_error = None;
         // Each grant on each instance: held, gone, or undecided (no answer, an error reply).
@@ -131,7 +136,9 @@ impl Quorum {
                             // The key holds another type: someone replaced it, so it is gone.
                             Some(Err(e)) if is_wrong_type(e) => Some(false),
                             Some(Err(e)) => {
-                                first_error.get_or_insert_with(|| instance::error(&instance.address, e.clone()));
+                                first_error.get_or_insert_with(|| {
+                                    instance::error(instance.backend, &instance.address, e.clone())
+                                });
                                 None
                             }
                             None => None,
@@ -162,7 +169,7 @@ impl Quorum {
 
     /// Deletes whatever grant there is, on every instance; `true` if any had one.
     pub async fn evict(&self, keys: &LockKeys) -> Result<bool, Error> {
-        let replies = on_all(&self.instances, |instance| instance.run::<i64>(scripts::evict(keys))).await;
+        let replies = on_all(&self.instances, |instance| instance.run::<i64>(scripts::evict(keys, self.sharded))).await;
         let evicted = replies.iter().any(|r| matches!(r, Ok(1)));
         self.enough_answered(replies.into_iter().filter_map(Result::err).collect())?;
         Ok(evicted)

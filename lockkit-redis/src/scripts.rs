@@ -132,9 +132,9 @@ return {0, '0', redis.call('PTTL', KEYS[1])}
     ))
 });
 
-/// KEYS: lock, fence, queue, waiters. ARGV: owner, channel. Fair release: gives up this
-/// owner's grant and its place in line; when the lock is free, wakes the first in line.
-/// 1 if it held the lock.
+/// KEYS: lock, fence, queue, waiters. ARGV: owner, channel, publish command. Fair release:
+/// gives up this owner's grant and its place in line; when the lock is free, wakes the first
+/// in line. 1 if it held the lock.
 static RELEASE_FAIR: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{PURGE}{}",
@@ -148,7 +148,7 @@ redis.call('LREM', KEYS[3], 0, ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
 local head = redis.call('LINDEX', KEYS[3], 0)
 if head and redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('PUBLISH', ARGV[2], head)
+  redis.call(ARGV[3], ARGV[2], head)
 end
 return released
 "
@@ -187,7 +187,7 @@ return {0, '0', redis.call('PTTL', KEYS[1])}
     ))
 });
 
-/// KEYS: lock, wakeup. ARGV: owner, channel, withdraw (0/1). Deletes only this owner's grant
+/// KEYS: lock, wakeup. ARGV: owner, channel, withdraw (0/1), publish command. Deletes only this owner's grant
 /// and wakes the waiter that arrived first; with `withdraw` (an acquire given up) also takes
 /// the owner out of the waiters. 1 if it held the lock.
 static RELEASE: LazyLock<Script> = LazyLock::new(|| {
@@ -202,7 +202,7 @@ end
 redis.call('DEL', KEYS[1])
 local wake = redis.call('ZPOPMIN', KEYS[2])[1]
 if wake then
-  redis.call('PUBLISH', ARGV[2], wake)
+  redis.call(ARGV[4], ARGV[2], wake)
 end
 return 1
 ",
@@ -236,7 +236,7 @@ return 0
     )
 });
 
-/// KEYS: lock, fence, queue, waiters, wakeup. ARGV: channel. Deletes whatever grant there is
+/// KEYS: lock, fence, queue, waiters, wakeup. ARGV: channel, publish command. Deletes whatever grant there is
 /// and wakes one waiter (the first in line, else the plain waiter that arrived first); 1 if
 /// there was a grant.
 static EVICT: LazyLock<Script> = LazyLock::new(|| {
@@ -246,7 +246,7 @@ static EVICT: LazyLock<Script> = LazyLock::new(|| {
 local existed = redis.call('DEL', KEYS[1])
 local wake = redis.call('LINDEX', KEYS[3], 0) or redis.call('ZPOPMIN', KEYS[5])[1]
 if wake then
-  redis.call('PUBLISH', ARGV[1], wake)
+  redis.call(ARGV[2], ARGV[1], wake)
 end
 return existed
 "
@@ -297,13 +297,19 @@ pub fn raise_fence(keys: &LockKeys, token: u64) -> ScriptInvocation<'static> {
     invoke(&RAISE_FENCE, &[&keys.fence], &[&token.to_string()])
 }
 
+/// The command a release wakes a waiter with: `PUBLISH`, or `SPUBLISH` when `sharded` (on a
+/// cluster: only the node serving the channel's slot, and its subscribers, see the message).
+fn publish(sharded: bool) -> &'static str {
+    if sharded { "SPUBLISH" } else { "PUBLISH" }
+}
+
 /// `withdraw`: the acquire was given up, so also leave the waiters (the fair script always does).
-pub fn release(keys: &LockKeys, owner: &str, fair: bool, withdraw: bool) -> ScriptInvocation<'static> {
+/// `sharded`: wake with sharded pub/sub.
+pub fn release(keys: &LockKeys, owner: &str, fair: bool, withdraw: bool, sharded: bool) -> ScriptInvocation<'static> {
+    let withdraw = if withdraw { "1" } else { "0" };
     match fair {
-        false => {
-            invoke(&RELEASE, &[&keys.lock, &keys.wakeup], &[owner, &keys.channel, if withdraw { "1" } else { "0" }])
-        }
-        true => invoke(&RELEASE_FAIR, &keys.fair(), &[owner, &keys.channel]),
+        false => invoke(&RELEASE, &[&keys.lock, &keys.wakeup], &[owner, &keys.channel, withdraw, publish(sharded)]),
+        true => invoke(&RELEASE_FAIR, &keys.fair(), &[owner, &keys.channel, publish(sharded)]),
     }
 }
 
@@ -311,8 +317,9 @@ pub fn refresh(keys: &LockKeys, owner: &str, ttl: Duration) -> ScriptInvocation<
     invoke(&REFRESH, &[&keys.lock], &[owner, &ttl.as_millis().to_string()])
 }
 
-pub fn evict(keys: &LockKeys) -> ScriptInvocation<'static> {
-    invoke(&EVICT, &[&keys.lock, &keys.fence, &keys.queue, &keys.waiters, &keys.wakeup], &[&keys.channel])
+pub fn evict(keys: &LockKeys, sharded: bool) -> ScriptInvocation<'static> {
+    let keys_ = [&keys.lock, &keys.fence, &keys.queue, &keys.waiters, &keys.wakeup].map(String::as_str);
+    invoke(&EVICT, &keys_, &[&keys.channel, publish(sharded)])
 }
 
 pub fn status(keys: &LockKeys) -> ScriptInvocation<'static> {

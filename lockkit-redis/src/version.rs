@@ -30,7 +30,7 @@ pub fn check(info: &str, address: &str) -> Result<(), Error> {
 }
 
 /// The `redis_version` field, as written and as numbers.
-fn version(info: &str) -> Option<(&str, (u32, u32, u32))> {
+pub(crate) fn version(info: &str) -> Option<(&str, (u32, u32, u32))> {
     let field = info.lines().find_map(|line| line.trim_end().strip_prefix("redis_version:"))?;
     let mut parts = field.split('.').map(|p| p.parse::<u32>().ok());
     let major = parts.next()??;

@@ -20,6 +20,10 @@ conformance!(redis, crate::support::Target::redis);
 conformance!(redis_fair, crate::support::Target::redis_fair);
 #[cfg(feature = "redis")]
 conformance!(redlock, crate::support::Target::redlock);
+#[cfg(feature = "redis")]
+conformance!(redis_cluster, crate::support::Target::redis_cluster);
+#[cfg(feature = "redis")]
+conformance!(redis_cluster_fair, crate::support::Target::redis_cluster_fair);
 
 mod child {
     /// Not a test: the helper process `support::holder_process` starts.

@@ -306,3 +306,219 @@ pub fn shared_redlock_url() -> String {
         })
         .clone()
 }
+
+/// A Redis Cluster on loopback: 3 masters and 3 replicas (one each), no persistence.
+pub struct RedisCluster {
+    /// The nodes; `None` once stopped.
+    pub nodes: Vec<Option<Server>>,
+    /// What `redis-cli` needs to reach a node (TLS options), before the command.
+    cli: Vec<String>,
+    tls: bool,
+}
+
+/// Bound on a cluster's start (servers up, slots assigned, `cluster_state:ok` everywhere).
+const CLUSTER_START: Duration = Duration::from_secs(30);
+
+impl RedisCluster {
+    /// Starts six nodes and joins them with `redis-cli --cluster create`; ready when every node
+    /// reports `cluster_state:ok` and every replica is in sync with its master. The node
+    /// timeout is 5 s, so that a loaded machine does not make the cluster fail over.
+    pub fn start() -> RedisCluster {
+        RedisCluster::start_with(&["--cluster-node-timeout", "5000"], Vec::new())
+    }
+
+    /// A cluster whose node timeout is 1 s: a master that stops is replaced in about 2 s.
+    pub fn start_quick_failover() -> RedisCluster {
+        RedisCluster::start_with(&["--cluster-node-timeout", "1000"], Vec::new())
+    }
+
+    /// A cluster that speaks TLS only — to clients, on its bus and for replication — with the
+    /// certificates [`make_certificates`] wrote to `certs`; clients need not present one.
+    pub fn start_tls(certs: &std::path::Path) -> RedisCluster {
+        let file = |name: &str| certs.join(name).display().to_string();
+        let (cert, key, ca) = (file("server.crt"), file("server.key"), file("ca.crt"));
+        let tls = [
+            "--port",
+            "0",
+            "--tls-port",
+            "{port}",
+            "--tls-cluster",
+            "yes",
+            "--tls-replication",
+            "yes",
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            "no",
+        ];
+        RedisCluster::start_with(&tls, vec!["--tls".into(), "--cacert".into(), ca.clone()])
+    }
+
+    /// Starts the nodes with `extra` arguments; `cli`: what `redis-cli` needs to reach them.
+    fn start_with(extra: &[&str], cli: Vec<String>) -> RedisCluster {
+        let mut args = vec![
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "{port}",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            "{dir}",
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "{dir}/nodes.conf",
+            "--cluster-node-timeout",
+            "5000",
+            // A replica takes over however long ago it last heard from its master.
+            "--cluster-replica-validity-factor",
+            "0",
+            // Replicas sync at once, not after the default 5 s wait for more replicas.
+            "--repl-diskless-sync-delay",
+            "0",
+        ];
+        args.extend_from_slice(extra);
+        let nodes: Vec<Server> = (0..6).map(|_| Server::spawn(free_port(), 0, "redis-server", &args)).collect();
+        let cluster = RedisCluster { nodes: nodes.into_iter().map(Some).collect(), tls: !cli.is_empty(), cli };
+        for node in cluster.nodes.iter().flatten() {
+            node.wait_until("redis-server (cluster)", |port| cluster.cli(port, &["PING"]).as_deref() == Some("PONG\n"));
+        }
+        let addresses: Vec<String> = cluster.ports().map(|port| format!("127.0.0.1:{port}")).collect();
+        let create = Command::new("redis-cli")
+            .args(&cluster.cli)
+            .arg("--cluster")
+            .arg("create")
+            .args(&addresses)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli runs; is redis-tools installed (scripts/install-deps)?");
+        assert!(
+            create.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&create.stdout),
+            String::from_utf8_lossy(&create.stderr)
+        );
+        cluster.wait_until_ok(CLUSTER_START);
+        cluster
+    }
+
+    /// `redis-cli` on the node on `port`, with the cluster's TLS options.
+    pub fn cli(&self, port: u16, args: &[&str]) -> Option<String> {
+        let cli: Vec<&str> = self.cli.iter().map(String::as_str).chain(args.iter().copied()).collect();
+        redis_cli(port, &cli)
+    }
+
+    /// Waits until every running node reports `cluster_state:ok`, every master owns slots,
+    /// and every replica's link to its master is up; panics with what is missing after `bound`.
+    pub fn wait_until_ok(&self, bound: Duration) {
+        let started = Instant::now();
+        loop {
+            let missing: Vec<String> = self
+                .ports()
+                .filter_map(|port| {
+                    let info = self.cli(port, &["CLUSTER", "INFO"]).unwrap_or_default();
+                    if !info.contains("cluster_state:ok") {
+                        return Some(format!("{port}: not cluster_state:ok"));
+                    }
+                    let replication = self.cli(port, &["INFO", "replication"]).unwrap_or_default();
+                    let syncing = replication.contains("role:slave") && !replication.contains("master_link_status:up");
+                    syncing.then(|| format!("{port}: replica not in sync"))
+                })
+                .collect();
+            if missing.is_empty() {
+                return;
+            }
+            assert!(started.elapsed() < bound, "the Redis Cluster was not ready within {bound:?}: {missing:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The ports of the running nodes.
+    pub fn ports(&self) -> impl Iterator<Item = u16> + '_ {
+        self.nodes.iter().flatten().map(|n| n.port)
+    }
+
+    /// A `redis-cluster://` (`rediss-cluster://`) URL listing every running node as a seed.
+    pub fn url(&self) -> String {
+        let seeds: Vec<String> = self.ports().map(|p| format!("127.0.0.1:{p}")).collect();
+        format!("{}://{}", if self.tls { "rediss-cluster" } else { "redis-cluster" }, seeds.join(","))
+    }
+
+    /// The port of the master that serves `key`'s slot now, as the running nodes see it.
+    pub fn master_of(&self, key: &str) -> u16 {
+        RedisCluster::master_port(self.ports().next().expect("a running node"), key)
+    }
+
+    /// The port of the master that serves `key`'s slot now, as the node on port `any` (of a
+    /// cluster without TLS) sees it.
+    pub fn master_port(any: u16, key: &str) -> u16 {
+        RedisCluster::serving(any, key).unwrap_or_else(|nodes| panic!("no master serves {key:?}: {nodes}"))
+    }
+
+    /// The port of the healthy master that serves `key`'s slot, as the node on port `any` (of a
+    /// cluster without TLS) sees it; else what that node knows of the cluster (during a
+    /// failover, say).
+    pub fn serving(any: u16, key: &str) -> Result<u16, String> {
+        let slot: u16 = redis_cli(any, &["CLUSTER", "KEYSLOT", key])
+            .and_then(|s| s.trim().parse().ok())
+            .expect("CLUSTER KEYSLOT answers");
+        // Lines of `id address@bus flags master ping pong epoch link slot-range…`.
+        let nodes = redis_cli(any, &["CLUSTER", "NODES"]).expect("CLUSTER NODES answers");
+        let in_range = |range: &str| match range.split_once('-') {
+            Some((from, to)) => (from.parse().unwrap_or(u16::MAX)..=to.parse().unwrap_or(0)).contains(&slot),
+            None => range.parse() == Ok(slot),
+        };
+        nodes
+            .lines()
+            .map(|line| line.split(' ').collect::<Vec<_>>())
+            .filter(|fields| fields.len() > 8 && fields[2].contains("master") && !fields[2].contains("fail"))
+            .find(|fields| fields[8..].iter().any(|range| in_range(range)))
+            .and_then(|fields| fields[1].split('@').next()?.rsplit_once(':')?.1.parse().ok())
+            .ok_or_else(|| nodes.clone())
+    }
+
+    /// The port of a replica of the master on `master`.
+    pub fn replica_of(&self, master: u16) -> u16 {
+        let nodes = self.cli(master, &["CLUSTER", "NODES"]).expect("CLUSTER NODES answers");
+        let lines: Vec<Vec<&str>> = nodes.lines().map(|line| line.split(' ').collect()).collect();
+        let port =
+            |fields: &Vec<&str>| -> Option<u16> { fields[1].split('@').next()?.rsplit_once(':')?.1.parse().ok() };
+        let id = lines.iter().find(|f| f.len() > 3 && port(f) == Some(master)).map(|f| f[0]).expect("the master");
+        lines
+            .iter()
+            .find(|f| f.len() > 3 && f[2].contains("slave") && f[3] == id)
+            .and_then(port)
+            .unwrap_or_else(|| panic!("no replica of {master}: {nodes}"))
+    }
+
+    /// Stops the node on `port` at once (SIGKILL), like a crash.
+    pub fn kill(&mut self, port: u16) {
+        let node = self.nodes.iter_mut().find(|n| n.as_ref().is_some_and(|n| n.port == port));
+        node.and_then(Option::take).expect("a running node on that port").kill();
+    }
+}
+
+/// `redis-cli -p port args…`: its output, if it ran and succeeded.
+pub fn redis_cli(port: u16, args: &[&str]) -> Option<String> {
+    let output = Command::new("redis-cli").args(["-p", &port.to_string()]).args(args).output().ok()?;
+    output.status.success().then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The Redis Cluster the whole test binary shares, as a `redis-cluster://` URL:
+/// `LOCKKIT_TEST_REDIS_CLUSTER_URL`, or one started here.
+pub fn shared_redis_cluster_url() -> String {
+    static CLUSTER: OnceLock<String> = OnceLock::new();
+    CLUSTER
+        .get_or_init(|| match std::env::var("LOCKKIT_TEST_REDIS_CLUSTER_URL") {
+            Ok(url) => url,
+            Err(_) => Box::leak(Box::new(RedisCluster::start())).url(),
+        })
+        .clone()
+}

@@ -57,6 +57,17 @@ impl Target {
         Target { base: format!("{}?fair=true", servers::shared_redis_url()), namespace: unique("t"), _dir: None }
     }
 
+    /// A Redis Cluster of 3 masters and 3 replicas.
+    pub fn redis_cluster() -> Target {
+        Target { base: servers::shared_redis_cluster_url(), namespace: unique("t"), _dir: None }
+    }
+
+    /// The Redis Cluster with `fair=true`.
+    pub fn redis_cluster_fair() -> Target {
+        let base = format!("{}?fair=true", servers::shared_redis_cluster_url());
+        Target { base, namespace: unique("t"), _dir: None }
+    }
+
     pub fn redlock() -> Target {
         Target { base: servers::shared_redlock_url(), namespace: unique("t"), _dir: None }
     }
@@ -108,6 +119,11 @@ impl Target {
             "zk" | "zookeeper" => 2181,
             "consul" | "consuls" => 8500,
             "redis" | "rediss" | "redlock" | "redlocks" => 6379,
+            // Not through a proxy: the cluster client learns every node's real address from
+            // CLUSTER SLOTS and MOVED replies and connects there, past any proxy in front of
+            // the seeds. The fault properties skip the cluster (the system test still pauses
+            // its contender processes).
+            "redis-cluster" | "rediss-cluster" => return None,
             _ => return None,
         };
         let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));

@@ -47,8 +47,8 @@ Examples:
 /// Run a command under a distributed lock, or inspect a lock.
 ///
 /// URL chooses the backend: memory://, file:///dir, etcd://host:2379, zk://host:2181,
-/// consul://host:8500, redis://host:6379, redlock://h1,h2,h3 (network backends need their cargo
-/// feature). Durations are written 500ms, 10s, 2m, 1h.
+/// consul://host:8500, redis://host:6379, redis-cluster://h1,h2, redlock://h1,h2,h3 (network
+/// backends need their cargo feature). Durations are written 500ms, 10s, 2m, 1h.
 #[derive(Parser, Debug)]
 #[command(name = "lockkit", version, after_help = AFTER_HELP)]
 struct Cli {

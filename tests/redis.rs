@@ -118,6 +118,22 @@ async fn a_user_not_allowed_info_still_connects() {
     guard.release().await.unwrap();
 }
 
+/// An ACL user limited to its application's namespace (`~app/*`, `&app/*`, a common way to
+/// keep two applications on one server apart) can lock in that namespace. With the old layout
+/// every key and channel began with `app/`; the helper keys and channel are now `{app/NAME}:…`,
+/// so the scripts are refused (NOPERM), and the error says "authentication failed … check the
+/// user, password or token" though the credentials are right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "defect: helper keys `{ns/NAME}:fence` no longer start with the namespace, so namespace-scoped ACLs refuse them"]
+async fn a_user_limited_to_its_namespace_can_lock_there() {
+    let port = servers::free_port();
+    let _server = Server::redis_with(port, &["--user", "app", "on", ">app-secret", "~app/*", "&app/*", "+@all"]);
+    let locks = connect(&format!("redis://app:app-secret@127.0.0.1:{port}?namespace=app&ttl=2s")).await;
+    let guard = locks.try_acquire("jobs:nightly").await.unwrap().expect("granted");
+    assert!(locks.status("jobs:nightly").await.unwrap().held);
+    guard.release().await.unwrap();
+}
+
 /// `rediss://` talks TLS: trusted through `?ca=`, refused (clearly) without it, and a wrong
 /// `ca` path is a clear URL error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -259,7 +259,6 @@ async fn redis_reply(server: &Server, command: &[&str]) -> String {
 /// be granted. Before the version check, only wrong credentials stopped connect; now any
 /// non-temporary error does, and a BUSY (or LOADING, for a server restarting) reply is one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: connect fails on one busy/loading Redlock server though a majority answers"]
 async fn redlock_connects_with_one_server_busy() {
     let busy_port = servers::free_port();
     let servers =

@@ -108,6 +108,15 @@ pub fn error(address: &str, e: RedisError) -> Error {
         let detail = e.detail().unwrap_or("its fencing counter holds garbage");
         return Error::backend(BACKEND, format!("redis at {address} refused the grant: {detail}"));
     }
+    // A server busy with a long script, loading its data, or without its master: it passes.
+    if matches!(e.code(), Some("BUSY" | "LOADING" | "MASTERDOWN" | "TRYAGAIN" | "CLUSTERDOWN")) {
+        return Error::Backend {
+            backend: BACKEND,
+            message: format!("redis at {address} answered: {e}; this passes, try again"),
+            temporary: true,
+            source: Some(Box::new(e)),
+        };
+    }
     if e.is_io_error() || e.is_connection_refusal() || e.is_timeout() || e.is_connection_dropped() {
         return Error::connection(BACKEND, address, format!("{e}; is the server up?"), Some(Box::new(e)));
     }

@@ -286,7 +286,6 @@ async fn redlock_connects_with_one_server_busy() {
 /// between that load and the retried call made a try fail with "NoScript: No matching script"
 /// (about 1 try in 1,000 under a flush loop). No try may fail, and held locks stay held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: a SCRIPT FLUSH between the client's reload and its retried EVALSHA fails the call with NOSCRIPT"]
 async fn tries_and_releases_survive_script_flushes() {
     let server = Server::redis();
     let locks = connect(&format!("redis://127.0.0.1:{}?ttl=1s&namespace={}", server.port, unique("r"))).await;

@@ -36,10 +36,23 @@ impl Instance {
         Ok(Instance { address, client, connection, timeout })
     }
 
-    /// Runs a script (EVALSHA, loading it on NOSCRIPT), bounded by the call timeout.
+    /// Runs a script (EVALSHA, loading it on NOSCRIPT), bounded by the call timeout. Another
+    /// client's `SCRIPT FLUSH` can land between the load and the retried EVALSHA: that NOSCRIPT
+    /// is retried too (the script never ran), a few times.
     pub async fn run<T: FromRedisValue>(&self, invocation: ScriptInvocation<'_>) -> Result<T, Error> {
         let mut connection = self.connection.clone();
-        match tokio::time::timeout(self.timeout, invocation.invoke_async(&mut connection)).await {
+        let call = async {
+            let mut tries = 0;
+            loop {
+                match invocation.invoke_async(&mut connection).await {
+                    Err(e) if e.kind() == ErrorKind::Server(redis::ServerErrorKind::NoScript) && tries < 4 => {
+                        tries += 1
+                    }
+                    other => return other,
+                }
+            }
+        };
+        match tokio::time::timeout(self.timeout, call).await {
             Ok(result) => result.map_err(|e| error(&self.address, e)),
             Err(_) => Err(timed_out(&self.address, self.timeout)),
         }

@@ -369,7 +369,6 @@ async fn a_slow_grant_is_not_held_past_its_key_expiry() {
 /// after the other, all within that one per-call bound — the version check's extra round trip
 /// pushed it past 100 ms, so connect failed ("no answer within 100ms") where locking works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: connect's PING + INFO must fit in Redlock's per-call bound (TTL / 10), so 15 ms links fail"]
 async fn redlock_connects_over_links_that_locking_works_over() {
     use support::proxy::ProxySet;
     let servers: Vec<Server> = (0..3).map(|_| Server::redis()).collect();

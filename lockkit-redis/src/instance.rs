@@ -16,6 +16,8 @@ pub struct Instance {
     connection: ConnectionManager,
     /// Bound on each call (Redlock keeps it small, so one dead instance does not stall a grant).
     timeout: Duration,
+    /// Bound on the check at connect, which also sets the connection up: several round trips.
+    connect_timeout: Duration,
 }
 
 impl Instance {
@@ -33,7 +35,7 @@ impl Instance {
             .set_max_delay(Duration::from_millis(200));
         let connection =
             ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(|e| error(&address, e))?;
-        Ok(Instance { address, client, connection, timeout })
+        Ok(Instance { address, client, connection, timeout, connect_timeout })
     }
 
     /// Runs a script (EVALSHA, loading it on NOSCRIPT), bounded by the call timeout. Another
@@ -92,11 +94,13 @@ impl Instance {
                 other => other.map(Some),
             }
         };
-        match tokio::time::timeout(self.timeout, info).await {
+        // Connection setup, PING and INFO are round trips one after the other: bounded by the
+        // connect timeout, not by one call's (Redlock's is TTL / 10).
+        match tokio::time::timeout(self.connect_timeout.max(self.timeout), info).await {
             Ok(Ok(Some(info))) => version::check(&info, &self.address),
             Ok(Ok(None)) => Ok(()),
             Ok(Err(e)) => Err(error(&self.address, e)),
-            Err(_) => Err(timed_out(&self.address, self.timeout)),
+            Err(_) => Err(timed_out(&self.address, self.connect_timeout.max(self.timeout))),
         }
     }
 }

@@ -97,8 +97,11 @@ impl Quorum {
             let _ = self.release(keys, owner, false).await;
         }
         self.enough_answered(errors)?;
-        // A majority granted but too few took the token: not "held elsewhere", but why.
-        self.enough_answered(raise_errors)?;
+        // A majority granted but too few took the token. Refused (a counter at its limit): that
+        // is the answer, not "held elsewhere". Unanswered: tried again, like a split vote.
+        if raise_errors.iter().any(|e| !e.is_temporary()) {
+            self.enough_answered(raise_errors)?;
+        }
         Ok(Attempt::Busy(expires_in))
     }
 

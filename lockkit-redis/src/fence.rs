@@ -13,22 +13,24 @@
 //! The counter runs ahead of the clock only when grants come faster than one a microsecond.
 //!
 //! Lua numbers are doubles: integers are exact up to 2^53, so the counter is checked to be a
-//! whole number no larger than that before anything is written, and tokens travel as strings.
+//! whole number below 2^53 − 1 before anything is written (the next token is then at most
+//! 2^53 − 1), and tokens travel as strings. Anything else in the counter — bytes that are not
+//! UTF-8 included — is shown in the error as printable ASCII only, so the reply always parses.
 
 use lockkit_core::Error;
 
 /// Lua, run before a script writes anything: reads the counter at `fence_key` (a local the
 /// script defines) into `fence` (a string, or false when absent), and answers a `BADFENCE`
-/// error when it holds anything but a whole number of at most 2^53 − 1. Defines `mint()`, which
+/// error when it holds anything but a whole number below 2^53 − 1. Defines `mint()`, which
 /// writes the next token back to the counter and returns it as a string.
 pub const FENCE: &str = r#"
 local fence = redis.call('GET', fence_key)
-if fence and not (string.match(fence, '^%d+$') and #fence <= 16 and tonumber(fence) <= 9007199254740991) then
-  local shown = string.gsub(string.sub(fence, 1, 40), '%c', '?')
+if fence and not (string.match(fence, '^%d+$') and #fence <= 16 and tonumber(fence) < 9007199254740991) then
+  local shown = string.gsub(string.sub(fence, 1, 40), '[^%w%p ]', '?')
   return redis.error_reply('BADFENCE the fencing counter ' .. fence_key .. ' holds \"' .. shown ..
-    '\", not a whole number from 0 to 2^53 - 1, so no token can be minted and nothing was granted; ' ..
-    'delete it (redis-cli DEL \"' .. fence_key .. '\"): the next grant then takes its token from the server clock, ' ..
-    'above earlier tokens')
+    '\", not a whole number from 0 to 2^53 - 2, so no token (at most 2^53 - 1) can be minted and nothing was ' ..
+    'granted; delete it (redis-cli DEL \"' .. fence_key .. '\"): the next grant then takes its token from the ' ..
+    'server clock, above earlier tokens unless this counter had run ahead of the clock')
 end
 local function mint()
   local clock = redis.call('TIME')

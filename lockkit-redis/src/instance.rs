@@ -60,6 +60,8 @@ pub struct Instance {
     link: Link,
     /// Bound on each call (Redlock keeps it small, so one dead instance does not stall a grant).
     timeout: Duration,
+    /// Bound on the check at connect, which also sets the connection up: several round trips.
+    connect_timeout: Duration,
 }
 
 impl Instance {
@@ -78,19 +80,37 @@ impl Instance {
             .set_max_delay(Duration::from_millis(200));
         let connection =
             ConnectionManager::new_lazy_with_config(client, config).map_err(|e| error(backend, &address, e))?;
-        Ok(Instance { address, backend, link: Link::Server(connection), timeout })
+        Ok(Instance { address, backend, link: Link::Server(connection), timeout, connect_timeout })
     }
 
     /// A whole cluster through one (connected) cluster connection.
-    pub fn cluster(backend: &'static str, address: String, connection: ClusterConnection, timeout: Duration) -> Self {
-        Instance { address, backend, link: Link::Cluster(connection), timeout }
+    pub fn cluster(
+        backend: &'static str,
+        address: String,
+        connection: ClusterConnection,
+        connect_timeout: Duration,
+        timeout: Duration,
+    ) -> Self {
+        Instance { address, backend, link: Link::Cluster(connection), timeout, connect_timeout }
     }
 
-    /// Runs a script (EVALSHA, loading it on NOSCRIPT), bounded by the call timeout.
+    /// Runs a script (EVALSHA, loading it on NOSCRIPT), bounded by the call timeout. Another
+    /// client's `SCRIPT FLUSH` can land between the load and the retried EVALSHA: that NOSCRIPT
+    /// is retried too (the script never ran), a few times.
     pub async fn run<T: FromRedisValue>(&self, invocation: ScriptInvocation<'_>) -> Result<T, Error> {
-        let mut link = self.link.clone();
-        let call = self.bounded(async move { invocation.invoke_async(&mut link).await });
-        call.await.map_err(|e| error(self.backend, &self.address, e))
+        let link = self.link.clone();
+        let call = async {
+            let mut tries = 0;
+            loop {
+                match invocation.invoke_async(&mut link.clone()).await {
+                    Err(e) if e.kind() == ErrorKind::Server(redis::ServerErrorKind::NoScript) && tries < 4 => {
+                        tries += 1
+                    }
+                    other => return other,
+                }
+            }
+        };
+        self.bounded(call).await.map_err(|e| error(self.backend, &self.address, e))
     }
 
     /// Runs invocations of one script, the i-th on `keys[i]` (its first key), in one
@@ -174,7 +194,10 @@ impl Instance {
                 other => other,
             }
         };
-        let infos = self.bounded(info).await.map_err(|e| error(self.backend, &self.address, e))?;
+        // Connection setup, PING and INFO are round trips one after the other: bounded by the
+        // connect timeout, not by one call's (Redlock's is TTL / 10).
+        let limit = self.connect_timeout.max(self.timeout);
+        let infos = bounded(limit, info).await.map_err(|e| error(self.backend, &self.address, e))?;
         for (address, info) in &infos {
             version::check(info, address)?;
             if cluster {
@@ -186,12 +209,18 @@ impl Instance {
 
     /// `call`, failing with a timeout error after the call timeout.
     async fn bounded<T>(&self, call: impl Future<Output = RedisResult<T>>) -> RedisResult<T> {
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(result) => result,
-            Err(_) => Err(RedisError::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no answer within {:?} (the `timeout` option)", self.timeout),
-            ))),
+        bounded(self.timeout, call).await
+    }
+}
+
+/// `call`, failing with a timeout error after `limit`.
+async fn bounded<T>(limit: Duration, call: impl Future<Output = RedisResult<T>>) -> RedisResult<T> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(result) => result,
+        Err(_) => Err(RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {limit:?} (the `timeout` option)"),
+        ))),
         }
     }
 }
@@ -217,8 +246,9 @@ pub fn error(backend: &'static str, address: &str, e: RedisError) -> Error {
         }
         _ => "",
     };
-    // A cluster in the middle of a failover or a slot move answers these for a while.
-    let temporary = matches!(e.code(), Some("TRYAGAIN" | "LOADING" | "MASTERDOWN"))
+    // A server busy with a long script, loading its data or without its master, and a cluster
+    // in the middle of a failover or a slot move, answer these for a while.
+    let temporary = matches!(e.code(), Some("BUSY" | "TRYAGAIN" | "LOADING" | "MASTERDOWN"))
         || cluster && matches!(e.code(), Some("MOVED" | "ASK" | "CLUSTERDOWN"));
     Error::Backend {
         backend,

@@ -26,7 +26,8 @@
 //!   the owner value (a random token, a space, the holder metadata), as redis-py's `Lock`
 //!   holds its token, so `Lock(r, "jobs:nightly")` and lockkit's `jobs:nightly` exclude each
 //!   other, and the metadata expires with the grant. A counter holding anything but a whole
-//!   number up to 2^53 − 1 is an error naming the key (delete it), before anything is written.
+//!   number below 2^53 − 1 (tokens stay at most 2^53 − 1) is an error naming the key (delete
+//!   it), before anything is written.
 //! - **Release / refresh**: compare-owner-then-DEL / PEXPIRE scripts, so no grant of another
 //!   owner is ever deleted or extended. All locks of a handle are refreshed in one pipelined
 //!   round trip per server per tick; a refresh that finds a key gone (or replaced by another

@@ -83,9 +83,14 @@ impl Quorum {
             }
         }
         let in_time = started.elapsed() + safety_margin(ttl) < ttl;
+        let mut raise_errors = Vec::new();
         if fences.len() >= self.needed && in_time {
             let token = fences.iter().copied().max().unwrap_or_default();
-            if self.instances.len() == 1 || self.raise_fences(keys, token).await >= self.needed {
+            if self.instances.len() == 1 {
+                return Ok(Attempt::Granted(FencingToken::new(token)));
+            }
+            raise_errors = self.raise_fences(keys, token).await;
+            if self.instances.len() - raise_errors.len() >= self.needed {
                 return Ok(Attempt::Granted(FencingToken::new(token)));
             }
         }
@@ -94,14 +99,19 @@ impl Quorum {
             let _ = self.release(keys, owner, false).await;
         }
         self.enough_answered(errors)?;
+        // A majority granted but too few took the token. Refused (a counter at its limit): that
+        // is the answer, not "held elsewhere". Unanswered: tried again, like a split vote.
+        if raise_errors.iter().any(|e| !e.is_temporary()) {
+            self.enough_answered(raise_errors)?;
+        }
         Ok(Attempt::Busy(expires_in))
     }
 
     /// Raises the fencing counter of every instance to `token`, so that any later majority
-    /// overlaps one that has seen it. Returns how many confirmed.
-    async fn raise_fences(&self, keys: &LockKeys, token: u64) -> usize {
+    /// overlaps one that has seen it. Returns the errors of those that did not confirm.
+    async fn raise_fences(&self, keys: &LockKeys, token: u64) -> Vec<Error> {
         let replies = on_all(&self.instances, |instance| instance.run::<i64>(scripts::raise_fence(keys, token))).await;
-        replies.iter().filter(|r| r.is_ok()).count()
+        replies.into_iter().filter_map(Result::err).collect()
     }
 
     /// Deletes this owner's grant on every instance; `Ok(n)`: n instances had it. `withdraw`:
@@ -177,8 +187,9 @@ impl Quorum {
 
     /// The lock as a majority sees it.
     pub async fn status(&self, keys: &LockKeys) -> Result<LockStatus, Error> {
-        // The counter as a string: one holding garbage shows no token (an acquire says why).
-        type Reply = (Option<String>, Option<String>, i64, usize);
+        // The owner and counter as bytes: a counter holding garbage (even bytes that are not
+        // UTF-8) shows no token (an acquire says why), another client's value no holder.
+        type Reply = (Option<Vec<u8>>, Option<Vec<u8>>, i64, usize);
         let replies = on_all(&self.instances, |instance| instance.run::<Reply>(scripts::status(keys))).await;
         let mut errors = Vec::new();
         let mut held = Vec::new();
@@ -188,7 +199,8 @@ impl Quorum {
                 Ok((owner, fence, pttl, waiters)) => {
                     waiting.push(waiters);
                     if let Some(owner) = owner {
-                        held.push((owner, fence.and_then(|f| f.parse::<u64>().ok()), pttl));
+                        let fence = fence.and_then(|f| std::str::from_utf8(&f).ok()?.parse::<u64>().ok());
+                        held.push((String::from_utf8_lossy(&owner).into_owned(), fence, pttl));
                     }
                 }
                 Err(e) => errors.push(e),

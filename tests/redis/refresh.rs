@@ -25,3 +25,25 @@ async fn an_error_refreshing_one_lock_loses_only_that_lock() {
     assert!(pttl > 0 && pttl <= TTL.as_millis() as u64, "the kept key's TTL: {pttl}");
     kept.release().await.unwrap();
 }
+
+/// The same with an error reply other than WRONGTYPE: the handle's user loses the right to one
+/// lock's key (an ACL change), so that lock's refresh answers NOPERM every tick. The docs say an
+/// error for one key leaves the others refreshed, but the undecided grant makes the whole
+/// lease's keep-alive an error, so at the lease deadline every lock of the handle is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "defect: a persistent non-WRONGTYPE error reply for one lock fails the whole lease, losing every lock"]
+async fn a_persistent_error_refreshing_one_lock_loses_only_that_lock() {
+    let port = crate::support::servers::free_port();
+    let server = Server::redis_with(port, &["--user", "app", "on", ">app-secret", "~*", "&*", "+@all"]);
+    let locks = connect(&format!("redis://app:app-secret@127.0.0.1:{port}?ttl={}ms", TTL.as_millis())).await;
+    let kept = locks.acquire("kept").await.unwrap();
+    let denied = locks.acquire("denied").await.unwrap();
+    assert_eq!(redis_reply(&server, &["ACL", "SETUSER", "app", "resetkeys", "~kept", "~{kept}:*"]).await, "OK");
+
+    let reason = tokio::time::timeout(2 * TTL, denied.lost()).await.expect("the denied lock is lost");
+    assert!(!reason.is_empty());
+    let kept_lost = tokio::time::timeout(TTL + TTL / 2, kept.lost()).await;
+    assert!(kept_lost.is_err(), "the other lock was lost too: {kept_lost:?}");
+    assert!(kept.is_held());
+    kept.release().await.unwrap();
+}

@@ -134,6 +134,16 @@ impl DistributedLock for FileLocks {
         let id = self.holdings.next_id();
         let held = Held { file: Arc::new(file), path: lock_path, lease: lease.id().to_owned(), signal: signal.clone() };
         lock(&self.holdings.held).insert(id, held);
+        // A lease revoked meanwhile (the handle closed while this took the lock) holds nothing:
+        // its revoke fires the lease before it unlocks the lease's files, so a file locked here
+        // after that sweep would stay locked for as long as the guard lives.
+        if lease.is_lost() {
+            if let Some(held) = lock(&self.holdings.held).remove(&id) {
+                held.empty_and_unlock();
+            }
+            let reason = format!("while acquiring, its lease was lost: {}", lease.lost().await);
+            return Err(Error::LockLost { backend: BACKEND, name: request.name.to_string(), reason });
+        }
         let grant = FileGrant { id, holdings: self.holdings.clone(), name: request.name.to_string() };
         Ok(Some(request.granted(BACKEND, FencingToken::new(token), lease, signal, grant)))
     }
@@ -537,7 +547,6 @@ mod attack_tests {
     /// rounds, returning a guard that read lost while the closed handle kept the lock file
     /// locked — with no TTL on file://, until that guard was dropped.
     #[tokio::test(flavor = "current_thread")]
-    #[ignore = "defect: a file:// wait that wins the lock as close() runs keeps the closed handle's lock file locked"]
     async fn close_racing_a_wait_that_wins_leaves_the_lock_file_unlocked() {
         let mut won = Vec::new();
         for round in 0..12 {

@@ -291,7 +291,6 @@ mod attack_tests {
     /// waiter's loss signal before an immediate grant), so the name stayed held — by a
     /// guard that read lost — until its TTL (about 1 round in 3000 on two cores).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "defect: memory store grants at once on a lease close() just revoked; the name stays held until its TTL"]
     async fn a_try_acquire_racing_close_leaves_nothing_held() {
         let mut held_after_close = Vec::new();
         for round in 0..5000 {

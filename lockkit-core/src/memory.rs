@@ -258,7 +258,6 @@ mod attack_tests {
     /// `ttl=1s&refresh=960ms` the local deadline (1 s minus the 52 ms margin) came before the
     /// first refresh was even sent, so every guard read lost after 948 ms.
     #[tokio::test]
-    #[ignore = "defect: a refresh interval past the local deadline (ttl=1s&refresh=960ms) is accepted and loses every lock at 948 ms"]
     async fn an_accepted_refresh_interval_keeps_the_lock_past_its_first_refresh() {
         let Ok(locks) = connect(&"memory://attack-refresh?ttl=1s&refresh=960ms".parse().unwrap()) else {
             return; // refused at connect: fine
@@ -272,7 +271,6 @@ mod attack_tests {
     /// `timeout=4000000000000000h` parse, and `Instant + Duration` overflowed at the first acquire
     /// or release ("overflow when adding duration to instant").
     #[tokio::test]
-    #[ignore = "defect: ttl/timeout of 4000000000000000h parse and panic with Instant overflow at acquire/release"]
     async fn huge_durations_are_refused_not_a_panic() {
         for url in ["memory://attack-huge?ttl=4000000000000000h", "memory://attack-huge?timeout=4000000000000000h"] {
             let Ok(locks) = connect(&url.parse().unwrap()) else { continue };

@@ -284,6 +284,101 @@ mod attack_tests {
         }
     }
 
+    /// Pruning under contention: tries, bounded waits, cancelled waits, force releases, drops
+    /// and expiries on a few names from many handles on two threads never grant a name twice at
+    /// once, never repeat or lower a token, and leave no slot behind.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pruning_under_contention_keeps_exclusion_and_tokens() {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let url: LockUrl = "memory://attack-prune-stress?ttl=200ms".parse().unwrap();
+        let busy: Arc<Vec<AtomicBool>> = Arc::new((0..3).map(|_| AtomicBool::new(false)).collect());
+        let last: Arc<Vec<AtomicU64>> = Arc::new((0..3).map(|_| AtomicU64::new(0)).collect());
+        let tasks: Vec<_> = (0..8)
+            .map(|t| {
+                let (locks, busy, last) = (connect(&url).unwrap(), busy.clone(), last.clone());
+                tokio::spawn(async move {
+                    for i in 0..300usize {
+                        let n = (i + t) % 3;
+                        let name = format!("p{n}");
+                        let guard = match (i + t) % 4 {
+                            0 => locks.try_acquire(&name).await.unwrap(),
+                            1 => locks.acquire_timeout(&name, Duration::from_millis(3)).await.ok(),
+                            2 => {
+                                let _ = tokio::time::timeout(Duration::from_micros(200), locks.acquire(&name)).await;
+                                None
+                            }
+                            _ => locks.acquire_timeout(&name, Duration::from_millis(50)).await.ok(),
+                        };
+                        let Some(guard) = guard else { continue };
+                        let token = guard.fencing_token().get();
+                        let before = last[n].fetch_max(token, Ordering::SeqCst);
+                        assert!(token > before, "{name}: token {token} after {before}");
+                        if guard.is_held() {
+                            assert!(!busy[n].swap(true, Ordering::SeqCst), "{name} granted twice at once");
+                            tokio::task::yield_now().await;
+                            busy[n].store(false, Ordering::SeqCst);
+                        }
+                        if i % 3 == 0 {
+                            drop(guard)
+                        } else {
+                            let _ = guard.release().await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        // Again with an operator force-releasing meanwhile: exclusion is not promised then
+        // (the evicted guard reads lost), tokens still are.
+        let evicting = Arc::new(AtomicBool::new(true));
+        let evictor = tokio::spawn({
+            let (admin, evicting) = (connect(&url).unwrap(), evicting.clone());
+            async move {
+                while evicting.load(Ordering::SeqCst) {
+                    for n in 0..3 {
+                        let _ = admin.force_release(&format!("p{n}")).await;
+                    }
+                    tokio::time::sleep(Duration::from_micros(300)).await;
+                }
+            }
+        });
+        let tasks: Vec<_> = (0..6)
+            .map(|t| {
+                let (locks, last) = (connect(&url).unwrap(), last.clone());
+                tokio::spawn(async move {
+                    for i in 0..300usize {
+                        let n = (i + t) % 3;
+                        let name = format!("p{n}");
+                        let Ok(guard) = locks.acquire_timeout(&name, Duration::from_millis(20)).await else { continue };
+                        let token = guard.fencing_token().get();
+                        let before = last[n].fetch_max(token, Ordering::SeqCst);
+                        assert!(token > before, "{name}: token {token} after {before}");
+                        tokio::task::yield_now().await;
+                        if i % 2 == 0 {
+                            drop(guard)
+                        } else {
+                            let _ = guard.release().await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        evicting.store(false, Ordering::SeqCst);
+        evictor.await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let store = Store::named("attack-prune-stress");
+        let probe = connect(&url).unwrap();
+        for n in 0..3 {
+            let _ = probe.status(&format!("p{n}")).await.unwrap();
+        }
+        assert_eq!(store.live_slots(), 0, "slots left behind");
+    }
+
     /// A `try_acquire` racing `close()` leaves nothing held once both are done: the grant
     /// was made on the lease the close had just revoked (the store did not look at the
     /// waiter's loss signal before an immediate grant), so the name stayed held — by a

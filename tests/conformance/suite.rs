@@ -33,6 +33,7 @@ macro_rules! conformance {
                 revoking_a_lease_fires_every_guard_on_it,
                 closing_a_handle_releases_its_locks_and_fires_its_guards,
                 a_closed_handle_ends_its_waits_and_takes_no_more_locks,
+                a_closed_handles_place_in_line_does_not_hold_up_the_next_waiter,
                 dropping_a_guard_lets_a_waiter_in_promptly,
                 a_dropped_acquire_leaves_nothing_behind,
                 a_stale_release_leaves_the_new_holder_alone,
@@ -251,6 +252,49 @@ pub async fn a_closed_handle_ends_its_waits_and_takes_no_more_locks(t: &Target) 
     assert!(err.to_string().contains("closed"), "{err}");
     assert!(b.try_acquire("closed-other").await.unwrap().is_some(), "and it left nothing behind");
     drop(held);
+}
+
+/// `close()` releases what the handle waits for too: its place in line goes with it, so once
+/// the holder releases, the next waiter gets the lock at once, not when the closed handle's
+/// place would have expired (30 s TTL).
+pub async fn a_closed_handles_place_in_line_does_not_hold_up_the_next_waiter(t: &Target) {
+    if t.url_in("", Duration::from_secs(30)).contains("fair=true")
+        && std::env::var_os("LOCKKIT_ATTACK_DEFECTS").is_none()
+    {
+        // defect (redis fair): the closed waiter's place stays at the head of the line until it
+        // expires (up to the TTL), so a free lock is refused to everyone else meanwhile.
+        // LOCKKIT_ATTACK_DEFECTS=1 runs it anyway.
+        return;
+    }
+    let long_ttl = Duration::from_secs(30);
+    let url = t.url_in("", long_ttl);
+    let (a, b, c) = (connect(&url).await, connect(&url).await, connect(&url).await);
+    let held = b.acquire("closed-place").await.unwrap();
+    let waiting = {
+        let a = a.clone();
+        tokio::spawn(async move { a.acquire("closed-place").await.map(|g| g.fencing_token()) })
+    };
+    let counts = b.status("closed-place").await.unwrap().waiting.is_some();
+    if counts {
+        in_line(b.as_ref(), "closed-place", 1).await;
+    } else {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    a.close().await.expect("close");
+    let _ = tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("the wait ended at close()");
+    let next = {
+        let c = c.clone();
+        tokio::spawn(async move { c.acquire("closed-place").await })
+    };
+    // In line behind whatever the close left (a count would tell a left-over place apart).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let released = Instant::now();
+    held.release().await.unwrap();
+    let granted = tokio::time::timeout(Duration::from_secs(5), next)
+        .await
+        .unwrap_or_else(|_| panic!("the next waiter got no lock within 5 s of the release (30 s TTL)"));
+    granted.unwrap().expect("granted");
+    assert!(released.elapsed() < Duration::from_secs(3), "granted {:?} after the release", released.elapsed());
 }
 
 /// Dropping a guard releases the lock: a waiter gets it far sooner than the TTL would allow.

@@ -88,6 +88,14 @@ impl DistributedLock for RedisLocks {
                         // Closed, or lost while waiting: the core queues the acquire again
                         // on a fresh lease, unless the handle was closed.
                         _ = lease.lost() => {
+                            // The lost lease makes the cleanup below moot, but a place in line
+                            // is not on the lease: left there, a fair one would keep the head
+                            // of the line (and the lock from everyone) until it expires.
+                            let withdraw = self.quorum.release(&keys, &owner, true);
+                            if !matches!(tokio::time::timeout(self.settings.timeout, withdraw).await, Ok(Ok(_))) {
+                                tracing::debug!(backend = self.quorum.backend, lock = %request.name,
+                                    "leaving the line was not confirmed; the place expires within the TTL");
+                            }
                             let reason = "its lease was lost while it waited".to_owned();
                             return Err(Error::LockLost { backend: self.quorum.backend, name: request.name.to_string(), reason });
                         }

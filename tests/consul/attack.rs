@@ -52,7 +52,8 @@ async fn huge_ttls_with_a_lock_delay_are_an_error() {
 async fn a_starved_holder_reads_lost_before_the_next_grant_and_stays_lost() {
     let double = double();
     let (ttl, lock_delay) = (Duration::from_secs(2), Duration::from_millis(700));
-    let holder_url = format!("consul://{}?ttl={}ms&lock_delay={}ms", double.addr, ttl.as_millis(), lock_delay.as_millis());
+    let holder_url =
+        format!("consul://{}?ttl={}ms&lock_delay={}ms", double.addr, ttl.as_millis(), lock_delay.as_millis());
     let (tx, rx) = std::sync::mpsc::channel();
     let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
     let holder = std::thread::spawn(move || {

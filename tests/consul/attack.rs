@@ -94,7 +94,6 @@ async fn a_starved_holder_reads_lost_before_the_next_grant_and_stays_lost() {
 /// released it with the lock-delay (15 s by default, up to 60 s) — also when the acquire then
 /// failed with "this handle was closed".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: a key taken by an acquire in flight after close()'s release sweep is left to the session's destroy, which starts its lock-delay"]
 async fn an_acquire_racing_close_leaves_the_name_free() {
     let double = double();
     let other = connect(&url(&double, "&lock_delay=1s")).await;

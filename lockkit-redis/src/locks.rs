@@ -111,6 +111,20 @@ impl DistributedLock for RedisLocks {
             lease: lease.id().to_owned(),
             signal: signal.clone(),
         });
+        // A lease revoked meanwhile (the handle closed while this acquire was under way) holds
+        // nothing: its revoke loses the lease before it sweeps the holdings, so a grant recorded
+        // after that sweep is released here instead of living on until its TTL.
+        if lease.is_lost() {
+            if self.holdings.with(|held| held.remove(&id)).is_some() {
+                let release = self.quorum.release(&keys, &owner, true);
+                if !matches!(tokio::time::timeout(self.settings.timeout, release).await, Ok(Ok(_))) {
+                    tracing::debug!(backend = self.quorum.backend, lock = %request.name,
+                        "releasing a grant made on a lost lease was not confirmed; it ends at its TTL");
+                }
+            }
+            let reason = format!("while acquiring, its lease was lost: {}", lease.lost().await);
+            return Err(Error::LockLost { backend: self.quorum.backend, name: request.name.to_string(), reason });
+        }
         let grant = RedisGrant {
             quorum: self.quorum.clone(),
             holdings: self.holdings.clone(),

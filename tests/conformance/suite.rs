@@ -294,13 +294,6 @@ pub async fn a_closed_handles_place_in_line_does_not_hold_up_the_next_waiter(t: 
 /// alive — another handle gets the name at once (30 s TTL). A grant made on the lease the
 /// close was revoking must not outlive the close.
 pub async fn an_acquire_racing_close_leaves_the_name_free(t: &Target) {
-    if t.url_in("", Duration::from_secs(30)).starts_with("red") && std::env::var_os("LOCKKIT_ATTACK_DEFECTS").is_none()
-    {
-        // defect (redis, redis fair, redlock): a grant whose script ran before the close's
-        // revoke swept the handle's holdings, but recorded after it, keeps the key until its
-        // TTL. LOCKKIT_ATTACK_DEFECTS=1 runs it anyway.
-        return;
-    }
     let long_ttl = Duration::from_secs(30);
     let url = t.url_in("", long_ttl);
     let other = connect(&url).await;

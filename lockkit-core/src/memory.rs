@@ -379,6 +379,29 @@ mod attack_tests {
         assert_eq!(store.live_slots(), 0, "slots left behind");
     }
 
+    /// Closing twice, dropping and releasing guards after a close, and force-releasing a pruned
+    /// name are quiet: no panic, clear answers, nothing left behind.
+    #[tokio::test]
+    async fn double_close_late_drops_and_evicting_a_pruned_name_are_quiet() {
+        let url: LockUrl = "memory://attack-close-twice".parse().unwrap();
+        let (a, b) = (connect(&url).unwrap(), connect(&url).unwrap());
+        let store = Store::named("attack-close-twice");
+        let (kept, released) = (a.acquire("k").await.unwrap(), a.acquire("r").await.unwrap());
+        a.close().await.unwrap();
+        a.close().await.unwrap();
+        let err = released.release().await.unwrap_err();
+        assert!(matches!(err, crate::Error::LockLost { .. } | crate::Error::NotHeld { .. }), "{err}");
+        drop(kept);
+        drop(a);
+        tokio::task::yield_now().await;
+        assert!(!b.force_release("k").await.unwrap(), "a pruned name has no grant to remove");
+        assert!(!b.force_release("never-used").await.unwrap());
+        assert!(!b.status("k").await.unwrap().held);
+        assert_eq!(store.live_slots(), 0);
+        let again = b.try_acquire("k").await.unwrap().expect("free");
+        assert!(again.fencing_token().get() >= 2);
+    }
+
     /// A `try_acquire` racing `close()` leaves nothing held once both are done: the grant
     /// was made on the lease the close had just revoked (the store did not look at the
     /// waiter's loss signal before an immediate grant), so the name stayed held — by a

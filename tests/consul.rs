@@ -14,6 +14,9 @@ mod faults;
 #[path = "consul/lock_delay.rs"]
 mod lock_delay;
 
+#[path = "consul/attack.rs"]
+mod attack;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -43,7 +43,12 @@ impl ConsulLocks {
             .pool
             .get(ttl, refresh, || async {
                 let id = self.api.create_session("lockkit", ttl, self.lock_delay).await?;
-                let session = ConsulSession { api: self.api.clone(), id: id.clone(), held: Default::default() };
+                let session = ConsulSession {
+                    api: self.api.clone(),
+                    id: id.clone(),
+                    held: Default::default(),
+                    acquiring: Default::default(),
+                };
                 Ok((Arc::new(session) as Arc<dyn LeaseBackend>, id))
             })
             .await?;
@@ -56,7 +61,7 @@ impl ConsulLocks {
     async fn acquire_key(
         &self,
         key: &str,
-        session: &ConsulSession,
+        session: &Arc<ConsulSession>,
         lease: &Arc<KeptLease>,
         request: &GrantRequest,
         claim: &mut Claim,
@@ -118,14 +123,24 @@ impl ConsulLocks {
     async fn try_key(
         &self,
         key: &str,
-        session: &ConsulSession,
+        session: &Arc<ConsulSession>,
         lease: &Arc<KeptLease>,
         request: &GrantRequest,
         claim: &mut Claim,
     ) -> Result<bool> {
         let (api, owned_key, id, value) =
             (self.api.clone(), key.to_owned(), session.id.clone(), request.holder.clone());
-        let put = async move { api.lock(&owned_key, &id, false, value.as_bytes(), FLAGS).await };
+        // Until the key is recorded as held, a revoke (a close) waits: it releases it then.
+        let in_flight = session.acquiring.clone().read_owned().await;
+        let holder = session.clone();
+        let put = async move {
+            let taken = api.lock(&owned_key, &id, false, value.as_bytes(), FLAGS).await;
+            if matches!(taken, Ok(true)) {
+                holder.hold(&owned_key, true);
+            }
+            drop(in_flight);
+            taken
+        };
         let (put, finished) = lockkit_core::unabandoned_request_by(put, api::answered);
         claim.arm(lease, &self.api, key, &session.id, request.name.as_str(), finished);
         let taken = put.await;

@@ -18,6 +18,10 @@ pub struct ConsulSession {
     /// The keys this session holds, released before the session is destroyed (destroying a
     /// session that holds keys would start their lock-delay).
     pub held: Mutex<HashSet<String>>,
+    /// Held (read) by every `PUT ?acquire=` in flight until what it took is in `held`; a revoke
+    /// takes it (write) before it looks at `held`, so no key an acquire takes meanwhile is left
+    /// to the destroy (which would start its lock-delay).
+    pub acquiring: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl ConsulSession {
@@ -47,6 +51,9 @@ impl LeaseBackend for ConsulSession {
     /// revoke by the request timeout; a session it cuts off is not renewed any more, so Consul
     /// ends it within twice its TTL.
     async fn revoke(&self) -> Result<()> {
+        // The lease is lost already (the core loses it before revoking): wait for the acquires
+        // in flight to record what they took.
+        let _no_acquires = self.acquiring.write().await;
         let keys: Vec<String> = self.held.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
         let mut releases = tokio::task::JoinSet::new();
         let permits = Arc::new(tokio::sync::Semaphore::new(RELEASES_AT_ONCE));

@@ -134,6 +134,16 @@ impl DistributedLock for FileLocks {
         let id = self.holdings.next_id();
         let held = Held { file: Arc::new(file), path: lock_path, lease: lease.id().to_owned(), signal: signal.clone() };
         lock(&self.holdings.held).insert(id, held);
+        // A lease revoked meanwhile (the handle closed while this took the lock) holds nothing:
+        // its revoke fires the lease before it unlocks the lease's files, so a file locked here
+        // after that sweep would stay locked for as long as the guard lives.
+        if lease.is_lost() {
+            if let Some(held) = lock(&self.holdings.held).remove(&id) {
+                held.empty_and_unlock();
+            }
+            let reason = format!("while acquiring, its lease was lost: {}", lease.lost().await);
+            return Err(Error::LockLost { backend: BACKEND, name: request.name.to_string(), reason });
+        }
         let grant = FileGrant { id, holdings: self.holdings.clone(), name: request.name.to_string() };
         Ok(Some(request.granted(BACKEND, FencingToken::new(token), lease, signal, grant)))
     }
@@ -524,5 +534,43 @@ mod race_tests {
         tokens.dedup();
         assert!(granted > 100, "too few grants to tell: {granted}");
         assert_eq!(tokens.len(), granted, "{} tokens were granted twice", granted - tokens.len());
+    }
+}
+
+#[cfg(test)]
+mod attack_tests {
+    use super::*;
+
+    /// `close()` while a wait of the handle is about to win the lock (the other holder, here
+    /// another open file description as another process would be, let go; the waiter's backoff
+    /// sleep and the close's loss fire together): the acquire used to win about half the
+    /// rounds, returning a guard that read lost while the closed handle kept the lock file
+    /// locked — with no TTL on file://, until that guard was dropped.
+    #[tokio::test(flavor = "current_thread")]
+    async fn close_racing_a_wait_that_wins_leaves_the_lock_file_unlocked() {
+        let mut won = Vec::new();
+        for round in 0..12 {
+            let dir = tempfile::tempdir().unwrap();
+            let url: LockUrl = format!("file://{}", dir.path().display()).parse().unwrap();
+            let locks = connect(&url).unwrap();
+            let path = dir.path().join("x.lock");
+            let other = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).unwrap();
+            other.lock().unwrap();
+            let waiting = tokio::spawn({
+                let locks = locks.clone();
+                async move { locks.acquire("x").await }
+            });
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            other.unlock().unwrap();
+            // Blocks the runtime past the waiter's backoff sleep, then closes without yielding.
+            std::thread::sleep(Duration::from_millis(120));
+            locks.close().await.unwrap();
+            let outcome = waiting.await.unwrap();
+            let probe = OpenOptions::new().read(true).write(true).open(&path).unwrap();
+            if probe.try_lock().is_err() {
+                won.push((round, outcome.map(|g| g.is_held()).map_err(|e| e.to_string())));
+            }
+        }
+        assert!(won.is_empty(), "a closed handle kept the lock file locked: {won:?}");
     }
 }

@@ -248,3 +248,187 @@ mod pruning_tests {
         }
     }
 }
+
+#[cfg(test)]
+mod attack_tests {
+    use super::*;
+    use crate::LockOptions;
+
+    /// A refresh interval the URL accepts must not lose the lock at its first refresh: with
+    /// `ttl=1s&refresh=960ms` the local deadline (1 s minus the 52 ms margin) came before the
+    /// first refresh was even sent, so every guard read lost after 948 ms.
+    #[tokio::test]
+    async fn an_accepted_refresh_interval_keeps_the_lock_past_its_first_refresh() {
+        let Ok(locks) = connect(&"memory://attack-refresh?ttl=1s&refresh=960ms".parse().unwrap()) else {
+            return; // refused at connect: fine
+        };
+        let guard = locks.acquire("x").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(guard.is_held(), "lost at its first refresh: {:?}", guard.loss_signal().reason());
+    }
+
+    /// Huge durations are an error (or work), never a panic: `ttl=4000000000000000h` and
+    /// `timeout=4000000000000000h` parse, and `Instant + Duration` overflowed at the first acquire
+    /// or release ("overflow when adding duration to instant").
+    #[tokio::test]
+    async fn huge_durations_are_refused_not_a_panic() {
+        for url in ["memory://attack-huge?ttl=4000000000000000h", "memory://attack-huge?timeout=4000000000000000h"] {
+            let Ok(locks) = connect(&url.parse().unwrap()) else { continue };
+            let guard = locks.acquire("x").await.unwrap();
+            guard.release().await.unwrap();
+        }
+        let locks = connect(&"memory://attack-huge".parse().unwrap()).unwrap();
+        let options = LockOptions::new().ttl(Duration::MAX);
+        if let Ok(Some(guard)) = locks.acquire_with("y", &options).await {
+            guard.release().await.unwrap();
+        }
+    }
+
+    /// Pruning under contention: tries, bounded waits, cancelled waits, force releases, drops
+    /// and expiries on a few names from many handles on two threads never grant a name twice at
+    /// once, never repeat or lower a token, and leave no slot behind.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pruning_under_contention_keeps_exclusion_and_tokens() {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let url: LockUrl = "memory://attack-prune-stress?ttl=200ms".parse().unwrap();
+        let busy: Arc<Vec<AtomicBool>> = Arc::new((0..3).map(|_| AtomicBool::new(false)).collect());
+        let last: Arc<Vec<AtomicU64>> = Arc::new((0..3).map(|_| AtomicU64::new(0)).collect());
+        let tasks: Vec<_> = (0..8)
+            .map(|t| {
+                let (locks, busy, last) = (connect(&url).unwrap(), busy.clone(), last.clone());
+                tokio::spawn(async move {
+                    for i in 0..300usize {
+                        let n = (i + t) % 3;
+                        let name = format!("p{n}");
+                        let guard = match (i + t) % 4 {
+                            0 => locks.try_acquire(&name).await.unwrap(),
+                            1 => locks.acquire_timeout(&name, Duration::from_millis(3)).await.ok(),
+                            2 => {
+                                let _ = tokio::time::timeout(Duration::from_micros(200), locks.acquire(&name)).await;
+                                None
+                            }
+                            _ => locks.acquire_timeout(&name, Duration::from_millis(50)).await.ok(),
+                        };
+                        let Some(guard) = guard else { continue };
+                        let token = guard.fencing_token().get();
+                        let before = last[n].fetch_max(token, Ordering::SeqCst);
+                        assert!(token > before, "{name}: token {token} after {before}");
+                        if guard.is_held() {
+                            assert!(!busy[n].swap(true, Ordering::SeqCst), "{name} granted twice at once");
+                            tokio::task::yield_now().await;
+                            busy[n].store(false, Ordering::SeqCst);
+                        }
+                        if i % 3 == 0 {
+                            drop(guard)
+                        } else {
+                            let _ = guard.release().await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        // Again with an operator force-releasing meanwhile: exclusion is not promised then
+        // (the evicted guard reads lost), tokens still are.
+        let evicting = Arc::new(AtomicBool::new(true));
+        let evictor = tokio::spawn({
+            let (admin, evicting) = (connect(&url).unwrap(), evicting.clone());
+            async move {
+                while evicting.load(Ordering::SeqCst) {
+                    for n in 0..3 {
+                        let _ = admin.force_release(&format!("p{n}")).await;
+                    }
+                    tokio::time::sleep(Duration::from_micros(300)).await;
+                }
+            }
+        });
+        let tasks: Vec<_> = (0..6)
+            .map(|t| {
+                let (locks, last) = (connect(&url).unwrap(), last.clone());
+                tokio::spawn(async move {
+                    for i in 0..300usize {
+                        let n = (i + t) % 3;
+                        let name = format!("p{n}");
+                        let Ok(guard) = locks.acquire_timeout(&name, Duration::from_millis(20)).await else { continue };
+                        let token = guard.fencing_token().get();
+                        let before = last[n].fetch_max(token, Ordering::SeqCst);
+                        assert!(token > before, "{name}: token {token} after {before}");
+                        tokio::task::yield_now().await;
+                        if i % 2 == 0 {
+                            drop(guard)
+                        } else {
+                            let _ = guard.release().await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        evicting.store(false, Ordering::SeqCst);
+        evictor.await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let store = Store::named("attack-prune-stress");
+        let probe = connect(&url).unwrap();
+        for n in 0..3 {
+            let _ = probe.status(&format!("p{n}")).await.unwrap();
+        }
+        assert_eq!(store.live_slots(), 0, "slots left behind");
+    }
+
+    /// Closing twice, dropping and releasing guards after a close, and force-releasing a pruned
+    /// name are quiet: no panic, clear answers, nothing left behind.
+    #[tokio::test]
+    async fn double_close_late_drops_and_evicting_a_pruned_name_are_quiet() {
+        let url: LockUrl = "memory://attack-close-twice".parse().unwrap();
+        let (a, b) = (connect(&url).unwrap(), connect(&url).unwrap());
+        let store = Store::named("attack-close-twice");
+        let (kept, released) = (a.acquire("k").await.unwrap(), a.acquire("r").await.unwrap());
+        a.close().await.unwrap();
+        a.close().await.unwrap();
+        let err = released.release().await.unwrap_err();
+        assert!(matches!(err, crate::Error::LockLost { .. } | crate::Error::NotHeld { .. }), "{err}");
+        drop(kept);
+        drop(a);
+        tokio::task::yield_now().await;
+        assert!(!b.force_release("k").await.unwrap(), "a pruned name has no grant to remove");
+        assert!(!b.force_release("never-used").await.unwrap());
+        assert!(!b.status("k").await.unwrap().held);
+        assert_eq!(store.live_slots(), 0);
+        let again = b.try_acquire("k").await.unwrap().expect("free");
+        assert!(again.fencing_token().get() >= 2);
+    }
+
+    /// A `try_acquire` racing `close()` leaves nothing held once both are done: the grant
+    /// was made on the lease the close had just revoked (the store did not look at the
+    /// waiter's loss signal before an immediate grant), so the name stayed held — by a
+    /// guard that read lost — until its TTL (about 1 round in 3000 on two cores).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_try_acquire_racing_close_leaves_nothing_held() {
+        let mut held_after_close = Vec::new();
+        for round in 0..5000 {
+            let url: LockUrl = "memory://attack-close-race".parse().unwrap();
+            let (a, b) = (connect(&url).unwrap(), connect(&url).unwrap());
+            let name = format!("n{round}");
+            // The lease exists first: the race is between the pool handing it out and the store.
+            drop(a.acquire("warm").await.unwrap());
+            let tried = tokio::spawn({
+                let (a, name) = (a.clone(), name.clone());
+                async move { a.try_acquire(&name).await }
+            });
+            let closed = tokio::spawn({
+                let a = a.clone();
+                async move { a.close().await }
+            });
+            closed.await.unwrap().unwrap();
+            let _kept = tried.await.unwrap();
+            if b.try_acquire(&name).await.unwrap().is_none() {
+                held_after_close.push(round);
+            }
+        }
+        assert!(held_after_close.is_empty(), "held after close() in rounds {held_after_close:?}");
+    }
+}

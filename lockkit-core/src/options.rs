@@ -59,7 +59,8 @@ impl LockOptions {
         self
     }
 
-    /// Sets the refresh interval; it must be shorter than the TTL.
+    /// Sets the refresh interval; it must be shorter than the TTL minus the safety margin
+    /// (the lease's local deadline), and at most half of a validity capped below the TTL.
     pub fn refresh_interval(mut self, interval: Duration) -> Self {
         self.refresh_interval = Some(interval);
         self
@@ -116,6 +117,9 @@ impl Settings {
         if settings.timeout.is_zero() {
             return Err(url.invalid("`timeout` must be above zero"));
         }
+        if settings.timeout > MAX_DURATION {
+            return Err(url.invalid(format!("`timeout` can be at most {MAX_DURATION:?} (8760h, a year)")));
+        }
         Ok(settings)
     }
 
@@ -146,6 +150,9 @@ impl Settings {
         if ttl < MIN_VALIDITY {
             return Err(format!("TTL {ttl:?} is too short; use at least {MIN_VALIDITY:?}"));
         }
+        if ttl > MAX_DURATION {
+            return Err(format!("TTL {ttl:?} is too long; use at most {MAX_DURATION:?} (8760h, a year)"));
+        }
         let validity = self.validity(ttl);
         if validity < MIN_VALIDITY {
             return Err(format!(
@@ -157,6 +164,16 @@ impl Settings {
         if refresh.is_zero() || refresh >= ttl {
             return Err(format!(
                 "refresh interval {refresh:?} must be above zero and below the TTL {ttl:?}; the default is TTL / 3"
+            ));
+        }
+        // Past the local deadline the lease counts as lost: a first refresh sent after it comes
+        // too late, and every lock on the lease would be lost at the deadline.
+        let local = validity - crate::safety_margin(validity);
+        if refresh >= local {
+            return Err(format!(
+                "refresh interval {refresh:?} is too long: a lease counts as held for only {local:?} after each \
+                 refresh ({validity:?} minus the safety margin), so it would be lost before its first refresh; use \
+                 well below that, or leave `refresh` unset (the default is a third of {validity:?})"
             ));
         }
         if validity < ttl && refresh > validity / 2 {
@@ -173,6 +190,10 @@ impl Settings {
 
 /// The shortest TTL, and the shortest time a lease may count as valid after a refresh.
 const MIN_VALIDITY: Duration = Duration::from_millis(100);
+
+/// The longest TTL or request timeout: deadlines are `Instant`s, and an `Instant` plus a
+/// duration of billions of hours overflows (a panic) where an error was due.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// One acquire, as the core hands it to a driver: validated and with every default resolved.
 #[derive(Clone, Debug)]
@@ -318,6 +339,25 @@ mod tests {
             let err = Settings::from_url(&LockUrl::parse(url).unwrap()).unwrap_err().to_string();
             assert!(err.contains(expected), "{url}: {err}");
         }
+    }
+
+    /// A refresh interval at or past the local deadline, and TTLs or timeouts so long that a
+    /// deadline would overflow, are refused at connect and per acquire.
+    #[test]
+    fn refresh_past_the_local_deadline_and_huge_durations_are_refused() {
+        for (url, expected) in [
+            ("memory://?ttl=1s&refresh=960ms", "lost before its first refresh"),
+            ("memory://?ttl=1s&refresh=948ms", "lost before its first refresh"),
+            ("memory://?ttl=4000000000000000h", "too long"),
+            ("memory://?timeout=4000000000000000h", "at most"),
+        ] {
+            let err = Settings::from_url(&LockUrl::parse(url).unwrap()).unwrap_err().to_string();
+            assert!(err.contains(expected), "{url}: {err}");
+        }
+        assert!(Settings::from_url(&LockUrl::parse("memory://?ttl=1s&refresh=940ms").unwrap()).is_ok());
+        let s = Settings::from_url(&LockUrl::parse("memory://?ttl=1s").unwrap()).unwrap();
+        assert!(s.check_timing(Duration::MAX, None).unwrap_err().contains("too long"));
+        assert!(s.check_timing(Duration::from_secs(1), Some(Duration::from_millis(990))).is_err());
     }
 
     #[test]

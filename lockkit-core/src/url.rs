@@ -287,7 +287,10 @@ impl LockUrl {
         for key in self.options.keys() {
             if !COMMON_OPTIONS.contains(&key.as_str()) && !driver_options.contains(&key.as_str()) {
                 let known: Vec<&str> = COMMON_OPTIONS.iter().chain(driver_options).copied().collect();
-                return Err(self.invalid(format!(
+                // Its value is not shown: a misspelled `token` or `password` holds a secret.
+                let mut shown = self.clone();
+                shown.options.insert(key.clone(), "***".to_owned());
+                return Err(shown.invalid(format!(
                     "unknown option `{key}` for {}://; known options: {}",
                     self.scheme_text,
                     known.join(", ")
@@ -682,5 +685,20 @@ mod tests {
         let url = LockUrl::parse("memory://?ttl=forever").unwrap();
         let err = url.duration_option("ttl").unwrap_err().to_string();
         assert!(err.contains("option `ttl`") && err.contains("10s"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod attack_tests {
+    use super::*;
+
+    /// A secret under a misspelled option name (`Token`, `tokne`, `pasword`) is not shown in
+    /// the "unknown option" error: the error printed the URL with its value.
+    #[test]
+    fn a_secret_under_a_misspelled_option_is_not_shown() {
+        for url in ["consul://h:8500?Token=s3cret", "consul://h:8500?tokne=s3cret", "redis://h?pasword=s3cret"] {
+            let err = LockUrl::parse(url).unwrap().check_options(&["token"]).unwrap_err().to_string();
+            assert!(err.contains("unknown option") && !err.contains("s3cret"), "{err}");
+        }
     }
 }

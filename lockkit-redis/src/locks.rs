@@ -88,6 +88,14 @@ impl DistributedLock for RedisLocks {
                         // Closed, or lost while waiting: the core queues the acquire again
                         // on a fresh lease, unless the handle was closed.
                         _ = lease.lost() => {
+                            // The lost lease makes the cleanup below moot, but a place in line
+                            // is not on the lease: left there, a fair one would keep the head
+                            // of the line (and the lock from everyone) until it expires.
+                            let withdraw = self.quorum.release(&keys, &owner, true);
+                            if !matches!(tokio::time::timeout(self.settings.timeout, withdraw).await, Ok(Ok(_))) {
+                                tracing::debug!(backend = self.quorum.backend, lock = %request.name,
+                                    "leaving the line was not confirmed; the place expires within the TTL");
+                            }
                             let reason = "its lease was lost while it waited".to_owned();
                             return Err(Error::LockLost { backend: self.quorum.backend, name: request.name.to_string(), reason });
                         }
@@ -103,6 +111,20 @@ impl DistributedLock for RedisLocks {
             lease: lease.id().to_owned(),
             signal: signal.clone(),
         });
+        // A lease revoked meanwhile (the handle closed while this acquire was under way) holds
+        // nothing: its revoke loses the lease before it sweeps the holdings, so a grant recorded
+        // after that sweep is released here instead of living on until its TTL.
+        if lease.is_lost() {
+            if self.holdings.with(|held| held.remove(&id)).is_some() {
+                let release = self.quorum.release(&keys, &owner, true);
+                if !matches!(tokio::time::timeout(self.settings.timeout, release).await, Ok(Ok(_))) {
+                    tracing::debug!(backend = self.quorum.backend, lock = %request.name,
+                        "releasing a grant made on a lost lease was not confirmed; it ends at its TTL");
+                }
+            }
+            let reason = format!("while acquiring, its lease was lost: {}", lease.lost().await);
+            return Err(Error::LockLost { backend: self.quorum.backend, name: request.name.to_string(), reason });
+        }
         let grant = RedisGrant {
             quorum: self.quorum.clone(),
             holdings: self.holdings.clone(),

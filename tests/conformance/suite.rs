@@ -34,6 +34,7 @@ macro_rules! conformance {
                 closing_a_handle_releases_its_locks_and_fires_its_guards,
                 a_closed_handle_ends_its_waits_and_takes_no_more_locks,
                 a_closed_handles_waiter_does_not_hold_up_the_line,
+                an_acquire_racing_close_leaves_the_name_free,
                 dropping_a_guard_lets_a_waiter_in_promptly,
                 a_dropped_acquire_leaves_nothing_behind,
                 a_stale_release_leaves_the_new_holder_alone,
@@ -283,6 +284,34 @@ pub async fn a_closed_handles_waiter_does_not_hold_up_the_line(t: &Target) {
         .unwrap()
         .unwrap();
     assert!(next > token);
+}
+
+/// A `try_acquire` racing `close()`: once both are done — whatever the acquire returned, kept
+/// alive — another handle gets the name at once (30 s TTL). A grant made on the lease the
+/// close was revoking must not outlive the close.
+pub async fn an_acquire_racing_close_leaves_the_name_free(t: &Target) {
+    let long_ttl = Duration::from_secs(30);
+    let url = t.url_in("", long_ttl);
+    let other = connect(&url).await;
+    let mut blocked = Vec::new();
+    for round in 0..40u64 {
+        let a = connect(&url).await;
+        let name = format!("close-race-{round}");
+        // The lease exists first (a lock on it), so the race is between its grant and the close.
+        let warm = a.acquire(&format!("close-race-warm-{round}")).await.unwrap();
+        let tried = {
+            let (a, name) = (a.clone(), name.clone());
+            tokio::spawn(async move { a.try_acquire(&name).await })
+        };
+        tokio::time::sleep(Duration::from_micros(150 * (round % 12))).await;
+        a.close().await.expect("close");
+        let kept = tried.await.unwrap();
+        if !matches!(other.try_acquire(&name).await, Ok(Some(_))) {
+            blocked.push((round, kept.map(|g| g.map(|g| g.is_held())).map_err(|e| e.to_string())));
+        }
+        drop(warm);
+    }
+    assert!(blocked.is_empty(), "held after close() returned (round, what the acquire returned): {blocked:?}");
 }
 
 /// Dropping a guard releases the lock: a waiter gets it far sooner than the TTL would allow.

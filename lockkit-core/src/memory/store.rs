@@ -108,6 +108,12 @@ impl Store {
     pub(super) async fn acquire(&self, key: &str, waiter: &Arc<Waiter>, wait: bool) -> Result<Option<u64>, String> {
         {
             let mut slots = lock(&self.slots);
+            // A lease revoked meanwhile (the handle closed while this acquire was under way)
+            // holds nothing: its revoke fires the signal before it clears the store, so a
+            // grant made here after that clear would outlive it.
+            if let Some(reason) = waiter.signal.reason() {
+                return Err(reason);
+            }
             let slot = slots.open(key);
             slot.expire();
             if slot.holder.is_none() && slot.waiters.is_empty() {

@@ -67,7 +67,10 @@ pub async fn connect(
             ));
         }
     };
-    Ok((Instance::cluster(CLUSTER, address, connection.clone(), connect_timeout, call_timeout), Feed::Cluster(connection, feed)))
+    Ok((
+        Instance::cluster(CLUSTER, address, connection.clone(), connect_timeout, call_timeout),
+        Feed::Cluster(connection, feed),
+    ))
 }
 
 /// Redis 7.0: wake-ups on a cluster use sharded pub/sub (`SSUBSCRIBE`, `SPUBLISH`).

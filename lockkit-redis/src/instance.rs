@@ -221,7 +221,6 @@ async fn bounded<T>(limit: Duration, call: impl Future<Output = RedisResult<T>>)
             std::io::ErrorKind::TimedOut,
             format!("no answer within {limit:?} (the `timeout` option)"),
         ))),
-        }
     }
 }
 

@@ -332,7 +332,6 @@ async fn tries_and_releases_survive_script_flushes() {
 /// latency, when a refresh of the lease's other grants is confirmed while the acquire is in
 /// flight.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: a slow grant joins a lease confirmed after its request was sent, so the guard outlives its key"]
 async fn a_slow_grant_is_not_held_past_its_key_expiry() {
     use support::proxy::{Direction, Proxy};
     let server = Server::redis();

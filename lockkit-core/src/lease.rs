@@ -177,7 +177,17 @@ impl KeptLease {
     /// A loss signal for a new grant on this lease: it fires when the lease is lost, and can be
     /// fired alone by the driver ([`LossSignal::lose`]).
     pub fn grant_signal(&self) -> LossSignal {
-        self.shared.state.grant_signal()
+        self.shared.state.grant_signal(None)
+    }
+
+    /// [`grant_signal`](Self::grant_signal), for a grant with a TTL of its own on the server
+    /// (a key set with an expiry, refreshed with the lease's other grants) whose granting
+    /// request was `sent` then. Until a refresh sent after its guard was made is confirmed, it
+    /// counts as held for at most the local validity after `sent` — its key may expire then,
+    /// whatever refreshes of the lease's other grants said meanwhile — and that refresh is
+    /// sent one refresh interval after `sent` (at once, when that moment is past).
+    pub fn grant_signal_sent(&self, sent: Instant) -> LossSignal {
+        self.shared.state.grant_signal(Some(sent))
     }
 
     /// Declares the lease lost (drivers call it when the backend tells them, e.g. a session
@@ -318,13 +328,18 @@ async fn refresh_loop(shared: Arc<Shared>, interval: Duration, granted_at: Insta
     let first_retry = (interval / 8).clamp(Duration::from_millis(10), Duration::from_millis(500));
     let mut retry = first_retry;
     let mut next = granted_at + interval;
+    let mut attempted = granted_at;
     loop {
-        let wake = next.min(state.valid_until());
+        let due = state.refresh_due(interval, attempted);
+        let wake = next.min(state.valid_until()).min(due.unwrap_or(next));
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = state.lost() => break,
+            // A grant with a TTL of its own joined: it may need a refresh sooner.
+            _ = state.joined.notified() => continue,
             _ = tokio::time::sleep_until(wake.into()) => {}
         }
+        attempted = Instant::now();
         let result = tokio::select! {
             _ = stop.cancelled() => return,
             _ = state.lost() => break,

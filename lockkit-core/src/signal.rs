@@ -37,6 +37,8 @@ pub(crate) struct LeaseState {
     lost: CancellationToken,
     reason: OnceLock<String>,
     grants: Mutex<Vec<Weak<GrantShared>>>,
+    /// Woken when a grant with a TTL of its own joins, so the refresh loop covers it in time.
+    pub(crate) joined: tokio::sync::Notify,
 }
 
 impl LeaseState {
@@ -58,6 +60,7 @@ impl LeaseState {
             lost: CancellationToken::new(),
             reason: OnceLock::new(),
             grants: Mutex::new(Vec::new()),
+            joined: tokio::sync::Notify::new(),
         })
     }
 
@@ -75,7 +78,31 @@ impl LeaseState {
             return false;
         }
         *until = (*until).max(sent + local_validity(ttl, self.max_validity));
+        drop(until);
+        // Grants that joined before this refresh was sent were refreshed by it: from now on the
+        // lease's deadline is theirs.
+        for grant in self.live_grants() {
+            let mut own = lock(&grant.own_ttl);
+            if own.is_some_and(|own| own.joined.is_some_and(|joined| joined <= sent) && Instant::now() < own.until) {
+                *own = None;
+            }
+        }
         true
+    }
+
+    fn live_grants(&self) -> Vec<Arc<GrantShared>> {
+        lock(&self.grants).iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// When the next refresh is due for the grants with a TTL of their own that joined after
+    /// `attempted` (the last refresh attempt): `interval` after their request was sent.
+    pub(crate) fn refresh_due(&self, interval: Duration, attempted: Instant) -> Option<Instant> {
+        self.live_grants()
+            .iter()
+            .filter_map(|grant| *lock(&grant.own_ttl))
+            .filter(|own| own.joined.is_some_and(|joined| joined > attempted))
+            .map(|own| own.sent + interval)
+            .min()
     }
 
     /// Whether the lease is lost. Passing the deadline loses it for good (a confirmation that
@@ -108,7 +135,7 @@ impl LeaseState {
         if self.reason.set(reason.clone()).is_err() {
             return;
         }
-        let grants: Vec<Arc<GrantShared>> = lock(&self.grants).iter().filter_map(Weak::upgrade).collect();
+        let grants = self.live_grants();
         tracing::warn!(backend = self.backend, lease = %self.id, locks = grants.len(), %reason, "lease lost");
         for grant in grants {
             grant.log_loss(self.backend, &reason);
@@ -128,10 +155,16 @@ impl LeaseState {
         self.lost.cancelled().await
     }
 
-    /// A loss signal for a new grant on this lease.
-    pub(crate) fn grant_signal(self: &Arc<Self>) -> LossSignal {
-        let shared =
-            Arc::new(GrantShared { own: self.lost.child_token(), reason: OnceLock::new(), label: OnceLock::new() });
+    /// A loss signal for a new grant on this lease; `sent`: see [`OwnTtl`].
+    pub(crate) fn grant_signal(self: &Arc<Self>, sent: Option<Instant>) -> LossSignal {
+        let own_ttl =
+            sent.map(|sent| OwnTtl { sent, until: sent + local_validity(self.ttl, self.max_validity), joined: None });
+        let shared = Arc::new(GrantShared {
+            own: self.lost.child_token(),
+            reason: OnceLock::new(),
+            label: OnceLock::new(),
+            own_ttl: Mutex::new(own_ttl),
+        });
         let mut grants = lock(&self.grants);
         grants.retain(|g| g.strong_count() > 0);
         grants.push(Arc::downgrade(&shared));
@@ -145,6 +178,20 @@ struct GrantShared {
     reason: OnceLock<String>,
     /// Lock name and token, once the grant is complete, for log lines.
     label: OnceLock<(String, FencingToken)>,
+    /// The grant's own TTL, until a refresh covers it (`None`: the lease's deadline is its own).
+    own_ttl: Mutex<Option<OwnTtl>>,
+}
+
+/// A grant with a TTL of its own on the server (a Redis key set with `PX`) may have started
+/// that TTL any time after its request was `sent`, and a slow reply can arrive after a refresh
+/// of the lease that did not include it was confirmed. Until a refresh sent after it `joined`
+/// the lease (its guard was made) is confirmed, it counts as held only `until` the local
+/// validity after `sent`, not for the lease's deadline.
+#[derive(Clone, Copy, Debug)]
+struct OwnTtl {
+    sent: Instant,
+    until: Instant,
+    joined: Option<Instant>,
 }
 
 impl GrantShared {
@@ -169,12 +216,22 @@ pub struct LossSignal {
 impl LossSignal {
     /// Whether the lock may no longer be held (lost, or past its local deadline).
     pub fn is_lost(&self) -> bool {
-        self.shared.own.is_cancelled() || self.lease.is_lost()
+        self.shared.own.is_cancelled() || self.lease.is_lost() || self.own_ttl_ran_out()
     }
 
     /// The local deadline: after it the lock counts as lost unless a refresh is confirmed first.
     pub fn valid_until(&self) -> Instant {
-        self.lease.valid_until()
+        let lease = self.lease.valid_until();
+        lock(&self.shared.own_ttl).map_or(lease, |own| own.until.min(lease))
+    }
+
+    /// Whether the grant's own TTL ran out before a refresh covered it (which loses it).
+    fn own_ttl_ran_out(&self) -> bool {
+        let ran_out = lock(&self.shared.own_ttl).is_some_and(|own| Instant::now() >= own.until);
+        if ran_out {
+            self.lose("no refresh sent after it was granted was confirmed within its TTL, counted from its request");
+        }
+        ran_out
     }
 
     /// Why the lock was lost, once it was.
@@ -191,11 +248,11 @@ impl LossSignal {
     /// Cancel safe: it only watches.
     pub async fn lost(&self) -> String {
         loop {
-            let deadline = self.lease.valid_until();
+            let deadline = self.valid_until();
             tokio::select! {
                 _ = self.shared.own.cancelled() => break,
                 _ = tokio::time::sleep_until(deadline.into()) => {
-                    if self.lease.is_lost() {
+                    if self.is_lost() {
                         break;
                     }
                 }
@@ -225,8 +282,15 @@ impl LossSignal {
         self.shared.own.cancel();
     }
 
+    /// Names the grant once its guard is made: it has joined its lease, so a refresh sent
+    /// from now on covers it.
     pub(crate) fn label(&self, name: &str, token: FencingToken) {
         let _ = self.shared.label.set((name.to_owned(), token));
+        let mut own = lock(&self.shared.own_ttl);
+        if let Some(own) = own.as_mut() {
+            own.joined = Some(Instant::now());
+            self.lease.joined.notify_one();
+        }
     }
 }
 
@@ -243,7 +307,7 @@ mod tests {
     #[tokio::test]
     async fn losing_the_lease_fires_every_grant_but_a_grant_can_be_lost_alone() {
         let lease = LeaseState::new("test", "l1".into(), Duration::from_secs(10), None, Instant::now());
-        let (a, b) = (lease.grant_signal(), lease.grant_signal());
+        let (a, b) = (lease.grant_signal(None), lease.grant_signal(None));
         a.lose("key deleted");
         assert!(a.is_lost() && !b.is_lost());
         assert_eq!(a.lost().await, "key deleted");
@@ -255,7 +319,7 @@ mod tests {
     #[tokio::test]
     async fn the_deadline_alone_makes_a_grant_lost() {
         let lease = LeaseState::new("test", "l1".into(), Duration::from_millis(150), None, Instant::now());
-        let signal = lease.grant_signal();
+        let signal = lease.grant_signal(None);
         assert!(!signal.is_lost());
         let reason = signal.lost().await;
         assert!(signal.is_lost() && reason.contains("deadline"), "{reason}");
@@ -271,6 +335,32 @@ mod tests {
         assert_eq!(lease.valid_until(), first + Duration::from_millis(300));
         lease.confirm(start, Duration::from_secs(1));
         assert_eq!(lease.valid_until(), first + Duration::from_millis(300));
+    }
+
+    /// A grant with a TTL of its own counts from its request's send time until a refresh sent
+    /// after its guard was made is confirmed; one sent before (covering only the lease's other
+    /// grants) does not extend it, and once its TTL ran out no confirmation brings it back.
+    #[test]
+    fn a_grant_with_its_own_ttl_counts_from_its_request_until_a_refresh_covers_it() {
+        let ttl = Duration::from_secs(1);
+        let start = Instant::now();
+        let lease = LeaseState::new("test", "l1".into(), ttl, None, start);
+        let sent = start - Duration::from_millis(600);
+        let grant = lease.grant_signal(Some(sent));
+        let own = sent + ttl - safety_margin(ttl);
+        assert_eq!(grant.valid_until(), own);
+        lease.confirm(start, ttl);
+        assert_eq!(grant.valid_until(), own, "a refresh sent before the guard existed covered it");
+        grant.label("l", FencingToken::new(1));
+        let after = Instant::now() + Duration::from_millis(1);
+        assert!(lease.confirm(after, ttl));
+        assert_eq!(grant.valid_until(), after + ttl - safety_margin(ttl), "the refresh that covered it");
+
+        let late = lease.grant_signal(Some(Instant::now() - ttl));
+        late.label("m", FencingToken::new(2));
+        assert!(late.is_lost(), "its own TTL ran out");
+        lease.confirm(Instant::now() + Duration::from_millis(1), ttl);
+        assert!(late.is_lost() && !grant.is_lost(), "a later confirmation brought it back");
     }
 
     /// A lease capped below its TTL counts as valid for the cap after each confirmation, also

@@ -64,12 +64,13 @@ impl DistributedLock for RedisLocks {
         };
         let mut watch = None;
         let arrival = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        let token = loop {
+        let (token, sent) = loop {
             // Register as a waiter (fair mode: take a place in line) only once subscribed, so its
             // wake-up is not missed.
             let join = watch.is_some().then_some(arrival.as_millis() as u64);
+            let sent = std::time::Instant::now();
             match self.quorum.acquire(&keys, &owner, request.ttl, join).await? {
-                Attempt::Granted(token) => break token,
+                Attempt::Granted(token) => break (token, sent),
                 Attempt::Busy(_) if !request.wait => {
                     undo.disarm();
                     return Ok(None);
@@ -104,7 +105,9 @@ impl DistributedLock for RedisLocks {
             }
         };
         undo.disarm();
-        let signal = lease.grant_signal();
+        // The key's TTL started when the script ran, after `sent`: a slow reply must not let
+        // the guard count on the lease's refreshes that did not include it.
+        let signal = lease.grant_signal_sent(sent);
         let id = self.holdings.add(Held {
             keys: keys.clone(),
             owner: owner.clone(),

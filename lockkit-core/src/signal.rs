@@ -229,7 +229,7 @@ impl LossSignal {
     fn own_ttl_ran_out(&self) -> bool {
         let ran_out = lock(&self.shared.own_ttl).is_some_and(|own| Instant::now() >= own.until);
         if ran_out {
-            self.lose("no refresh sent after it was granted was confirmed within its TTL, counted from its request");
+            self.lose("no refresh covering this lock was confirmed before its deadline (its refreshes failed, or its grant came too slowly)");
         }
         ran_out
     }
@@ -273,6 +273,17 @@ impl LossSignal {
             self.shared.log_loss(self.lease.backend, &reason);
         }
         self.shared.own.cancel();
+    }
+
+    /// Drivers whose lease refreshes each grant separately (one key per lock) call it when a
+    /// refresh of the lease did not confirm this grant while it confirmed others: the grant
+    /// keeps the deadline it has now instead of the one that refresh brings the lease, until a
+    /// later refresh covers it — so one lock whose refresh keeps failing (an ACL change, a
+    /// shard down) is lost alone at its deadline, not with every lock on the lease.
+    pub fn not_refreshed(&self) {
+        let until = self.valid_until();
+        let now = Instant::now();
+        *lock(&self.shared.own_ttl) = Some(OwnTtl { sent: now, until, joined: Some(now) });
     }
 
     /// Marks the grant as given back: clones of the signal see it as no longer held, without a
@@ -361,6 +372,26 @@ mod tests {
         assert!(late.is_lost(), "its own TTL ran out");
         lease.confirm(Instant::now() + Duration::from_millis(1), ttl);
         assert!(late.is_lost() && !grant.is_lost(), "a later confirmation brought it back");
+    }
+
+    /// A grant a refresh did not cover keeps its deadline while the lease's moves on; the next
+    /// refresh that covers it gives it the lease's deadline again.
+    #[test]
+    fn a_grant_not_refreshed_keeps_its_deadline_until_a_refresh_covers_it() {
+        let ttl = Duration::from_secs(1);
+        let lease = LeaseState::new("test", "l1".into(), ttl, None, Instant::now());
+        let (failing, fine) = (lease.grant_signal(None), lease.grant_signal(None));
+        let before = failing.valid_until();
+        std::thread::sleep(Duration::from_millis(5));
+        // The refresh is sent, then the driver finds this grant not confirmed by it.
+        let sent = Instant::now();
+        failing.not_refreshed();
+        assert!(lease.confirm(sent, ttl));
+        assert_eq!(failing.valid_until(), before, "the lease's refresh moved a grant it did not cover");
+        assert!(fine.valid_until() > before);
+        let later = Instant::now() + Duration::from_millis(200);
+        assert!(lease.confirm(later, ttl));
+        assert_eq!(failing.valid_until(), fine.valid_until(), "a refresh that covered it");
     }
 
     /// A lease capped below its TTL counts as valid for the cap after each confirmation, also

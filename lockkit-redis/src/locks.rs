@@ -191,6 +191,9 @@ struct RedisLease {
 impl LeaseBackend for RedisLease {
     async fn keep_alive(&self) -> Result<KeepAlive> {
         let (ids, grants): (Vec<u64>, Vec<(LockKeys, String)>) = self.holdings.with(|held| {
+            // A lost grant is not kept alive: refreshing its key would keep the lock from
+            // everyone while its guard reads lost. Its guard's release or drop deletes it.
+            held.retain(|_, h| !(h.lease == self.id && h.signal.is_lost()));
             held.iter()
                 .filter(|(_, h)| h.lease == self.id)
                 .map(|(id, h)| (*id, (h.keys.clone(), h.owner.clone())))
@@ -200,17 +203,33 @@ impl LeaseBackend for RedisLease {
             return Ok(KeepAlive::Alive(self.ttl));
         }
         let (verdicts, error) = self.quorum.refresh(&grants, self.ttl).await;
+        // Nothing confirmed: the lease's refresh failed (retried until its deadline).
+        let confirmed_none = !verdicts.contains(&Some(true)) && verdicts.contains(&None);
         self.holdings.with(|held| {
             for (id, verdict) in ids.iter().zip(&verdicts) {
-                if *verdict == Some(false)
-                    && let Some(h) = held.remove(id)
-                {
-                    h.signal.lose("its key was deleted or taken over on the server (expired, DEL, flush or restart)");
+                match verdict {
+                    Some(false) => {
+                        if let Some(h) = held.remove(id) {
+                            h.signal.lose("its key was deleted or taken over on the server (expired, DEL, flush or restart)");
+                        }
+                    }
+                    // Others were refreshed, this one not: it keeps its deadline, and is lost
+                    // alone at it unless a later refresh covers it.
+                    None if confirmed_none => {}
+                    None => {
+                        if let Some(h) = held.get(id) {
+                            h.signal.not_refreshed();
+                            if let Some(e) = &error {
+                                tracing::warn!(backend = self.quorum.backend, lock = %h.keys.lock, error = %e, "refreshing one lock failed");
+                            }
+                        }
+                    }
+                    Some(true) => {}
                 }
             }
         });
         match error {
-            Some(e) if verdicts.contains(&None) => Err(e),
+            Some(e) if confirmed_none => Err(e),
             _ => Ok(KeepAlive::Alive(self.ttl)),
         }
     }

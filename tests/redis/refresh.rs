@@ -28,10 +28,9 @@ async fn an_error_refreshing_one_lock_loses_only_that_lock() {
 
 /// The same with an error reply other than WRONGTYPE: the handle's user loses the right to one
 /// lock's key (an ACL change), so that lock's refresh answers NOPERM every tick. The docs say an
-/// error for one key leaves the others refreshed, but the undecided grant makes the whole
-/// lease's keep-alive an error, so at the lease deadline every lock of the handle is lost.
+/// error for one key leaves the others refreshed: that lock alone is lost at its deadline, the
+/// other is still held and refreshed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: a persistent non-WRONGTYPE error reply for one lock fails the whole lease, losing every lock"]
 async fn a_persistent_error_refreshing_one_lock_loses_only_that_lock() {
     let port = crate::support::servers::free_port();
     let server = Server::redis_with(port, &["--user", "app", "on", ">app-secret", "~*", "&*", "+@all"]);

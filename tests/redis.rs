@@ -122,12 +122,10 @@ async fn a_user_not_allowed_info_still_connects() {
 }
 
 /// An ACL user limited to its application's namespace (`~app/*`, `&app/*`, a common way to
-/// keep two applications on one server apart) can lock in that namespace. With the old layout
-/// every key and channel began with `app/`; the helper keys and channel are now `{app/NAME}:…`,
-/// so the scripts are refused (NOPERM), and the error says "authentication failed … check the
-/// user, password or token" though the credentials are right.
+/// keep two applications on one server apart) can lock in that namespace: every helper key and
+/// the channel start with the lock key, `app/NAME:{app/NAME}:…`. (With helpers `{app/NAME}:…`
+/// the scripts were refused with NOPERM.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: helper keys `{ns/NAME}:fence` no longer start with the namespace, so namespace-scoped ACLs refuse them"]
 async fn a_user_limited_to_its_namespace_can_lock_there() {
     let port = servers::free_port();
     let _server = Server::redis_with(port, &["--user", "app", "on", ">app-secret", "~app/*", "&app/*", "+@all"]);
@@ -187,8 +185,9 @@ async fn fair_mode_tries_do_not_barge() {
     // A waiter that joined the line (its place good for a long while) but never comes to take
     // its turn: as a paused process would.
     let far_future = "32503680000000";
-    redis_number(&server, &["ZADD", &format!("{{{namespace}/line}}:waiters"), far_future, "slow"]).await;
-    redis_number(&server, &["RPUSH", &format!("{{{namespace}/line}}:queue"), "slow"]).await;
+    redis_number(&server, &["ZADD", &format!("{namespace}/line:{{{namespace}/line}}:waiters"), far_future, "slow"])
+        .await;
+    redis_number(&server, &["RPUSH", &format!("{namespace}/line:{{{namespace}/line}}:queue"), "slow"]).await;
     in_line(holder.as_ref(), "line", 1).await;
     guard.release().await.unwrap();
     assert!(holder.try_acquire("line").await.unwrap().is_none(), "a try jumped the line");
@@ -212,7 +211,7 @@ async fn a_release_wakes_one_waiter_not_every_handle() {
         waiters.push(tokio::spawn(async move { locks.acquire("herd").await.unwrap().release().await.unwrap() }));
     }
     let started = Instant::now();
-    while redis_number(&server, &["ZCARD", &format!("{{{namespace}/herd}}:wakeup")]).await != WAITERS {
+    while redis_number(&server, &["ZCARD", &format!("{namespace}/herd:{{{namespace}/herd}}:wakeup")]).await != WAITERS {
         assert!(started.elapsed() < Duration::from_secs(10), "the waiters never registered");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -226,7 +225,11 @@ async fn a_release_wakes_one_waiter_not_every_handle() {
     // handle would add a failed attempt per remaining handle per release (28 more); allow a
     // fallback retry per waiter.
     assert!(scripts <= 1 + 2 * WAITERS + WAITERS, "{scripts} scripts for {WAITERS} handoffs: a herd");
-    assert_eq!(redis_number(&server, &["EXISTS", &format!("{{{namespace}/herd}}:wakeup")]).await, 0, "waiters left");
+    assert_eq!(
+        redis_number(&server, &["EXISTS", &format!("{namespace}/herd:{{{namespace}/herd}}:wakeup")]).await,
+        0,
+        "waiters left"
+    );
 }
 
 /// Scripts the server has run so far (EVALSHA calls).

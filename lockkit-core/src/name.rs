@@ -169,7 +169,7 @@ impl Namespace {
     /// Injective over (namespace, name) pairs: no piece contains `/` (a name's `/` is
     /// encoded), so the pieces are read back by splitting at `/`, and each piece's encoding
     /// is injective. The key never contains `{` or `}`, so a Redis Cluster slot is the hash of
-    /// the whole key, and a helper key `{KEY}:suffix` (tagged with the whole key) can equal
+    /// the whole key, and a helper key `KEY:{KEY}:suffix` (tagged with the whole key) can equal
     /// no lock key.
     ///
     /// ```

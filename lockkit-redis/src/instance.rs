@@ -226,10 +226,21 @@ async fn bounded<T>(limit: Duration, call: impl Future<Output = RedisResult<T>>)
 
 /// Maps a client error: authentication, connection trouble, or what the server answered.
 pub fn error(backend: &'static str, address: &str, e: RedisError) -> Error {
-    let auth =
-        e.kind() == ErrorKind::AuthenticationFailed || matches!(e.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"));
+    let auth = e.kind() == ErrorKind::AuthenticationFailed || matches!(e.code(), Some("WRONGPASS" | "NOAUTH"));
     if auth {
         return Error::Authentication { backend, endpoint: address.to_owned(), message: e.to_string() };
+    }
+    if e.code() == Some("NOPERM") {
+        // The credentials are right; the user's ACL does not cover what lockkit touches.
+        return Error::backend(
+            backend,
+            format!(
+                "redis at {address} refused: {e}; the user's ACL must allow the lock keys and the keys \
+                 starting with them (`~NAMESPACE/*`), their channels (`&NAMESPACE/*`) and the commands \
+                 lockkit sends (scripting, pub/sub, and the string, key, list and sorted-set commands \
+                 its scripts run)"
+            ),
+        );
     }
     if e.code() == Some("BADFENCE") {
         let detail = e.detail().unwrap_or("its fencing counter holds garbage");

@@ -9,7 +9,7 @@
 //!   `redlock://host1:port,host2:port,host3:port[/db][?…]` (an odd number, at least 3).
 //!   The path is the database number, as in every Redis URL; the namespace is an option.
 //!   `?fair=true` (not on redlock://) grants in arrival order: waiters queue inside the scripts
-//!   (`{K}:queue`, entries expire one TTL after their waiter last asked), a release wakes only the
+//!   (`K:{K}:queue`, entries expire one TTL after their waiter last asked), a release wakes only the
 //!   first in line, and a plain acquire does not barge ahead of the line. Handles without
 //!   `fair=true` on the same lock ignore the line (and may get ahead of it).
 //!   `rediss://`, `rediss-cluster://` and `redlocks://` use TLS: the server is checked against the public roots,
@@ -17,12 +17,13 @@
 //! - **Keys**: the lock `K` is the namespaced name as written (`[ns/]NAME`): only `%`, `/`,
 //!   `{`, `}` and control characters are percent-encoded (`a{b}` is the key `a%7Bb%7D`), so a
 //!   lock named `jobs:nightly` is the key `jobs:nightly`, and distinct names never share a key.
-//!   Its helper keys carry the whole of `K` as their Redis Cluster hash tag — `{K}:fence`,
-//!   `{K}:wakeup`, `{K}:queue`, `{K}:waiters`, channel `{K}:released` — so each script
-//!   touches one slot.
+//!   Its helper keys start with `K` and carry the whole of `K` as their Redis Cluster hash
+//!   tag — `K:{K}:fence`, `K:{K}:wakeup`, `K:{K}:queue`, `K:{K}:waiters`, channel
+//!   `K:{K}:released` — so each script touches one slot, and an ACL user limited to
+//!   `~app/*` and `&app/*` can lock in namespace `app`.
 //! - **Grant**: one script per server does `SET K owner NX PX ttl` and, only on success, mints
 //!   the fencing token `max(counter + 1, now_µs)` — `now_µs` the server's clock (`TIME`) in
-//!   microseconds — and writes it back to `{K}:fence`. The lock key is a plain string holding
+//!   microseconds — and writes it back to `K:{K}:fence`. The lock key is a plain string holding
 //!   the owner value (a random token, a space, the holder metadata), as redis-py's `Lock`
 //!   holds its token, so `Lock(r, "jobs:nightly")` and lockkit's `jobs:nightly` exclude each
 //!   other, and the metadata expires with the grant. A counter holding anything but a whole
@@ -32,8 +33,8 @@
 //!   owner is ever deleted or extended. All locks of a handle are refreshed in one pipelined
 //!   round trip per server per tick; a refresh that finds a key gone (or replaced by another
 //!   type) fires that guard's loss, and an error for one key leaves the others refreshed.
-//! - **Waiting**: a waiter registers in `{K}:wakeup` (ranked by arrival) and a release pops
-//!   the first and PUBLISHes its owner value on `{K}:released`, so one release wakes one
+//! - **Waiting**: a waiter registers in `K:{K}:wakeup` (ranked by arrival) and a release pops
+//!   the first and PUBLISHes its owner value on `K:{K}:released`, so one release wakes one
 //!   waiter however many wait. Each handle keeps one pub/sub connection per server, shared by
 //!   all its waiters, and wakes only the waiter a message names; a subscribe is bounded by the
 //!   per-server call timeout and holds up no other waiter, so a stopped Redlock server costs a
@@ -55,7 +56,7 @@
 //!   is the maximum of the majority's counters, written back to every server before the guard
 //!   is handed out, so any later majority overlaps one that has seen it.
 //! - **Data loss**: a server that loses its data (`FLUSHALL`, a restart without persistence,
-//!   an evicted `{K}:fence`, a failover to a replica that missed the last writes) loses its
+//!   an evicted `K:{K}:fence`, a failover to a replica that missed the last writes) loses its
 //!   grants — holders are told at their next refresh — but tokens do not go back: the next
 //!   one comes from the server clock, past every token minted before, as long as the clock of
 //!   the server minting it is not behind the one that minted the last token by more than the

@@ -5,16 +5,18 @@
 //! `jobs:nightly`). It holds the owner value as a plain string, as redis-py's `Lock` holds its
 //! token, so the two exclude each other on the same name. The value is a random token, a
 //! space, and the holder metadata, so the metadata lives and expires with the grant.
-//! `{K}:fence` is the fencing counter (never expires). A release publishes on channel
-//! `{K}:released` the owner value of the one waiter it wakes: plain waiters register in
-//! `{K}:wakeup` (a sorted set ranked by arrival, expiring a TTL after its last waiter asked)
-//! and a release pops the first; with `fair=true`, waiters queue in `{K}:queue` (a list,
-//! arrival order) and `{K}:waiters` (a sorted set: when each queued entry expires unless its
+//! `K:{K}:fence` is the fencing counter (never expires). A release publishes on channel
+//! `K:{K}:released` the owner value of the one waiter it wakes: plain waiters register in
+//! `K:{K}:wakeup` (a sorted set ranked by arrival, expiring a TTL after its last waiter asked)
+//! and a release pops the first; with `fair=true`, waiters queue in `K:{K}:queue` (a list,
+//! arrival order) and `K:{K}:waiters` (a sorted set: when each queued entry expires unless its
 //! waiter asks again) instead.
 //!
-//! Redis Cluster: `K` never contains `{`, so its slot is the hash of the whole key, and every
-//! helper key carries the whole of `K` as its hash tag: all keys of one script are in one
-//! slot. `K` never starts with `{`, so no helper key can equal a lock key.
+//! Every helper key is `K:{K}:suffix`: it starts with `K`, so an ACL user limited to its
+//! namespace (`~app/*`, `&app/*`) reaches its helpers and channel too, and it carries the whole
+//! of `K` as its Redis Cluster hash tag. `K` never contains `{` or `}`, so its slot is the hash
+//! of the whole key and the tag is exactly `K`: all keys of one script are in one slot, and no
+//! helper key can equal a lock key or another lock's helper.
 //!
 //! [`Namespace::verbatim_key`]: lockkit_core::Namespace::verbatim_key
 
@@ -43,14 +45,15 @@ impl LockKeys {
         LockKeys::new(namespace.verbatim_key(name))
     }
 
-    /// The keys of the lock key `key`: each helper is tagged with the whole of `key`.
+    /// The keys of the lock key `key`: each helper starts with `key` (so ACL key patterns such
+    /// as `~app/*` cover them) and is tagged with the whole of `key` (one cluster slot).
     pub fn new(key: String) -> Self {
         LockKeys {
-            fence: format!("{{{key}}}:fence"),
-            queue: format!("{{{key}}}:queue"),
-            waiters: format!("{{{key}}}:waiters"),
-            wakeup: format!("{{{key}}}:wakeup"),
-            channel: format!("{{{key}}}:released"),
+            fence: format!("{key}:{{{key}}}:fence"),
+            queue: format!("{key}:{{{key}}}:queue"),
+            waiters: format!("{key}:{{{key}}}:waiters"),
+            wakeup: format!("{key}:{{{key}}}:wakeup"),
+            channel: format!("{key}:{{{key}}}:released"),
             lock: key,
         }
     }
@@ -345,10 +348,10 @@ mod tests {
     fn helper_keys_are_tagged_with_the_whole_lock_key() {
         let keys = LockKeys::of(&Namespace::new("app"), &LockName::new("jobs:nightly").unwrap());
         assert_eq!(keys.lock, "app/jobs:nightly");
-        assert_eq!(keys.fence, "{app/jobs:nightly}:fence");
-        assert_eq!(keys.queue, "{app/jobs:nightly}:queue");
-        assert_eq!(keys.waiters, "{app/jobs:nightly}:waiters");
-        assert_eq!(keys.wakeup, "{app/jobs:nightly}:wakeup");
-        assert_eq!(keys.channel, "{app/jobs:nightly}:released");
+        assert_eq!(keys.fence, "app/jobs:nightly:{app/jobs:nightly}:fence");
+        assert_eq!(keys.queue, "app/jobs:nightly:{app/jobs:nightly}:queue");
+        assert_eq!(keys.waiters, "app/jobs:nightly:{app/jobs:nightly}:waiters");
+        assert_eq!(keys.wakeup, "app/jobs:nightly:{app/jobs:nightly}:wakeup");
+        assert_eq!(keys.channel, "app/jobs:nightly:{app/jobs:nightly}:released");
     }
 }

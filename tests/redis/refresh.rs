@@ -37,7 +37,7 @@ async fn a_persistent_error_refreshing_one_lock_loses_only_that_lock() {
     let locks = connect(&format!("redis://app:app-secret@127.0.0.1:{port}?ttl={}ms", TTL.as_millis())).await;
     let kept = locks.acquire("kept").await.unwrap();
     let denied = locks.acquire("denied").await.unwrap();
-    assert_eq!(redis_reply(&server, &["ACL", "SETUSER", "app", "resetkeys", "~kept", "~{kept}:*"]).await, "OK");
+    assert_eq!(redis_reply(&server, &["ACL", "SETUSER", "app", "resetkeys", "~kept", "~kept:{kept}:*"]).await, "OK");
 
     let reason = tokio::time::timeout(2 * TTL, denied.lost()).await.expect("the denied lock is lost");
     assert!(!reason.is_empty());

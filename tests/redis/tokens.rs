@@ -85,7 +85,7 @@ async fn tokens_keep_increasing_after_the_counter_is_evicted() {
         last = guard.fencing_token();
         guard.release().await.unwrap();
     }
-    assert_eq!(redis_number(&server, &["DEL", "{evicted}:fence"]).await, 1, "the counter was there");
+    assert_eq!(redis_number(&server, &["DEL", "evicted:{evicted}:fence"]).await, 1, "the counter was there");
     let next = locks.acquire("evicted").await.unwrap();
     assert!(next.fencing_token() > last, "{} after {last}", next.fencing_token());
 }
@@ -99,18 +99,25 @@ async fn a_garbage_counter_is_a_clear_error_and_sets_no_lock_key() {
     for url in [url(&server), format!("{}&fair=true", url(&server))] {
         let locks = connect(&url).await;
         for garbage in ["-1", "abc", "9007199254740993", "1.5"] {
-            assert_eq!(redis_reply(&server, &["SET", "{garbage}:fence", garbage]).await, "OK");
+            assert_eq!(redis_reply(&server, &["SET", "garbage:{garbage}:fence", garbage]).await, "OK");
             let err = match locks.try_acquire("garbage").await {
                 Err(err) => err,
                 Ok(guard) => panic!("{url}, fence {garbage}: no error, but {:?}", guard.map(|g| g.fencing_token())),
             };
             assert!(matches!(err, Error::Backend { .. }) && !err.is_temporary(), "{err:?}");
             let text = err.to_string();
-            assert!(text.contains("{garbage}:fence") && text.contains(garbage) && text.contains("DEL"), "{text}");
+            assert!(
+                text.contains("garbage:{garbage}:fence") && text.contains(garbage) && text.contains("DEL"),
+                "{text}"
+            );
             assert_eq!(redis_number(&server, &["EXISTS", "garbage"]).await, 0, "{url}, fence {garbage}: lock key set");
-            assert_eq!(redis_reply(&server, &["GET", "{garbage}:fence"]).await, garbage, "the counter was changed");
+            assert_eq!(
+                redis_reply(&server, &["GET", "garbage:{garbage}:fence"]).await,
+                garbage,
+                "the counter was changed"
+            );
         }
-        assert_eq!(redis_number(&server, &["DEL", "{garbage}:fence"]).await, 1);
+        assert_eq!(redis_number(&server, &["DEL", "garbage:{garbage}:fence"]).await, 1);
         let guard = locks.try_acquire("garbage").await.unwrap().expect("granted once the garbage is deleted");
         guard.release().await.unwrap();
     }
@@ -122,11 +129,11 @@ async fn a_garbage_counter_is_a_clear_error_and_sets_no_lock_key() {
 async fn acquire_with_a_garbage_counter_fails_instead_of_waiting() {
     let server = Server::redis();
     let locks = connect(&url(&server)).await;
-    assert_eq!(redis_reply(&server, &["SET", "{looping}:fence", "-1"]).await, "OK");
+    assert_eq!(redis_reply(&server, &["SET", "looping:{looping}:fence", "-1"]).await, "OK");
     let started = Instant::now();
     let err = locks.acquire_timeout("looping", Duration::from_secs(5)).await.unwrap_err();
     assert!(!matches!(err, Error::Timeout { .. }), "waited for a lock nobody holds: {err}");
-    assert!(err.to_string().contains("{looping}:fence"), "{err}");
+    assert!(err.to_string().contains("looping:{looping}:fence"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
     assert_eq!(redis_number(&server, &["EXISTS", "looping"]).await, 0, "the lock key was left set");
 }
@@ -140,24 +147,24 @@ async fn acquire_with_a_garbage_counter_fails_instead_of_waiting() {
 async fn no_token_is_minted_past_2_pow_53_minus_1() {
     let server = Server::redis();
     let locks = connect(&url(&server)).await;
-    assert_eq!(redis_reply(&server, &["SET", "{max}:fence", "9007199254740991"]).await, "OK");
+    assert_eq!(redis_reply(&server, &["SET", "max:{max}:fence", "9007199254740991"]).await, "OK");
     match locks.try_acquire("max").await {
         Ok(Some(guard)) => panic!("granted with token {}, past 2^53 - 1", guard.fencing_token()),
         Ok(None) => panic!("a free lock was said to be held"),
-        Err(err) => assert!(err.to_string().contains("{max}:fence"), "{err}"),
+        Err(err) => assert!(err.to_string().contains("max:{max}:fence"), "{err}"),
     }
-    assert_eq!(redis_reply(&server, &["GET", "{max}:fence"]).await, "9007199254740991", "the counter was changed");
+    assert_eq!(redis_reply(&server, &["GET", "max:{max}:fence"]).await, "9007199254740991", "the counter was changed");
 
     let servers: Vec<Server> = (0..3).map(|_| Server::redis()).collect();
     let locks = connect(&redlock_url(&servers, "max")).await;
-    assert_eq!(redis_reply(&servers[0], &["SET", "{max/max}:fence", "9007199254740990"]).await, "OK");
+    assert_eq!(redis_reply(&servers[0], &["SET", "max/max:{max/max}:fence", "9007199254740990"]).await, "OK");
     let guard = locks.try_acquire("max").await.unwrap().expect("granted");
     assert_eq!(guard.fencing_token(), FencingToken::new(9_007_199_254_740_991));
     guard.release().await.unwrap();
     match locks.try_acquire("max").await {
         Ok(Some(guard)) => panic!("granted with token {}, past 2^53 - 1", guard.fencing_token()),
         Ok(None) => panic!("a free lock was said to be held (the refused raise was swallowed)"),
-        Err(err) => assert!(err.to_string().contains("{max/max}:fence") && !err.is_temporary(), "{err}"),
+        Err(err) => assert!(err.to_string().contains("max/max:{max/max}:fence") && !err.is_temporary(), "{err}"),
     }
 }
 
@@ -171,17 +178,17 @@ async fn a_counter_that_is_not_utf8_is_a_clear_error_and_status_still_answers() 
     let locks = connect(&url(&server)).await;
     let set = "return redis.call('SET', KEYS[1], ARGV[1] .. '\\255\\254')";
     for prefix in ["", "x", "1234567890123456789012345678901234567890\\195"] {
-        assert_eq!(redis_reply(&server, &["EVAL", set, "1", "{bytes}:fence", prefix]).await, "OK");
+        assert_eq!(redis_reply(&server, &["EVAL", set, "1", "bytes:{bytes}:fence", prefix]).await, "OK");
         let err = match locks.try_acquire("bytes").await {
             Err(err) => err,
             Ok(guard) => panic!("no error, but {:?}", guard.map(|g| g.fencing_token())),
         };
         let text = err.to_string();
-        assert!(text.contains("{bytes}:fence") && text.contains("DEL") && !err.is_temporary(), "{text}");
+        assert!(text.contains("bytes:{bytes}:fence") && text.contains("DEL") && !err.is_temporary(), "{text}");
         let status = locks.status("bytes").await.expect("status answers");
         assert!(!status.held && status.token.is_none(), "{status:?}");
     }
-    assert_eq!(redis_reply(&server, &["DEL", "{bytes}:fence"]).await, "1");
+    assert_eq!(redis_reply(&server, &["DEL", "bytes:{bytes}:fence"]).await, "1");
     assert_eq!(redis_reply(&server, &["EVAL", set, "1", "bytes", "foreign"]).await, "OK");
     let status = locks.status("bytes").await.expect("status answers");
     assert!(status.held && status.holder.is_none() && status.token.is_none(), "{status:?}");
@@ -198,7 +205,7 @@ async fn a_counter_that_is_not_utf8_is_a_clear_error_and_status_still_answers() 
 async fn one_redlock_server_with_a_huge_counter_does_not_stop_the_majority() {
     let servers: Vec<Server> = (0..3).map(|_| Server::redis()).collect();
     let locks = connect(&redlock_url(&servers, "poison")).await;
-    assert_eq!(redis_reply(&servers[0], &["SET", "{poison/huge}:fence", "9007199254740988"]).await, "OK");
+    assert_eq!(redis_reply(&servers[0], &["SET", "poison/huge:{poison/huge}:fence", "9007199254740988"]).await, "OK");
     for grant in 0..5 {
         match locks.try_acquire("huge").await {
             Ok(Some(guard)) => guard.release().await.unwrap(),

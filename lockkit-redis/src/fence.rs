@@ -10,7 +10,13 @@
 //! On one server that holds unless its clock is set back; on a failover, the clock
 //! skew between master and replica is the bound (keep them on NTP: a promoted replica whose
 //! clock is 2 s behind can repeat or go below tokens minted in the 2 s before the failover).
-//! The counter runs ahead of the clock only when grants come faster than one a microsecond.
+//! The counter runs ahead of the clock only when grants come faster than one a microsecond,
+//! or when it was raised to a token minted by a server whose clock is ahead (Redlock, a
+//! failover). A counter more than a day ahead of its server's clock is refused (`BADFENCE`,
+//! nothing granted): it comes from a mistaken `SET`, a restored key or a clock set back, and
+//! minting from it would hand out tokens near the 2^53 limit — with Redlock, raised onto every
+//! server, so one bad server would stop the whole majority. Refused, such a server drops out
+//! of the vote like one that is down.
 //!
 //! Lua numbers are doubles: integers are exact up to 2^53, so the counter is checked to be a
 //! whole number below 2^53 − 1 before anything is written (the next token is then at most
@@ -21,7 +27,8 @@ use lockkit_core::Error;
 
 /// Lua, run before a script writes anything: reads the counter at `fence_key` (a local the
 /// script defines) into `fence` (a string, or false when absent), and answers a `BADFENCE`
-/// error when it holds anything but a whole number below 2^53 − 1. Defines `mint()`, which
+/// error when it holds anything but a whole number below 2^53 − 1 or is more than a day ahead
+/// of the server's clock (`now_us`, which it sets). Defines `mint()`, which
 /// writes the next token back to the counter and returns it as a string.
 pub const FENCE: &str = r#"
 local fence = redis.call('GET', fence_key)
@@ -32,10 +39,16 @@ if fence and not (string.match(fence, '^%d+$') and #fence <= 16 and tonumber(fen
     'granted; delete it (redis-cli DEL \"' .. fence_key .. '\"): the next grant then takes its token from the ' ..
     'server clock, above earlier tokens unless this counter had run ahead of the clock')
 end
+local clock_us = redis.call('TIME')
+local now_us = tonumber(clock_us[1]) * 1000000 + tonumber(clock_us[2])
+if fence and tonumber(fence) > now_us + 86400000000 then
+  return redis.error_reply('BADFENCE the fencing counter ' .. fence_key .. ' holds ' .. fence ..
+    ', more than a day ahead of this server\'s clock (' .. string.format('%d', now_us) .. ' µs): a mistaken ' ..
+    'SET, a restored key, or a clock set back. Nothing was granted. If the clock is right and nothing relies ' ..
+    'on tokens that high, delete it (redis-cli DEL \"' .. fence_key .. '\"); otherwise wait for the clock to pass it')
+end
 local function mint()
-  local clock = redis.call('TIME')
-  local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-  local token = string.format('%d', math.max(tonumber(fence or '0') + 1, now))
+  local token = string.format('%d', math.max(tonumber(fence or '0') + 1, now_us))
   redis.call('SET', fence_key, token)
   return token
 end

@@ -37,6 +37,9 @@ pub(crate) struct LeaseState {
     lost: CancellationToken,
     reason: OnceLock<String>,
     grants: Mutex<Vec<Weak<GrantShared>>>,
+    /// The grants with a TTL of their own that no confirmed refresh covered yet (few: they
+    /// leave at the first refresh that covers them).
+    pending: Mutex<Vec<Weak<GrantShared>>>,
     /// Woken when a grant with a TTL of its own joins, so the refresh loop covers it in time.
     pub(crate) joined: tokio::sync::Notify,
 }
@@ -60,6 +63,7 @@ impl LeaseState {
             lost: CancellationToken::new(),
             reason: OnceLock::new(),
             grants: Mutex::new(Vec::new()),
+            pending: Mutex::new(Vec::new()),
             joined: tokio::sync::Notify::new(),
         })
     }
@@ -81,13 +85,23 @@ impl LeaseState {
         drop(until);
         // Grants that joined before this refresh was sent were refreshed by it: from now on the
         // lease's deadline is theirs.
-        for grant in self.live_grants() {
+        lock(&self.pending).retain(|grant| {
+            let Some(grant) = grant.upgrade() else { return false };
             let mut own = lock(&grant.own_ttl);
             if own.is_some_and(|own| own.joined.is_some_and(|joined| joined <= sent) && Instant::now() < own.until) {
                 *own = None;
             }
-        }
+            own.is_some()
+        });
         true
+    }
+
+    /// Marks `grant` as waiting for a refresh that covers it.
+    fn pend(&self, grant: &Arc<GrantShared>) {
+        let mut pending = lock(&self.pending);
+        if !pending.iter().any(|g| std::ptr::eq(g.as_ptr(), Arc::as_ptr(grant))) {
+            pending.push(Arc::downgrade(grant));
+        }
     }
 
     fn live_grants(&self) -> Vec<Arc<GrantShared>> {
@@ -97,8 +111,9 @@ impl LeaseState {
     /// When the next refresh is due for the grants with a TTL of their own that joined after
     /// `attempted` (the last refresh attempt): `interval` after their request was sent.
     pub(crate) fn refresh_due(&self, interval: Duration, attempted: Instant) -> Option<Instant> {
-        self.live_grants()
+        lock(&self.pending)
             .iter()
+            .filter_map(Weak::upgrade)
             .filter_map(|grant| *lock(&grant.own_ttl))
             .filter(|own| own.joined.is_some_and(|joined| joined > attempted))
             .map(|own| own.sent + interval)
@@ -168,6 +183,10 @@ impl LeaseState {
         let mut grants = lock(&self.grants);
         grants.retain(|g| g.strong_count() > 0);
         grants.push(Arc::downgrade(&shared));
+        drop(grants);
+        if own_ttl.is_some() {
+            self.pend(&shared);
+        }
         LossSignal { shared, lease: self.clone() }
     }
 }
@@ -284,6 +303,7 @@ impl LossSignal {
         let until = self.valid_until();
         let now = Instant::now();
         *lock(&self.shared.own_ttl) = Some(OwnTtl { sent: now, until, joined: Some(now) });
+        self.lease.pend(&self.shared);
     }
 
     /// Marks the grant as given back: clones of the signal see it as no longer held, without a

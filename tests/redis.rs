@@ -141,23 +141,10 @@ async fn a_user_limited_to_its_namespace_can_lock_there() {
 async fn rediss_uses_tls_and_checks_the_server_certificate() {
     let certs = tempfile::tempdir().unwrap();
     servers::make_certificates(certs.path());
-    let file = |name: &str| certs.path().join(name).display().to_string();
     let port = servers::free_port();
-    let (cert, key, ca) = (file("server.crt"), file("server.key"), file("ca.crt"));
-    let tls = [
-        "--port",
-        "0",
-        "--tls-port",
-        "{port}",
-        "--tls-cert-file",
-        &cert,
-        "--tls-key-file",
-        &key,
-        "--tls-ca-cert-file",
-        &ca,
-        "--tls-auth-clients",
-        "no",
-    ];
+    let ca = certs.path().join("ca.crt").display().to_string();
+    let tls = servers::redis_tls_args(certs.path());
+    let tls: Vec<&str> = tls.iter().map(String::as_str).collect();
     let _server = Server::redis_with(port, &tls);
 
     let locks = connect(&format!("rediss://127.0.0.1:{port}?ca={ca}")).await;

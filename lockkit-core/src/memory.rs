@@ -254,6 +254,15 @@ mod attack_tests {
     use super::*;
     use crate::LockOptions;
 
+    /// Gives a guard back by dropping it or by releasing it (whatever the release says).
+    async fn give_back(guard: crate::LockGuard, by_drop: bool) {
+        if by_drop {
+            drop(guard)
+        } else {
+            let _ = guard.release().await;
+        }
+    }
+
     /// A refresh interval the URL accepts must not lose the lock at its first refresh: with
     /// `ttl=1s&refresh=960ms` the local deadline (1 s minus the 52 ms margin) came before the
     /// first refresh was even sent, so every guard read lost after 948 ms.
@@ -318,11 +327,7 @@ mod attack_tests {
                             tokio::task::yield_now().await;
                             busy[n].store(false, Ordering::SeqCst);
                         }
-                        if i % 3 == 0 {
-                            drop(guard)
-                        } else {
-                            let _ = guard.release().await;
-                        }
+                        give_back(guard, i % 3 == 0).await;
                     }
                 })
             })
@@ -362,11 +367,7 @@ mod attack_tests {
                         assert!(token > floor[n], "{name}: token {token} at or below {}", floor[n]);
                         assert!(seen[n].lock().unwrap().insert(token), "{name}: token {token} granted twice");
                         tokio::task::yield_now().await;
-                        if i % 2 == 0 {
-                            drop(guard)
-                        } else {
-                            let _ = guard.release().await;
-                        }
+                        give_back(guard, i % 2 == 0).await;
                     }
                 })
             })

@@ -215,6 +215,20 @@ pub fn shared_zk_url() -> String {
         .clone()
 }
 
+/// The arguments that make a Redis server speak TLS only (on `{port}`), with the certificates
+/// [`make_certificates`] wrote to `certs`; clients need not present one.
+pub fn redis_tls_args(certs: &std::path::Path) -> Vec<String> {
+    let file = |name: &str| certs.join(name).display().to_string();
+    let mut args: Vec<String> =
+        ["--port", "0", "--tls-port", "{port}", "--tls-auth-clients", "no"].map(String::from).into();
+    for (option, name) in
+        [("--tls-cert-file", "server.crt"), ("--tls-key-file", "server.key"), ("--tls-ca-cert-file", "ca.crt")]
+    {
+        args.extend([option.to_owned(), file(name)]);
+    }
+    args
+}
+
 /// A throwaway CA and a server certificate for 127.0.0.1 (with openssl), in `dir`.
 pub fn make_certificates(dir: &std::path::Path) {
     let script = r#"set -e
@@ -335,27 +349,11 @@ impl RedisCluster {
     /// A cluster that speaks TLS only — to clients, on its bus and for replication — with the
     /// certificates [`make_certificates`] wrote to `certs`; clients need not present one.
     pub fn start_tls(certs: &std::path::Path) -> RedisCluster {
-        let file = |name: &str| certs.join(name).display().to_string();
-        let (cert, key, ca) = (file("server.crt"), file("server.key"), file("ca.crt"));
-        let tls = [
-            "--port",
-            "0",
-            "--tls-port",
-            "{port}",
-            "--tls-cluster",
-            "yes",
-            "--tls-replication",
-            "yes",
-            "--tls-cert-file",
-            &cert,
-            "--tls-key-file",
-            &key,
-            "--tls-ca-cert-file",
-            &ca,
-            "--tls-auth-clients",
-            "no",
-        ];
-        RedisCluster::start_with(&tls, vec!["--tls".into(), "--cacert".into(), ca.clone()])
+        let ca = certs.join("ca.crt").display().to_string();
+        let mut tls = redis_tls_args(certs);
+        tls.extend(["--tls-cluster", "yes", "--tls-replication", "yes"].map(String::from));
+        let tls: Vec<&str> = tls.iter().map(String::as_str).collect();
+        RedisCluster::start_with(&tls, vec!["--tls".into(), "--cacert".into(), ca])
     }
 
     /// Starts the nodes with `extra` arguments; `cli`: what `redis-cli` needs to reach them.

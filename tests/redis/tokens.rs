@@ -189,3 +189,30 @@ async fn one_redlock_server_with_a_huge_counter_does_not_stop_the_majority() {
     assert!(!err.is_temporary(), "{text}");
     assert_eq!(redis_number(server, &["EXISTS", "ahead"]).await, 0, "the lock key was left set");
 }
+
+/// One Redlock server of three whose clock is two days ahead (a wrong clock, a VM restored
+/// from a snapshot with its time set forward) must not stop the majority, as the day-ahead
+/// rule promises for one bad server. It is not refused itself — its counter follows its own
+/// clock — but the token it mints is the majority's maximum, raised onto the two good servers:
+/// their counters are then two days ahead of *their* clocks, every later acquire there answers
+/// BADFENCE, and only the skewed server still grants — the lock is dead everywhere for two
+/// days. (Before the rule, the good servers just went on from the raised counter.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "defect: a Redlock server whose clock is >1 day ahead spreads its token to the majority, which then refuses BADFENCE: the lock is dead"]
+async fn one_redlock_server_with_its_clock_ahead_does_not_stop_the_majority() {
+    let servers = [Server::redis_clock_ahead(Duration::from_secs(2 * 86_400)), Server::redis(), Server::redis()];
+    let locks = connect(&redlock_url(&servers, &crate::support::unique("r"))).await;
+    let mut tokens = Vec::new();
+    for grant in 0..3 {
+        match locks.try_acquire("skewed").await {
+            Ok(Some(guard)) => {
+                tokens.push(guard.fencing_token());
+                guard.release().await.unwrap();
+            }
+            other => panic!(
+                "grant {grant} (after tokens {tokens:?}): {:?}",
+                other.map(|g| g.map(|g| g.fencing_token())).map_err(|e| e.to_string())
+            ),
+        }
+    }
+}

@@ -539,6 +539,68 @@ mod tests {
         assert!(reason.contains("deadline"), "{reason}");
     }
 
+    /// A lease backend whose first keep-alive is held until the test lets it answer.
+    struct Gated {
+        entered: tokio::sync::Notify,
+        gate: tokio::sync::Semaphore,
+        calls: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl LeaseBackend for Gated {
+        async fn keep_alive(&self) -> Result<KeepAlive> {
+            if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                self.entered.notify_one();
+                self.gate.acquire().await.unwrap().forget();
+            }
+            Ok(KeepAlive::Alive(Duration::from_millis(600)))
+        }
+        async fn revoke(&self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A grant with a TTL of its own whose guard is made while a slow refresh is in flight: that
+    /// refresh, sent before, does not cover it, and the loop (nudged by the join) sends another
+    /// in time, so the grant is held past its own deadline and then for several TTLs.
+    #[tokio::test]
+    async fn a_grant_joining_during_a_slow_refresh_is_refreshed_in_time() {
+        let backend = Arc::new(Gated {
+            entered: tokio::sync::Notify::new(),
+            gate: tokio::sync::Semaphore::new(0),
+            calls: 0.into(),
+        });
+        let ttl = Duration::from_millis(600);
+        let lease = KeptLease::start("test", "t".into(), backend.clone(), (ttl, ttl / 3, ttl), Instant::now());
+        backend.entered.notified().await;
+        let signal = lease.grant_signal_sent(Instant::now());
+        signal.label("joined", crate::FencingToken::new(1));
+        let own = signal.valid_until();
+        tokio::time::sleep(ttl / 4).await;
+        backend.gate.add_permits(1);
+        tokio::select! {
+            reason = signal.lost() => panic!("lost after {} refreshes: {reason}", backend.calls.load(Ordering::SeqCst)),
+            _ = tokio::time::sleep(ttl * 3) => {}
+        }
+        assert!(signal.valid_until() > own + ttl, "its deadline did not move: a later refresh never covered it");
+    }
+
+    /// A grant due for a refresh (its request was sent long ago) while every refresh fails at
+    /// once: the loop backs off as usual — it does not spin on the grant's due time — and the
+    /// lease is lost at its deadline.
+    #[tokio::test]
+    async fn a_due_grant_with_failing_refreshes_does_not_make_the_loop_spin() {
+        let failures = (0..10_000).map(|_| Err(Error::connection("test", "nowhere", "refused", None))).collect();
+        let backend = scripted(failures);
+        let lease = keep(&backend);
+        let signal = lease.grant_signal_sent(Instant::now() - Duration::from_millis(400));
+        signal.label("due", crate::FencingToken::new(1));
+        let reason = tokio::time::timeout(Duration::from_secs(2), lease.lost()).await.expect("lost at its deadline");
+        let calls = backend.calls.load(Ordering::SeqCst);
+        assert!(calls < 20, "{calls} refresh attempts before the lease was lost ({reason})");
+        assert!(signal.is_lost());
+    }
+
     #[tokio::test]
     async fn dropping_a_lease_revokes_it_and_a_pool_grants_anew_after_loss() {
         let backend = scripted(vec![]);

@@ -354,4 +354,29 @@ mod tests {
         assert_eq!(keys.wakeup, "app/jobs:nightly:{app/jobs:nightly}:wakeup");
         assert_eq!(keys.channel, "app/jobs:nightly:{app/jobs:nightly}:released");
     }
+    /// Every helper key and the channel hash to the lock key's cluster slot, whatever the name
+    /// and namespace hold (braces, colons, slashes, percent signs, non-ASCII), so each script
+    /// touches one slot.
+    #[test]
+    fn helper_keys_share_the_lock_keys_cluster_slot() {
+        use redis::cluster_routing::Slot;
+        let cases = [
+            ("", "plain"),
+            ("app", "jobs:nightly"),
+            ("a{b", "n}"),
+            ("}x{", "{y}"),
+            ("{}", "{}"),
+            ("ns/{tag}", "a{b}c:{d}"),
+            ("50%", "a:{x}:fence"),
+            ("ä😀", "a\u{0}b"),
+        ];
+        for (namespace, name) in cases {
+            let keys = LockKeys::of(&Namespace::new(namespace), &LockName::new(name).unwrap());
+            let slot = Slot::for_key(&keys.lock);
+            for helper in [&keys.fence, &keys.queue, &keys.waiters, &keys.wakeup, &keys.channel] {
+                assert_eq!(Slot::for_key(helper), slot, "{namespace:?}/{name:?}: {helper} vs {}", keys.lock);
+                assert!(helper.starts_with(&keys.lock) && helper != &keys.lock);
+            }
+        }
+    }
 }

@@ -96,6 +96,65 @@ impl Server {
         };
         Server::start(port, "redis-server", &args, ready)
     }
+
+    /// A Redis server whose wall clock (`TIME`, so its fencing counter's clock) runs `ahead` of
+    /// this machine's, as a server with a wrong clock does: a small `LD_PRELOAD` shim, built
+    /// here with `cc`, shifts `gettimeofday` and `CLOCK_REALTIME`. Expiries stay right (every
+    /// reading is shifted alike).
+    pub fn redis_clock_ahead(ahead: Duration) -> Server {
+        const SHIM: &str = r#"
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdlib.h>
+#include <sys/time.h>
+#include <time.h>
+static long offset(void) { const char *s = getenv("CLOCK_AHEAD_SECS"); return s ? atol(s) : 0; }
+int gettimeofday(struct timeval *tv, void *tz) {
+  static int (*real)(struct timeval *, void *);
+  if (!real) real = dlsym(RTLD_NEXT, "gettimeofday");
+  int r = real(tv, tz);
+  if (r == 0 && tv) tv->tv_sec += offset();
+  return r;
+}
+int clock_gettime(clockid_t c, struct timespec *ts) {
+  static int (*real)(clockid_t, struct timespec *);
+  if (!real) real = dlsym(RTLD_NEXT, "clock_gettime");
+  int r = real(c, ts);
+  if (r == 0 && ts && (c == CLOCK_REALTIME || c == CLOCK_REALTIME_COARSE)) ts->tv_sec += offset();
+  return r;
+}
+"#;
+        let dir = std::env::temp_dir().join(format!("lockkit-clock-ahead-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a directory for the clock shim");
+        let (source, shim) = (dir.join("ahead.c"), dir.join("ahead.so"));
+        std::fs::write(&source, SHIM).expect("the shim's source is written");
+        let built = Command::new("cc")
+            .args(["-shared", "-fPIC", "-O2", "-o"])
+            .arg(&shim)
+            .arg(&source)
+            .arg("-ldl")
+            .status()
+            .expect("a C compiler (cc) builds the clock shim");
+        assert!(built.success(), "building the clock shim failed");
+        let offset = format!("CLOCK_AHEAD_SECS={}", ahead.as_secs());
+        let preload = format!("LD_PRELOAD={}", shim.display());
+        let args = [
+            offset.as_str(),
+            preload.as_str(),
+            "redis-server",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "{port}",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            "{dir}",
+        ];
+        Server::start(free_port(), "env", &args, redis_ready)
+    }
 }
 
 impl Drop for Server {

@@ -189,3 +189,79 @@ async fn one_redlock_server_with_a_huge_counter_does_not_stop_the_majority() {
     assert!(!err.is_temporary(), "{text}");
     assert_eq!(redis_number(server, &["EXISTS", "ahead"]).await, 0, "the lock key was left set");
 }
+
+/// One Redlock server of three whose clock is two days ahead (a wrong clock, a VM restored
+/// from a snapshot with its time set forward) must not stop the majority, as the day-ahead
+/// rule promises for one bad server. It is not refused itself — its counter follows its own
+/// clock — but the token it mints is the majority's maximum, raised onto the two good servers:
+/// their counters are then two days ahead of *their* clocks, every later acquire there answers
+/// BADFENCE, and only the skewed server still grants — the lock is dead everywhere for two
+/// days. (Before the rule, the good servers just went on from the raised counter.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "defect: a Redlock server whose clock is >1 day ahead spreads its token to the majority, which then refuses BADFENCE: the lock is dead"]
+async fn one_redlock_server_with_its_clock_ahead_does_not_stop_the_majority() {
+    let servers = [Server::redis_clock_ahead(Duration::from_secs(2 * 86_400)), Server::redis(), Server::redis()];
+    let locks = connect(&redlock_url(&servers, &crate::support::unique("r"))).await;
+    let mut tokens = Vec::new();
+    for grant in 0..3 {
+        match locks.try_acquire("skewed").await {
+            Ok(Some(guard)) => {
+                tokens.push(guard.fencing_token());
+                guard.release().await.unwrap();
+            }
+            other => panic!(
+                "grant {grant} (after tokens {tokens:?}): {:?}",
+                other.map(|g| g.map(|g| g.fencing_token())).map_err(|e| e.to_string())
+            ),
+        }
+    }
+}
+
+/// A waiter on Redlock while one server of three refuses every grant (a counter far ahead of
+/// its clock): the majority still wakes it when the holder releases, and it gets the lock with
+/// a token above the holder's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redlock_waiter_is_granted_with_one_server_refusing_badfence() {
+    let servers: Vec<Server> = (0..3).map(|_| Server::redis()).collect();
+    let namespace = crate::support::unique("r");
+    let url = redlock_url(&servers, &namespace);
+    let far = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64
+        + 2 * 86_400_000_000)
+        .to_string();
+    let fence = format!("{namespace}/waited:{{{namespace}/waited}}:fence");
+    assert_eq!(redis_reply(&servers[0], &["SET", &fence, &far]).await, "OK");
+    let (holder, waiter) = (connect(&url).await, connect(&url).await);
+    let held = holder.acquire("waited").await.expect("the majority grants");
+    let token = held.fencing_token();
+    let waiting = tokio::spawn(async move { waiter.acquire_timeout("waited", 3 * TTL).await.map(|g| (g, waiter)) });
+    crate::support::in_line(holder.as_ref(), "waited", 1).await;
+    let released = Instant::now();
+    held.release().await.unwrap();
+    let (guard, _waiter) = waiting.await.unwrap().expect("the waiter gets the lock");
+    assert!(released.elapsed() < TTL, "granted {:?} after the release", released.elapsed());
+    assert!(guard.fencing_token() > token);
+    assert_eq!(redis_reply(&servers[0], &["GET", &fence]).await, far, "the bad counter was changed");
+    guard.release().await.unwrap();
+}
+
+/// One Redlock server of three refuses (a counter far ahead of its clock) and another is down:
+/// the refusing server "drops out of the vote like one that is down", so this is two of three
+/// out — the temporary "only 1 of 3 servers answered" that trying again (once the down server
+/// is back) fixes. Instead the error is the one server's BADFENCE refusal, not temporary, which
+/// tells a caller that retries on `is_temporary()` to give up and an operator to delete a
+/// counter, while the fix is to bring the down server back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "defect: BADFENCE on one Redlock server + one server down reports the permanent BADFENCE error, not the temporary quorum error"]
+async fn a_badfence_server_and_a_down_server_are_a_temporary_quorum_error() {
+    let mut servers: Vec<Server> = (0..3).map(|_| Server::redis()).collect();
+    let namespace = crate::support::unique("r");
+    let locks = connect(&redlock_url(&servers, &namespace)).await;
+    let far = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64
+        + 2 * 86_400_000_000)
+        .to_string();
+    let fence = format!("{namespace}/out:{{{namespace}/out}}:fence");
+    assert_eq!(redis_reply(&servers[0], &["SET", &fence, &far]).await, "OK");
+    servers.pop().unwrap().kill();
+    let err = locks.try_acquire("out").await.map(|g| g.is_some()).unwrap_err();
+    assert!(err.is_temporary() && err.to_string().contains("only 1 of 3"), "{err}");
+}

@@ -16,7 +16,9 @@
 //! nothing granted): it comes from a mistaken `SET`, a restored key or a clock set back, and
 //! minting from it would hand out tokens near the 2^53 limit — with Redlock, raised onto every
 //! server, so one bad server would stop the whole majority. Refused, such a server drops out
-//! of the vote like one that is down.
+//! of the vote like one that is down. Redlock also compares each acquire's server clocks: a
+//! server whose clock is more than 6 h from the middle one is left out of the vote too, so a
+//! server with a clock far ahead cannot raise the others' counters out of their range.
 //!
 //! Lua numbers are doubles: integers are exact up to 2^53, so the counter is checked to be a
 //! whole number below 2^53 − 1 before anything is written (the next token is then at most
@@ -28,7 +30,7 @@ use lockkit_core::Error;
 /// Lua, run before a script writes anything: reads the counter at `fence_key` (a local the
 /// script defines) into `fence` (a string, or false when absent), and answers a `BADFENCE`
 /// error when it holds anything but a whole number below 2^53 − 1 or is more than a day ahead
-/// of the server's clock (`now_us`, which it sets). Defines `mint()`, which
+/// of the server's clock (`now_us`, and `server_clock` as a string, which it sets). Defines `mint()`, which
 /// writes the next token back to the counter and returns it as a string.
 pub const FENCE: &str = r#"
 local fence = redis.call('GET', fence_key)
@@ -39,8 +41,9 @@ if fence and not (string.match(fence, '^%d+$') and #fence <= 16 and tonumber(fen
     'granted; delete it (redis-cli DEL \"' .. fence_key .. '\"): the next grant then takes its token from the ' ..
     'server clock, above earlier tokens unless this counter had run ahead of the clock')
 end
-local clock_us = redis.call('TIME')
-local now_us = tonumber(clock_us[1]) * 1000000 + tonumber(clock_us[2])
+local time = redis.call('TIME')
+local now_us = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local server_clock = string.format('%d', now_us)
 if fence and tonumber(fence) > now_us + 86400000000 then
   return redis.error_reply('BADFENCE the fencing counter ' .. fence_key .. ' holds ' .. fence ..
     ', more than a day ahead of this server\'s clock (' .. string.format('%d', now_us) .. ' µs): a mistaken ' ..
@@ -54,8 +57,9 @@ local function mint()
 end
 "#;
 
-/// What an acquire script answered: `{1, token, 0}` granted, `{0, "0", pttl}` not granted.
-pub type AcquireReply = (i64, String, i64);
+/// What an acquire script answered: `{1, token, 0, clock}` granted, `{0, "0", pttl, clock}`
+/// not granted; `clock` is the server's clock in µs.
+pub type AcquireReply = (i64, String, i64, String);
 
 /// An acquire script's answer, read.
 #[derive(Debug, PartialEq, Eq)]
@@ -66,16 +70,16 @@ pub enum Acquired {
     Busy(i64),
 }
 
-/// Reads an acquire script's answer from the server at `address`.
-pub fn acquired((granted, token, pttl): AcquireReply, address: &str) -> Result<Acquired, Error> {
-    match (granted, token.parse::<u64>()) {
-        (0, _) => Ok(Acquired::Busy(pttl)),
-        (1, Ok(token)) if token > 0 => Ok(Acquired::Granted(token)),
+/// Reads an acquire script's answer from the server at `address`, with the server's clock (µs).
+pub fn acquired((granted, token, pttl, clock): AcquireReply, address: &str) -> Result<(Acquired, u64), Error> {
+    match (granted, token.parse::<u64>(), clock.parse::<u64>()) {
+        (0, _, Ok(clock)) => Ok((Acquired::Busy(pttl), clock)),
+        (1, Ok(token), Ok(clock)) if token > 0 => Ok((Acquired::Granted(token), clock)),
         _ => Err(Error::backend(
             crate::BACKEND,
             format!(
-                "redis at {address} answered the acquire script with ({granted}, {token:?}, {pttl}), not a grant with \
-                 a positive token nor a refusal; is another program loading scripts under lockkit's SHA1s?"
+                "redis at {address} answered the acquire script with ({granted}, {token:?}, {pttl}, {clock:?}), not \
+                 a grant with a positive token nor a refusal; is another program loading scripts under lockkit's SHA1s?"
             ),
         )),
     }
@@ -87,7 +91,10 @@ mod tests {
 
     #[test]
     fn grants_and_refusals_are_read_apart_from_the_token() {
-        let read = |granted, token: &str, pttl| acquired((granted, token.to_owned(), pttl), "127.0.0.1:6379");
+        let clock = "1764711000123457";
+        let read = |granted, token: &str, pttl| {
+            acquired((granted, token.to_owned(), pttl, clock.to_owned()), "127.0.0.1:6379").map(|(a, _)| a)
+        };
         assert_eq!(read(1, "1764711000123456", 0).unwrap(), Acquired::Granted(1_764_711_000_123_456));
         assert_eq!(read(1, "18446744073709551615", 0).unwrap(), Acquired::Granted(u64::MAX));
         assert_eq!(read(0, "0", 1500).unwrap(), Acquired::Busy(1500));
@@ -96,5 +103,9 @@ mod tests {
             let err = read(granted, token, 0).unwrap_err();
             assert!(err.to_string().contains("127.0.0.1:6379"), "{err}");
         }
+        let reply = (1, "5".to_owned(), 0, "soon".to_owned());
+        assert!(acquired(reply, "127.0.0.1:6379").is_err(), "a clock that is not a number");
+        let reply = (0, "0".to_owned(), 10, clock.to_owned());
+        assert_eq!(acquired(reply, "127.0.0.1:6379").unwrap(), (Acquired::Busy(10), 1_764_711_000_123_457));
     }
 }

@@ -24,6 +24,11 @@ pub struct Quorum {
     pub sharded: bool,
 }
 
+/// How far a Redlock server's clock may be from the others' before it is left out of the vote:
+/// well under the day ahead of its own clock at which a server refuses its counter (see
+/// [`fence`](crate::fence)), so a token raised from a server within it is never refused.
+const MAX_CLOCK_SKEW: Duration = Duration::from_secs(6 * 3600);
+
 /// The outcome of one acquire attempt.
 pub enum Attempt {
     Granted(FencingToken),
@@ -68,6 +73,7 @@ impl Quorum {
             reply.and_then(|reply| fence::acquired(reply, &instance.address))
         })
         .await;
+        let replies = self.leave_out_skewed_clocks(replies);
         let mut fences = Vec::new();
         let mut expires_in: Option<Duration> = None;
         let mut errors = Vec::new();
@@ -105,6 +111,40 @@ impl Quorum {
             self.enough_answered(raise_errors)?;
         }
         Ok(Attempt::Busy(expires_in))
+    }
+
+    /// Redlock: a server whose clock is more than [`MAX_CLOCK_SKEW`] away from the middle one of
+    /// those that answered is left out of the vote, as if it had not answered — its token,
+    /// minted from that clock, would be raised onto every server and push their counters far
+    /// ahead of their own clocks, where their scripts refuse them. (One server alone has no
+    /// other clock to compare with.)
+    fn leave_out_skewed_clocks(&self, replies: Vec<Result<(Acquired, u64), Error>>) -> Vec<Result<Acquired, Error>> {
+        let mut clocks: Vec<u64> = replies.iter().filter_map(|r| r.as_ref().ok().map(|(_, clock)| *clock)).collect();
+        clocks.sort_unstable();
+        let middle = clocks.get(clocks.len() / 2).copied().filter(|_| self.instances.len() > 1);
+        replies
+            .into_iter()
+            .zip(&self.instances)
+            .map(|(reply, instance)| {
+                let (acquired, clock) = reply?;
+                match middle {
+                    Some(middle) if clock.abs_diff(middle) > MAX_CLOCK_SKEW.as_micros() as u64 => {
+                        let (hours, direction) = (
+                            clock.abs_diff(middle) / 3_600_000_000,
+                            if clock > middle { "ahead of" } else { "behind" },
+                        );
+                        let reason = format!(
+                            "redis at {}: its clock is {hours} h {direction} the other servers', so it is left out of \
+                             the vote until its clock is set right",
+                            instance.address
+                        );
+                        tracing::warn!(backend = self.backend, %reason, "a Redlock server's clock is off");
+                        Err(Error::backend(self.backend, reason))
+                    }
+                    _ => Ok(acquired),
+                }
+            })
+            .collect()
     }
 
     /// Raises the fencing counter of every instance to `token`, so that any later majority
@@ -228,12 +268,16 @@ impl Quorum {
         if self.instances.len() - errors.len() >= self.needed {
             return Ok(());
         }
-        if let Some(i) = errors.iter().position(|e| !e.is_temporary()) {
-            return Err(errors.swap_remove(i));
+        // Refusals alone (a bad counter, a skewed clock) keep a majority from ever agreeing:
+        // that is the answer. Otherwise servers that did not answer are part of why, and
+        // trying again once they are back may succeed: a temporary error.
+        let refusals = errors.iter().filter(|e| !e.is_temporary()).count();
+        if self.instances.len() - refusals < self.needed || self.instances.len() == 1 {
+            let first = errors.iter().position(|e| !e.is_temporary()).unwrap_or(0);
+            return Err(errors.swap_remove(first));
         }
-        if self.instances.len() == 1 {
-            return Err(errors.remove(0));
-        }
+        // The first error shown is one of the servers that did not answer.
+        errors.sort_by_key(|e| !e.is_temporary());
         let endpoints: Vec<&str> = self.instances.iter().map(|i| i.address.as_str()).collect();
         Err(Error::connection(
             self.backend,

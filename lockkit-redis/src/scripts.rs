@@ -113,7 +113,7 @@ static ACQUIRE_FAIR: LazyLock<Script> = LazyLock::new(|| {
 local current = redis.call('GET', KEYS[1])
 if current == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return {1, fence or mint(), 0}
+  return {1, fence or mint(), 0, server_clock}
 end
 local head = redis.call('LINDEX', KEYS[3], 0)
 if current == false and (head == false or head == ARGV[1]) then
@@ -122,15 +122,15 @@ if current == false and (head == false or head == ARGV[1]) then
     redis.call('ZREM', KEYS[4], ARGV[1])
   end
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return {1, mint(), 0}
+  return {1, mint(), 0, server_clock}
 end
 if ARGV[3] ~= '0' and redis.call('ZADD', KEYS[4], now + tonumber(ARGV[2]), ARGV[1]) == 1 then
   redis.call('RPUSH', KEYS[3], ARGV[1])
 end
 if current == false then
-  return {0, '0', 0}
+  return {0, '0', 0, server_clock}
 end
-return {0, '0', redis.call('PTTL', KEYS[1])}
+return {0, '0', redis.call('PTTL', KEYS[1]), server_clock}
 "
     ))
 });
@@ -159,9 +159,10 @@ return released
 });
 
 /// KEYS: lock, fence, wakeup. ARGV: owner, ttl ms, join (0: no, else the waiter's arrival
-/// time). Answers `{1, token, 0}` when granted (also when this owner already holds it: a retry
-/// after a lost reply), the token a string (see [`fence`](crate::fence)); else `{0, '0', pttl}`
-/// of the current grant (-1: no expiry), after registering the owner as a waiter to wake when
+/// time). Answers `{1, token, 0, server_clock}` when granted (also when this owner already holds it: a
+/// retry after a lost reply), the token a string (see [`fence`](crate::fence)); else
+/// `{0, '0', pttl, server_clock}` with the pttl of the current grant (-1: no expiry); `clock` is the
+/// server's clock in µs (a string), which Redlock compares across servers, after registering the owner as a waiter to wake when
 /// `join`, ranked by its arrival (so that every Redlock server wakes the same one). A counter
 /// holding garbage is a `BADFENCE` error, before anything is written.
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
@@ -174,10 +175,10 @@ if granted or redis.call('GET', KEYS[1]) == ARGV[1] then
     redis.call('ZREM', KEYS[3], ARGV[1])
   end
   if granted then
-    return {1, mint(), 0}
+    return {1, mint(), 0, server_clock}
   end
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return {1, fence or mint(), 0}
+  return {1, fence or mint(), 0, server_clock}
 end
 if ARGV[3] ~= '0' then
   redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
@@ -185,7 +186,7 @@ if ARGV[3] ~= '0' then
     redis.call('PEXPIRE', KEYS[3], ARGV[2])
   end
 end
-return {0, '0', redis.call('PTTL', KEYS[1])}
+return {0, '0', redis.call('PTTL', KEYS[1]), server_clock}
 "
     ))
 });

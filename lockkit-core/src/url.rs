@@ -141,8 +141,29 @@ impl fmt::Debug for TlsFiles {
 /// The TLS options every TLS-capable driver accepts (pass them to [`LockUrl::check_options`]).
 pub const TLS_OPTIONS: &[&str] = &["ca", "cert", "key"];
 
-/// Option names whose values are secrets (redacted like passwords).
+/// Option names whose values are secrets: shown as `***`, and left out of
+/// [`without_credentials`](LockUrl::without_credentials).
 const SECRET_OPTIONS: &[&str] = &["token", "password"];
+
+/// The options, of every driver, whose values are shown. Any other option's value is shown as
+/// `***`: an option lockkit does not know may be a misspelled secret (`tokn=…`).
+const SHOWN_OPTIONS: &[&str] = &[
+    "ttl",
+    "refresh",
+    "timeout",
+    "namespace",
+    "fair",
+    "ca",
+    "cert",
+    "key",
+    "session_timeout",
+    "recipe",
+    "acl",
+    "lock_delay",
+    "blocking_wait",
+    "dc",
+    "mode",
+];
 
 /// A parsed lock URL.
 ///
@@ -175,10 +196,30 @@ impl LockUrl {
             .split_once("://")
             .ok_or_else(|| invalid(text, "expected `scheme://…`, e.g. `etcd://127.0.0.1:2379` or `memory://`"))?;
         let scheme_lower = scheme_text.to_ascii_lowercase();
-        let &(_, scheme, tls) = SCHEMES
-            .iter()
-            .find(|(s, ..)| *s == scheme_lower)
-            .ok_or_else(|| Error::UnknownScheme { scheme: scheme_text.to_owned(), known: Scheme::known() })?;
+        let &(_, scheme, tls) = SCHEMES.iter().find(|(s, ..)| *s == scheme_lower).ok_or_else(|| {
+            // What stands before `://` is shown only when it looks like a scheme, not like a
+            // password typed in its place.
+            let plain = scheme_text.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+            let scheme = if plain { scheme_text.to_owned() } else { "***".to_owned() };
+            Error::UnknownScheme { scheme, known: Scheme::known() }
+        })?;
+        // Where a user and password belong, only the authority (up to the first `/` or `?`)
+        // is read. An `@` after it means a password with an unencoded `/`, `?` or `@`: read
+        // the usual way, part of the password would become the host and the rest the path,
+        // shown in every message. Refused, showing nothing before the `@`.
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        if scheme == Scheme::File {
+            // A local directory: no host, user or password to misread (`@` is fine in a path).
+            if !matches!(rest[..authority_end].to_ascii_lowercase().as_str(), "" | "localhost") {
+                return Err(invalid(text, "a file URL names a local directory: `file:///absolute/path`"));
+            }
+        } else if rest[authority_end..].contains('@') {
+            return Err(invalid(
+                text,
+                "there is an `@` after the host part: percent-encode `/`, `?`, `#` and `@` in a user or password \
+                 (as %2F, %3F, %23 and %40), and an `@` in the path or an option as %40",
+            ));
+        }
         let (rest, query) = match rest.split_once('?') {
             Some((r, q)) => (r, Some(q)),
             None => (rest, None),
@@ -287,10 +328,8 @@ impl LockUrl {
         for key in self.options.keys() {
             if !COMMON_OPTIONS.contains(&key.as_str()) && !driver_options.contains(&key.as_str()) {
                 let known: Vec<&str> = COMMON_OPTIONS.iter().chain(driver_options).copied().collect();
-                // Its value is not shown: a misspelled `token` or `password` holds a secret.
-                let mut shown = self.clone();
-                shown.options.insert(key.clone(), "***".to_owned());
-                return Err(shown.invalid(format!(
+                // (Its value is not shown: `Display` shows only the values of known options.)
+                return Err(self.invalid(format!(
                     "unknown option `{key}` for {}://; known options: {}",
                     self.scheme_text,
                     known.join(", ")
@@ -358,12 +397,13 @@ impl LockUrl {
     }
 }
 
-/// Shows the URL with the password and secret options as `***`.
+/// Shows the URL with the password, secret options and the values of options lockkit does not
+/// know as `***`, every part encoded so that it parses back to the same URL.
 impl fmt::Display for LockUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}://", self.scheme_text)?;
         if let Some(user) = &self.username {
-            f.write_str(user)?;
+            f.write_str(&encode(user, ":@/?#"))?;
         }
         if self.password.is_some() {
             f.write_str(":***")?;
@@ -380,10 +420,12 @@ impl fmt::Display for LockUrl {
                 None => h.host.clone(),
             })
             .collect();
-        write!(f, "{}{}", hosts.join(","), self.path)?;
+        // Parts are encoded where needed, so that what is shown parses back to the same URL
+        // (`LOCKKIT_URL` for a command is this, without credentials).
+        write!(f, "{}{}", hosts.join(","), encode(&self.path, "?#@"))?;
         for (i, (k, v)) in self.options.iter().enumerate() {
-            let v = if SECRET_OPTIONS.contains(&k.as_str()) { "***" } else { v };
-            write!(f, "{}{k}={v}", if i == 0 { '?' } else { '&' })?;
+            let v = if SHOWN_OPTIONS.contains(&k.as_str()) { encode(v, "&#?@") } else { "***".into() };
+            write!(f, "{}{}={v}", if i == 0 { '?' } else { '&' }, encode(k, "&=#?@"))?;
         }
         Ok(())
     }
@@ -396,12 +438,51 @@ impl fmt::Debug for LockUrl {
 }
 
 fn invalid(url: &str, reason: &str) -> Error {
-    // Before parsing succeeded we cannot tell the password apart: show only the scheme.
-    let shown = match url.split_once("://") {
-        Some((scheme, rest)) if rest.contains('@') => format!("{scheme}://***"),
-        _ => url.to_owned(),
+    Error::InvalidUrl { url: redact_unparsed(url), reason: reason.to_owned() }
+}
+
+/// A URL that did not parse, safe to show: before it is parsed, a password cannot be told
+/// apart, so everything up to its last `@` (where a user and password end) is `***`, and so is
+/// its query (options such as `token=`).
+fn redact_unparsed(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) if scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)) => {
+            (format!("{scheme}://"), rest)
+        }
+        _ => (String::new(), url),
     };
-    Error::InvalidUrl { url: shown, reason: reason.to_owned() }
+    let rest = match rest.rfind('@') {
+        Some(at) => format!("***@{}", &rest[at + 1..]),
+        None => rest.to_owned(),
+    };
+    match rest.split_once('?') {
+        Some((before, _)) => format!("{scheme}{before}?***"),
+        None => format!("{scheme}{rest}"),
+    }
+}
+
+/// `text` percent-encoded where it would be read back as something else: `%`, control
+/// characters, the characters in `reserved`, and whitespace at either end (a URL is trimmed).
+fn encode<'a>(text: &'a str, reserved: &str) -> std::borrow::Cow<'a, str> {
+    let special = |c: char| c == '%' || c.is_control() || reserved.contains(c);
+    let trimmed = text.trim();
+    if !text.contains(special) && trimmed.len() == text.len() {
+        return text.into();
+    }
+    let inner = trimmed.as_ptr() as usize - text.as_ptr() as usize..;
+    let inner = inner.start..inner.start + trimmed.len();
+    let mut out = String::with_capacity(text.len() + 8);
+    for (i, c) in text.char_indices() {
+        if special(c) || (c.is_whitespace() && !inner.contains(&i)) {
+            let mut bytes = [0; 4];
+            for b in c.encode_utf8(&mut bytes).bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out.into()
 }
 
 fn decode(url: &str, part: &str) -> Result<String> {

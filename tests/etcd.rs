@@ -425,8 +425,8 @@ async fn a_cancelled_refresh_leaves_no_reply_for_the_next_to_take_as_its_own() {
     let proxy = Proxy::start(([127, 0, 0, 1], server.port).into()).await;
     let namespace = unique("e");
     // A long TTL and refresh interval: the background refresh stays out of the way.
-    let ttl = Duration::from_secs(6);
-    let url = format!("etcd://127.0.0.1:{}/{namespace}?ttl=6s&refresh=5s&timeout=5s", proxy.port());
+    let ttl = Duration::from_secs(10);
+    let url = format!("etcd://127.0.0.1:{}/{namespace}?ttl=10s&refresh=4500ms&timeout=5s", proxy.port());
     let locks = connect(&url).await;
     let guard = locks.acquire("x").await.unwrap();
     let lease = guard.lease();

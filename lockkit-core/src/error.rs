@@ -56,6 +56,14 @@ pub enum Error {
         reason: String,
     },
 
+    /// The options of an acquire do not fit together: a TTL, refresh interval or timeout out of
+    /// range (the same checks as for the URL's `ttl`, `refresh` and `timeout`).
+    #[error("invalid lock options: {reason}")]
+    InvalidOptions {
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+
     /// The lock was not granted within the time the caller allowed.
     #[error(
         "{backend}: gave up after {waited:?} waiting for lock `{name}`, which is still held \

@@ -138,7 +138,7 @@ pub trait DistributedLock: Send + Sync {
         let settings = self.settings();
         let (ttl, refresh_interval) = settings
             .check_timing(options.ttl.unwrap_or(settings.ttl), options.refresh_interval.or(settings.refresh_interval))
-            .map_err(|reason| Error::backend(self.backend(), format!("lock `{name}`: {reason}")))?;
+            .map_err(|reason| Error::InvalidOptions { reason: format!("lock `{name}`: {reason}") })?;
         let holder = options.holder.clone().unwrap_or_else(default_holder);
         let request = GrantRequest::new(name.clone(), ttl, refresh_interval, holder, options.wait != Wait::NoWait);
         let span = tracing::info_span!("lockkit.acquire", backend = self.backend(), lock = %name, token = tracing::field::Empty);

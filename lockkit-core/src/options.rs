@@ -59,8 +59,10 @@ impl LockOptions {
         self
     }
 
-    /// Sets the refresh interval; it must be shorter than the TTL minus the safety margin
-    /// (the lease's local deadline), and at most half of a validity capped below the TTL.
+    /// Sets the refresh interval: at most half of how long a lease counts as held after a refresh
+    /// (the TTL, or a backend's cap below it, minus the [safety margin](crate::safety_margin)),
+    /// so that a failed refresh can be retried before the deadline. Checked at each acquire
+    /// ([`Error::InvalidOptions`](crate::Error::InvalidOptions)).
     pub fn refresh_interval(mut self, interval: Duration) -> Self {
         self.refresh_interval = Some(interval);
         self
@@ -166,22 +168,15 @@ impl Settings {
                 "refresh interval {refresh:?} must be above zero and below the TTL {ttl:?}; the default is TTL / 3"
             ));
         }
-        // Past the local deadline the lease counts as lost: a first refresh sent after it comes
-        // too late, and every lock on the lease would be lost at the deadline.
+        // A lease counts as held for `local` after each refresh was sent. A refresh must leave
+        // room for at least one retry before that deadline: at most half of it.
         let local = validity - crate::safety_margin(validity);
-        if refresh >= local {
+        if refresh > local / 2 {
             return Err(format!(
                 "refresh interval {refresh:?} is too long: a lease counts as held for only {local:?} after each \
-                 refresh ({validity:?} minus the safety margin), so it would be lost before its first refresh; use \
-                 well below that, or leave `refresh` unset (the default is a third of {validity:?})"
-            ));
-        }
-        if validity < ttl && refresh > validity / 2 {
-            return Err(format!(
-                "refresh interval {refresh:?} is too long: a lease counts as held for only {validity:?} after each \
-                 refresh (less than the TTL {ttl:?}), so one late refresh would lose it; use at most {:?}, or leave \
-                 `refresh` unset (the default is a third of {validity:?})",
-                validity / 2
+                 refresh ({validity:?} minus the safety margin), and a refresh must leave room for one retry before \
+                 that, so use at most {:?}, or leave `refresh` unset (the default is a third of {validity:?})",
+                local / 2
             ));
         }
         Ok((ttl, refresh))
@@ -341,23 +336,45 @@ mod tests {
         }
     }
 
-    /// A refresh interval at or past the local deadline, and TTLs or timeouts so long that a
-    /// deadline would overflow, are refused at connect and per acquire.
+    /// A refresh interval that leaves no room for a retry before the local deadline (above half
+    /// of it), and TTLs or timeouts so long that a deadline would overflow, are refused at
+    /// connect and per acquire.
     #[test]
-    fn refresh_past_the_local_deadline_and_huge_durations_are_refused() {
+    fn refresh_without_room_for_a_retry_and_huge_durations_are_refused() {
         for (url, expected) in [
-            ("memory://?ttl=1s&refresh=960ms", "lost before its first refresh"),
-            ("memory://?ttl=1s&refresh=948ms", "lost before its first refresh"),
+            ("memory://?ttl=1s&refresh=960ms", "room for one retry"),
+            ("memory://?ttl=1s&refresh=940ms", "use at most 474ms"),
+            ("memory://?ttl=1s&refresh=475ms", "use at most 474ms"),
+            ("memory://?ttl=2s&refresh=1950ms", "room for one retry"),
             ("memory://?ttl=4000000000000000h", "too long"),
             ("memory://?timeout=4000000000000000h", "at most"),
         ] {
             let err = Settings::from_url(&LockUrl::parse(url).unwrap()).unwrap_err().to_string();
             assert!(err.contains(expected), "{url}: {err}");
         }
-        assert!(Settings::from_url(&LockUrl::parse("memory://?ttl=1s&refresh=940ms").unwrap()).is_ok());
+        assert!(Settings::from_url(&LockUrl::parse("memory://?ttl=1s&refresh=474ms").unwrap()).is_ok());
         let s = Settings::from_url(&LockUrl::parse("memory://?ttl=1s").unwrap()).unwrap();
         assert!(s.check_timing(Duration::MAX, None).unwrap_err().contains("too long"));
         assert!(s.check_timing(Duration::from_secs(1), Some(Duration::from_millis(990))).is_err());
+    }
+
+    /// The same checks on `LockOptions` are a configuration error (the CLI's exit 64), not a
+    /// backend error, and nothing panics on a duration that would overflow an `Instant`.
+    #[tokio::test]
+    async fn lock_options_out_of_range_are_an_options_error() {
+        use crate::{DistributedLock, Error};
+        let locks = crate::memory::connect(&LockUrl::parse("memory://options-range").unwrap()).unwrap();
+        for options in [
+            LockOptions::new().ttl(Duration::MAX),
+            LockOptions::new().ttl(Duration::from_millis(50)),
+            LockOptions::new().ttl(Duration::from_secs(2)).refresh_interval(Duration::from_millis(1950)),
+            LockOptions::new().refresh_interval(Duration::ZERO),
+        ] {
+            match locks.acquire_with("x", &options).await {
+                Err(Error::InvalidOptions { reason }) => assert!(reason.contains("lock `x`"), "{reason}"),
+                other => panic!("{options:?}: {:?}", other.map(|g| g.is_some())),
+            }
+        }
     }
 
     #[test]
@@ -366,7 +383,7 @@ mod tests {
     }
 
     /// A validity capped below the TTL sets the default refresh interval (a third of it) and
-    /// refuses a refresh interval above half of it, or a validity below 100 ms.
+    /// refuses a refresh interval above half of it (minus the margin), or a validity below 100 ms.
     #[test]
     fn a_capped_validity_sets_and_bounds_the_refresh_interval() {
         let mut s = Settings::from_url(&LockUrl::parse("memory://?ttl=3s").unwrap()).unwrap();
@@ -374,9 +391,9 @@ mod tests {
         assert_eq!(s.refresh_for(s.ttl), Duration::from_millis(300));
         assert_eq!(s.check_timing(s.ttl, None), Ok((s.ttl, Duration::from_millis(300))));
         let err = s.check_timing(s.ttl, Some(Duration::from_millis(500))).unwrap_err();
-        assert!(err.contains("too long") && err.contains("450ms"), "{err}");
+        assert!(err.contains("too long") && err.contains("426.5ms"), "{err}");
         assert!(s.cap_validity(Duration::from_millis(50)).unwrap_err().contains("at least 100ms"));
         let mut explicit = Settings::from_url(&LockUrl::parse("memory://?ttl=3s&refresh=1s").unwrap()).unwrap();
-        assert!(explicit.cap_validity(Duration::from_millis(1500)).unwrap_err().contains("use at most 750ms"));
+        assert!(explicit.cap_validity(Duration::from_millis(1500)).unwrap_err().contains("use at most 711.5ms"));
     }
 }

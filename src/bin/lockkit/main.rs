@@ -116,7 +116,8 @@ fn error_code(error: &Error) -> u8 {
         Error::InvalidUrl { .. }
         | Error::UnknownScheme { .. }
         | Error::FeatureDisabled { .. }
-        | Error::InvalidName { .. } => exit::USAGE,
+        | Error::InvalidName { .. }
+        | Error::InvalidOptions { .. } => exit::USAGE,
         Error::Connection { .. } | Error::Authentication { .. } => exit::UNAVAILABLE,
         Error::Timeout { .. } => exit::NOT_ACQUIRED,
         Error::LockLost { .. } => exit::LOCK_LOST,

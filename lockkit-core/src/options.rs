@@ -362,7 +362,7 @@ mod tests {
     /// backend error, and nothing panics on a duration that would overflow an `Instant`.
     #[tokio::test]
     async fn lock_options_out_of_range_are_an_options_error() {
-        use crate::{DistributedLock, Error};
+        use crate::Error;
         let locks = crate::memory::connect(&LockUrl::parse("memory://options-range").unwrap()).unwrap();
         for options in [
             LockOptions::new().ttl(Duration::MAX),

@@ -6,7 +6,7 @@
 //! | URL | backend | driver |
 //! |---|---|---|
 //! | `memory://[store][/namespace]` | in-process | built in |
-//! | `file:///dir[?namespace=…]` | OS advisory file locks on one host | built in |
+//! | `file:///dir[?namespace=…&mode=0600]` | OS advisory file locks on one host | built in |
 //! | `etcd://`, `zk://`, `consul://`, `redis://`, `redis-cluster://`, `redlock://` | network backends | cargo features |
 //!
 //! Every backend gives the same guarantees where it can (see

@@ -19,11 +19,16 @@
 //!   wait for an advisory lock.
 //! - There is no expiry: a live process keeps its locks until it releases them or exits. The
 //!   TTL only sets how often holders check their files.
+//! - Safe in a directory shared with other local users (see [`dir`]): the directory is checked
+//!   at connect like sshd checks a home, files are opened relative to it without following
+//!   symbolic links and checked before they are written, and created with `mode=` (`0600`).
+
+mod dir;
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions, TryLockError};
+use std::fs::{File, TryLockError};
 use std::io::{self, Read, Seek, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -37,12 +42,15 @@ use crate::{
     Capabilities, DistributedLock, Error, FencingToken, Grant, GrantRequest, Lease, LockGuard, LockName, LockStatus,
     LockUrl, LossSignal, Namespace, Result, Settings, random_u64,
 };
+use dir::LockDir;
 
 const BACKEND: &str = "file";
 
-/// Connects to a lock directory, creating it (and the namespace below it) if needed.
+/// Connects to a lock directory, creating it (and the namespace below it) if needed, and
+/// refusing it when other users could tamper with it (see [`dir`]). Options: the common ones
+/// and `mode` (permissions of the files and directories lockkit creates, octal, `0600`).
 pub fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
-    url.check_options(&[])?;
+    url.check_options(&["mode"])?;
     if url.hosts().iter().any(|h| h.host != "localhost") || url.username().is_some() || url.password().is_some() {
         return Err(url.invalid("a file URL names a local directory: `file:///absolute/path`"));
     }
@@ -50,27 +58,25 @@ pub fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
     if !base.is_absolute() {
         return Err(url.invalid("a file URL needs an absolute directory path: `file:///var/lock/myapp`"));
     }
+    let mode = dir::parse_mode(url)?;
     let mut settings = Settings::from_url(url)?;
     settings.namespace = Namespace::new(url.option("namespace").unwrap_or(""));
-    let dir = settings.namespace.segments().iter().fold(base.to_path_buf(), |d, s| d.join(s));
-    fs::create_dir_all(&dir)
-        .map_err(|e| io_error(&format!("cannot create the lock directory {}", dir.display()), e))?;
+    let dir = Arc::new(LockDir::open(url, base, settings.namespace.segments(), mode)?);
     let pool = LeasePool::new(BACKEND, settings.timeout);
     Ok(Arc::new(FileLocks { settings, dir, holdings: Arc::new(Holdings::default()), pool }))
 }
 
 struct FileLocks {
     settings: Settings,
-    dir: PathBuf,
+    dir: Arc<LockDir>,
     holdings: Arc<Holdings>,
     pool: LeasePool,
 }
 
-impl FileLocks {
-    fn paths(&self, name: &LockName) -> (PathBuf, PathBuf) {
-        let stem = name.file_stem();
-        (self.dir.join(format!("{stem}.lock")), self.dir.join(format!("{stem}.fence")))
-    }
+/// The lock file's and the fencing counter's names in the lock directory.
+fn file_names(name: &LockName) -> (String, String) {
+    let stem = name.file_stem();
+    (format!("{stem}.lock"), format!("{stem}.fence"))
 }
 
 #[async_trait]
@@ -96,17 +102,20 @@ impl DistributedLock for FileLocks {
                 Ok((Arc::new(FileLease { holdings, id: id.clone(), ttl }) as Arc<dyn LeaseBackend>, id))
             })
             .await?;
-        let (lock_path, fence_path) = self.paths(&request.name);
+        let (lock_name, fence_name) = file_names(&request.name);
+        let dir = &self.dir;
         let mut backoff = Duration::from_millis(2);
         let mut tries_left = 2;
         let (file, token) = loop {
             let released = RELEASED.notified();
-            if let Some(file) =
-                try_lock(&lock_path).map_err(|e| io_error(&format!("cannot lock {}", lock_path.display()), e))?
+            if let Some(file) = try_lock(dir, &lock_name)
+                .map_err(|e| io_error(&format!("cannot lock {}", dir.path(&lock_name).display()), e))?
             {
-                let token = bump_fence(&fence_path)
-                    .and_then(|token| write_holder(&file, token, &request.holder).map(|()| token))
-                    .map_err(|e| io_error(&format!("cannot update the fencing counter {}", fence_path.display()), e))?;
+                let fence_error =
+                    |e| io_error(&format!("cannot update the fencing counter {}", dir.path(&fence_name).display()), e);
+                let token = bump_fence(dir, &fence_name).map_err(fence_error)?;
+                write_holder(&file, token, &request.holder)
+                    .map_err(|e| io_error(&format!("cannot write {}", dir.path(&lock_name).display()), e))?;
                 break (file, token);
             }
             if !request.wait {
@@ -132,7 +141,13 @@ impl DistributedLock for FileLocks {
         };
         let signal = lease.grant_signal();
         let id = self.holdings.next_id();
-        let held = Held { file: Arc::new(file), path: lock_path, lease: lease.id().to_owned(), signal: signal.clone() };
+        let held = Held {
+            file: Arc::new(file),
+            dir: self.dir.clone(),
+            name: lock_name,
+            lease: lease.id().to_owned(),
+            signal: signal.clone(),
+        };
         lock(&self.holdings.held).insert(id, held);
         // A lease revoked meanwhile (the handle closed while this took the lock) holds nothing:
         // its revoke fires the lease before it unlocks the lease's files, so a file locked here
@@ -149,9 +164,9 @@ impl DistributedLock for FileLocks {
     }
 
     async fn inspect(&self, name: &LockName) -> Result<LockStatus> {
-        let (lock_path, _) = self.paths(name);
+        let (lock_name, _) = file_names(name);
         let read = || -> io::Result<LockStatus> {
-            let mut file = match File::open(&lock_path) {
+            let mut file = match self.dir.open_for_reading(&lock_name, false) {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(LockStatus::free()),
                 other => other?,
             };
@@ -170,7 +185,7 @@ impl DistributedLock for FileLocks {
             let (token, holder) = parse_holder(&text);
             Ok(LockStatus::held(holder, token, None))
         };
-        read().map_err(|e| io_error(&format!("cannot read {}", lock_path.display()), e))
+        read().map_err(|e| io_error(&format!("cannot read {}", self.dir.path(&lock_name).display()), e))
     }
 
     /// Revokes the handle's leases: every grant on them is released and fires its guard.
@@ -179,31 +194,32 @@ impl DistributedLock for FileLocks {
     }
 
     async fn evict(&self, name: &LockName) -> Result<bool> {
-        let (lock_path, _) = self.paths(name);
+        let (lock_name, _) = file_names(name);
         if matches!(self.inspect(name).await?, LockStatus { held: false, .. }) {
             return Ok(false);
         }
-        match fs::remove_file(&lock_path) {
+        match self.dir.remove(&lock_name) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(io_error(&format!("cannot remove {}", lock_path.display()), e)),
+            Err(e) => Err(io_error(&format!("cannot remove {}", self.dir.path(&lock_name).display()), e)),
         }
     }
 }
 
-/// Opens and locks the lock file, making sure the locked file is still the one at `path` (it
-/// may have been removed by `force_release` between open and lock). `None` when held elsewhere.
-fn try_lock(path: &Path) -> io::Result<Option<File>> {
+/// Opens and locks the lock file `name`, making sure the locked file is still the one of that
+/// name (it may have been removed by `force_release` between open and lock). `None` when held
+/// elsewhere.
+fn try_lock(dir: &LockDir, name: &str) -> io::Result<Option<File>> {
     loop {
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+        let file = dir.open_for_update(name)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => return Ok(None),
             Err(TryLockError::Error(e)) => return Err(e),
         }
-        match fs::metadata(path) {
-            Ok(now) if same_file(&now, &file.metadata()?) => return Ok(Some(file)),
-            Ok(_) => continue,
+        match dir.holds(name, &file) {
+            Ok(true) => return Ok(Some(file)),
+            Ok(false) => continue,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         }
@@ -216,16 +232,21 @@ fn try_lock(path: &Path) -> io::Result<Option<File>> {
 /// that is never removed or replaced (and whose name no lock's `.lock` or `.fence` file can
 /// have). The directory is synced after the rename, so a power loss
 /// cannot bring an older counter back.
-fn bump_fence(path: &Path) -> io::Result<u64> {
-    let guard = OpenOptions::new().write(true).create(true).truncate(false).open(path.with_extension("fencelock"))?;
+fn bump_fence(dir: &LockDir, name: &str) -> io::Result<u64> {
+    let stem = name.strip_suffix(".fence").unwrap_or(name);
+    let guard = dir.open_for_update(&format!("{stem}.fencelock"))?;
     guard.lock()?;
-    let bumped = bump_fence_locked(path);
+    let bumped = bump_fence_locked(dir, name);
     let _ = guard.unlock();
     bumped
 }
 
-fn bump_fence_locked(path: &Path) -> io::Result<u64> {
-    let last = match fs::read_to_string(path) {
+fn bump_fence_locked(dir: &LockDir, name: &str) -> io::Result<u64> {
+    let read = |mut file: File| {
+        let mut text = String::new();
+        file.read_to_string(&mut text).map(|_| text)
+    };
+    let last = match dir.open_for_reading(name, true).and_then(read) {
         Ok(text) => text.trim().parse::<u64>().map_err(|_| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -239,17 +260,14 @@ fn bump_fence_locked(path: &Path) -> io::Result<u64> {
         Err(e) => return Err(e),
     };
     let next = last + 1;
-    let tmp = path.with_extension(format!("fence.{}-{:x}", std::process::id(), random_u64()));
-    let mut file = File::create(&tmp)?;
-    file.write_all(next.to_string().as_bytes())?;
-    file.sync_data()?;
-    fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = fs::remove_file(&tmp);
+    let tmp = format!("{name}.{}-{:x}", std::process::id(), random_u64());
+    let written = dir.create_new(&tmp).and_then(|mut file| {
+        file.write_all(next.to_string().as_bytes())?;
+        file.sync_data()
+    });
+    written.and_then(|()| dir.rename_and_sync(&tmp, name)).inspect_err(|_| {
+        let _ = dir.remove(&tmp);
     })?;
-    #[cfg(unix)]
-    if let Some(dir) = path.parent() {
-        File::open(dir)?.sync_all()?;
-    }
     Ok(next)
 }
 
@@ -270,17 +288,6 @@ fn parse_holder(text: &str) -> (Option<FencingToken>, Option<String>) {
         }
     }
     (token, holder)
-}
-
-#[cfg(unix)]
-fn same_file(a: &fs::Metadata, b: &fs::Metadata) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    (a.dev(), a.ino()) == (b.dev(), b.ino())
-}
-
-#[cfg(not(unix))]
-fn same_file(a: &fs::Metadata, b: &fs::Metadata) -> bool {
-    a.created().ok() == b.created().ok() && a.len() == b.len()
 }
 
 fn io_error(what: &str, e: io::Error) -> Error {
@@ -307,7 +314,9 @@ struct Holdings {
 
 struct Held {
     file: Arc<File>,
-    path: PathBuf,
+    dir: Arc<LockDir>,
+    /// The lock file's name in `dir`.
+    name: String,
     lease: String,
     signal: LossSignal,
 }
@@ -320,10 +329,7 @@ impl Held {
     }
 
     fn intact(&self) -> bool {
-        match (fs::metadata(&self.path), self.file.metadata()) {
-            (Ok(now), Ok(mine)) => same_file(&now, &mine),
-            _ => false,
-        }
+        self.dir.holds(&self.name, &self.file).unwrap_or(false)
     }
 }
 
@@ -337,8 +343,10 @@ impl Holdings {
         lock(&self.held).retain(|_, held| {
             let keep = held.lease != lease || held.intact();
             if !keep {
-                held.signal
-                    .lose(format!("its lock file {} was removed or replaced (force_release?)", held.path.display()));
+                held.signal.lose(format!(
+                    "its lock file {} was removed or replaced (force_release?)",
+                    held.dir.path(&held.name).display()
+                ));
             }
             keep
         });
@@ -423,16 +431,20 @@ impl Drop for FileGrant {
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
 
     #[test]
     fn a_corrupt_fence_file_is_a_clear_error_not_a_reset() {
         let dir = tempfile::tempdir().unwrap();
+        let url = LockUrl::parse("file:///").unwrap();
+        let locks = LockDir::open(&url, dir.path(), &[], dir::DEFAULT_MODE).unwrap();
         let path = dir.path().join("x.fence");
-        assert_eq!(bump_fence(&path).unwrap(), 1);
-        assert_eq!(bump_fence(&path).unwrap(), 2);
+        assert_eq!(bump_fence(&locks, "x.fence").unwrap(), 1);
+        assert_eq!(bump_fence(&locks, "x.fence").unwrap(), 2);
         fs::write(&path, "garbage").unwrap();
-        let err = bump_fence(&path).unwrap_err().to_string();
+        let err = bump_fence(&locks, "x.fence").unwrap_err().to_string();
         assert!(err.contains("not a number"), "{err}");
         assert_eq!(fs::read_to_string(&path).unwrap(), "garbage");
     }
@@ -539,6 +551,8 @@ mod race_tests {
 
 #[cfg(test)]
 mod attack_tests {
+    use std::fs::OpenOptions;
+
     use super::*;
 
     /// `close()` while a wait of the handle is about to win the lock (the other holder, here
@@ -572,5 +586,193 @@ mod attack_tests {
             }
         }
         assert!(won.is_empty(), "a closed handle kept the lock file locked: {won:?}");
+    }
+}
+
+/// A lock directory shared with other local users: nothing in it may redirect lockkit's writes,
+/// and a directory others could tamper with is refused at connect.
+#[cfg(all(test, unix))]
+mod safety_tests {
+    use std::fs;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn url(dir: &Path, query: &str) -> LockUrl {
+        format!("file://{}{query}", dir.display()).parse().unwrap()
+    }
+
+    /// A file outside the lock directory that an attacker would like lockkit to overwrite.
+    fn precious() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("precious");
+        fs::write(&path, "precious contents").unwrap();
+        (dir, path)
+    }
+
+    fn mode(path: &Path) -> u32 {
+        fs::symlink_metadata(path).unwrap().mode() & 0o7777
+    }
+
+    fn chmod(path: &Path, mode: u32) {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    fn connect_refused(url: &LockUrl) -> String {
+        match connect(url) {
+            Ok(_) => panic!("connected to {url}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    async fn refused(locks: &Arc<dyn DistributedLock>, name: &str) -> String {
+        match locks.try_acquire(name).await {
+            Ok(guard) => panic!("granted: {:?}", guard.map(|g| g.fencing_token())),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_symlinked_lock_file_is_refused_and_its_target_left_alone() {
+        let (dir, (_keep, target)) = (tempfile::tempdir().unwrap(), precious());
+        let link = dir.path().join("x.lock");
+        symlink(&target, &link).unwrap();
+        let locks = connect(&url(dir.path(), "")).unwrap();
+        let err = refused(&locks, "x").await;
+        assert!(err.contains(&link.display().to_string()) && err.contains("symbolic link"), "{err}");
+        assert!(err.contains("Remove it"), "{err}");
+        assert_eq!(fs::read_to_string(&target).unwrap(), "precious contents");
+        let err = locks.status("x").await.unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_hard_link_to_another_file_is_not_written() {
+        let (dir, (_keep, target)) = (tempfile::tempdir().unwrap(), precious());
+        fs::hard_link(&target, dir.path().join("x.lock")).unwrap();
+        let locks = connect(&url(dir.path(), "")).unwrap();
+        let err = refused(&locks, "x").await;
+        assert!(err.contains("2 links"), "{err}");
+        assert_eq!(fs::read_to_string(&target).unwrap(), "precious contents");
+    }
+
+    #[tokio::test]
+    async fn a_symlinked_fencelock_file_is_refused_and_its_target_left_alone() {
+        let (dir, (_keep, target)) = (tempfile::tempdir().unwrap(), precious());
+        symlink(&target, dir.path().join("x.fencelock")).unwrap();
+        let locks = connect(&url(dir.path(), "")).unwrap();
+        let err = refused(&locks, "x").await;
+        assert!(err.contains("x.fencelock") && err.contains("symbolic link"), "{err}");
+        assert_eq!(fs::read_to_string(&target).unwrap(), "precious contents");
+    }
+
+    /// The counter used to be read through the link, and its contents shown in the error.
+    #[tokio::test]
+    async fn a_symlinked_counter_file_is_neither_read_nor_replaced() {
+        let (dir, (_keep, target)) = (tempfile::tempdir().unwrap(), precious());
+        let link = dir.path().join("x.fence");
+        symlink(&target, &link).unwrap();
+        let locks = connect(&url(dir.path(), "")).unwrap();
+        let err = refused(&locks, "x").await;
+        assert!(err.contains("x.fence") && err.contains("symbolic link"), "{err}");
+        assert!(!err.contains("precious"), "the target's contents leaked: {err}");
+        assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert_eq!(fs::read_to_string(&target).unwrap(), "precious contents");
+    }
+
+    /// Tests that need root (CI runs them as root) are skipped otherwise.
+    fn root() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        if !root {
+            eprintln!("skipped: needs root to chown");
+        }
+        root
+    }
+
+    #[test]
+    fn a_lock_directory_owned_by_another_user_is_refused() {
+        if !root() {
+            return;
+        }
+        let top = tempfile::tempdir().unwrap();
+        let dir = top.path().join("locks");
+        fs::create_dir(&dir).unwrap();
+        std::os::unix::fs::chown(&dir, Some(65534), None).unwrap();
+        let err = connect_refused(&url(&dir, ""));
+        assert!(err.contains("owned by uid 65534") && err.contains("chown"), "{err}");
+        assert!(err.contains(&dir.display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn an_ancestor_owned_by_another_user_is_refused() {
+        if !root() {
+            return;
+        }
+        let top = tempfile::tempdir().unwrap();
+        std::os::unix::fs::chown(top.path(), Some(65534), None).unwrap();
+        let err = connect_refused(&url(&top.path().join("locks"), ""));
+        assert!(err.contains("owned by uid 65534") && err.contains(&top.path().display().to_string()), "{err}");
+        assert!(!top.path().join("locks").exists(), "created a directory under an unsafe one");
+    }
+
+    #[test]
+    fn a_world_writable_lock_directory_needs_the_sticky_bit() {
+        let top = tempfile::tempdir().unwrap();
+        let dir = top.path().join("locks");
+        fs::create_dir(&dir).unwrap();
+        chmod(&dir, 0o777);
+        let err = connect_refused(&url(&dir, ""));
+        assert!(err.contains("writable by others") && err.contains("chmod"), "{err}");
+        chmod(&dir, 0o1777);
+        connect(&url(&dir, "")).unwrap();
+        chmod(&dir, 0o770);
+        let err = connect_refused(&url(&dir, ""));
+        assert!(err.contains("writable by its group"), "{err}");
+        // Sharing with the group is asked for.
+        connect(&url(&dir, "?mode=0660")).unwrap();
+    }
+
+    #[test]
+    fn a_group_or_world_writable_ancestor_needs_the_sticky_bit() {
+        let top = tempfile::tempdir().unwrap();
+        chmod(top.path(), 0o777);
+        let err = connect_refused(&url(&top.path().join("locks"), ""));
+        assert!(err.contains(&top.path().display().to_string()) && err.contains("writable by others"), "{err}");
+        chmod(top.path(), 0o1777);
+        connect(&url(&top.path().join("locks"), "")).unwrap();
+    }
+
+    #[tokio::test]
+    async fn files_and_directories_are_private_unless_mode_says_otherwise() {
+        let top = tempfile::tempdir().unwrap();
+        let dir = top.path().join("private");
+        let locks = connect(&url(&dir, "?namespace=ns")).unwrap();
+        locks.acquire("x").await.unwrap().release().await.unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join("ns")), 0o700);
+        for file in ["x.lock", "x.fence", "x.fencelock"] {
+            assert_eq!(mode(&dir.join("ns").join(file)), 0o600, "{file}");
+        }
+        let dir = top.path().join("shared");
+        let locks = connect(&url(&dir, "?mode=0640")).unwrap();
+        locks.acquire("x").await.unwrap().release().await.unwrap();
+        assert_eq!(mode(&dir), 0o750);
+        for file in ["x.lock", "x.fence", "x.fencelock"] {
+            assert_eq!(mode(&dir.join(file)), 0o640, "{file}");
+        }
+    }
+
+    #[test]
+    fn a_nonsense_mode_is_refused_with_the_valid_forms() {
+        let dir = tempfile::tempdir().unwrap();
+        for mode in ["abc", "0777", "0400", "99", "", "01600", "-600", "0o6400"] {
+            let err = connect_refused(&url(dir.path(), &format!("?mode={mode}")));
+            assert!(err.contains("`mode`") && err.contains("0600") && err.contains("0660"), "{mode}: {err}");
+        }
+        for mode in ["0600", "600", "0o640", "0660", "0644"] {
+            connect(&url(dir.path(), &format!("?mode={mode}"))).unwrap();
+        }
     }
 }

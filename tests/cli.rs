@@ -383,3 +383,46 @@ read b; echo "back:$b""#;
     let status = tokio::time::timeout(Duration::from_secs(10), script.wait()).await.expect("script exited").unwrap();
     assert!(status.success(), "{status}");
 }
+
+/// Ctrl-Z under a job-control shell stops the command and lockkit with it, as one job (while
+/// the lock stays held); `fg` gives the command the terminal back and continues it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_z_suspends_the_command_with_lockkit_and_fg_resumes_it() {
+    if std::process::Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: `script` (util-linux) is not installed");
+        return;
+    }
+    let target = Target::file();
+    // `set -m`: job control, as in an interactive shell (lockkit in its own, non-orphaned group).
+    let session = r#"set -m
+"$LOCKKIT" run "$URL" job -- sh -c 'echo ready; exec sed -u s/^/got:/'
+echo "stopped:$?"
+"$LOCKKIT" status "$URL" job && echo "still held"
+fg
+echo "rc:$?""#;
+    let mut script = Command::new("script")
+        .args(["-qec", session, "/dev/null"])
+        .env("LOCKKIT", LOCKKIT)
+        .env("URL", target.url())
+        .env("SHELL", "/bin/sh")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut terminal = script.stdin.take().unwrap();
+    let mut stdout = BufReader::new(script.stdout.take().unwrap()).lines();
+    line_matching(&mut stdout, |l| l.contains("ready")).await;
+    terminal.write_all(b"\x1a").await.unwrap(); // Ctrl-Z
+    let stopped = line_matching(&mut stdout, |l| l.contains("stopped:")).await;
+    assert!(stopped.contains("stopped:148"), "lockkit stopped by SIGTSTP, as the shell sees it: {stopped:?}");
+    line_matching(&mut stdout, |l| l.contains("still held")).await;
+    terminal.write_all(b"hello\n").await.unwrap();
+    line_matching(&mut stdout, |l| l.contains("got:hello")).await;
+    terminal.write_all(b"\x03").await.unwrap(); // Ctrl-C
+    let rc = line_matching(&mut stdout, |l| l.contains("rc:")).await;
+    assert!(rc.contains("rc:130"), "Ctrl-C ended the command, and lockkit exited 130: {rc:?}");
+    drop(terminal);
+    let status = tokio::time::timeout(Duration::from_secs(10), script.wait()).await.expect("script exited").unwrap();
+    assert!(status.success(), "{status}");
+}

@@ -67,6 +67,39 @@ pub fn take_terminal_back() {
     }
 }
 
+/// The stop signal that stopped process `pid` (a child of lockkit), if it stopped since the last
+/// call; each stop is reported once.
+pub fn stopped_by(pid: i32) -> Option<i32> {
+    // SAFETY: waitid fills the zeroed siginfo; WNOHANG never blocks, and without WEXITED it
+    // reports stops only, so it never reaps the child tokio waits for.
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        let found = libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WSTOPPED | libc::WNOHANG);
+        (found == 0 && info.si_pid() == pid && info.si_code == libc::CLD_STOPPED).then(|| info.si_status())
+    }
+}
+
+/// The command's group was stopped from the terminal (Ctrl-Z, or reading it from the
+/// background): lockkit takes the terminal back and stops itself with the same signal, so its
+/// shell sees the job stopped; returns once lockkit is continued (`fg`, `bg`). While stopped,
+/// lockkit refreshes nothing: the caller must check the lock before [`resume`].
+pub fn suspend_like(number: i32) {
+    take_terminal_back();
+    // SAFETY: kill has no memory-safety preconditions. It returns once lockkit is continued
+    // (at once if lockkit's group is orphaned: the kernel then discards SIGTSTP).
+    unsafe { libc::kill(libc::getpid(), number) };
+}
+
+/// After [`suspend_like`]: hands the terminal to the group again if lockkit was continued in the
+/// foreground, and continues the group.
+pub fn resume(group: i32) {
+    if owns_terminal() {
+        // SAFETY: as in `take_terminal_back`.
+        unsafe { with_sigttou_blocked(|| libc::tcsetpgrp(libc::STDIN_FILENO, group)) };
+    }
+    signal(group, libc::SIGCONT);
+}
+
 /// Runs `call` with SIGTTOU blocked on this thread (so `tcsetpgrp` from a background group
 /// succeeds instead of stopping the process), restoring the mask after.
 ///

@@ -123,7 +123,20 @@ async fn run_locked(
                     );
                     break Ended::Lost;
                 }
-                number = signals.recv() => group::signal(group, number),
+                received = signals.next(terminal) => match received {
+                    Some(number) => group::signal(group, number),
+                    // A child changed state: the command stopped from the terminal (Ctrl-Z)?
+                    None => {
+                        if let Some(number @ (libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU)) = group::stopped_by(group) {
+                            group::suspend_like(number);
+                            // If the lock expired meanwhile, the group stays stopped; the loss
+                            // branch stops it for good.
+                            if guard.is_held() {
+                                group::resume(group);
+                            }
+                        }
+                    }
+                },
             }
         },
         Err(e) => {
@@ -210,6 +223,8 @@ async fn clear_group(child: &mut Child, group: i32, grace: Duration) {
         return;
     }
     group::signal(group, libc::SIGTERM);
+    // A stopped process acts on SIGTERM only once continued.
+    group::signal(group, libc::SIGCONT);
     let deadline = tokio::time::Instant::now() + grace;
     let _ = tokio::time::timeout_at(deadline, child.wait()).await;
     if !group::wait_empty(group, deadline).await {
@@ -221,9 +236,10 @@ async fn clear_group(child: &mut Child, group: i32, grace: Duration) {
     }
 }
 
-/// SIGINT, SIGTERM and SIGHUP, as one stream of signal numbers.
+/// SIGINT, SIGTERM and SIGHUP, as one stream of signal numbers; and SIGCHLD.
 struct Signals {
     streams: [(i32, Signal); 3],
+    child: Signal,
 }
 
 impl Signals {
@@ -234,15 +250,28 @@ impl Signals {
                 (libc::SIGTERM, signal(SignalKind::terminate())?),
                 (libc::SIGHUP, signal(SignalKind::hangup())?),
             ],
+            child: signal(SignalKind::child())?,
         })
     }
 
+    /// The next of SIGINT, SIGTERM and SIGHUP.
     async fn recv(&mut self) -> i32 {
-        let [(int, a), (term, b), (hup, c)] = &mut self.streams;
+        loop {
+            if let Some(number) = self.next(false).await {
+                return number;
+            }
+        }
+    }
+
+    /// The next of SIGINT, SIGTERM and SIGHUP; or, when `children` is set, `None` at a SIGCHLD
+    /// (a child exited, stopped or continued).
+    async fn next(&mut self, children: bool) -> Option<i32> {
+        let Signals { streams: [(int, a), (term, b), (hup, c)], child } = self;
         tokio::select! {
-            _ = a.recv() => *int,
-            _ = b.recv() => *term,
-            _ = c.recv() => *hup,
+            _ = a.recv() => Some(*int),
+            _ = b.recv() => Some(*term),
+            _ = c.recv() => Some(*hup),
+            _ = child.recv(), if children => None,
         }
     }
 }

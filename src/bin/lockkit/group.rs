@@ -3,11 +3,16 @@
 //!
 //! Two mechanisms kill the group if lockkit dies by any signal (SIGKILL, the OOM killer) and so
 //! can no longer keep the lock alive:
-//! - the command itself gets `PR_SET_PDEATHSIG(SIGKILL)` (Linux) before it is executed;
+//! - the command itself gets `PR_SET_PDEATHSIG(SIGKILL)` (Linux) before it is executed. The
+//!   kernel sends it when the *thread* that spawned the child ends: `lockkit run` spawns from
+//!   the main thread (inside `block_on`), which lives as long as the process;
 //! - a watchdog — lockkit re-executed as `lockkit __watchdog`, in its own process group, with
 //!   signals from terminals and shells ignored — reads a pipe whose write end only lockkit holds.
 //!   lockkit writes the group's id into it, and `done` once the group is gone. When the pipe
-//!   closes without `done` (lockkit died), the watchdog sends SIGKILL to the whole group.
+//!   closes without `done` (lockkit died, or panicked), the watchdog sends SIGKILL to the
+//!   whole group. The watchdog learns the group's id only once the command exists: should
+//!   lockkit die in the microseconds between, only the command itself is killed (by the first
+//!   mechanism), not a child it forked in that instant.
 
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt as _;

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader, Lines};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, Command};
 
 use support::Target;
@@ -255,4 +255,174 @@ async fn bad_input_gives_one_line_and_exit_64(t: &Target) {
         }
         assert_eq!(stderr.lines().count(), 1, "{url}: {stderr}");
     }
+}
+
+// The command's process group. lockkit handles it the same way on every backend: file:// only.
+
+/// The processes of group `group` that are not zombies.
+fn group_members(group: i32) -> Vec<u32> {
+    let Ok(processes) = std::fs::read_dir("/proc") else { return Vec::new() };
+    processes
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // After `(comm)`: state, ppid, pgrp.
+            let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+            let (state, pgrp) = (fields.next()?, fields.nth(1)?);
+            (state != "Z" && pgrp == group.to_string()).then_some(pid)
+        })
+        .collect()
+}
+
+/// Polls `condition` every 10 ms until it holds or `limit` passes; whether it held. For
+/// process states, which have no event to wait for.
+async fn eventually(limit: Duration, condition: impl Fn() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !condition() {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
+/// `kill -9` of lockkit (as the OOM killer would) kills the command's whole group — a
+/// background grandchild too — within a second, so nothing runs on without the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_lockkit_kills_the_commands_whole_group() {
+    let target = Target::file();
+    let url = target.url();
+    let script = "sleep 30 & echo group $$; sleep 30";
+    let mut run = lockkit(&["run", &url, "job", "--", "sh", "-c", script]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut stdout = BufReader::new(run.stdout.take().unwrap()).lines();
+    let line = line_matching(&mut stdout, |l| l.starts_with("group ")).await;
+    let group: i32 = line["group ".len()..].parse().unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || group_members(group).len() == 3).await,
+        "sh and both sleeps started: {:?}",
+        group_members(group)
+    );
+
+    run.kill().await.unwrap();
+    let gone = eventually(Duration::from_secs(1), || group_members(group).is_empty()).await;
+    assert!(gone, "1 s after lockkit died, processes of its command's group still run: {:?}", group_members(group));
+}
+
+/// When the command exits, what it left in its group gets SIGTERM — while the lock is still
+/// held — and, if it survives, SIGKILL after --grace; only then is the lock released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leftovers_of_the_command_are_stopped_before_the_lock_is_released() {
+    let target = Target::file();
+    let url = target.url();
+    let scratch = tempfile::tempdir().unwrap();
+    // Survives SIGTERM, recording whether the lock was still held when it came.
+    let leftover = r#"trap '"$LOCKKIT" status "$LOCKKIT_URL" job > "$D/at_term"' TERM
+echo "leftover $$"; echo > "$D/ready"; while :; do sleep 1; done"#;
+    // Exits once the leftover has set its trap.
+    let command = r#"mkfifo "$D/ready"; sh -c "$LEFTOVER" & read _ < "$D/ready""#;
+    let started = std::time::Instant::now();
+    let mut run = lockkit(&["run", &url, "job", "--grace", "1s", "--", "sh", "-c", command])
+        .env("D", scratch.path())
+        .env("LOCKKIT", LOCKKIT)
+        .env("LEFTOVER", leftover)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(run.stdout.take().unwrap()).lines();
+    let line = line_matching(&mut stdout, |l| l.starts_with("leftover ")).await;
+    let leftover: u32 = line["leftover ".len()..].parse().unwrap();
+
+    let status = tokio::time::timeout(Duration::from_secs(15), run.wait()).await.expect("lockkit exited").unwrap();
+    assert!(dead(leftover), "the command's leftover {leftover} survived lockkit");
+    assert_eq!(status.code(), Some(0), "the command's own status");
+    assert!(started.elapsed() >= Duration::from_secs(1), "SIGKILL came only after --grace");
+    let at_term = std::fs::read_to_string(scratch.path().join("at_term")).unwrap_or_default();
+    assert!(at_term.contains("held"), "the lock was still held when SIGTERM came: {at_term:?}");
+    let (status, _, stderr) = output(lockkit(&["run", &url, "job", "--no-wait", "--", "true"])).await;
+    assert!(status.success(), "the lock is free afterwards: {stderr}");
+}
+
+/// Under a terminal, the command is the terminal's foreground group: it reads the terminal,
+/// Ctrl-C reaches it (and not lockkit's caller), and the caller has the terminal back after.
+/// (The command is `sed`, not a shell: `sh -c` defers a SIGINT that comes while it forks.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_reading_the_terminal_runs_in_the_foreground() {
+    if std::process::Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: `script` (util-linux) is not installed");
+        return;
+    }
+    let target = Target::file();
+    let session = r#""$LOCKKIT" run "$URL" job -- sh -c 'echo ready; exec sed -u s/^/got:/'; echo "rc:$?"
+read b; echo "back:$b""#;
+    let mut script = Command::new("script")
+        .args(["-qec", session, "/dev/null"])
+        .env("LOCKKIT", LOCKKIT)
+        .env("URL", target.url())
+        .env("SHELL", "/bin/sh")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut terminal = script.stdin.take().unwrap();
+    let mut stdout = BufReader::new(script.stdout.take().unwrap()).lines();
+    // Typed only once the command runs: `script` may flush input typed before it set up the
+    // terminal.
+    line_matching(&mut stdout, |l| l.contains("ready")).await;
+    terminal.write_all(b"hello\n").await.unwrap();
+    line_matching(&mut stdout, |l| l.contains("got:hello")).await;
+    terminal.write_all(b"\x03").await.unwrap(); // Ctrl-C
+    let rc = line_matching(&mut stdout, |l| l.contains("rc:")).await;
+    assert!(rc.contains("rc:130"), "Ctrl-C ended the command, and lockkit exited 130: {rc:?}");
+    terminal.write_all(b"again\n").await.unwrap();
+    line_matching(&mut stdout, |l| l.contains("back:again")).await;
+    drop(terminal);
+    let status = tokio::time::timeout(Duration::from_secs(10), script.wait()).await.expect("script exited").unwrap();
+    assert!(status.success(), "{status}");
+}
+
+/// Ctrl-Z under a job-control shell stops the command and lockkit with it, as one job (while
+/// the lock stays held); `fg` gives the command the terminal back and continues it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_z_suspends_the_command_with_lockkit_and_fg_resumes_it() {
+    if std::process::Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: `script` (util-linux) is not installed");
+        return;
+    }
+    let target = Target::file();
+    // `set -m`: job control, as in an interactive shell (lockkit in its own, non-orphaned group).
+    let session = r#"set -m
+"$LOCKKIT" run "$URL" job -- sh -c 'echo ready; exec sed -u s/^/got:/'
+echo "stopped:$?"
+"$LOCKKIT" status "$URL" job && echo "still held"
+fg
+echo "rc:$?""#;
+    let mut script = Command::new("script")
+        .args(["-qec", session, "/dev/null"])
+        .env("LOCKKIT", LOCKKIT)
+        .env("URL", target.url())
+        .env("SHELL", "/bin/sh")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut terminal = script.stdin.take().unwrap();
+    let mut stdout = BufReader::new(script.stdout.take().unwrap()).lines();
+    line_matching(&mut stdout, |l| l.contains("ready")).await;
+    terminal.write_all(b"\x1a").await.unwrap(); // Ctrl-Z
+    let stopped = line_matching(&mut stdout, |l| l.contains("stopped:")).await;
+    assert!(stopped.contains("stopped:148"), "lockkit stopped by SIGTSTP, as the shell sees it: {stopped:?}");
+    line_matching(&mut stdout, |l| l.contains("still held")).await;
+    terminal.write_all(b"hello\n").await.unwrap();
+    line_matching(&mut stdout, |l| l.contains("got:hello")).await;
+    terminal.write_all(b"\x03").await.unwrap(); // Ctrl-C
+    let rc = line_matching(&mut stdout, |l| l.contains("rc:")).await;
+    assert!(rc.contains("rc:130"), "Ctrl-C ended the command, and lockkit exited 130: {rc:?}");
+    drop(terminal);
+    let status = tokio::time::timeout(Duration::from_secs(10), script.wait()).await.expect("script exited").unwrap();
+    assert!(status.success(), "{status}");
 }

@@ -1,6 +1,7 @@
 //! `lockkit`: run a command under a distributed lock, or inspect a lock, on any backend lockkit
 //! supports, from the same URL the library takes.
 
+mod group;
 mod run;
 mod status;
 
@@ -22,7 +23,8 @@ mod exit {
     pub const BACKEND: u8 = 70;
     /// `--no-wait` or `--timeout`: the lock is held elsewhere.
     pub const NOT_ACQUIRED: u8 = 75;
-    /// The lock was lost while the command ran; the command was stopped.
+    /// The lock was lost while the command ran; the command was stopped. Only ever after a
+    /// command started: a loss before (an acquire failing with it) is [`BACKEND`].
     pub const LOCK_LOST: u8 = 76;
 }
 
@@ -33,7 +35,7 @@ Exit status:
     76  the lock was lost while the command ran; its process group was stopped
     64  usage or configuration error (bad URL, unknown option, driver not compiled in)
     69  backend unreachable or authentication failed
-    70  backend error
+    70  backend error (also a lease lost before the command started)
   lockkit status exits 0 when the lock is held, 1 when it is free.
 
 Examples:
@@ -67,8 +69,11 @@ enum Command {
     /// COMMAND runs in its own process group with LOCKKIT_FENCING_TOKEN, LOCKKIT_LOCK_NAME and
     /// LOCKKIT_URL (without credentials) in its environment. The lock is kept alive while it
     /// runs. If the lock is lost, the whole group gets SIGTERM, then SIGKILL after --grace.
-    /// SIGINT, SIGTERM and SIGHUP sent to lockkit are forwarded to the group; while still
-    /// waiting for the lock, they make lockkit stop waiting and exit.
+    /// When COMMAND exits, what is left in its group gets the same, before the lock is released.
+    /// If lockkit itself dies (even by SIGKILL), the group is killed at once. SIGINT, SIGTERM and
+    /// SIGHUP sent to lockkit are forwarded to the group; while still waiting for the lock, they
+    /// make lockkit stop waiting and exit. Under a terminal, COMMAND's group is the terminal's
+    /// foreground group while it runs, so it can read the terminal and gets Ctrl-C itself.
     #[command(after_help = AFTER_HELP)]
     Run(run::RunArgs),
 
@@ -77,6 +82,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Not a subcommand users see: `lockkit run` starting its watchdog (see `group`).
+    if std::env::args_os().nth(1).is_some_and(|arg| arg == group::WATCHDOG_ARG) {
+        return ExitCode::from(group::watchdog_main());
+    }
     let cli = Cli::try_parse().unwrap_or_else(|e| {
         let code = if e.use_stderr() { exit::USAGE } else { 0 };
         let _ = e.print();
@@ -120,7 +129,10 @@ fn error_code(error: &Error) -> u8 {
         | Error::InvalidOptions { .. } => exit::USAGE,
         Error::Connection { .. } | Error::Authentication { .. } => exit::UNAVAILABLE,
         Error::Timeout { .. } => exit::NOT_ACQUIRED,
-        Error::LockLost { .. } => exit::LOCK_LOST,
+        // Never `LOCK_LOST`: that status means a command was stopped, and `run` returns it
+        // itself. A library call failing with a loss (an acquire whose lease was lost before it
+        // was granted) ran no command: a backend error.
+        Error::LockLost { .. } => exit::BACKEND,
         _ => exit::BACKEND,
     }
 }
@@ -133,4 +145,19 @@ fn report(error: &Error) -> u8 {
 /// `clap` value parser for durations.
 fn duration(text: &str) -> Result<Duration, String> {
     lockkit::parse_duration(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_acquire_that_fails_with_loss_is_a_backend_error_not_76() {
+        let lost = Error::LockLost {
+            backend: "file",
+            name: "job".into(),
+            reason: "while waiting, its lease was lost: the handle was closed".into(),
+        };
+        assert_eq!(error_code(&lost), exit::BACKEND);
+    }
 }

@@ -7,7 +7,7 @@ use lockkit::{DistributedLock, LockGuard, LockOptions, LockUrl, Wait};
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
-use crate::{duration, exit, fail, report};
+use crate::{duration, exit, fail, group, report};
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -76,48 +76,112 @@ async fn run_locked(
         // Dropping the acquire is cancel safe: nothing is left behind.
         number = signals.recv() => return 128 + number as u8,
     };
-    let mut child = match Command::new(&args.command[0])
+    let terminal = group::owns_terminal();
+    // Started before the command, so that the command never runs without it.
+    let mut watchdog = match group::Watchdog::start() {
+        Ok(watchdog) => watchdog,
+        Err(e) => {
+            let _ = guard.release().await;
+            return fail(
+                &format!("cannot start the watchdog that stops the command if lockkit dies: {e}"),
+                exit::BACKEND,
+            );
+        }
+    };
+    let mut command = Command::new(&args.command[0]);
+    command
         .args(&args.command[1..])
-        .process_group(0)
         .env("LOCKKIT_FENCING_TOKEN", guard.fencing_token().to_string())
         .env("LOCKKIT_LOCK_NAME", &args.name)
-        .env("LOCKKIT_URL", url.without_credentials())
-        .spawn()
-    {
-        Ok(child) => child,
+        .env("LOCKKIT_URL", url.without_credentials());
+    group::configure(&mut command, terminal);
+    let spawned = command.spawn().and_then(|child| match child.id() {
+        Some(pid) => Ok((child, pid as i32)),
+        None => Err(std::io::Error::other("it exited before lockkit saw its process id")),
+    });
+    let (mut child, group) = match spawned {
+        Ok(spawned) => spawned,
         Err(e) => {
-            let code = if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
+            if terminal {
+                // The child may have taken the terminal before its exec failed.
+                group::take_terminal_back();
+            }
+            watchdog.disarm();
             let _ = guard.release().await;
+            let code = if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
             return fail(&format!("cannot run `{}`: {e}", args.command[0]), code);
         }
     };
-    let group = child.id().map(|pid| pid as i32);
-    let status = loop {
-        tokio::select! {
-            status = child.wait() => break status,
-            reason = guard.lost() => {
-                eprintln!(
-                    "lockkit: lost lock `{}`: {reason}; stopping `{}` (SIGTERM, then SIGKILL after {:?})",
-                    args.name, args.command[0], args.grace
-                );
-                stop_group(&mut child, group, args.grace).await;
-                let _ = guard.release().await;
-                return exit::LOCK_LOST;
+    let ended = match watchdog.arm(group) {
+        Ok(()) => loop {
+            tokio::select! {
+                status = child.wait() => break Ended::Exited(status),
+                reason = guard.lost() => {
+                    eprintln!(
+                        "lockkit: lost lock `{}`: {reason}; stopping `{}` (SIGTERM, then SIGKILL after {:?})",
+                        args.name, args.command[0], args.grace
+                    );
+                    break Ended::Lost;
+                }
+                received = signals.next(terminal) => match received {
+                    Some(number) => group::signal(group, number),
+                    // A child changed state: the command stopped from the terminal (Ctrl-Z)?
+                    None => {
+                        if let Some(number @ (libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU)) = group::stopped_by(group) {
+                            group::suspend_like(number);
+                            // If the lock expired meanwhile, the group stays stopped; the loss
+                            // branch stops it for good.
+                            if guard.is_held() {
+                                group::resume(group);
+                            }
+                        }
+                    }
+                },
             }
-            number = signals.recv() => signal_group(group, number),
+        },
+        Err(e) => {
+            eprintln!("lockkit: the watchdog is gone ({e}); stopping `{}`", args.command[0]);
+            Ended::Unguarded
         }
     };
-    if let Err(e) = guard.release().await {
-        eprintln!("lockkit: warning: {e}");
+    if terminal {
+        group::take_terminal_back();
     }
-    match status {
-        Ok(status) => match (status.code(), status.signal()) {
-            (Some(code), _) => code as u8,
-            (None, Some(number)) => 128 + number as u8,
-            (None, None) => exit::BACKEND,
-        },
-        Err(e) => fail(&format!("lost track of `{}`: {e}", args.command[0]), exit::BACKEND),
+    if matches!(ended, Ended::Exited(_)) && group::alive(group) {
+        eprintln!(
+            "lockkit: `{}` left processes in its group; stopping them (SIGTERM, then SIGKILL after {:?})",
+            args.command[0], args.grace
+        );
     }
+    clear_group(&mut child, group, args.grace).await;
+    // Only now is nothing of the group left that could run without the lock.
+    watchdog.disarm();
+    let released = guard.release().await;
+    match ended {
+        Ended::Exited(Ok(status)) => {
+            if let Err(e) = released {
+                eprintln!("lockkit: warning: {e}");
+            }
+            match (status.code(), status.signal()) {
+                (Some(code), _) => code as u8,
+                (None, Some(number)) => 128 + number as u8,
+                (None, None) => exit::BACKEND,
+            }
+        }
+        Ended::Exited(Err(e)) => fail(&format!("lost track of `{}`: {e}", args.command[0]), exit::BACKEND),
+        Ended::Lost => exit::LOCK_LOST,
+        Ended::Unguarded => exit::BACKEND,
+    }
+}
+
+/// Why the command stopped running.
+enum Ended {
+    /// It exited (or lockkit could not wait for it).
+    Exited(std::io::Result<std::process::ExitStatus>),
+    /// The lock was lost: lockkit stopped it.
+    Lost,
+    /// The watchdog could not be told its group: lockkit stopped it rather than run it unguarded.
+    Unguarded,
 }
 
 /// Acquires as the arguments say; on failure, prints why and returns the exit status.
@@ -150,34 +214,32 @@ async fn acquire(locks: &dyn DistributedLock, args: &RunArgs, verbose: bool) -> 
     }
 }
 
-/// SIGTERM to the group; SIGKILL once `grace` has passed and anything of it is left.
-async fn stop_group(child: &mut Child, group: Option<i32>, grace: Duration) {
-    signal_group(group, libc::SIGTERM);
+/// Stops whatever is left of the group — the command too, if it still runs: SIGTERM, then
+/// SIGKILL once `grace` has passed; returns once the group is gone (or, should something
+/// survive SIGKILL, after a second more with a warning).
+async fn clear_group(child: &mut Child, group: i32, grace: Duration) {
+    if !group::alive(group) {
+        let _ = child.wait().await; // a zombie leader is not alive; reap it
+        return;
+    }
+    group::signal(group, libc::SIGTERM);
+    // A stopped process acts on SIGTERM only once continued.
+    group::signal(group, libc::SIGCONT);
     let deadline = tokio::time::Instant::now() + grace;
     let _ = tokio::time::timeout_at(deadline, child.wait()).await;
-    // Grandchildren may outlive the command; there is no event for a group becoming empty.
-    while group_alive(group) && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    if !group::wait_empty(group, deadline).await {
+        group::signal(group, libc::SIGKILL);
     }
-    signal_group(group, libc::SIGKILL);
     let _ = child.wait().await;
-}
-
-fn signal_group(group: Option<i32>, number: i32) {
-    if let Some(group) = group {
-        // SAFETY: killpg has no memory-safety preconditions; a gone group gives ESRCH.
-        unsafe { libc::killpg(group, number) };
+    if !group::wait_empty(group, tokio::time::Instant::now() + Duration::from_secs(1)).await {
+        eprintln!("lockkit: warning: processes of group {group} survived SIGKILL");
     }
 }
 
-fn group_alive(group: Option<i32>) -> bool {
-    // SAFETY: as above; signal 0 only checks for existence.
-    group.is_some_and(|g| unsafe { libc::killpg(g, 0) } == 0)
-}
-
-/// SIGINT, SIGTERM and SIGHUP, as one stream of signal numbers.
+/// SIGINT, SIGTERM and SIGHUP, as one stream of signal numbers; and SIGCHLD.
 struct Signals {
     streams: [(i32, Signal); 3],
+    child: Signal,
 }
 
 impl Signals {
@@ -188,15 +250,28 @@ impl Signals {
                 (libc::SIGTERM, signal(SignalKind::terminate())?),
                 (libc::SIGHUP, signal(SignalKind::hangup())?),
             ],
+            child: signal(SignalKind::child())?,
         })
     }
 
+    /// The next of SIGINT, SIGTERM and SIGHUP.
     async fn recv(&mut self) -> i32 {
-        let [(int, a), (term, b), (hup, c)] = &mut self.streams;
+        loop {
+            if let Some(number) = self.next(false).await {
+                return number;
+            }
+        }
+    }
+
+    /// The next of SIGINT, SIGTERM and SIGHUP; or, when `children` is set, `None` at a SIGCHLD
+    /// (a child exited, stopped or continued).
+    async fn next(&mut self, children: bool) -> Option<i32> {
+        let Signals { streams: [(int, a), (term, b), (hup, c)], child } = self;
         tokio::select! {
-            _ = a.recv() => *int,
-            _ = b.recv() => *term,
-            _ = c.recv() => *hup,
+            _ = a.recv() => Some(*int),
+            _ = b.recv() => Some(*term),
+            _ = c.recv() => Some(*hup),
+            _ = child.recv(), if children => None,
         }
     }
 }

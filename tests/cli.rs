@@ -351,25 +351,10 @@ echo "leftover $$"; echo > "$D/ready"; while :; do sleep 1; done"#;
 /// (The command is `sed`, not a shell: `sh -c` defers a SIGINT that comes while it forks.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_reading_the_terminal_runs_in_the_foreground() {
-    if std::process::Command::new("script").arg("--version").output().is_err() {
-        eprintln!("skipped: `script` (util-linux) is not installed");
-        return;
-    }
     let target = Target::file();
     let session = r#""$LOCKKIT" run "$URL" job -- sh -c 'echo ready; exec sed -u s/^/got:/'; echo "rc:$?"
 read b; echo "back:$b""#;
-    let mut script = Command::new("script")
-        .args(["-qec", session, "/dev/null"])
-        .env("LOCKKIT", LOCKKIT)
-        .env("URL", target.url())
-        .env("SHELL", "/bin/sh")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut terminal = script.stdin.take().unwrap();
-    let mut stdout = BufReader::new(script.stdout.take().unwrap()).lines();
+    let Some((mut script, mut terminal, mut stdout)) = under_a_terminal(session, &target) else { return };
     // Typed only once the command runs: `script` may flush input typed before it set up the
     // terminal.
     line_matching(&mut stdout, |l| l.contains("ready")).await;
@@ -385,22 +370,17 @@ read b; echo "back:$b""#;
     assert!(status.success(), "{status}");
 }
 
-/// Ctrl-Z under a job-control shell stops the command and lockkit with it, as one job (while
-/// the lock stays held); `fg` gives the command the terminal back and continues it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ctrl_z_suspends_the_command_with_lockkit_and_fg_resumes_it() {
+/// Runs the shell `session` under a pseudo-terminal (`script`), with `$LOCKKIT` and `$URL` set:
+/// the child, what is typed on the terminal, and what it shows. `None` (the test is skipped)
+/// where `script` is not installed.
+fn under_a_terminal(
+    session: &str,
+    target: &Target,
+) -> Option<(Child, tokio::process::ChildStdin, Lines<BufReader<tokio::process::ChildStdout>>)> {
     if std::process::Command::new("script").arg("--version").output().is_err() {
         eprintln!("skipped: `script` (util-linux) is not installed");
-        return;
+        return None;
     }
-    let target = Target::file();
-    // `set -m`: job control, as in an interactive shell (lockkit in its own, non-orphaned group).
-    let session = r#"set -m
-"$LOCKKIT" run "$URL" job -- sh -c 'echo ready; exec sed -u s/^/got:/'
-echo "stopped:$?"
-"$LOCKKIT" status "$URL" job && echo "still held"
-fg
-echo "rc:$?""#;
     let mut script = Command::new("script")
         .args(["-qec", session, "/dev/null"])
         .env("LOCKKIT", LOCKKIT)
@@ -411,8 +391,24 @@ echo "rc:$?""#;
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let mut terminal = script.stdin.take().unwrap();
-    let mut stdout = BufReader::new(script.stdout.take().unwrap()).lines();
+    let terminal = script.stdin.take().unwrap();
+    let stdout = BufReader::new(script.stdout.take().unwrap()).lines();
+    Some((script, terminal, stdout))
+}
+
+/// Ctrl-Z under a job-control shell stops the command and lockkit with it, as one job (while
+/// the lock stays held); `fg` gives the command the terminal back and continues it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_z_suspends_the_command_with_lockkit_and_fg_resumes_it() {
+    let target = Target::file();
+    // `set -m`: job control, as in an interactive shell (lockkit in its own, non-orphaned group).
+    let session = r#"set -m
+"$LOCKKIT" run "$URL" job -- sh -c 'echo ready; exec sed -u s/^/got:/'
+echo "stopped:$?"
+"$LOCKKIT" status "$URL" job && echo "still held"
+fg
+echo "rc:$?""#;
+    let Some((mut script, mut terminal, mut stdout)) = under_a_terminal(session, &target) else { return };
     line_matching(&mut stdout, |l| l.contains("ready")).await;
     terminal.write_all(b"\x1a").await.unwrap(); // Ctrl-Z
     let stopped = line_matching(&mut stdout, |l| l.contains("stopped:")).await;

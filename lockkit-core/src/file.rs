@@ -776,3 +776,91 @@ mod safety_tests {
         }
     }
 }
+
+/// Attacks on the file:// safety of #16 (attack4).
+#[cfg(all(test, unix))]
+mod attack4_tests {
+    use std::fs;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+    use std::path::Path;
+
+    use super::*;
+
+    fn url(dir: &Path, query: &str) -> LockUrl {
+        format!("file://{}{query}", dir.display()).parse().unwrap()
+    }
+
+    fn root() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() == 0 }
+    }
+
+    /// `/var/lock/cron` planted by another user as a symbolic link to a directory of root's:
+    /// the check only looks at the resolved path, so the link (and the directory holding it)
+    /// are never checked, and root writes its lock files wherever the other user points.
+    #[tokio::test]
+    #[ignore = "defect: a symbolic link on the lock directory's path is resolved (canonicalize) and only the resolved path is checked; the link's owner and the directory holding it are not"]
+    async fn a_lock_directory_that_is_another_users_symlink_is_refused() {
+        if !root() {
+            return;
+        }
+        let (shared, target) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        fs::set_permissions(shared.path(), fs::Permissions::from_mode(0o1777)).unwrap();
+        let link = shared.path().join("cron");
+        symlink(target.path(), &link).unwrap();
+        std::os::unix::fs::lchown(&link, Some(65534), Some(65534)).unwrap();
+        let outcome = match connect(&url(&link, "")) {
+            Ok(locks) => locks.try_acquire("x").await.map(|g| g.is_some()).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        assert!(
+            !target.path().join("x.lock").exists(),
+            "root wrote {} through uid 65534's link: {outcome:?}",
+            target.path().join("x.lock").display()
+        );
+    }
+
+    /// A symbolic link in a directory owned by another user (`/home/alice/locks → /etc`): the
+    /// same path without the link is refused (`an_ancestor_owned_by_another_user_is_refused`),
+    /// with the link it is accepted, and alice decides where root's lock files go.
+    #[test]
+    #[ignore = "defect: directories on the path before a symbolic link are never checked, only the resolved path"]
+    fn a_symlink_under_an_ancestor_owned_by_another_user_is_refused() {
+        if !root() {
+            return;
+        }
+        let (home, target) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        std::os::unix::fs::chown(home.path(), Some(65534), None).unwrap();
+        let link = home.path().join("locks");
+        symlink(target.path(), &link).unwrap();
+        assert!(connect(&url(&link, "")).is_err(), "connected through a link in uid 65534's directory");
+    }
+
+    /// `mode=0660` shares the locks with the group; a missing directory above the lock
+    /// directory is created group-writable (`dir_mode`), and then refused by the check of
+    /// ancestors as "writable by its group" — left behind.
+    #[test]
+    fn mode_0660_with_a_missing_parent_connects() {
+        let top = tempfile::tempdir().unwrap();
+        let dir = top.path().join("new").join("locks");
+        let result = connect(&url(&dir, "?mode=0660")).map(drop).map_err(|e| e.to_string());
+        assert!(result.is_ok(), "{result:?}");
+    }
+
+    /// `mode=0666` (or any o+w mode) passes `parse_mode`, then the directory created for it is
+    /// 0777 without the sticky bit, which connect's own check refuses, and it is left behind
+    /// world-writable. Such a mode should be refused before anything is created.
+    #[test]
+    fn a_world_writable_mode_is_refused_before_anything_is_created() {
+        let top = tempfile::tempdir().unwrap();
+        let dir = top.path().join("locks");
+        for mode in ["0666", "0662", "0606"] {
+            let err = match connect(&url(&dir, &format!("?mode={mode}"))) {
+                Ok(_) => panic!("mode={mode} accepted"),
+                Err(e) => e.to_string(),
+            };
+            let left = fs::symlink_metadata(&dir).map(|m| format!("{:04o}", m.mode() & 0o7777));
+            assert!(err.contains("`mode`") && left.is_err(), "mode={mode}: {err}; left behind: {left:?}");
+        }
+    }
+}

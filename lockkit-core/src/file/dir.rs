@@ -22,7 +22,8 @@ use crate::{LockUrl, Result};
 pub(super) const DEFAULT_MODE: u32 = 0o600;
 
 /// Reads the `mode=` option: octal permission bits (`0600`, `600` or `0o600`) that give the
-/// owner read and write, and no execute, setuid, setgid or sticky bits.
+/// owner read and write, and no execute, setuid, setgid or sticky bits, and no write for others
+/// (the directories created for it would be writable by others without the sticky bit).
 pub(super) fn parse_mode(url: &LockUrl) -> Result<u32> {
     let Some(text) = url.option("mode") else {
         return Ok(DEFAULT_MODE);
@@ -30,7 +31,7 @@ pub(super) fn parse_mode(url: &LockUrl) -> Result<u32> {
     let digits = text.strip_prefix("0o").unwrap_or(text);
     let digits = if digits.len() == 4 { digits.strip_prefix('0').unwrap_or("?") } else { digits };
     match u32::from_str_radix(digits, 8) {
-        Ok(mode) if digits.len() == 3 && mode & !0o666 == 0 && mode & 0o600 == 0o600 => Ok(mode),
+        Ok(mode) if digits.len() == 3 && mode & !0o664 == 0 && mode & 0o600 == 0o600 => Ok(mode),
         _ => Err(url.invalid(format!(
             "option `mode`: `{text}` is not a lock file mode; write octal permissions that let the \
              owner read and write, without execute or special bits: 0600 (this user only, the \
@@ -165,8 +166,11 @@ mod unix {
                 let name = CString::new(name.into_encoded_bytes()).map_err(|e| io(&path, io::Error::other(e)))?;
                 let child = match open_dir(&dir, &name) {
                     Err(e) if e.kind() == ErrorKind::NotFound => {
+                        // Directories above the lock directory are not shared with the group (the
+                        // check of ancestors would refuse them group-writable).
+                        let wanted = if role == Role::Ancestor { dir_mode(mode) & !0o022 } else { dir_mode(mode) };
                         // SAFETY: a valid descriptor and a NUL-terminated name.
-                        let made = unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), dir_mode(mode) as _) } == 0;
+                        let made = unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), wanted as _) } == 0;
                         let failed = io::Error::last_os_error();
                         if !made && failed.kind() != ErrorKind::AlreadyExists {
                             return Err(io(&path, failed));
@@ -174,7 +178,7 @@ mod unix {
                         let child = open_dir(&dir, &name);
                         if let (true, Ok(child)) = (made, &child) {
                             // The umask must not narrow what `mode=` asked for.
-                            child.set_permissions(Permissions::from_mode(dir_mode(mode))).map_err(|e| io(&path, e))?;
+                            child.set_permissions(Permissions::from_mode(wanted)).map_err(|e| io(&path, e))?;
                         }
                         child
                     }

@@ -497,3 +497,63 @@ async fn random_arguments_end_with_a_documented_status() {
         assert!([0, 1, 64, 69, 70, 75].contains(&code), "{args:?}: exit {code}: {stderr}");
     }
 }
+
+/// A command's child that calls `setsid` leaves the command's process group, so neither the
+/// sweep of leftovers nor the watchdog reaches it: it runs on after lockkit exited and the lock
+/// was released (observed: `setsid sleep 30` alive after `lockkit run` returned 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "defect: a descendant that calls setsid escapes the process group, and runs on without the lock"]
+async fn a_descendant_that_calls_setsid_does_not_outlive_the_lock() {
+    let target = Target::file();
+    let url = target.url();
+    let script = "setsid sleep 30 >/dev/null 2>&1 & echo escaped $!; sleep 0.3";
+    let (status, stdout, stderr) =
+        output(lockkit(&["run", &url, "job", "--grace", "1s", "--", "sh", "-c", script])).await;
+    assert!(status.success(), "{stderr}");
+    let pid: u32 = stdout.trim().strip_prefix("escaped ").expect("the pid line").parse().unwrap();
+    let gone = eventually(Duration::from_secs(1), || dead(pid)).await;
+    if !gone {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    assert!(gone, "the setsid'ed descendant {pid} still runs after lockkit released the lock");
+}
+
+/// The watchdog killed (by the OOM killer, say) while the command runs: lockkit does not notice,
+/// and runs the command on with only PDEATHSIG guarding the command itself; when lockkit then
+/// dies, a background grandchild survives it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "defect: nothing notices the watchdog's death; a grandchild then outlives a killed lockkit"]
+async fn a_dead_watchdog_stops_the_command() {
+    let target = Target::file();
+    let url = target.url();
+    let script = "sleep 30 & echo group $$; sleep 30";
+    let mut run = lockkit(&["run", &url, "job", "--", "sh", "-c", script]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut stdout = BufReader::new(run.stdout.take().unwrap()).lines();
+    let line = line_matching(&mut stdout, |l| l.starts_with("group ")).await;
+    let group: i32 = line["group ".len()..].parse().unwrap();
+    let lockkit_pid = run.id().unwrap();
+    let watchdog = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(1).map(str::to_owned));
+            cmdline.contains("__watchdog") && ppid == Some(lockkit_pid.to_string())
+        })
+        .expect("lockkit's watchdog");
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(watchdog as i32, libc::SIGKILL) };
+    // lockkit could stop the command here (it is now unguarded); give it a moment.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    run.kill().await.unwrap();
+    let gone = eventually(Duration::from_secs(1), || group_members(group).is_empty()).await;
+    let left = group_members(group);
+    for pid in &left {
+        // SAFETY: as above.
+        unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+    }
+    assert!(gone, "1 s after lockkit died (its watchdog killed first), its command's group still runs: {left:?}");
+}

@@ -198,3 +198,46 @@ fn an_encoded_question_mark_in_a_path_round_trips() {
     let back = LockUrl::parse(&url.without_credentials()).unwrap();
     assert_eq!((back.path(), back.option("ttl")), ("/tmp/a?b", Some("2s")));
 }
+
+/// Attack (#16): a misspelled separator puts a secret into an option's *name*
+/// (`?token:s3cret`, `?password s3cret`), which the "unknown option" error and `Display` show
+/// verbatim; and a `zk://` `acl` value written as ZooKeeper's `digest:user:password` is echoed
+/// by the driver's error and shown by `Display` (`acl` is a shown option).
+#[test]
+#[ignore = "defect: an option name (a pair without `=`) is shown whole; a secret typed with the wrong separator leaks"]
+fn a_secret_typed_with_the_wrong_separator_is_not_shown() {
+    for text in ["redis://h?token:JaKaQ", "consul://h:8500?tokenJaKaQ", "redis://h?password%20JaKaQ"] {
+        let url = LockUrl::parse(text).unwrap();
+        let err = url.check_options(&["token"]).unwrap_err().to_string();
+        for rendering in [url.to_string(), format!("{url:?}"), err] {
+            assert!(!rendering.contains("JaKaQ"), "{text}: {rendering}");
+        }
+    }
+}
+
+/// `LOCKKIT_URL` round trips for odd but valid paths and options.
+#[test]
+fn odd_paths_and_options_round_trip() {
+    for text in [
+        "file:///tmp/a%20b%20",
+        "file:///tmp/%20lead",
+        "file:///tmp/a%23b",
+        "file:///tmp/a%25b",
+        "file:///tmp/a%26b?namespace=x%26y%3Dz",
+        "file:////tmp//x/",
+        "file:///tmp/a,b",
+        "file:///tmp/%C3%A9?mode=0640",
+        "etcd://[::1]:2379/a%3Fb?namespace=%23x",
+        "redis://u%3Ax:p@h:1/0?ttl=10s",
+        "file://localhost/tmp/x",
+    ] {
+        let url = LockUrl::parse(text).unwrap();
+        let exported = url.without_credentials();
+        let back = LockUrl::parse(&exported).unwrap_or_else(|e| panic!("{text} → {exported}: {e}"));
+        assert_eq!(
+            (back.path(), back.hosts(), back.option("namespace"), back.option("mode")),
+            (url.path(), url.hosts(), url.option("namespace"), url.option("mode")),
+            "{text} → {exported}"
+        );
+    }
+}

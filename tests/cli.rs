@@ -519,11 +519,10 @@ async fn a_descendant_that_calls_setsid_does_not_outlive_the_lock() {
     assert!(gone, "the setsid'ed descendant {pid} still runs after lockkit released the lock");
 }
 
-/// The watchdog killed (by the OOM killer, say) while the command runs: lockkit does not notice,
-/// and runs the command on with only PDEATHSIG guarding the command itself; when lockkit then
-/// dies, a background grandchild survives it.
+/// The watchdog killed (by the OOM killer, say) while the command runs: lockkit notices (it
+/// did not, and ran the command on with only PDEATHSIG guarding the command itself, so a
+/// background grandchild survived lockkit's death) and stops the command's group at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: nothing notices the watchdog's death; a grandchild then outlives a killed lockkit"]
 async fn a_dead_watchdog_stops_the_command() {
     let target = Target::file();
     let url = target.url();

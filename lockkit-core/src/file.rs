@@ -799,7 +799,6 @@ mod attack4_tests {
     /// the check only looks at the resolved path, so the link (and the directory holding it)
     /// are never checked, and root writes its lock files wherever the other user points.
     #[tokio::test]
-    #[ignore = "defect: a symbolic link on the lock directory's path is resolved (canonicalize) and only the resolved path is checked; the link's owner and the directory holding it are not"]
     async fn a_lock_directory_that_is_another_users_symlink_is_refused() {
         if !root() {
             return;
@@ -824,7 +823,6 @@ mod attack4_tests {
     /// same path without the link is refused (`an_ancestor_owned_by_another_user_is_refused`),
     /// with the link it is accepted, and alice decides where root's lock files go.
     #[test]
-    #[ignore = "defect: directories on the path before a symbolic link are never checked, only the resolved path"]
     fn a_symlink_under_an_ancestor_owned_by_another_user_is_refused() {
         if !root() {
             return;

@@ -330,7 +330,8 @@ impl LockUrl {
                 let known: Vec<&str> = COMMON_OPTIONS.iter().chain(driver_options).copied().collect();
                 // (Its value is not shown: `Display` shows only the values of known options.)
                 return Err(self.invalid(format!(
-                    "unknown option `{key}` for {}://; known options: {}",
+                    "unknown option `{}` for {}://; known options: {}",
+                    shown_key(key),
                     self.scheme_text,
                     known.join(", ")
                 )));
@@ -425,7 +426,7 @@ impl fmt::Display for LockUrl {
         write!(f, "{}{}", hosts.join(","), encode(&self.path, "?#@"))?;
         for (i, (k, v)) in self.options.iter().enumerate() {
             let v = if SHOWN_OPTIONS.contains(&k.as_str()) { encode(v, "&#?@") } else { "***".into() };
-            write!(f, "{}{}={v}", if i == 0 { '?' } else { '&' }, encode(k, "&=#?@"))?;
+            write!(f, "{}{}={v}", if i == 0 { '?' } else { '&' }, encode(&shown_key(k), "&=#?@"))?;
         }
         Ok(())
     }
@@ -439,6 +440,16 @@ impl fmt::Debug for LockUrl {
 
 fn invalid(url: &str, reason: &str) -> Error {
     Error::InvalidUrl { url: redact_unparsed(url), reason: reason.to_owned() }
+}
+
+/// An option's name as shown: an unknown one only when it looks like a name (letters, digits,
+/// `_`, `-`, up to 32) and does not begin like a secret option, not like a secret typed with
+/// the wrong separator (`token:s3cret`, `tokens3cret`).
+fn shown_key(key: &str) -> std::borrow::Cow<'_, str> {
+    let plain = key.len() <= 32
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        && !SECRET_OPTIONS.iter().any(|secret| key.to_ascii_lowercase().starts_with(secret));
+    if plain || SHOWN_OPTIONS.contains(&key) || SECRET_OPTIONS.contains(&key) { key.into() } else { "***".into() }
 }
 
 /// A URL that did not parse, safe to show: before it is parsed, a password cannot be told

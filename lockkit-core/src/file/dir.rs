@@ -123,6 +123,10 @@ mod unix {
             if base.components().any(|c| c == Component::ParentDir) {
                 return Err(invalid("the directory path must not contain `..`; write it without".into()));
             }
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            let euid = unsafe { libc::geteuid() };
+            let mut trust = Trust { euid, group: None };
+            check_links(base, trust).map_err(invalid)?;
             // The longest part of the path that exists, with its symbolic links resolved (as
             // sshd does for a home: `/var/lock` → `/run/lock`); the rest is created below.
             let mut existing = base.to_path_buf();
@@ -154,9 +158,6 @@ mod unix {
             }
             steps.extend(namespace.iter().map(|s| (s.into(), Role::Namespace)));
 
-            // SAFETY: geteuid has no preconditions and cannot fail.
-            let euid = unsafe { libc::geteuid() };
-            let mut trust = Trust { euid, group: None };
             let mut path = PathBuf::from("/");
             let mut dir = File::open("/").map_err(|e| io(&path, e))?;
             check_dir(&dir.metadata().map_err(|e| io(&path, e))?, &path, Role::Ancestor, trust, base)
@@ -368,6 +369,35 @@ mod unix {
                 gid = meta.gid(),
                 p = path.display()
             ));
+        }
+        Ok(())
+    }
+
+    /// Symbolic links on the path as written are followed (as sshd does: `/var/lock` →
+    /// `/run/lock`) only when they belong to this user or root and sit in a directory that passes
+    /// [`check_dir`]: a link another user planted — in a sticky `/var/lock`, or in a directory of
+    /// theirs — would choose where the locks are written.
+    fn check_links(base: &Path, trust: Trust) -> Result<(), String> {
+        let mut prefix = PathBuf::new();
+        for component in base.components() {
+            prefix.push(component);
+            let Ok(meta) = std::fs::symlink_metadata(&prefix) else { break };
+            if !meta.file_type().is_symlink() {
+                continue;
+            }
+            let uid = meta.uid();
+            if uid != trust.euid && uid != 0 {
+                return Err(format!(
+                    "{} is a symbolic link owned by uid {uid}, not by this user (uid {euid}) or root, so \
+                     that user chooses where the locks are written; fix: remove it, or name the directory it \
+                     should point to",
+                    prefix.display(),
+                    euid = trust.euid
+                ));
+            }
+            let parent = prefix.parent().unwrap_or(Path::new("/"));
+            let holder = std::fs::metadata(parent).map_err(|e| format!("cannot read {}: {e}", parent.display()))?;
+            check_dir(&holder, parent, Role::Ancestor, trust, base)?;
         }
         Ok(())
     }

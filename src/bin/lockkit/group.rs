@@ -156,6 +156,11 @@ impl Watchdog {
         self.pipe.write_all(format!("{group}\n").as_bytes())
     }
 
+    /// Whether the watchdog has exited (killed: nothing would stop the group if lockkit died).
+    pub fn is_gone(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// The group is gone: the watchdog exits without killing anything.
     pub fn disarm(mut self) {
         let told = self.pipe.write_all(DONE.as_bytes());

@@ -123,10 +123,16 @@ async fn run_locked(
                     );
                     break Ended::Lost;
                 }
-                received = signals.next(terminal) => match received {
+                received = signals.next() => match received {
                     Some(number) => group::signal(group, number),
-                    // A child changed state: the command stopped from the terminal (Ctrl-Z)?
-                    None => {
+                    // A child changed state. The watchdog died (the OOM killer?): the command
+                    // would outlive a lockkit that dies next, so it is stopped now.
+                    None if watchdog.is_gone() => {
+                        eprintln!("lockkit: the watchdog died; stopping `{}` rather than run it unguarded", args.command[0]);
+                        break Ended::Unguarded;
+                    }
+                    // The command stopped from the terminal (Ctrl-Z)?
+                    None if terminal => {
                         if let Some(number @ (libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU)) = group::stopped_by(group) {
                             group::suspend_like(number);
                             // If the lock expired meanwhile, the group stays stopped; the loss
@@ -136,6 +142,7 @@ async fn run_locked(
                             }
                         }
                     }
+                    None => {}
                 },
             }
         },
@@ -180,7 +187,8 @@ enum Ended {
     Exited(std::io::Result<std::process::ExitStatus>),
     /// The lock was lost: lockkit stopped it.
     Lost,
-    /// The watchdog could not be told its group: lockkit stopped it rather than run it unguarded.
+    /// The watchdog could not be told its group, or died: lockkit stopped the command rather
+    /// than run it unguarded.
     Unguarded,
 }
 
@@ -257,21 +265,21 @@ impl Signals {
     /// The next of SIGINT, SIGTERM and SIGHUP.
     async fn recv(&mut self) -> i32 {
         loop {
-            if let Some(number) = self.next(false).await {
+            if let Some(number) = self.next().await {
                 return number;
             }
         }
     }
 
-    /// The next of SIGINT, SIGTERM and SIGHUP; or, when `children` is set, `None` at a SIGCHLD
-    /// (a child exited, stopped or continued).
-    async fn next(&mut self, children: bool) -> Option<i32> {
+    /// The next of SIGINT, SIGTERM and SIGHUP; or `None` at a SIGCHLD (a child exited, stopped
+    /// or continued).
+    async fn next(&mut self) -> Option<i32> {
         let Signals { streams: [(int, a), (term, b), (hup, c)], child } = self;
         tokio::select! {
             _ = a.recv() => Some(*int),
             _ = b.recv() => Some(*term),
             _ = c.recv() => Some(*hup),
-            _ = child.recv(), if children => None,
+            _ = child.recv() => None,
         }
     }
 }

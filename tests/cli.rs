@@ -498,11 +498,11 @@ async fn random_arguments_end_with_a_documented_status() {
     }
 }
 
-/// A command's child that calls `setsid` leaves the command's process group, so neither the
-/// sweep of leftovers nor the watchdog reaches it: it runs on after lockkit exited and the lock
-/// was released (observed: `setsid sleep 30` alive after `lockkit run` returned 0).
+/// A command's child that calls `setsid` leaves the command's process group, so the sweep of
+/// the group does not reach it (observed before: `setsid sleep 30` alive after `lockkit run`
+/// returned 0). lockkit is the subreaper of its descendants: orphaned, it becomes lockkit's
+/// child and is stopped before the lock is released.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: a descendant that calls setsid escapes the process group, and runs on without the lock"]
 async fn a_descendant_that_calls_setsid_does_not_outlive_the_lock() {
     let target = Target::file();
     let url = target.url();

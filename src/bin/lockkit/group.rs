@@ -156,6 +156,11 @@ impl Watchdog {
         self.pipe.write_all(format!("{group}\n").as_bytes())
     }
 
+    /// The watchdog's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether the watchdog has exited (killed: nothing would stop the group if lockkit died).
     pub fn is_gone(&mut self) -> bool {
         !matches!(self.child.try_wait(), Ok(None))
@@ -221,6 +226,43 @@ pub fn alive(group: i32) -> bool {
 pub fn signal(group: i32, number: i32) {
     // SAFETY: killpg has no memory-safety preconditions; a gone group gives ESRCH.
     unsafe { libc::killpg(group, number) };
+}
+
+/// Makes lockkit the subreaper of its descendants (Linux): a process that leaves the command's
+/// group (`setsid`) and is then orphaned becomes lockkit's child instead of init's, so it is
+/// found and stopped when the command ends ([`adopted`]).
+pub fn become_subreaper() {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    // SAFETY: prctl with integer arguments has no memory-safety preconditions.
+    unsafe {
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1);
+    }
+}
+
+/// lockkit's living children other than `except` (the watchdog): once the command has exited
+/// and its group is cleared, the descendants that left the group and were orphaned to lockkit.
+/// Zombies among them are reaped.
+pub fn adopted(except: u32) -> Vec<i32> {
+    let me = std::process::id().to_string();
+    let Ok(processes) = std::fs::read_dir("/proc") else { return Vec::new() };
+    processes
+        .flatten()
+        .filter_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+            let (state, ppid) = (fields.next()?, fields.next()?);
+            if ppid != me || pid as u32 == except {
+                return None;
+            }
+            if state == "Z" {
+                // SAFETY: waitpid on a child of ours; a null status pointer is allowed.
+                unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+                return None;
+            }
+            Some(pid)
+        })
+        .collect()
 }
 
 /// Waits until the group is empty or `deadline` passes; whether it is empty.

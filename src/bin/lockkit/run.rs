@@ -77,6 +77,7 @@ async fn run_locked(
         number = signals.recv() => return 128 + number as u8,
     };
     let terminal = group::owns_terminal();
+    group::become_subreaper();
     // Started before the command, so that the command never runs without it.
     let mut watchdog = match group::Watchdog::start() {
         Ok(watchdog) => watchdog,
@@ -161,6 +162,7 @@ async fn run_locked(
         );
     }
     clear_group(&mut child, group, args.grace).await;
+    clear_adopted(watchdog.pid(), args.grace).await;
     // Only now is nothing of the group left that could run without the lock.
     watchdog.disarm();
     let released = guard.release().await;
@@ -219,6 +221,35 @@ async fn acquire(locks: &dyn DistributedLock, args: &RunArgs, verbose: bool) -> 
         Ok(Some(guard)) => Ok(guard),
         Ok(None) => Err(fail(&format!("lock `{}` was not granted", args.name), exit::NOT_ACQUIRED)),
         Err(e) => Err(report(&e)),
+    }
+}
+
+/// Stops the descendants that left the command's group (`setsid`) and were orphaned to lockkit,
+/// the subreaper: SIGTERM, then SIGKILL once `grace` has passed. Their own children are
+/// orphaned to lockkit in turn as they die, so this repeats until none is left (a few rounds).
+async fn clear_adopted(watchdog: u32, grace: Duration) {
+    for _ in 0..4 {
+        let adopted = group::adopted(watchdog);
+        if adopted.is_empty() {
+            return;
+        }
+        eprintln!("lockkit: stopping {} process(es) that left the command's group: {adopted:?}", adopted.len());
+        for &pid in &adopted {
+            // SAFETY: kill has no memory-safety preconditions; these are lockkit's children.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+                libc::kill(pid, libc::SIGCONT);
+            }
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        while !group::adopted(watchdog).is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for pid in group::adopted(watchdog) {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

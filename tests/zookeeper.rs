@@ -490,7 +490,7 @@ async fn acl_creator_keeps_clients_without_the_credentials_off_the_nodes() {
     stranger.delete(&node, None).await.expect("open nodes are anyone's");
     tokio::time::timeout(TTL, guard.lost()).await.expect("the deletion fires the loss signal");
 
-    for (query, expected) in [("acl=creator", "user:password"), ("acl=world", "creator or open")] {
+    for (query, expected) in [("acl=creator", "user:password"), ("acl=world", "takes `creator` or `open`")] {
         let err = lockkit::connect(&format!("zk://127.0.0.1:{}?{query}", server.port)).await.unwrap_err();
         assert!(matches!(err, Error::InvalidUrl { .. }) && err.to_string().contains(expected), "{err}");
     }

@@ -158,7 +158,6 @@ const SHOWN_OPTIONS: &[&str] = &[
     "key",
     "session_timeout",
     "recipe",
-    "acl",
     "lock_delay",
     "blocking_wait",
     "dc",

@@ -205,7 +205,12 @@ fn an_encoded_question_mark_in_a_path_round_trips() {
 /// by the driver's error and shown by `Display` (`acl` is a shown option).
 #[test]
 fn a_secret_typed_with_the_wrong_separator_is_not_shown() {
-    for text in ["redis://h?token:JaKaQ", "consul://h:8500?tokenJaKaQ", "redis://h?password%20JaKaQ"] {
+    for text in [
+        "redis://h?token:JaKaQ",
+        "consul://h:8500?tokenJaKaQ",
+        "redis://h?password%20JaKaQ",
+        "zk://h?acl=digest:u:JaKaQ",
+    ] {
         let url = LockUrl::parse(text).unwrap();
         let err = url.check_options(&["token"]).unwrap_err().to_string();
         for rendering in [url.to_string(), format!("{url:?}"), err] {

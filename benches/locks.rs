@@ -159,7 +159,7 @@ async fn main() {
         rows.push(uncontended(backend, url, 2000).await);
         for contenders in [4, 16] {
             let raw = raw_contended(probe.as_ref(), contenders, run).await;
-            let name = format!("contended-{}", lockkit_core::random_u64());
+            let name = format!("contended-{}", lockkit_core::driver::random_u64());
             let mut ours = Vec::new();
             for _ in 0..contenders {
                 ours.push(Lockkit { locks: connect(url).await, name: name.clone(), guard: None });
@@ -205,7 +205,7 @@ async fn connect(url: &str) -> Arc<dyn DistributedLock> {
 
 async fn uncontended(backend: &str, url: &str, iterations: usize) -> Row {
     let locks = connect(url).await;
-    let name = format!("uncontended-{}", lockkit_core::random_u64());
+    let name = format!("uncontended-{}", lockkit_core::driver::random_u64());
     for _ in 0..iterations / 10 {
         locks.acquire(&name).await.unwrap().release().await.unwrap();
     }
@@ -256,7 +256,7 @@ async fn raw_contended(probe: Option<&Probe>, contenders: usize, run: Duration) 
     match probe? {
         #[cfg(feature = "etcd")]
         Probe::Etcd(port) => {
-            let name = format!("contended-raw-{}", lockkit_core::random_u64());
+            let name = format!("contended-raw-{}", lockkit_core::driver::random_u64());
             let mut raw = Vec::new();
             for _ in 0..contenders {
                 raw.push(etcd_raw::Contender::new(*port, &name).await);

@@ -3,7 +3,8 @@
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use lockkit_core::{Error, Result, Secret};
+use lockkit_core::driver::Secret;
+use lockkit_core::{Error, Result};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 
@@ -147,7 +148,7 @@ impl Api {
                 break answer;
             }
             tracing::debug!(backend = BACKEND, endpoint = %self.endpoint, status = %answer.0, retry_in = ?pause, "rate limited; retrying");
-            tokio::time::sleep(pause + Duration::from_millis(lockkit_core::random_u64() % 10)).await;
+            tokio::time::sleep(pause + Duration::from_millis(lockkit_core::driver::random_u64() % 10)).await;
             pause = (pause * 2).min(MAX_RATE_LIMIT_PAUSE);
         };
         match status {

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use lockkit_core::{Cleanup, Error, Finished, Grant, KeptLease, LossSignal, Result, Turn};
+use lockkit_core::driver::{Cleanup, Finished, Grant, KeptLease, Turn};
+use lockkit_core::{Error, LossSignal, Result};
 
 use crate::api::{Api, Blocking};
 use crate::session::ConsulSession;
@@ -40,7 +41,7 @@ impl Claim {
     /// An `?acquire=` of `key` by `session` is on its way; `put` tells when it has finished.
     pub fn arm(&mut self, lease: &Arc<KeptLease>, api: &Api, key: &str, session: &str, name: &str, put: Finished) {
         let (api, key, session, name_text) = (api.clone(), key.to_owned(), session.to_owned(), name.to_owned());
-        let attempt = lockkit_core::attempt(move || {
+        let attempt = lockkit_core::driver::attempt(move || {
             let (api, key, session, name) = (api.clone(), key.clone(), session.clone(), name_text.clone());
             async move { release(&api, &key, &session, &name).await }
         });

@@ -34,7 +34,7 @@
 //! - **An acquire that goes unanswered** (no answer within the timeout, a cut connection, a 5xx)
 //!   may still be applied by Consul later, after any release sent behind it: the handle then
 //!   gives its session up (its other guards fire their loss signals, the session is destroyed)
-//!   and later acquires get a new one — the rule of `lockkit_core::Cleanup`. An acquire that
+//!   and later acquires get a new one — the rule of `lockkit_core::driver::Cleanup`. An acquire that
 //!   was answered, then failed or was dropped, releases its key.
 //! - **Fencing token** = the key's `ModifyIndex` just after the acquire (a Raft index).
 //! - **Loss**: the guard watches its key with blocking queries: deleted, released or taken
@@ -55,7 +55,8 @@ mod session;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lockkit_core::{DistributedLock, Error, LeasePool, LockUrl, Result, Secret, Settings};
+use lockkit_core::driver::{LeasePool, Secret};
+use lockkit_core::{DistributedLock, Error, LockUrl, Result, Settings};
 
 use crate::api::Api;
 use crate::locks::ConsulLocks;
@@ -75,7 +76,7 @@ const DEFAULT_BLOCKING_WAIT: Duration = Duration::from_secs(60);
 /// token is an error here.
 pub async fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
     let mut options = vec!["lock_delay", "blocking_wait", "dc", "token"];
-    options.extend_from_slice(lockkit_core::TLS_OPTIONS);
+    options.extend_from_slice(lockkit_core::driver::TLS_OPTIONS);
     url.check_options(&options)?;
     let [host] = url.hosts() else {
         return Err(url.invalid("name one Consul agent: consul://127.0.0.1:8500 (the agent forwards to the servers)"));

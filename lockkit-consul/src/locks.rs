@@ -4,10 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use lockkit_core::{
-    Capabilities, DistributedLock, Error, FencingToken, GrantRequest, KeptLease, Lease, LeaseBackend, LeasePool,
-    LocalTurns, LockGuard, LockName, LockStatus, Result, Settings,
-};
+use lockkit_core::driver::{GrantRequest, KeptLease, LeaseBackend, LeasePool, LocalTurns, LockBackend};
+use lockkit_core::{Capabilities, Error, FencingToken, Lease, LockGuard, LockName, LockStatus, Result, Settings};
 
 use crate::api::{self, Api, Blocking, Entry};
 use crate::grant::{Claim, ConsulGrant, watch_key};
@@ -107,7 +105,7 @@ impl ConsulLocks {
             }
             // Refused with nobody holding: the lock-delay after a holder's session ended (or
             // another contender came first). Retry after a pause that grows, not in a spin.
-            let jitter = Duration::from_millis(lockkit_core::random_u64() % 25);
+            let jitter = Duration::from_millis(lockkit_core::driver::random_u64() % 25);
             tokio::select! {
                 _ = tokio::time::sleep(pause + jitter) => {}
                 _ = lease.lost() => return Err(session_lost(key)),
@@ -141,7 +139,7 @@ impl ConsulLocks {
             drop(in_flight);
             taken
         };
-        let (put, finished) = lockkit_core::unabandoned_request_by(put, api::answered);
+        let (put, finished) = lockkit_core::driver::unabandoned_request_by(put, api::answered);
         claim.arm(lease, &self.api, key, &session.id, request.name.as_str(), finished);
         let taken = put.await;
         match &taken {
@@ -167,7 +165,7 @@ impl ConsulLocks {
             // A little jitter of our own, so that the waiters of one release do not all come
             // back at the same moment when nothing changes.
             let spread = (self.wait / 60).as_millis() as u64 + 1;
-            let wait = self.wait + Duration::from_millis(lockkit_core::random_u64() % spread);
+            let wait = self.wait + Duration::from_millis(lockkit_core::driver::random_u64() % spread);
             let (entry, next) = tokio::select! {
                 read = self.api.get(key, Some(Blocking { index, wait })) => read?,
                 _ = lease.lost() => return Err(session_lost(key)),
@@ -205,7 +203,7 @@ fn session_gone(lease: &KeptLease, e: &Error) -> bool {
 }
 
 #[async_trait]
-impl DistributedLock for ConsulLocks {
+impl LockBackend for ConsulLocks {
     fn backend(&self) -> &'static str {
         BACKEND
     }

@@ -5,7 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use lockkit_core::{KeepAlive, LeaseBackend, Result};
+use lockkit_core::Result;
+use lockkit_core::driver::{KeepAlive, LeaseBackend};
 
 use crate::api::Api;
 

@@ -19,7 +19,7 @@
 //!   wait for an advisory lock.
 //! - There is no expiry: a live process keeps its locks until it releases them or exits. The
 //!   TTL only sets how often holders check their files.
-//! - Safe in a directory shared with other local users (see [`dir`]): the directory is checked
+//! - Safe in a directory shared with other local users (see the README's file:// section): the directory is checked
 //!   at connect like sshd checks a home, files are opened relative to it without following
 //!   symbolic links and checked before they are written, and created with `mode=` (`0600`).
 
@@ -36,18 +36,19 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
+use crate::driver::{Grant, GrantRequest, LockBackend, random_u64};
 use crate::lease::{KeepAlive, LeaseBackend, LeasePool};
 use crate::signal::lock;
 use crate::{
-    Capabilities, DistributedLock, Error, FencingToken, Grant, GrantRequest, Lease, LockGuard, LockName, LockStatus,
-    LockUrl, LossSignal, Namespace, Result, Settings, random_u64,
+    Capabilities, DistributedLock, Error, FencingToken, Lease, LockGuard, LockName, LockStatus, LockUrl, LossSignal,
+    Namespace, Result, Settings,
 };
 use dir::LockDir;
 
 const BACKEND: &str = "file";
 
 /// Connects to a lock directory, creating it (and the namespace below it) if needed, and
-/// refusing it when other users could tamper with it (see [`dir`]). Options: the common ones
+/// refusing it when other users could tamper with it (see the README's file:// section). Options: the common ones
 /// and `mode` (permissions of the files and directories lockkit creates, octal, `0600`).
 pub fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
     url.check_options(&["mode"])?;
@@ -80,7 +81,7 @@ fn file_names(name: &LockName) -> (String, String) {
 }
 
 #[async_trait]
-impl DistributedLock for FileLocks {
+impl LockBackend for FileLocks {
     fn backend(&self) -> &'static str {
         BACKEND
     }

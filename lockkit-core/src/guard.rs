@@ -18,26 +18,25 @@ pub trait Grant: Send + Sync + 'static {
     /// One attempt to release the grant on the backend — only if it is still this grant: a
     /// grant that expired and went to someone else must be left alone and reported as
     /// [`Error::NotHeld`]. Any other error means "could not tell": the core calls it again, with
-    /// backoff, until the backend confirms or the rule of [`Cleanup`](crate::Cleanup) gives the
+    /// backoff, until the backend confirms or the rule of [`Cleanup`](crate::driver::Cleanup) gives the
     /// lease up, so it must be safe to repeat.
     async fn release(&self) -> Result<()>;
 }
 
-/// What a driver hands the core to build a [`LockGuard`].
-#[non_exhaustive]
-pub struct GuardParts {
+/// What the core builds a [`LockGuard`] from.
+pub(crate) struct GuardParts {
     /// The backend, e.g. `"etcd"`.
-    pub backend: &'static str,
+    pub(crate) backend: &'static str,
     /// The lock.
-    pub name: LockName,
+    pub(crate) name: LockName,
     /// The grant's fencing token.
-    pub token: FencingToken,
+    pub(crate) token: FencingToken,
     /// The lease the grant hangs on.
-    pub lease: Arc<KeptLease>,
+    pub(crate) lease: Arc<KeptLease>,
     /// The grant's loss signal, from [`KeptLease::grant_signal`].
-    pub signal: LossSignal,
+    pub(crate) signal: LossSignal,
     /// How to release the grant.
-    pub grant: Box<dyn Grant>,
+    pub(crate) grant: Box<dyn Grant>,
 }
 
 impl fmt::Debug for GuardParts {
@@ -52,7 +51,7 @@ impl fmt::Debug for GuardParts {
 
 impl GuardParts {
     /// Collects the parts of a guard.
-    pub fn new(
+    pub(crate) fn new(
         backend: &'static str,
         name: LockName,
         token: FencingToken,
@@ -98,7 +97,7 @@ pub struct LockGuard {
 
 impl LockGuard {
     /// Builds a guard from a driver's parts, on the current Tokio runtime (drops release there).
-    pub fn new(parts: GuardParts) -> Self {
+    pub(crate) fn new(parts: GuardParts) -> Self {
         parts.signal.label(parts.name.as_str(), parts.token);
         LockGuard {
             backend: parts.backend,
@@ -184,7 +183,7 @@ impl LockGuard {
 
     /// Releases the lock and waits for the backend to confirm. The guard stops being held at
     /// once — its loss signal fires before the release is sent — and a release that fails is
-    /// tried again in the background (see [`Cleanup`](crate::Cleanup) for the exact rule): the
+    /// tried again in the background (see [`Cleanup`](crate::driver::Cleanup) for the exact rule): the
     /// grant is gone from the server within TTL + request timeout whatever happens.
     ///
     /// # Errors
@@ -199,7 +198,7 @@ impl LockGuard {
     pub async fn release(mut self) -> Result<()> {
         let span = self.span();
         let release = self.start_release().instrument(span.clone());
-        let result = crate::unabandoned(release).0.await;
+        let result = crate::driver::unabandoned(release).0.await;
         let _enter = span.enter();
         match &result {
             Ok(()) => tracing::debug!(held_for = ?self.acquired_at.elapsed(), "released"),

@@ -78,7 +78,7 @@ pub trait LeaseBackend: std::any::Any + Send + Sync {
     /// the lease is kept alive (an etcd key, a ZooKeeper node, a Consul key: `true`, the
     /// default), or ends at its TTL anyway because keeping the lease alive refreshes only the
     /// grants still held (Redis, memory, file: `false`). With `true`, a retirement that cannot
-    /// be confirmed in time makes the handle give the whole lease up (see [`Cleanup`](crate::Cleanup)).
+    /// be confirmed in time makes the handle give the whole lease up (see [`Cleanup`](crate::driver::Cleanup)).
     fn keeps_orphans(&self) -> bool {
         true
     }

@@ -26,10 +26,11 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
+use crate::driver::{Grant, GrantRequest, LockBackend};
 use crate::lease::{KeepAlive, LeaseBackend, LeasePool};
 use crate::{
-    Capabilities, DistributedLock, Error, FencingToken, Grant, GrantRequest, Lease, LockGuard, LockName, LockStatus,
-    LockUrl, Result, Settings,
+    Capabilities, DistributedLock, Error, FencingToken, Lease, LockGuard, LockName, LockStatus, LockUrl, Result,
+    Settings,
 };
 use store::{Store, Waiter};
 
@@ -37,6 +38,11 @@ const BACKEND: &str = "memory";
 
 /// Connects to the in-process store named by the URL's host (`memory://` is the default store).
 pub fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
+    Ok(open(url)?)
+}
+
+/// [`connect`], as the backend itself (for the core's tests of its hooks).
+pub(crate) fn open(url: &LockUrl) -> Result<Arc<MemoryLocks>> {
     url.check_options(&[])?;
     if url.hosts().len() > 1
         || url.username().is_some()
@@ -54,14 +60,14 @@ pub fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
 }
 
 /// A handle on an in-process store.
-struct MemoryLocks {
+pub(crate) struct MemoryLocks {
     settings: Settings,
     store: Arc<Store>,
     pool: LeasePool,
 }
 
 #[async_trait]
-impl DistributedLock for MemoryLocks {
+impl LockBackend for MemoryLocks {
     fn backend(&self) -> &'static str {
         BACKEND
     }

@@ -209,23 +209,32 @@ pub struct GrantRequest {
 }
 
 impl GrantRequest {
-    /// A request with the given values (for drivers' own tests).
-    pub fn new(name: LockName, ttl: Duration, refresh_interval: Duration, holder: String, wait: bool) -> Self {
-        GrantRequest { name, ttl, refresh_interval, holder, wait }
+    /// The request of one acquire of `name` with `options` on a handle with `settings`: the
+    /// name validated, the TTL and refresh interval resolved and checked
+    /// ([`Error::InvalidOptions`](crate::Error::InvalidOptions) when they do not fit), the
+    /// holder defaulted. The only way to make one, so a driver never sees an unchecked request.
+    pub fn new(settings: &Settings, name: &str, options: &LockOptions) -> Result<Self> {
+        let name = LockName::new(name)?;
+        let (ttl, refresh_interval) = settings
+            .check_timing(options.ttl.unwrap_or(settings.ttl), options.refresh_interval.or(settings.refresh_interval))
+            .map_err(|reason| crate::Error::InvalidOptions { reason: format!("lock `{name}`: {reason}") })?;
+        let holder = options.holder.clone().unwrap_or_else(default_holder);
+        Ok(GrantRequest { name, ttl, refresh_interval, holder, wait: options.wait != Wait::NoWait })
     }
 
     /// The guard of this request's grant: what a driver's `grant` returns once it holds the
     /// lock, with the server's `token`, the `lease` it hangs on, its loss `signal` (from
-    /// [`KeptLease::grant_signal`](crate::KeptLease::grant_signal)) and the `grant` that releases it.
+    /// [`KeptLease::grant_signal`](crate::driver::KeptLease::grant_signal)) and the `grant` that releases it.
     pub fn granted(
         &self,
         backend: &'static str,
         token: FencingToken,
-        lease: std::sync::Arc<crate::KeptLease>,
+        lease: std::sync::Arc<crate::driver::KeptLease>,
         signal: crate::LossSignal,
-        grant: impl crate::Grant,
+        grant: impl crate::driver::Grant,
     ) -> crate::LockGuard {
-        crate::LockGuard::new(crate::GuardParts::new(backend, self.name.clone(), token, lease, signal, Box::new(grant)))
+        let parts = crate::guard::GuardParts::new(backend, self.name.clone(), token, lease, signal, Box::new(grant));
+        crate::LockGuard::new(parts)
     }
 }
 

@@ -17,15 +17,16 @@
 //! be applied later, after any cleanup sent behind it: the entry it may create is one that
 //! cannot be confirmed gone, so such a request gives the lease up the same way.
 //!
-//! [`LeaseBackend::keeps_orphans`]: crate::LeaseBackend::keeps_orphans
+//! [`LeaseBackend::keeps_orphans`]: crate::driver::LeaseBackend::keeps_orphans
 
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::driver::{Finished, Turn};
 use crate::lease::KeptLease;
-use crate::{Error, Finished, Lease, Result, Turn};
+use crate::{Error, Lease, Result};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -138,7 +139,7 @@ fn unconfirmed(lease: &KeptLease, what: &str, cause: &str) -> Error {
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> lockkit_core::Result<()> {
 /// # use std::sync::Arc; use std::time::{Duration, Instant};
-/// # use lockkit_core::{KeepAlive, KeptLease, LeaseBackend};
+/// # use lockkit_core::driver::{KeepAlive, KeptLease, LeaseBackend};
 /// # struct Nothing;
 /// # #[async_trait::async_trait] impl LeaseBackend for Nothing {
 /// #     async fn keep_alive(&self) -> lockkit_core::Result<KeepAlive> { Ok(KeepAlive::Alive(Duration::from_secs(5))) }
@@ -146,7 +147,7 @@ fn unconfirmed(lease: &KeptLease, what: &str, cause: &str) -> Error {
 /// # }
 /// # let timing = (Duration::from_secs(5), Duration::from_secs(1), Duration::from_secs(1));
 /// # let lease = KeptLease::start("doc", "1".into(), Arc::new(Nothing), timing, Instant::now());
-/// use lockkit_core::{Cleanup, attempt};
+/// use lockkit_core::driver::{Cleanup, attempt};
 /// let cleanup = Cleanup::new(&lease, "lock \"x\"", attempt(|| async { /* delete my key */ Ok(()) }));
 /// // … the acquire is cancelled or fails: `cleanup` is dropped armed and retires the key.
 /// drop(cleanup);
@@ -193,7 +194,7 @@ impl Cleanup {
     /// Cancel safe: dropped, it finishes in the background.
     pub async fn now(mut self) -> Result<()> {
         let Some(work) = self.work() else { return Ok(()) };
-        crate::unabandoned(work).0.await
+        crate::driver::unabandoned(work).0.await
     }
 
     fn work(&mut self) -> Option<impl Future<Output = Result<()>> + Send + 'static> {
@@ -242,7 +243,9 @@ mod tests {
     use async_trait::async_trait;
 
     use super::*;
-    use crate::{FencingToken, Grant, GuardParts, KeepAlive, LeaseBackend, LockGuard, LockName, LossSignal};
+    use crate::driver::{Grant, KeepAlive, LeaseBackend};
+    use crate::guard::GuardParts;
+    use crate::{FencingToken, LockGuard, LockName, LossSignal};
 
     const TTL: Duration = Duration::from_secs(5);
     const TIMEOUT: Duration = Duration::from_millis(300);
@@ -399,8 +402,9 @@ mod tests {
     async fn a_cleanup_after_an_unanswered_request_gives_the_lease_up() {
         let (lease, _) = lease(true);
         let signal = lease.grant_signal();
-        let (request, finished) =
-            crate::unabandoned_request(async { Err::<(), _>(Error::connection("test", "nowhere", "no answer", None)) });
+        let (request, finished) = crate::driver::unabandoned_request(async {
+            Err::<(), _>(Error::connection("test", "nowhere", "no answer", None))
+        });
         assert!(request.await.is_err());
         let ran = Arc::new(AtomicBool::new(false));
         let flag = ran.clone();
@@ -422,7 +426,7 @@ mod tests {
     async fn a_dropped_cleanup_runs_after_its_request_and_is_moot_once_the_lease_is_lost() {
         let (lease, _) = lease(true);
         let (gate, opened) = tokio::sync::oneshot::channel::<()>();
-        let (request, finished) = crate::unabandoned_request(async move {
+        let (request, finished) = crate::driver::unabandoned_request(async move {
             let _ = opened.await;
             Ok(())
         });

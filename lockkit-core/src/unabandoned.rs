@@ -25,11 +25,11 @@ pub struct Finished(oneshot::Receiver<bool>);
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
-/// let (request, finished) = lockkit_core::unabandoned(async { 7 });
+/// let (request, finished) = lockkit_core::driver::unabandoned(async { 7 });
 /// drop(request); // the caller stops waiting: the request still runs, in the background
 /// assert!(finished.wait().await);
 ///
-/// let (request, _finished) = lockkit_core::unabandoned(async { 7 });
+/// let (request, _finished) = lockkit_core::driver::unabandoned(async { 7 });
 /// assert_eq!(request.await, 7);
 /// # }
 /// ```

@@ -8,7 +8,8 @@
 //! character is a marker letter (upper-case `J`, `K`, `Q`, `X`, `Z`) that no other part of the
 //! generated URLs and no message of lockkit uses.
 
-use lockkit_core::{COMMON_OPTIONS, LockUrl, Settings, TLS_OPTIONS};
+use lockkit_core::driver::TLS_OPTIONS;
+use lockkit_core::{COMMON_OPTIONS, LockUrl, Settings};
 use proptest::prelude::*;
 
 const MARKERS: &[char] = &['J', 'K', 'Q', 'X', 'Z'];

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper};
-use lockkit_core::{KeepAlive, LeaseBackend, Result};
+use lockkit_core::Result;
+use lockkit_core::driver::{KeepAlive, LeaseBackend};
 use tokio::sync::Mutex;
 
 use crate::{error, is_lease_not_found};

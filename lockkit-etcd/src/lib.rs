@@ -34,7 +34,7 @@
 //!   (compared on its create revision too). Both are tried again until etcd confirms, for up
 //!   to the request timeout; past it the handle gives the lease up (every guard on it fires,
 //!   etcd ends the key with the lease, later acquires get a new lease), as it does when a put
-//!   got no answer (it may still be applied). See `lockkit_core::Cleanup`.
+//!   got no answer (it may still be applied). See `lockkit_core::driver::Cleanup`.
 //! - **A waiter whose lease is lost** while it waits queues again on a new lease (the core does
 //!   it for every backend, up to 3 times).
 //! - **Force release** deletes the holder it read only if its key still has the create
@@ -52,7 +52,8 @@ mod watches;
 use std::sync::Arc;
 
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions};
-use lockkit_core::{DistributedLock, Error, LeasePool, LockGuard, LockUrl, Result, Settings};
+use lockkit_core::driver::LeasePool;
+use lockkit_core::{DistributedLock, Error, LockGuard, LockUrl, Result, Settings};
 
 use crate::locks::EtcdLocks;
 
@@ -64,7 +65,7 @@ const BACKEND: &str = "etcd";
 
 /// Connects to an etcd cluster and checks that it answers and accepts the credentials.
 pub async fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
-    url.check_options(lockkit_core::TLS_OPTIONS)?;
+    url.check_options(lockkit_core::driver::TLS_OPTIONS)?;
     if url.hosts().is_empty() {
         return Err(url.invalid("name at least one endpoint: etcd://127.0.0.1:2379"));
     }
@@ -137,7 +138,7 @@ where
     Fut: Future<Output = Result<T, etcd_client::Error>>,
 {
     let pause = std::time::Duration::from_millis(50);
-    lockkit_core::retry_transient(timeout, pause, is_transient, call).await.map_err(|e| match e {
+    lockkit_core::driver::retry_transient(timeout, pause, is_transient, call).await.map_err(|e| match e {
         Some(e) => error(endpoints, e),
         None => Error::connection(
             BACKEND,

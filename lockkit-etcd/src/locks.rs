@@ -9,10 +9,10 @@ use etcd_client::{
     Client, Compare, CompareOp, GetOptions, KeyValue, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
     TxnResponse,
 };
-use lockkit_core::{
-    Attempt, Capabilities, Cleanup, DistributedLock, Error, FencingToken, Grant, GrantRequest, KeptLease, Lease,
-    LeaseBackend, LeasePool, LocalTurns, LockGuard, LockName, LockStatus, Result, Settings, Turn,
+use lockkit_core::driver::{
+    Attempt, Cleanup, Grant, GrantRequest, KeptLease, LeaseBackend, LeasePool, LocalTurns, LockBackend, Turn,
 };
+use lockkit_core::{Capabilities, Error, FencingToken, Lease, LockGuard, LockName, LockStatus, Result, Settings};
 
 use crate::lease::EtcdLease;
 use crate::watches::{OnDelete, Watches, Woken};
@@ -140,7 +140,7 @@ impl EtcdLocks {
             TxnOp::get(keys.prefix.clone(), Some(head)),
         ]);
         let (client, timeout, endpoints) = (self.client.clone(), self.settings.timeout, self.endpoints.clone());
-        let (put, finished) = lockkit_core::unabandoned_request(async move {
+        let (put, finished) = lockkit_core::driver::unabandoned_request(async move {
             crate::retry(timeout, &endpoints, || {
                 let (mut client, txn) = (client.clone(), txn.clone());
                 async move { client.txn(txn).await }
@@ -316,7 +316,7 @@ impl EtcdLocks {
     fn removal(&self, key: &str, made_at: Arc<AtomicI64>) -> Attempt {
         let (client, key, endpoints, timeout) =
             (self.client.clone(), key.to_owned(), self.endpoints.clone(), self.settings.timeout);
-        lockkit_core::attempt(move || {
+        lockkit_core::driver::attempt(move || {
             let (mut client, key, endpoints) = (client.clone(), key.clone(), endpoints.clone());
             let txn = match made_at.load(Ordering::SeqCst) {
                 0 => Txn::new(),
@@ -357,7 +357,7 @@ impl Drop for Unwatch {
 }
 
 #[async_trait]
-impl DistributedLock for EtcdLocks {
+impl LockBackend for EtcdLocks {
     fn backend(&self) -> &'static str {
         BACKEND
     }

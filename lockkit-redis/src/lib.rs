@@ -84,7 +84,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use lockkit_core::{DistributedLock, Error, LeasePool, LockUrl, Namespace, Result, Scheme, Settings};
+use lockkit_core::driver::LeasePool;
+use lockkit_core::{DistributedLock, Error, LockUrl, Namespace, Result, Scheme, Settings};
 use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
 
 use crate::instance::Instance;
@@ -100,7 +101,7 @@ const CLUSTER: &str = "redis-cluster";
 /// Connects to `redis://`, `redis-cluster://` or `redlock://`; checks that enough servers
 /// answer and accept the credentials.
 pub async fn connect(url: &LockUrl) -> Result<Arc<dyn DistributedLock>> {
-    url.check_options(&[lockkit_core::TLS_OPTIONS, &["fair"]].concat())?;
+    url.check_options(&[lockkit_core::driver::TLS_OPTIONS, &["fair"]].concat())?;
     let scheme = url.scheme();
     let redlock = scheme == Scheme::Redlock;
     let hosts = url.hosts();

@@ -6,10 +6,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use lockkit_core::{
-    Capabilities, Cleanup, DistributedLock, Error, Grant, GrantRequest, KeepAlive, Lease, LeaseBackend, LeasePool,
-    LockGuard, LockName, LockStatus, LossSignal, Result, Settings, attempt, random_u64,
+use lockkit_core::driver::{
+    Cleanup, Grant, GrantRequest, KeepAlive, LeaseBackend, LeasePool, LockBackend, attempt, random_u64,
 };
+use lockkit_core::{Capabilities, Error, Lease, LockGuard, LockName, LockStatus, LossSignal, Result, Settings};
 
 use crate::quorum::{Attempt, Quorum};
 use crate::scripts::{self, LockKeys};
@@ -22,7 +22,7 @@ pub struct RedisLocks {
 }
 
 #[async_trait]
-impl DistributedLock for RedisLocks {
+impl LockBackend for RedisLocks {
     fn backend(&self) -> &'static str {
         self.quorum.backend
     }

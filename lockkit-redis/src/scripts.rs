@@ -23,7 +23,8 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use lockkit_core::{LockName, Namespace, random_u64};
+use lockkit_core::driver::random_u64;
+use lockkit_core::{LockName, Namespace};
 
 use crate::fence::FENCE;
 use redis::{Script, ScriptInvocation};

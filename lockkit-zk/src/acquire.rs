@@ -4,9 +4,8 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use lockkit_core::{
-    Cleanup, Error, FencingToken, GrantRequest, KeptLease, Lease, LockGuard, LockName, Result, attempt,
-};
+use lockkit_core::driver::{Cleanup, GrantRequest, KeptLease, attempt};
+use lockkit_core::{Error, FencingToken, Lease, LockGuard, LockName, Result};
 use zookeeper_client::{EventType, OneshotWatcher, Stat, WatchedEvent};
 
 use crate::locks::{RECONNECT_PAUSE, ZkGrant, ZkLocks, watch_node};
@@ -65,7 +64,7 @@ impl<'a> Acquire<'a> {
         name: &'a LockName,
         directory: &'a str,
     ) -> Self {
-        let id = u128::from(lockkit_core::random_u64()) << 64 | u128::from(lockkit_core::random_u64());
+        let id = u128::from(lockkit_core::driver::random_u64()) << 64 | u128::from(lockkit_core::driver::random_u64());
         let prefix = locks.recipe.node_prefix(id);
         Acquire { locks, session, lease, name, directory, prefix }
     }

@@ -34,7 +34,7 @@
 //!   finds its node again by that uuid, after a `sync` (a server behind the leader could miss
 //!   it and the acquire would queue a second node behind its first); every node with the uuid
 //!   is the acquire's own — the earliest is its place, the others are deleted. A dropped or
-//!   failed acquire deletes its node through `lockkit_core::Cleanup` (ZooKeeper runs one
+//!   failed acquire deletes its node through `lockkit_core::driver::Cleanup` (ZooKeeper runs one
 //!   session's requests in order, so the delete always comes after the create). A waiter whose
 //!   connection drops asks again once the session reconnects, until the session is lost.
 //! - **Loss**: the guard watches its own node; deleted behind its back → loss signal.
@@ -54,7 +54,8 @@ mod session;
 
 use std::sync::Arc;
 
-use lockkit_core::{DistributedLock, Error, LeasePool, LockUrl, Namespace, Result, Settings};
+use lockkit_core::driver::LeasePool;
+use lockkit_core::{DistributedLock, Error, LockUrl, Namespace, Result, Settings};
 use zookeeper_client::Acls;
 
 use crate::locks::ZkLocks;

@@ -4,9 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use lockkit_core::driver::{Grant, GrantRequest, KeptLease, LeaseBackend, LeasePool, LockBackend};
 use lockkit_core::{
-    Capabilities, DistributedLock, Error, Grant, GrantRequest, KeptLease, Lease, LeaseBackend, LeasePool, LockGuard,
-    LockName, LockStatus, LossSignal, Namespace, Result, Settings,
+    Capabilities, Error, Lease, LockGuard, LockName, LockStatus, LossSignal, Namespace, Result, Settings,
 };
 use zookeeper_client::{Acls, Client, CreateMode, CreateOptions, EventType};
 
@@ -82,7 +82,7 @@ impl ZkLocks {
         Fut: Future<Output = Result<T, zookeeper_client::Error>>,
     {
         let outcome =
-            lockkit_core::retry_transient(self.settings.timeout, RECONNECT_PAUSE, connection_broke, call).await;
+            lockkit_core::driver::retry_transient(self.settings.timeout, RECONNECT_PAUSE, connection_broke, call).await;
         outcome.map_err(|e| e.unwrap_or(zookeeper_client::Error::ConnectionLoss))
     }
 
@@ -116,7 +116,7 @@ impl ZkLocks {
 }
 
 #[async_trait]
-impl DistributedLock for ZkLocks {
+impl LockBackend for ZkLocks {
     fn backend(&self) -> &'static str {
         BACKEND
     }

@@ -19,7 +19,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use lockkit_core::{Error, KeepAlive, KeptLease, LeaseBackend, Result};
+use lockkit_core::driver::{KeepAlive, KeptLease, LeaseBackend};
+use lockkit_core::{Error, Result};
 use zookeeper_client::{Client, SessionState};
 
 use crate::{BACKEND, error};
@@ -39,7 +40,7 @@ pub struct ZkSession {
 #[derive(Clone)]
 pub struct Connector {
     pub endpoints: String,
-    pub digest: Option<(String, lockkit_core::Secret)>,
+    pub digest: Option<(String, lockkit_core::driver::Secret)>,
     pub timeout: Duration,
 }
 

@@ -195,8 +195,9 @@ pub async fn fenced_writes_survive_pauses_and_partitions(t: &Target) {
     let networked = contenders[0].proxies.is_some();
     let started = Instant::now();
     while started.elapsed() < FAULTS_FOR {
-        let c = &contenders[(lockkit_core::random_u64() % CONTENDERS as u64) as usize];
-        let kind = if networked { lockkit_core::random_u64() % 5 } else { lockkit_core::random_u64() % 2 };
+        let c = &contenders[(lockkit_core::driver::random_u64() % CONTENDERS as u64) as usize];
+        let kind =
+            if networked { lockkit_core::driver::random_u64() % 5 } else { lockkit_core::driver::random_u64() % 2 };
         match (kind, &c.proxies) {
             (0, _) => {
                 *faults.entry("pause-past-ttl").or_default() += 1;

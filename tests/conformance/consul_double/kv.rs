@@ -79,7 +79,7 @@ pub async fn get_key(
     let jitter = if shared.latest_answers.load(Ordering::SeqCst) {
         wait / 16
     } else {
-        (wait / 16).mul_f64((lockkit_core::random_u64() % 1000) as f64 / 1000.0)
+        (wait / 16).mul_f64((lockkit_core::driver::random_u64() % 1000) as f64 / 1000.0)
     };
     let deadline = tokio::time::Instant::now() + wait + jitter;
     let mut restores = shared.restores.subscribe();

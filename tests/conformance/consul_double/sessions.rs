@@ -110,6 +110,6 @@ pub async fn info(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> 
 
 /// A random UUID-shaped id, as Consul's session ids are.
 fn uuid() -> String {
-    let hex = format!("{:016x}{:016x}", lockkit_core::random_u64(), lockkit_core::random_u64());
+    let hex = format!("{:016x}{:016x}", lockkit_core::driver::random_u64(), lockkit_core::driver::random_u64());
     format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
 }

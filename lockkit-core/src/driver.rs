@@ -13,6 +13,7 @@
 //! | [`KeptLease`] | a lease kept alive in the background through a [`LeaseBackend`], with its local deadline and the loss signals of its grants |
 //! | [`Grant`] | how one grant is released: one repeatable attempt; the core retries it |
 //! | [`Cleanup`] | the one guaranteed-retirement path for what a failed or cancelled request may have left |
+//! | [`DropGuard`] | runs a closure on drop unless disarmed: the one "armed" type everything above builds on |
 //! | [`Unabandoned`] | a request that runs to its end even when its caller is dropped |
 //! | [`LocalTurns`] | one waiter per name and handle on the server (the others queue locally) |
 //! | [`on_a_live_lease`] | runs an acquire on a pooled lease, and once more on a fresh one when the server says the first is gone |
@@ -26,6 +27,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+pub use crate::drop_guard::DropGuard;
 pub use crate::guard::Grant;
 pub use crate::lease::{KeepAlive, KeptLease, LeaseBackend, LeasePool};
 pub use crate::options::GrantRequest;

@@ -25,6 +25,7 @@
 #![deny(missing_docs, missing_debug_implementations)]
 
 pub mod driver;
+mod drop_guard;
 mod error;
 pub mod file;
 mod guard;

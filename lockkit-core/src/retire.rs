@@ -24,7 +24,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::driver::{Finished, Turn};
+use crate::driver::{DropGuard, Finished, Turn};
 use crate::lease::KeptLease;
 use crate::{Error, Lease, Result};
 
@@ -154,9 +154,14 @@ fn unconfirmed(lease: &KeptLease, what: &str, cause: &str) -> Error {
 /// # Ok(()) }
 /// ```
 pub struct Cleanup {
+    armed: DropGuard<Pending, fn(Pending)>,
+}
+
+/// What an armed [`Cleanup`] retires, and how.
+struct Pending {
     lease: Arc<KeptLease>,
     what: String,
-    attempt: Option<Attempt>,
+    attempt: Attempt,
     /// A request in flight that may create the entry: the cleanup runs after it.
     after: Option<Finished>,
     /// This process's turn on the key, kept until the entry is gone.
@@ -166,43 +171,50 @@ pub struct Cleanup {
 impl Cleanup {
     /// An armed cleanup of an entry on `lease`, named `what` in messages.
     pub fn new(lease: &Arc<KeptLease>, what: impl Into<String>, attempt: Attempt) -> Self {
-        Cleanup { lease: lease.clone(), what: what.into(), attempt: Some(attempt), after: None, turn: None }
+        let pending = Pending { lease: lease.clone(), what: what.into(), attempt, after: None, turn: None };
+        Cleanup { armed: DropGuard::new(pending, Pending::in_background) }
     }
 
     /// Runs the cleanup only after this request has finished (two requests in flight at once
     /// are not ordered by every backend); a request that ended unanswered may be applied later,
     /// so it gives the lease up, as an unconfirmed cleanup does.
     pub fn after(&mut self, request: Finished) {
-        self.after = Some(request);
+        self.armed.get_mut().after = Some(request);
     }
 
     /// Keeps this process's turn on the key until the entry is gone (a later acquire through the
     /// same handle must not lose its new entry to this cleanup).
     pub fn keep_turn(&mut self, turn: Turn) {
-        self.turn = Some(turn);
+        self.armed.get_mut().turn = Some(turn);
     }
 
     /// The entry became a guard's: nothing to clean up. Gives back the turn.
-    pub fn disarm(mut self) -> Option<Turn> {
-        self.attempt = None;
-        self.turn.take()
+    pub fn disarm(self) -> Option<Turn> {
+        self.armed.disarm().turn
     }
 
     /// Cleans up now and waits until it is done (or moot, or the lease was given up).
     ///
     /// # Cancel safety
     /// Cancel safe: dropped, it finishes in the background.
-    pub async fn now(mut self) -> Result<()> {
-        let Some(work) = self.work() else { return Ok(()) };
-        crate::driver::unabandoned(work).0.await
+    pub async fn now(self) -> Result<()> {
+        crate::driver::unabandoned(self.armed.disarm().work()).0.await
+    }
+}
+
+impl Pending {
+    /// Dropped armed: the cleanup runs in the background. (Without a runtime nothing can run
+    /// it: the lease, refreshed on that runtime, ends too.)
+    fn in_background(self) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(self.work());
+        }
     }
 
-    fn work(&mut self) -> Option<impl Future<Output = Result<()>> + Send + 'static> {
-        let attempt = self.attempt.take()?;
-        let (lease, what, after, turn) =
-            (self.lease.clone(), std::mem::take(&mut self.what), self.after.take(), self.turn.take());
+    fn work(self) -> impl Future<Output = Result<()>> + Send + 'static {
+        let Pending { lease, what, attempt, after, turn } = self;
         let given_up = Instant::now();
-        Some(async move {
+        async move {
             let answered = match after {
                 Some(request) => request.wait().await,
                 None => true,
@@ -215,23 +227,13 @@ impl Cleanup {
             };
             drop(turn);
             result
-        })
-    }
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let Some(work) = self.work() else { return };
-        // Without a runtime nothing can run it: the lease, refreshed on that runtime, ends too.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(work);
         }
     }
 }
 
 impl fmt::Debug for Cleanup {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Cleanup").field("what", &self.what).field("armed", &self.attempt.is_some()).finish()
+        f.debug_struct("Cleanup").field("what", &self.armed.get().what).finish()
     }
 }
 

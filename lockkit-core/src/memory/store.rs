@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use crate::LossSignal;
+use crate::driver::DropGuard;
 use crate::signal::lock;
 
 /// One store: what every handle connected to the same store name shares.
@@ -124,7 +125,9 @@ impl Store {
             }
             slot.waiters.push_back(waiter.clone());
         }
-        let mut queued = Queued { store: self, key, grant: waiter.grant, armed: true };
+        // A waiter that gives up (its future dropped, its lease lost) leaves the queue — or, if
+        // the lock was handed to it meanwhile, hands the lock on.
+        let queued = DropGuard::new((), |()| self.leave_queue(key, waiter.grant));
         loop {
             let notified = waiter.notify.notified();
             if let Some(reason) = waiter.signal.reason() {
@@ -138,7 +141,7 @@ impl Store {
                 slot.expire();
                 match &slot.holder {
                     Some(h) if h.grant == waiter.grant => {
-                        queued.armed = false;
+                        queued.disarm();
                         return Ok(Some(h.token));
                     }
                     // Only the first waiter watches the holder's expiry; the rest are woken in turn.
@@ -241,26 +244,16 @@ impl Slot {
     }
 }
 
-/// Removes a waiter that gave up (its future was dropped, its lease was lost): from the queue,
-/// or — if the lock was handed to it meanwhile — by handing the lock on.
-struct Queued<'a> {
-    store: &'a Store,
-    key: &'a str,
-    grant: u64,
-    armed: bool,
-}
-
-impl Drop for Queued<'_> {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        self.store.with_live(self.key, |slot| {
-            if slot.give_back(self.grant) {
+impl Store {
+    /// Takes a waiter that gave up out of the queue or, if the lock was handed to it meanwhile,
+    /// hands the lock on.
+    fn leave_queue(&self, key: &str, grant: u64) {
+        self.with_live(key, |slot| {
+            if slot.give_back(grant) {
                 return;
             }
-            let was_first = slot.waiters.front().is_some_and(|w| w.grant == self.grant);
-            slot.waiters.retain(|w| w.grant != self.grant);
+            let was_first = slot.waiters.front().is_some_and(|w| w.grant == grant);
+            slot.waiters.retain(|w| w.grant != grant);
             if was_first && let Some(next) = slot.waiters.front() {
                 next.notify.notify_one();
             }

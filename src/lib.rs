@@ -14,6 +14,16 @@
 //! per lock name, a loss signal on every guard, RAII guards kept alive in the background,
 //! cancel-safe acquires.
 //!
+//! | to … | use |
+//! |---|---|
+//! | get a handle from a URL | [`connect`] (or [`connect_from_env`]) |
+//! | take a lock | [`DistributedLock::acquire`], [`try_acquire`](DistributedLock::try_acquire), [`acquire_timeout`](DistributedLock::acquire_timeout), [`acquire_with`](DistributedLock::acquire_with) + [`LockOptions`] |
+//! | use a held lock | [`LockGuard`]: [`fencing_token`](LockGuard::fencing_token), [`run_while_held`](LockGuard::run_while_held), [`release`](LockGuard::release) |
+//! | notice a loss | [`LockGuard::lost`], [`LockGuard::loss_signal`] ([`LossSignal`]) |
+//! | see or break a lock | [`DistributedLock::status`], [`DistributedLock::force_release`] |
+//! | unit-test your application | `memory://` ([`memory`]) |
+//! | write a driver | `lockkit_core::driver` (implement `LockBackend`) and the `lockkit-testkit` crate |
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> lockkit::Result<()> {
 //! use lockkit::DistributedLock;
@@ -26,11 +36,13 @@
 //! # let _ = (token, rows); Ok(()) }
 //! ```
 #![deny(missing_docs, missing_debug_implementations)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 use std::sync::Arc;
 
 /// The Consul driver.
 #[cfg(feature = "consul")]
+#[cfg_attr(docsrs, doc(cfg(feature = "consul")))]
 pub use lockkit_consul as consul;
 pub use lockkit_core::{
     COMMON_OPTIONS, Capabilities, DistributedLock, Error, FencingToken, Lease, LockGuard, LockName, LockOptions,
@@ -39,12 +51,15 @@ pub use lockkit_core::{
 pub use lockkit_core::{file, memory};
 /// The etcd driver's extras (e.g. `ownership`, for guarding your own transactions).
 #[cfg(feature = "etcd")]
+#[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
 pub use lockkit_etcd as etcd;
 /// The Redis driver.
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use lockkit_redis as redis;
 /// The ZooKeeper driver.
 #[cfg(feature = "zookeeper")]
+#[cfg_attr(docsrs, doc(cfg(feature = "zookeeper")))]
 pub use lockkit_zk as zookeeper;
 
 /// The environment variable [`connect_from_env`] reads.

@@ -1,48 +1,7 @@
 //! etcd v3 driver for [lockkit](https://docs.rs/lockkit): `etcd://`. Applications use it
 //! through `lockkit::connect` with the facade's `etcd` feature.
 //!
-//! - **URL**: `etcd://[user:password@]host1:2379,host2:2379[/namespace][?ttl=…&timeout=…]`.
-//!   Several endpoints are one cluster; requests go to any live one.
-//! - **One lease per handle** (per TTL), granted on first use and kept alive by the core's
-//!   refresh loop at TTL / 3 through one keep-alive stream; a keep-alive answering TTL 0 or
-//!   "lease not found" loses the lease, fires every guard on it, and the next acquire grants a
-//!   new one. etcd counts TTLs in whole seconds: a TTL is rounded up.
-//! - **Key layout of Go's `concurrency.Mutex` and `etcdctl lock`**: lock `NAME` (after the
-//!   namespace) is the prefix `NAME/`; each contender puts `NAME/<lease id in lowercase hex>`
-//!   with its lease; the holder is the key with the lowest create revision. A lockkit guard and
-//!   an `etcdctl lock NAME` exclude each other, both ways. The value is the holder metadata
-//!   (`etcdctl` writes it empty; both are accepted).
-//! - **Acquire** is one transaction (put-if-absent with the lease, plus a read of the first
-//!   contender). A waiter watches its own key and **only its predecessor**, the latter from now
-//!   (so etcd sends its deletion at once, not from its 100 ms catch-up loop): that watch covers
-//!   the revisions after the one etcd reports at its creation, and when that is past the
-//!   waiter's last read, one more read covers the gap. When woken, one read of its own key and the
-//!   contender before it decides — a waiter paused past its lease never takes the lock. That
-//!   read is serializable (served by the member without a Raft round), and linearizable only
-//!   when the member has not reached the revision of the wake-up: deletions never come undone
-//!   and no key can come before the waiter's, so a read that shows the waiter's key shows every
-//!   contender before it. FIFO, no herd. The waiter's own-key watch becomes the guard's.
-//! - **Fencing token** = the holder key's create revision.
-//! - **Loss**: the guard watches its own key (all watches of a handle share one watch stream),
-//!   so a deleted key or a revoked lease fires the loss signal at once. A released guard's
-//!   watch stays, idle, for the next grant of the same name through the handle (at most 64
-//!   per handle), so taking the same lock again makes no new watch. One task keeps the stream:
-//!   when it breaks it reopens it, and each watch resumes from a fresh read of its key (a
-//!   compaction since the watch began is no loss; a key gone meanwhile is).
-//! - **Release** deletes the key only if its create revision is still the grant's, so a stale
-//!   release never deletes a newer grant. A dropped or failed acquire deletes its waiter key
-//!   (compared on its create revision too). Both are tried again until etcd confirms, for up
-//!   to the request timeout; past it the handle gives the lease up (every guard on it fires,
-//!   etcd ends the key with the lease, later acquires get a new lease), as it does when a put
-//!   got no answer (it may still be applied). See `lockkit_core::driver::Cleanup`.
-//! - **A waiter whose lease is lost** while it waits queues again on a new lease (the core does
-//!   it for every backend, up to 3 times).
-//! - **Force release** deletes the holder it read only if its key still has the create
-//!   revision read, and reads again otherwise.
-//! - **Same name twice through one handle**: the second acquire waits (in the process) until
-//!   the first guard is released — both would use the same key — or gives `None` when trying.
-//! - **TLS**: `etcds://` checks the server against the public roots, or against
-//!   `?ca=/path/ca.pem`; `&cert=…&key=…` give a client certificate (etcd's `--client-cert-auth`).
+#![doc = include_str!("../../docs/etcd.md")]
 #![deny(missing_docs, missing_debug_implementations)]
 
 mod lease;

@@ -145,12 +145,17 @@ pub struct LastTry(pub bool);
 ///
 /// `what` names the lease in the loss reason, e.g. `"etcd lease"`: the reason reads
 /// "etcd lease 694d… is gone: " and the error.
-pub async fn on_a_live_lease<S, T, E>(
+///
+/// (The closures return futures rather than being `async` closures: a driver's `grant` must
+/// stay `Send`, which `AsyncFnMut` bounds cannot promise.)
+pub async fn on_a_live_lease<S, T, E, LeaseFuture, AttemptFuture>(
     what: &str,
-    mut lease: impl AsyncFnMut() -> Result<(Arc<KeptLease>, S)>,
-    mut attempt: impl AsyncFnMut(Arc<KeptLease>, S, LastTry) -> std::result::Result<T, E>,
+    mut lease: impl FnMut() -> LeaseFuture,
+    mut attempt: impl FnMut(Arc<KeptLease>, S, LastTry) -> AttemptFuture,
 ) -> Result<T>
 where
+    LeaseFuture: Future<Output = Result<(Arc<KeptLease>, S)>>,
+    AttemptFuture: Future<Output = std::result::Result<T, E>>,
     E: DriverError,
 {
     let mut retried = false;
@@ -250,13 +255,13 @@ mod tests {
         let (mut answers, mut made, mut last_tries) = (answers.into_iter(), Vec::new(), Vec::new());
         let outcome = on_a_live_lease(
             "test lease",
-            async || {
+            || {
                 made.push(lease(made.len()));
-                Ok((made.last().unwrap().clone(), ()))
+                std::future::ready(Ok((made.last().unwrap().clone(), ())))
             },
-            async |_, (), LastTry(last)| {
+            |_, (), LastTry(last)| {
                 last_tries.push(last);
-                answers.next().unwrap()
+                std::future::ready(answers.next().unwrap())
             },
         )
         .await;

@@ -56,13 +56,15 @@ where
 /// [`unabandoned_request`] with the driver's own rule for what counts as answered: for a
 /// backend that says "refused, nothing applied" with an error that is still
 /// [temporary](crate::Error::is_temporary) (Consul's rate limiter).
-pub fn unabandoned_request_by<F, T>(
+/// The error may be the driver's own type.
+pub fn unabandoned_request_by<F, T, E>(
     request: F,
-    answered: fn(&crate::Result<T>) -> bool,
-) -> (Unabandoned<crate::Result<T>>, Finished)
+    answered: fn(&std::result::Result<T, E>) -> bool,
+) -> (Unabandoned<std::result::Result<T, E>>, Finished)
 where
-    F: Future<Output = crate::Result<T>> + Send + 'static,
+    F: Future<Output = std::result::Result<T, E>> + Send + 'static,
     T: Send + 'static,
+    E: Send + 'static,
 {
     finishing(request, answered)
 }

@@ -6,12 +6,11 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use lockkit_core::driver::Secret;
 use lockkit_core::{Error, Result};
-
-use crate::error::ConsulError;
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 
 use crate::BACKEND;
+use crate::error::ConsulError;
 
 /// What a request answers, or why it failed.
 type Answer<T> = std::result::Result<T, ConsulError>;
@@ -37,7 +36,7 @@ impl std::fmt::Debug for Api {
 
 /// Whether a request was answered: it succeeded, or failed with an answer that applied nothing
 /// or applied it for sure — not "no answer" (which Consul may still apply later).
-pub(crate) fn answered<T>(outcome: &Result<std::result::Result<T, ConsulError>>) -> bool {
+pub(crate) fn answered<T>(outcome: &Result<Answer<T>>) -> bool {
     !matches!(outcome, Ok(Err(e)) if !e.answered())
 }
 

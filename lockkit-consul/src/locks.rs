@@ -223,9 +223,9 @@ impl LockBackend for ConsulLocks {
         let key = self.key(&request.name);
         let Some(turn) = self.local.take(&key, request.wait).await else { return Ok(None) };
         let mut claim = Claim::new(turn);
-        // A session that ended behind our back is noticed here at the latest: lost, and the
-        // acquire made once more on a new one.
-        // A session that ended behind our back is noticed here at the latest: lose it, make a new one.
+        // A session that ended behind our back is noticed here at the latest: lose it, make a
+        // new one. This is `on_a_live_lease`, written out: with closures borrowing from here its
+        // `AsyncFnMut` bounds make this future not `Send` (rustc's higher-ranked inference).
         let mut retried = false;
         let (lease, session, token, index) = loop {
             let (lease, session) = self.session(request.ttl, request.refresh_interval).await?;

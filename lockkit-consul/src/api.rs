@@ -1,5 +1,6 @@
 //! The few Consul HTTP API calls the driver makes, with their answers checked.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -9,10 +10,14 @@ use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 
 use crate::BACKEND;
+use crate::error::ConsulError;
+
+/// What a request answers, or why it failed.
+type Answer<T> = std::result::Result<T, ConsulError>;
 
 /// A Consul agent's HTTP API.
 #[derive(Clone)]
-pub struct Api {
+pub(crate) struct Api {
     client: reqwest::Client,
     /// `http://host:port` or `https://…`.
     base: String,
@@ -20,7 +25,7 @@ pub struct Api {
     endpoint: String,
     token: Option<Secret>,
     datacenter: Option<String>,
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
 }
 
 impl std::fmt::Debug for Api {
@@ -29,44 +34,28 @@ impl std::fmt::Debug for Api {
     }
 }
 
-/// The cause of an error for a request Consul's rate limiter refused (429, 503): nothing was
-/// applied, although trying again later may work.
-#[derive(Debug)]
-pub struct Refused;
-
-impl std::fmt::Display for Refused {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("refused by Consul's rate limiter; nothing was applied")
-    }
-}
-
-impl std::error::Error for Refused {}
-
 /// Whether a request was answered: it succeeded, or failed with an answer that applied nothing
 /// or applied it for sure — not "no answer" (which Consul may still apply later).
-pub fn answered<T>(outcome: &Result<T>) -> bool {
-    match outcome {
-        Err(e) if e.is_temporary() => std::error::Error::source(e).is_some_and(|cause| cause.is::<Refused>()),
-        _ => true,
-    }
+pub(crate) fn answered<T>(outcome: &Result<Answer<T>>) -> bool {
+    !matches!(outcome, Ok(Err(e)) if !e.answered())
 }
 
 /// A KV entry, as `GET /v1/kv/<key>` gives it.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct Entry {
-    pub modify_index: u64,
+pub(crate) struct Entry {
+    pub(crate) modify_index: u64,
     #[serde(default)]
-    pub flags: u64,
+    pub(crate) flags: u64,
     #[serde(default)]
-    pub value: Option<String>,
+    pub(crate) value: Option<String>,
     #[serde(default)]
-    pub session: Option<String>,
+    pub(crate) session: Option<String>,
 }
 
 impl Entry {
     /// The value, decoded; `None` when empty or not UTF-8.
-    pub fn text(&self) -> Option<String> {
+    pub(crate) fn text(&self) -> Option<String> {
         let bytes = base64::engine::general_purpose::STANDARD.decode(self.value.as_deref()?).ok()?;
         String::from_utf8(bytes).ok().filter(|v| !v.is_empty())
     }
@@ -79,14 +68,14 @@ const MAX_RATE_LIMIT_PAUSE: Duration = Duration::from_millis(1000);
 
 /// How much later than its `wait` Consul may answer a blocking query: it adds up to wait / 16
 /// to spread the wake-ups of many queries.
-pub fn blocking_jitter(wait: Duration) -> Duration {
+pub(crate) fn blocking_jitter(wait: Duration) -> Duration {
     wait / 16
 }
 
 /// A blocking query: the index to wait past, and for how long (Consul adds its jitter).
-pub struct Blocking {
-    pub index: u64,
-    pub wait: Duration,
+pub(crate) struct Blocking {
+    pub(crate) index: u64,
+    pub(crate) wait: Duration,
 }
 
 #[derive(Deserialize)]
@@ -109,7 +98,7 @@ fn path_of(key: &str) -> String {
 }
 
 impl Api {
-    pub fn new(
+    pub(crate) fn new(
         client: reqwest::Client,
         base: String,
         token: Option<Secret>,
@@ -131,7 +120,7 @@ impl Api {
         query: &[(&str, String)],
         body: Vec<u8>,
         wait: Duration,
-    ) -> Result<(StatusCode, Vec<u8>, Option<u64>)> {
+    ) -> Answer<(StatusCode, Vec<u8>, Option<u64>)> {
         let mut url = format!("{}{path}", self.base);
         let datacenter = self.datacenter.iter().map(|dc| ("dc", dc.clone()));
         let pairs: Vec<String> = query.iter().cloned().chain(datacenter).map(|(k, v)| format!("{k}={v}")).collect();
@@ -151,33 +140,14 @@ impl Api {
             tokio::time::sleep(pause + Duration::from_millis(lockkit_core::driver::random_u64() % 10)).await;
             pause = (pause * 2).min(MAX_RATE_LIMIT_PAUSE);
         };
+        let (endpoint, body_text) = (self.endpoint.clone(), text(&body));
         match status {
             s if s.is_success() || s == StatusCode::NOT_FOUND => Ok((s, body, index)),
-            StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED => Err(Error::Authentication {
-                backend: BACKEND,
-                endpoint: self.endpoint.clone(),
-                message: format!(
-                    "permission denied ({}); check the ACL token (`token` option or CONSUL_HTTP_TOKEN)",
-                    text(&body)
-                ),
-            }),
-            s @ (StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) => Err(Error::Backend {
-                backend: BACKEND,
-                message: format!(
-                    "Consul at {} kept refusing requests for {:?} ({s}: {}); it is overloaded or rate limited",
-                    self.endpoint,
-                    started.elapsed(),
-                    text(&body)
-                ),
-                temporary: true,
-                source: Some(Box::new(Refused)),
-            }),
-            s => Err(Error::Backend {
-                backend: BACKEND,
-                message: format!("Consul at {} answered {s}: {}", self.endpoint, text(&body)),
-                temporary: s.is_server_error(),
-                source: None,
-            }),
+            StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED => Err(ConsulError::Denied { endpoint, body: body_text }),
+            status @ (StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) => {
+                Err(ConsulError::RateLimited { endpoint, status, waited: started.elapsed(), body: body_text })
+            }
+            status => Err(ConsulError::Status { endpoint, status, body: body_text }),
         }
     }
 
@@ -189,55 +159,51 @@ impl Api {
         url: &str,
         body: Vec<u8>,
         wait: Duration,
-    ) -> Result<(StatusCode, Vec<u8>, Option<u64>)> {
+    ) -> Answer<(StatusCode, Vec<u8>, Option<u64>)> {
         let budget = self.timeout + wait + blocking_jitter(wait);
         let deadline = tokio::time::Instant::now() + budget;
         let mut request = self.client.request(method, url).body(body);
         if let Some(token) = &self.token {
             request = request.header("X-Consul-Token", token.expose());
         }
+        let unanswered =
+            |message: String| ConsulError::Unreachable { endpoint: self.endpoint.clone(), message, source: None };
         let response = tokio::time::timeout_at(deadline, request.send())
             .await
-            .map_err(|_| {
-                Error::connection(
-                    BACKEND,
-                    &self.endpoint,
-                    format!("no answer within {budget:?}; is Consul running there?"),
-                    None,
-                )
-            })?
+            .map_err(|_| unanswered(format!("no answer within {budget:?}; is Consul running there?")))?
             .map_err(|e| self.connection(e))?;
         let status = response.status();
         let index = response.headers().get("X-Consul-Index").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
         let body = tokio::time::timeout_at(deadline, response.bytes())
             .await
-            .map_err(|_| Error::connection(BACKEND, &self.endpoint, "the answer stopped half-way", None))?
+            .map_err(|_| unanswered("the answer stopped half-way".to_owned()))?
             .map_err(|e| self.connection(e))?;
         Ok((status, body.to_vec(), index))
     }
 
-    fn connection(&self, e: reqwest::Error) -> Error {
+    fn connection(&self, e: reqwest::Error) -> ConsulError {
         // reqwest's own message names the URL; the root cause says what went wrong.
         let mut cause: &dyn std::error::Error = &e;
         while let Some(source) = cause.source() {
             cause = source;
         }
         let message = format!("{cause}; is Consul running there?");
-        Error::connection(BACKEND, &self.endpoint, message, Some(Box::new(e)))
+        ConsulError::Unreachable { endpoint: self.endpoint.clone(), message, source: Some(Arc::new(e)) }
     }
 
     /// A body that should be JSON of type `T`.
-    fn parse<T: serde::de::DeserializeOwned>(&self, what: &str, body: &[u8]) -> Result<T> {
+    fn parse<T: serde::de::DeserializeOwned>(&self, what: &str, body: &[u8]) -> Answer<T> {
         serde_json::from_slice(body).map_err(|e| {
             Error::backend(
                 BACKEND,
                 format!("Consul at {} answered {what} with something else ({e}): {}", self.endpoint, text(body)),
             )
+            .into()
         })
     }
 
     /// Creates a TTL session (no node checks) whose keys are released when it ends.
-    pub async fn create_session(&self, name: &str, ttl: Duration, lock_delay: Duration) -> Result<String> {
+    pub(crate) async fn create_session(&self, name: &str, ttl: Duration, lock_delay: Duration) -> Answer<String> {
         let spec = serde_json::json!({
             "Name": name,
             "TTL": format!("{}s", ttl.as_secs_f64()),
@@ -251,7 +217,7 @@ impl Api {
     }
 
     /// Renews a session: the TTL Consul answers (it may be larger than asked), `None` if gone.
-    pub async fn renew_session(&self, id: &str) -> Result<Option<Duration>> {
+    pub(crate) async fn renew_session(&self, id: &str) -> Answer<Option<Duration>> {
         let (status, body, _) =
             self.call(Method::PUT, &format!("/v1/session/renew/{id}"), &[], Vec::new(), Duration::ZERO).await?;
         if status == StatusCode::NOT_FOUND {
@@ -262,24 +228,24 @@ impl Api {
         Ok(Some(ttl))
     }
 
-    pub async fn destroy_session(&self, id: &str) -> Result<()> {
+    pub(crate) async fn destroy_session(&self, id: &str) -> Answer<()> {
         self.call(Method::PUT, &format!("/v1/session/destroy/{id}"), &[], Vec::new(), Duration::ZERO).await.map(drop)
     }
 
     /// `PUT ?acquire=` (`release = false`) or `?release=`: whether it took.
-    pub async fn lock(&self, key: &str, session: &str, release: bool, value: &[u8], flags: u64) -> Result<bool> {
+    pub(crate) async fn lock(&self, key: &str, session: &str, release: bool, value: &[u8], flags: u64) -> Answer<bool> {
         let verb = if release { "release" } else { "acquire" };
         let query = [(verb, session.to_owned()), ("flags", flags.to_string())];
         let (status, body, _) =
             self.call(Method::PUT, &format!("/v1/kv/{}", path_of(key)), &query, value.to_vec(), Duration::ZERO).await?;
         if status == StatusCode::NOT_FOUND {
-            return Err(Error::backend(BACKEND, format!("Consul at {} has no KV endpoint (404)", self.endpoint)));
+            return Err(Error::backend(BACKEND, format!("Consul at {} has no KV endpoint (404)", self.endpoint)).into());
         }
         self.parse(&format!("the {verb} of {key}"), &body)
     }
 
     /// Reads a key (a blocking query when `blocking` is given): the entry, if any, and the index.
-    pub async fn get(&self, key: &str, blocking: Option<Blocking>) -> Result<(Option<Entry>, u64)> {
+    pub(crate) async fn get(&self, key: &str, blocking: Option<Blocking>) -> Answer<(Option<Entry>, u64)> {
         let mut query = Vec::new();
         let mut wait = Duration::ZERO;
         if let Some(b) = blocking {
@@ -293,7 +259,8 @@ impl Api {
             return Err(Error::backend(
                 BACKEND,
                 format!("Consul at {} answered a read without X-Consul-Index: {}", self.endpoint, text(&body)),
-            ));
+            )
+            .into());
         };
         // An index of 0 would make every blocking query return at once: Consul's docs say to use 1.
         let index = index.max(1);

@@ -15,7 +15,7 @@ use crate::{BACKEND, FLAGS};
 /// One `?release=` of `key` by `session`: `Ok` once Consul confirmed it, [`Error::NotHeld`] when
 /// the session did not hold the key (any more), any other error when it could not tell.
 /// Repeatable.
-pub async fn release(api: &Api, key: &str, session: &str, name: &str) -> Result<()> {
+pub(crate) async fn release(api: &Api, key: &str, session: &str, name: &str) -> Result<()> {
     if api.lock(key, session, true, &[], FLAGS).await? {
         Ok(())
     } else {
@@ -28,18 +28,26 @@ pub async fn release(api: &Api, key: &str, session: &str, name: &str) -> Result<
 /// a guard's (or gives the session up, when that acquire went unanswered and may still be
 /// applied). Dropped (the acquire failed, timed out or was cancelled), it cleans up in the
 /// background; the turn is kept until then.
-pub struct Claim {
+pub(crate) struct Claim {
     turn: Option<Turn>,
     cleanup: Option<Cleanup>,
 }
 
 impl Claim {
-    pub fn new(turn: Turn) -> Self {
+    pub(crate) fn new(turn: Turn) -> Self {
         Claim { turn: Some(turn), cleanup: None }
     }
 
     /// An `?acquire=` of `key` by `session` is on its way; `put` tells when it has finished.
-    pub fn arm(&mut self, lease: &Arc<KeptLease>, api: &Api, key: &str, session: &str, name: &str, put: Finished) {
+    pub(crate) fn arm(
+        &mut self,
+        lease: &Arc<KeptLease>,
+        api: &Api,
+        key: &str,
+        session: &str,
+        name: &str,
+        put: Finished,
+    ) {
         let (api, key, session, name_text) = (api.clone(), key.to_owned(), session.to_owned(), name.to_owned());
         let attempt = lockkit_core::driver::attempt(move || {
             let (api, key, session, name) = (api.clone(), key.clone(), session.clone(), name_text.clone());
@@ -55,7 +63,7 @@ impl Claim {
     }
 
     /// The `?acquire=` was answered without taking the key: nothing to clean up.
-    pub fn disarm(&mut self) {
+    pub(crate) fn disarm(&mut self) {
         if let Some(cleanup) = self.cleanup.take()
             && let Some(turn) = cleanup.disarm()
         {
@@ -64,14 +72,14 @@ impl Claim {
     }
 
     /// The key became a guard's: the turn, to keep with the guard.
-    pub fn into_turn(mut self) -> Option<Turn> {
+    pub(crate) fn into_turn(mut self) -> Option<Turn> {
         self.disarm();
         self.turn.take()
     }
 
     /// Cleans up now, if a `?acquire=` may have taken the key, and waits until the key is
     /// released or the session given up.
-    pub async fn clean_up(mut self) {
+    pub(crate) async fn clean_up(mut self) {
         if let Some(cleanup) = self.cleanup.take()
             && let Err(e) = cleanup.now().await
         {
@@ -87,12 +95,12 @@ impl std::fmt::Debug for Claim {
 }
 
 /// A held key.
-pub struct ConsulGrant {
-    pub session: Arc<ConsulSession>,
-    pub key: String,
-    pub name: String,
-    pub watch: tokio::task::JoinHandle<()>,
-    pub _turn: Option<Turn>,
+pub(crate) struct ConsulGrant {
+    pub(crate) session: Arc<ConsulSession>,
+    pub(crate) key: String,
+    pub(crate) name: String,
+    pub(crate) watch: tokio::task::JoinHandle<()>,
+    pub(crate) _turn: Option<Turn>,
 }
 
 #[async_trait]
@@ -119,7 +127,14 @@ impl Drop for ConsulGrant {
 /// Fires the grant's loss signal when its key is deleted or no longer held by its session.
 /// Errors reading it are retried: the session's renewals decide loss when Consul is away. An
 /// index that goes backwards (servers restored from a snapshot) starts over.
-pub async fn watch_key(api: Api, key: String, session: String, mut index: u64, wait: Duration, signal: LossSignal) {
+pub(crate) async fn watch_key(
+    api: Api,
+    key: String,
+    session: String,
+    mut index: u64,
+    wait: Duration,
+    signal: LossSignal,
+) {
     let mut pause = Duration::from_millis(100);
     loop {
         match api.get(&key, Some(Blocking { index, wait })).await {

@@ -4,10 +4,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use lockkit_core::driver::{GrantRequest, KeptLease, LeaseBackend, LeasePool, LocalTurns, LockBackend};
+use lockkit_core::driver::{
+    DriverError, ErrorKind, GrantRequest, KeptLease, LeaseBackend, LeasePool, LocalTurns, LockBackend,
+};
 use lockkit_core::{Capabilities, Error, FencingToken, Lease, LockGuard, LockName, LockStatus, Result, Settings};
 
 use crate::api::{self, Api, Blocking, Entry};
+use crate::error::ConsulError;
 use crate::grant::{Claim, ConsulGrant, watch_key};
 use crate::session::ConsulSession;
 use crate::{BACKEND, FLAGS};
@@ -18,15 +21,15 @@ use crate::{BACKEND, FLAGS};
 const FIRST_REFUSED_PAUSE: Duration = Duration::from_millis(50);
 const MAX_REFUSED_PAUSE: Duration = Duration::from_secs(1);
 
-pub struct ConsulLocks {
-    pub api: Api,
-    pub settings: Settings,
-    pub lock_delay: Duration,
+pub(crate) struct ConsulLocks {
+    pub(crate) api: Api,
+    pub(crate) settings: Settings,
+    pub(crate) lock_delay: Duration,
     /// How long one blocking query waits (Consul adds up to 1/16 of jitter itself).
-    pub wait: Duration,
-    pub pool: LeasePool,
+    pub(crate) wait: Duration,
+    pub(crate) pool: LeasePool,
     /// One holder per session and key: acquires of the same key in this process queue here.
-    pub local: LocalTurns,
+    pub(crate) local: LocalTurns,
 }
 
 impl ConsulLocks {
@@ -36,7 +39,11 @@ impl ConsulLocks {
     }
 
     /// The session (and its lease) for this TTL, created when there is none or it was lost.
-    pub async fn session(&self, ttl: Duration, refresh: Duration) -> Result<(Arc<KeptLease>, Arc<ConsulSession>)> {
+    pub(crate) async fn session(
+        &self,
+        ttl: Duration,
+        refresh: Duration,
+    ) -> Result<(Arc<KeptLease>, Arc<ConsulSession>)> {
         let lease = self
             .pool
             .get(ttl, refresh, || async {
@@ -63,7 +70,7 @@ impl ConsulLocks {
         lease: &Arc<KeptLease>,
         request: &GrantRequest,
         claim: &mut Claim,
-    ) -> Result<Option<(u64, u64)>> {
+    ) -> Result<Option<(u64, u64)>, ConsulError> {
         let mut pause = FIRST_REFUSED_PAUSE;
         // What a blocking query just showed, so that a woken waiter tries at once.
         let mut seen = None;
@@ -77,7 +84,7 @@ impl ConsulLocks {
             if let Some(entry) = &entry
                 && entry.flags != FLAGS
             {
-                return Err(conflict(key, entry));
+                return Err(conflict(key, entry).into());
             }
             match entry.and_then(|e| e.session).filter(|holder| *holder != session.id) {
                 Some(_) if !request.wait => return Ok(None),
@@ -97,7 +104,8 @@ impl ConsulLocks {
                         backend: BACKEND,
                         name: key.to_owned(),
                         reason: "the key changed hands right after it was acquired".into(),
-                    }),
+                    }
+                    .into()),
                 };
             }
             if !request.wait {
@@ -108,7 +116,7 @@ impl ConsulLocks {
             let jitter = Duration::from_millis(lockkit_core::driver::random_u64() % 25);
             tokio::select! {
                 _ = tokio::time::sleep(pause + jitter) => {}
-                _ = lease.lost() => return Err(session_lost(key)),
+                _ = lease.lost() => return Err(session_lost(key).into()),
             }
             pause = (pause * 2).min(MAX_REFUSED_PAUSE);
         }
@@ -125,7 +133,7 @@ impl ConsulLocks {
         lease: &Arc<KeptLease>,
         request: &GrantRequest,
         claim: &mut Claim,
-    ) -> Result<bool> {
+    ) -> Result<bool, ConsulError> {
         let (api, owned_key, id, value) =
             (self.api.clone(), key.to_owned(), session.id.clone(), request.holder.clone());
         // Until the key is recorded as held, a revoke (a close) waits: it releases it then.
@@ -137,17 +145,17 @@ impl ConsulLocks {
                 holder.hold(&owned_key, true);
             }
             drop(in_flight);
-            taken
+            Ok(taken)
         };
         let (put, finished) = lockkit_core::driver::unabandoned_request_by(put, api::answered);
         claim.arm(lease, &self.api, key, &session.id, request.name.as_str(), finished);
-        let taken = put.await;
+        let taken = put.await?;
         match &taken {
             Ok(true) => {}
             // Refused, or an answer that applied nothing (a bad request, no permission, the
             // rate limiter).
             Ok(false) => claim.disarm(),
-            Err(_) if api::answered(&taken) => claim.disarm(),
+            Err(e) if e.answered() => claim.disarm(),
             Err(_) => {}
         }
         taken
@@ -160,7 +168,7 @@ impl ConsulLocks {
         holder: &str,
         mut index: u64,
         lease: &KeptLease,
-    ) -> Result<(Option<Entry>, u64)> {
+    ) -> Result<(Option<Entry>, u64), ConsulError> {
         loop {
             // A little jitter of our own, so that the waiters of one release do not all come
             // back at the same moment when nothing changes.
@@ -168,7 +176,7 @@ impl ConsulLocks {
             let wait = self.wait + Duration::from_millis(lockkit_core::driver::random_u64() % spread);
             let (entry, next) = tokio::select! {
                 read = self.api.get(key, Some(Blocking { index, wait })) => read?,
-                _ = lease.lost() => return Err(session_lost(key)),
+                _ = lease.lost() => return Err(session_lost(key).into()),
             };
             // An index that went backwards (servers restored from a snapshot) starts over.
             index = if next < index { 0 } else { next };
@@ -197,11 +205,6 @@ fn session_lost(key: &str) -> Error {
     }
 }
 
-/// Whether an acquire failed because its session is gone (a new one may succeed).
-fn session_gone(lease: &KeptLease, e: &Error) -> bool {
-    lease.is_lost() || e.to_string().contains("invalid session")
-}
-
 #[async_trait]
 impl LockBackend for ConsulLocks {
     fn backend(&self) -> &'static str {
@@ -220,14 +223,16 @@ impl LockBackend for ConsulLocks {
         let key = self.key(&request.name);
         let Some(turn) = self.local.take(&key, request.wait).await else { return Ok(None) };
         let mut claim = Claim::new(turn);
-        // A session that ended behind our back is noticed here at the latest: lose it, make a new one.
+        // A session that ended behind our back is noticed here at the latest: lose it, make a
+        // new one. This is `on_a_live_lease`, written out: with closures borrowing from here its
+        // `AsyncFnMut` bounds make this future not `Send` (rustc's higher-ranked inference).
         let mut retried = false;
         let (lease, session, token, index) = loop {
             let (lease, session) = self.session(request.ttl, request.refresh_interval).await?;
             match self.acquire_key(&key, &session, &lease, request, &mut claim).await {
                 Ok(Some((token, index))) => break (lease, session, token, index),
                 Ok(None) => return Ok(None),
-                Err(e) if !retried && session_gone(&lease, &e) => {
+                Err(e) if !retried && (lease.is_lost() || e.kind() == ErrorKind::LeaseGone) => {
                     lease.lose(format!("Consul session {} is gone: {e}", session.id));
                     // Whatever the acquire took ends with the session, which is revoked.
                     claim.disarm();
@@ -236,7 +241,7 @@ impl LockBackend for ConsulLocks {
                 Err(e) => {
                     // Released, or the session given up, before the error is returned.
                     claim.clean_up().await;
-                    return Err(e);
+                    return Err(e.into());
                 }
             }
         };
@@ -270,7 +275,7 @@ impl LockBackend for ConsulLocks {
     async fn evict(&self, name: &LockName) -> Result<bool> {
         let key = self.key(name);
         match self.api.get(&key, None).await?.0.and_then(|e| e.session) {
-            Some(holder) => self.api.lock(&key, &holder, true, &[], FLAGS).await,
+            Some(holder) => Ok(self.api.lock(&key, &holder, true, &[], FLAGS).await?),
             None => Ok(false),
         }
     }

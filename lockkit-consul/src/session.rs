@@ -13,20 +13,20 @@ use crate::api::Api;
 /// How many keys a revoke releases at once.
 const RELEASES_AT_ONCE: usize = 16;
 
-pub struct ConsulSession {
-    pub api: Api,
-    pub id: String,
+pub(crate) struct ConsulSession {
+    pub(crate) api: Api,
+    pub(crate) id: String,
     /// The keys this session holds, released before the session is destroyed (destroying a
     /// session that holds keys would start their lock-delay).
-    pub held: Mutex<HashSet<String>>,
+    pub(crate) held: Mutex<HashSet<String>>,
     /// Held (read) by every `PUT ?acquire=` in flight until what it took is in `held`; a revoke
     /// takes it (write) before it looks at `held`, so no key an acquire takes meanwhile is left
     /// to the destroy (which would start its lock-delay).
-    pub acquiring: Arc<tokio::sync::RwLock<()>>,
+    pub(crate) acquiring: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl ConsulSession {
-    pub fn hold(&self, key: &str, held: bool) {
+    pub(crate) fn hold(&self, key: &str, held: bool) {
         let mut keys = self.held.lock().unwrap_or_else(|e| e.into_inner());
         if held {
             keys.insert(key.to_owned());
@@ -68,6 +68,6 @@ impl LeaseBackend for ConsulSession {
             });
         }
         while releases.join_next().await.is_some() {}
-        self.api.destroy_session(&self.id).await
+        Ok(self.api.destroy_session(&self.id).await?)
     }
 }

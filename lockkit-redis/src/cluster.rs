@@ -4,34 +4,29 @@
 //! Wake-ups use sharded pub/sub (RESP3 pushes on the same connection), so a release reaches
 //! only the shard of its lock.
 
-use std::time::Duration;
-
-use lockkit_core::{Error, LockUrl};
+use lockkit_core::Error;
 use redis::cluster::ClusterClientBuilder;
-use redis::{ConnectionAddr, IntoConnectionInfo, ProtocolVersion, RedisConnectionInfo, TlsCertificates};
+use redis::{IntoConnectionInfo, ProtocolVersion, RedisConnectionInfo, TlsCertificates};
 
 use crate::CLUSTER;
-use crate::instance::{self, Instance};
+use crate::config::RedisConfig;
+use crate::error::{Cause, Failure, error};
+use crate::instance::Instance;
 use crate::wakeups::Feed;
 
-/// Connects to the cluster the URL's hosts seed: the instance the scripts run on, and the feed
-/// of its sharded messages. Fails when no seed answers, or when a seed is not a cluster node.
-pub async fn connect(
-    url: &LockUrl,
+/// Connects to the cluster the config's servers seed: the instance the scripts run on, and the
+/// feed of its sharded messages. Fails when no seed answers, or when a seed is not a cluster
+/// node.
+pub(crate) async fn connect(
+    config: &RedisConfig,
     settings: &RedisConnectionInfo,
     certificates: Option<TlsCertificates>,
-    connect_timeout: Duration,
-    call_timeout: Duration,
 ) -> Result<(Instance, Feed), Error> {
-    let address = url.endpoints(6379);
+    let (connect_timeout, call_timeout) = (config.settings.timeout, config.call_timeout);
+    let address = config.endpoints();
     let mut seeds = Vec::new();
-    for host in url.hosts() {
-        let (name, port) = (host.host.clone(), host.port.unwrap_or(6379));
-        let addr = match url.tls() {
-            true => ConnectionAddr::TcpTls { host: name, port, insecure: false, tls_params: None },
-            false => ConnectionAddr::Tcp(name, port),
-        };
-        let info = addr.into_connection_info().map_err(|e| instance::error(CLUSTER, &address, e))?;
+    for host in &config.servers {
+        let info = config.connection_addr(host).into_connection_info().map_err(|e| error(CLUSTER, &address, e))?;
         seeds.push(info.set_redis_settings(settings.clone()));
     }
     let (pushes, feed) = tokio::sync::mpsc::unbounded_channel();
@@ -48,16 +43,18 @@ pub async fn connect(
     if let Some(certificates) = certificates {
         builder = builder.certs(certificates);
     }
-    let client = builder.build().map_err(|e| instance::error(CLUSTER, &address, e))?;
+    let client = builder.build().map_err(|e| error(CLUSTER, &address, e))?;
     let connection = match tokio::time::timeout(connect_timeout, client.get_async_connection()).await {
         Ok(Ok(connection)) => connection,
-        Ok(Err(e)) if e.to_string().contains("cluster support disabled") => {
-            return Err(url.invalid(format!(
-                "{address} is not a Redis Cluster node (its cluster support is disabled); \
-                 for a single server use redis://host:port"
-            )));
-        }
-        Ok(Err(e)) => return Err(instance::error(CLUSTER, &address, e)),
+        Ok(Err(e)) => match Failure::classify(CLUSTER, &address, e) {
+            failure if failure.cause == Cause::NotACluster => {
+                return Err(config.invalid(format!(
+                    "{address} is not a Redis Cluster node (its cluster support is disabled); \
+                     for a single server use redis://host:port"
+                )));
+            }
+            failure => return Err(failure.into()),
+        },
         Err(_) => {
             return Err(Error::connection(
                 CLUSTER,
@@ -77,7 +74,7 @@ pub async fn connect(
 const MINIMUM: (u32, u32, u32) = (7, 0, 0);
 
 /// Checks that the cluster node at `address` (its `INFO server`) has sharded pub/sub.
-pub fn check_version(info: &str, address: &str) -> Result<(), Error> {
+pub(crate) fn check_version(info: &str, address: &str) -> Result<(), Error> {
     match crate::version::version(info) {
         Some((field, found)) if found < MINIMUM => Err(Error::backend(
             CLUSTER,

@@ -32,7 +32,7 @@ use lockkit_core::Error;
 /// error when it holds anything but a whole number below 2^53 − 1 or is more than a day ahead
 /// of the server's clock (`now_us`, and `server_clock` as a string, which it sets). Defines `mint()`, which
 /// writes the next token back to the counter and returns it as a string.
-pub const FENCE: &str = r#"
+pub(crate) const FENCE: &str = r#"
 local fence = redis.call('GET', fence_key)
 if fence and not (string.match(fence, '^%d+$') and #fence <= 16 and tonumber(fence) < 9007199254740991) then
   local shown = string.gsub(string.sub(fence, 1, 40), '[^%w%p ]', '?')
@@ -59,11 +59,11 @@ end
 
 /// What an acquire script answered: `{1, token, 0, clock}` granted, `{0, "0", pttl, clock}`
 /// not granted; `clock` is the server's clock in µs.
-pub type AcquireReply = (i64, String, i64, String);
+pub(crate) type AcquireReply = (i64, String, i64, String);
 
 /// An acquire script's answer, read.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Acquired {
+pub(crate) enum Acquired {
     /// Granted with this token.
     Granted(u64),
     /// Not granted; the current grant expires in this many ms (-1: never, 0 or -2: free now).
@@ -71,7 +71,7 @@ pub enum Acquired {
 }
 
 /// Reads an acquire script's answer from the server at `address`, with the server's clock (µs).
-pub fn acquired((granted, token, pttl, clock): AcquireReply, address: &str) -> Result<(Acquired, u64), Error> {
+pub(crate) fn acquired((granted, token, pttl, clock): AcquireReply, address: &str) -> Result<(Acquired, u64), Error> {
     match (granted, token.parse::<u64>(), clock.parse::<u64>()) {
         (0, _, Ok(clock)) => Ok((Acquired::Busy(pttl), clock)),
         (1, Ok(token), Ok(clock)) if token > 0 => Ok((Acquired::Granted(token), clock)),

@@ -12,11 +12,12 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::Slot;
 use redis::{Cmd, ErrorKind, FromRedisValue, Pipeline, RedisError, RedisFuture, RedisResult, ScriptInvocation, Value};
 
+use crate::error::error;
 use crate::version;
 
 /// The connection the scripts go through.
 #[derive(Clone)]
-pub enum Link {
+pub(crate) enum Link {
     /// One server, reconnected in the background.
     Server(ConnectionManager),
     /// A cluster: each command goes to the master of its first key's slot.
@@ -52,11 +53,11 @@ impl ConnectionLike for Link {
 }
 
 #[derive(Clone)]
-pub struct Instance {
+pub(crate) struct Instance {
     /// `host:port` (the seed nodes, for a cluster), for messages (never with credentials).
-    pub address: String,
+    pub(crate) address: String,
     /// `redis`, `redlock` or `redis-cluster`, for messages.
-    pub backend: &'static str,
+    pub(crate) backend: &'static str,
     link: Link,
     /// Bound on each call (Redlock keeps it small, so one dead instance does not stall a grant).
     timeout: Duration,
@@ -66,7 +67,7 @@ pub struct Instance {
 
 impl Instance {
     /// A lazily connecting single server; nothing is sent yet.
-    pub fn server(
+    pub(crate) fn server(
         backend: &'static str,
         address: String,
         client: redis::Client,
@@ -84,7 +85,7 @@ impl Instance {
     }
 
     /// A whole cluster through one (connected) cluster connection.
-    pub fn cluster(
+    pub(crate) fn cluster(
         backend: &'static str,
         address: String,
         connection: ClusterConnection,
@@ -97,7 +98,7 @@ impl Instance {
     /// Runs a script (EVALSHA, loading it on NOSCRIPT), bounded by the call timeout. Another
     /// client's `SCRIPT FLUSH` can land between the load and the retried EVALSHA: that NOSCRIPT
     /// is retried too (the script never ran), a few times.
-    pub async fn run<T: FromRedisValue>(&self, invocation: ScriptInvocation<'_>) -> Result<T, Error> {
+    pub(crate) async fn run<T: FromRedisValue>(&self, invocation: ScriptInvocation<'_>) -> Result<T, Error> {
         let link = self.link.clone();
         let call = async {
             let mut tries = 0;
@@ -118,7 +119,7 @@ impl Instance {
     /// answer, an error reply (say WRONGTYPE, for a key another client replaced) failing only
     /// its own. A cluster pipeline goes to one node, so there it is one pipeline per slot, all
     /// at once, and a slot without an answer fails only its own invocations.
-    pub async fn run_many(
+    pub(crate) async fn run_many(
         &self,
         script: &redis::Script,
         invocations: &[ScriptInvocation<'_>],
@@ -172,7 +173,7 @@ impl Instance {
     /// Checks that the server answers, accepts the credentials and is recent enough for the
     /// scripts ([`version::MINIMUM`]; on a cluster, every master, and 7.0 for sharded pub/sub).
     /// A user not allowed `INFO` skips the version check.
-    pub async fn check(&self) -> Result<(), Error> {
+    pub(crate) async fn check(&self) -> Result<(), Error> {
         let mut link = self.link.clone();
         let cluster = matches!(link, Link::Cluster(_));
         let info = async {
@@ -221,49 +222,5 @@ async fn bounded<T>(limit: Duration, call: impl Future<Output = RedisResult<T>>)
             std::io::ErrorKind::TimedOut,
             format!("no answer within {limit:?} (the `timeout` option)"),
         ))),
-    }
-}
-
-/// Maps a client error: authentication, connection trouble, or what the server answered.
-pub fn error(backend: &'static str, address: &str, e: RedisError) -> Error {
-    let auth = e.kind() == ErrorKind::AuthenticationFailed || matches!(e.code(), Some("WRONGPASS" | "NOAUTH"));
-    if auth {
-        return Error::Authentication { backend, endpoint: address.to_owned(), message: e.to_string() };
-    }
-    if e.code() == Some("NOPERM") {
-        // The credentials are right; the user's ACL does not cover what lockkit touches.
-        return Error::backend(
-            backend,
-            format!(
-                "redis at {address} refused: {e}; the user's ACL must allow the lock keys and the keys \
-                 starting with them (`~NAMESPACE/*`), their channels (`&NAMESPACE/*`) and the commands \
-                 lockkit sends (scripting, pub/sub, and the string, key, list and sorted-set commands \
-                 its scripts run)"
-            ),
-        );
-    }
-    if e.code() == Some("BADFENCE") {
-        let detail = e.detail().unwrap_or("its fencing counter holds garbage");
-        return Error::backend(backend, format!("redis at {address} refused the grant: {detail}"));
-    }
-    if e.is_io_error() || e.is_connection_refusal() || e.is_timeout() || e.is_connection_dropped() {
-        return Error::connection(backend, address, format!("{e}; is the server up?"), Some(Box::new(e)));
-    }
-    let cluster = backend == crate::CLUSTER;
-    let hint = match e.code() {
-        Some("MOVED" | "ASK" | "CLUSTERDOWN") if !cluster => {
-            "; the server is a Redis Cluster node: connect with redis-cluster://host:port,…"
-        }
-        _ => "",
-    };
-    // A server busy with a long script, loading its data or without its master, and a cluster
-    // in the middle of a failover or a slot move, answer these for a while.
-    let temporary = matches!(e.code(), Some("BUSY" | "TRYAGAIN" | "LOADING" | "MASTERDOWN"))
-        || cluster && matches!(e.code(), Some("MOVED" | "ASK" | "CLUSTERDOWN"));
-    Error::Backend {
-        backend,
-        message: format!("redis at {address} answered: {e}{hint}"),
-        temporary,
-        source: Some(Box::new(e)),
     }
 }

@@ -14,11 +14,11 @@ use lockkit_core::{Capabilities, Error, Lease, LockGuard, LockName, LockStatus, 
 use crate::quorum::{Attempt, Quorum};
 use crate::scripts::{self, LockKeys};
 
-pub struct RedisLocks {
-    pub settings: Settings,
-    pub quorum: Arc<Quorum>,
-    pub pool: LeasePool,
-    pub holdings: Arc<Holdings>,
+pub(crate) struct RedisLocks {
+    pub(crate) settings: Settings,
+    pub(crate) quorum: Arc<Quorum>,
+    pub(crate) pool: LeasePool,
+    pub(crate) holdings: Arc<Holdings>,
 }
 
 #[async_trait]
@@ -154,7 +154,7 @@ impl LockBackend for RedisLocks {
 
 /// The grants a handle holds, refreshed together by their lease.
 #[derive(Default)]
-pub struct Holdings {
+pub(crate) struct Holdings {
     held: Mutex<HashMap<u64, Held>>,
     ids: AtomicU64,
 }

@@ -7,21 +7,22 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use lockkit_core::{Error, FencingToken, LockStatus, safety_margin};
 
+use crate::error::{Cause, Failure};
 use crate::fence::{self, AcquireReply, Acquired};
-use crate::instance::{self, Instance};
+use crate::instance::Instance;
 use crate::scripts::{self, LockKeys};
 use crate::wakeups::Wakeups;
 
-pub struct Quorum {
-    pub instances: Vec<Instance>,
+pub(crate) struct Quorum {
+    pub(crate) instances: Vec<Instance>,
     /// How many must agree: N / 2 + 1.
-    pub needed: usize,
-    pub wakeups: Arc<Wakeups>,
-    pub backend: &'static str,
+    pub(crate) needed: usize,
+    pub(crate) wakeups: Arc<Wakeups>,
+    pub(crate) backend: &'static str,
     /// `fair=true`: waiters queue inside the scripts and are granted in arrival order.
-    pub fair: bool,
+    pub(crate) fair: bool,
     /// Wake-ups go by sharded pub/sub (`SPUBLISH`): on a cluster.
-    pub sharded: bool,
+    pub(crate) sharded: bool,
 }
 
 /// How far a Redlock server's clock may be from the others' before it is left out of the vote:
@@ -30,7 +31,7 @@ pub struct Quorum {
 const MAX_CLOCK_SKEW: Duration = Duration::from_secs(6 * 3600);
 
 /// The outcome of one acquire attempt.
-pub enum Attempt {
+pub(crate) enum Attempt {
     Granted(FencingToken),
     /// Held elsewhere; the current grant expires in this long, where known.
     Busy(Option<Duration>),
@@ -54,7 +55,7 @@ impl Quorum {
     /// partial grants. Fails when fewer than a majority answered.
     /// `join`: when the lock is not granted, take a place among the waiters a release wakes
     /// (in fair mode, in line), ranked by this arrival time (ms since the epoch).
-    pub async fn acquire(
+    pub(crate) async fn acquire(
         &self,
         keys: &LockKeys,
         owner: &str,
@@ -156,7 +157,7 @@ impl Quorum {
 
     /// Deletes this owner's grant on every instance; `Ok(n)`: n instances had it. `withdraw`:
     /// the acquire was given up, so also take the owner out of the waiters.
-    pub async fn release(&self, keys: &LockKeys, owner: &str, withdraw: bool) -> Result<usize, Error> {
+    pub(crate) async fn release(&self, keys: &LockKeys, owner: &str, withdraw: bool) -> Result<usize, Error> {
         let script =
             |instance| Instance::run::<i64>(instance, scripts::release(keys, owner, self.fair, withdraw, self.sharded));
         let replies = on_all(&self.instances, script).await;
@@ -168,7 +169,11 @@ impl Quorum {
     /// Extends these grants on every instance, one round trip per instance. For each grant:
     /// `Some(true)` held by a majority, `Some(false)` gone from more than a minority (lost),
     /// `None` undecided (too few answers).
-    pub async fn refresh(&self, grants: &[(LockKeys, String)], ttl: Duration) -> (Vec<Option<bool>>, Option<Error>) {
+    pub(crate) async fn refresh(
+        &self,
+        grants: &[(LockKeys, String)],
+        ttl: Duration,
+    ) -> (Vec<Option<bool>>, Option<Error>) {
         let invocations: Vec<_> = grants.iter().map(|(keys, owner)| scripts::refresh(keys, owner, ttl)).collect();
         let locks: Vec<&str> = grants.iter().map(|(keys, _)| keys.lock.as_str()).collect();
         let replies =
@@ -183,14 +188,14 @@ impl Quorum {
                     (0..grants.len())
                         .map(|i| match results.get(i) {
                             Some(Ok(held)) => Some(*held == 1),
-                            // The key holds another type: someone replaced it, so it is gone.
-                            Some(Err(e)) if is_wrong_type(e) => Some(false),
-                            Some(Err(e)) => {
-                                first_error.get_or_insert_with(|| {
-                                    instance::error(instance.backend, &instance.address, e.clone())
-                                });
-                                None
-                            }
+                            Some(Err(e)) => match Failure::classify(instance.backend, &instance.address, e.clone()) {
+                                // The key holds another type: someone replaced it, so it is gone.
+                                failure if failure.cause == Cause::WrongType => Some(false),
+                                failure => {
+                                    first_error.get_or_insert(failure.into());
+                                    None
+                                }
+                            },
                             None => None,
                         })
                         .collect(),
@@ -218,7 +223,7 @@ impl Quorum {
     }
 
     /// Deletes whatever grant there is, on every instance; `true` if any had one.
-    pub async fn evict(&self, keys: &LockKeys) -> Result<bool, Error> {
+    pub(crate) async fn evict(&self, keys: &LockKeys) -> Result<bool, Error> {
         let replies = on_all(&self.instances, |instance| instance.run::<i64>(scripts::evict(keys, self.sharded))).await;
         let evicted = replies.iter().any(|r| matches!(r, Ok(1)));
         self.enough_answered(replies.into_iter().filter_map(Result::err).collect())?;
@@ -226,7 +231,7 @@ impl Quorum {
     }
 
     /// The lock as a majority sees it.
-    pub async fn status(&self, keys: &LockKeys) -> Result<LockStatus, Error> {
+    pub(crate) async fn status(&self, keys: &LockKeys) -> Result<LockStatus, Error> {
         // The owner and counter as bytes: a counter holding garbage (even bytes that are not
         // UTF-8) shows no token (an acquire says why), another client's value no holder.
         type Reply = (Option<Vec<u8>>, Option<Vec<u8>>, i64, usize);
@@ -292,10 +297,4 @@ impl Quorum {
             None,
         ))
     }
-}
-
-/// Whether a script failed on a key of another type (`WRONGTYPE`; before Redis 7, a script
-/// error whose message names it).
-fn is_wrong_type(e: &redis::RedisError) -> bool {
-    e.code() == Some("WRONGTYPE") || e.to_string().contains("WRONGTYPE")
 }

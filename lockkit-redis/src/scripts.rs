@@ -31,24 +31,24 @@ use redis::{Script, ScriptInvocation};
 
 /// The keys and channel of one lock.
 #[derive(Clone, Debug)]
-pub struct LockKeys {
-    pub lock: String,
-    pub fence: String,
-    pub queue: String,
-    pub waiters: String,
-    pub wakeup: String,
-    pub channel: String,
+pub(crate) struct LockKeys {
+    pub(crate) lock: String,
+    pub(crate) fence: String,
+    pub(crate) queue: String,
+    pub(crate) waiters: String,
+    pub(crate) wakeup: String,
+    pub(crate) channel: String,
 }
 
 impl LockKeys {
     /// The keys of lock `name` in `namespace`.
-    pub fn of(namespace: &Namespace, name: &LockName) -> Self {
+    pub(crate) fn of(namespace: &Namespace, name: &LockName) -> Self {
         LockKeys::new(namespace.verbatim_key(name))
     }
 
     /// The keys of the lock key `key`: each helper starts with `key` (so ACL key patterns such
     /// as `~app/*` cover them) and is tagged with the whole of `key` (one cluster slot).
-    pub fn new(key: String) -> Self {
+    pub(crate) fn new(key: String) -> Self {
         LockKeys {
             fence: format!("{key}:{{{key}}}:fence"),
             queue: format!("{key}:{{{key}}}:queue"),
@@ -67,12 +67,12 @@ impl LockKeys {
 
 /// A fresh owner value for a grant: a random token that no other grant has, then the holder
 /// metadata.
-pub fn owner_value(holder: &str) -> String {
+pub(crate) fn owner_value(holder: &str) -> String {
     format!("{:016x}{:016x} {holder}", random_u64(), random_u64())
 }
 
 /// The holder metadata in a lock's value, when lockkit wrote it (a redis-py token has none).
-pub fn holder_of(value: &str) -> Option<&str> {
+pub(crate) fn holder_of(value: &str) -> Option<&str> {
     let (token, holder) = value.split_once(' ')?;
     (token.len() == 32 && token.bytes().all(|b| b.is_ascii_hexdigit())).then_some(holder)
 }
@@ -229,7 +229,7 @@ return 1
 });
 
 /// KEYS: lock. ARGV: owner, ttl ms. Extends only this owner's grant; 1 if it did.
-pub static REFRESH: LazyLock<Script> = LazyLock::new(|| {
+pub(crate) static REFRESH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -284,7 +284,7 @@ fn invoke(script: &'static Script, keys: &[&str], args: &[&str]) -> ScriptInvoca
 
 /// `fair`: the script that keeps the line; `join`: when not granted, take (or renew) a place
 /// among the waiters a release wakes, ranked by this arrival time (ms since the epoch).
-pub fn acquire(
+pub(crate) fn acquire(
     keys: &LockKeys,
     owner: &str,
     ttl: Duration,
@@ -298,7 +298,7 @@ pub fn acquire(
     }
 }
 
-pub fn raise_fence(keys: &LockKeys, token: u64) -> ScriptInvocation<'static> {
+pub(crate) fn raise_fence(keys: &LockKeys, token: u64) -> ScriptInvocation<'static> {
     invoke(&RAISE_FENCE, &[&keys.fence], &[&token.to_string()])
 }
 
@@ -310,7 +310,13 @@ fn publish(sharded: bool) -> &'static str {
 
 /// `withdraw`: the acquire was given up, so also leave the waiters (the fair script always does).
 /// `sharded`: wake with sharded pub/sub.
-pub fn release(keys: &LockKeys, owner: &str, fair: bool, withdraw: bool, sharded: bool) -> ScriptInvocation<'static> {
+pub(crate) fn release(
+    keys: &LockKeys,
+    owner: &str,
+    fair: bool,
+    withdraw: bool,
+    sharded: bool,
+) -> ScriptInvocation<'static> {
     let withdraw = if withdraw { "1" } else { "0" };
     match fair {
         false => invoke(&RELEASE, &[&keys.lock, &keys.wakeup], &[owner, &keys.channel, withdraw, publish(sharded)]),
@@ -318,16 +324,16 @@ pub fn release(keys: &LockKeys, owner: &str, fair: bool, withdraw: bool, sharded
     }
 }
 
-pub fn refresh(keys: &LockKeys, owner: &str, ttl: Duration) -> ScriptInvocation<'static> {
+pub(crate) fn refresh(keys: &LockKeys, owner: &str, ttl: Duration) -> ScriptInvocation<'static> {
     invoke(&REFRESH, &[&keys.lock], &[owner, &ttl.as_millis().to_string()])
 }
 
-pub fn evict(keys: &LockKeys, sharded: bool) -> ScriptInvocation<'static> {
+pub(crate) fn evict(keys: &LockKeys, sharded: bool) -> ScriptInvocation<'static> {
     let keys_ = [&keys.lock, &keys.fence, &keys.queue, &keys.waiters, &keys.wakeup].map(String::as_str);
     invoke(&EVICT, &keys_, &[&keys.channel, publish(sharded)])
 }
 
-pub fn status(keys: &LockKeys) -> ScriptInvocation<'static> {
+pub(crate) fn status(keys: &LockKeys) -> ScriptInvocation<'static> {
     invoke(&STATUS, &[&keys.lock, &keys.fence, &keys.waiters, &keys.wakeup], &[])
 }
 

@@ -8,12 +8,12 @@ use crate::BACKEND;
 /// writing, which replicas receive correctly only with effects replication — the default for
 /// scripts from 5.0 on (before, such a script is refused or replicated as a script that would
 /// read another clock on the replica).
-pub const MINIMUM: (u32, u32, u32) = (5, 0, 0);
+pub(crate) const MINIMUM: (u32, u32, u32) = (5, 0, 0);
 
 /// Checks the `redis_version` field of `INFO server` from the server at `address`. A reply
 /// without one that parses (a proxy, a server that hides it) passes: the scripts then say for
 /// themselves what they miss.
-pub fn check(info: &str, address: &str) -> Result<(), Error> {
+pub(crate) fn check(info: &str, address: &str) -> Result<(), Error> {
     let Some((field, found)) = version(info) else { return Ok(()) };
     if found >= MINIMUM {
         return Ok(());

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 const LINGER: Duration = Duration::from_secs(1);
 
 /// Where the messages of one instance come from.
-pub enum Feed {
+pub(crate) enum Feed {
     /// One server: a pub/sub connection of its own (SUBSCRIBE), reconnected here.
     Server(Box<redis::Client>),
     /// A cluster: sharded pub/sub (SSUBSCRIBE) on the cluster connection, which subscribes
@@ -56,7 +56,7 @@ impl Sink {
     }
 }
 
-pub struct Wakeups {
+pub(crate) struct Wakeups {
     /// Held only for bookkeeping, never across an await.
     state: std::sync::Mutex<State>,
     stop: CancellationToken,
@@ -102,7 +102,7 @@ impl State {
 impl Wakeups {
     /// Starts listening on every instance (reconnecting in the background as needed, each
     /// connect bounded by `connect_timeout`); `timeout` bounds each subscribe on one instance.
-    pub fn start(feeds: Vec<Feed>, connect_timeout: Duration, timeout: Duration) -> Arc<Self> {
+    pub(crate) fn start(feeds: Vec<Feed>, connect_timeout: Duration, timeout: Duration) -> Arc<Self> {
         let runtime = Handle::current();
         let wakeups = Arc::new(Wakeups {
             state: std::sync::Mutex::new(State { sinks: vec![None; feeds.len()], channels: HashMap::new() }),
@@ -155,7 +155,7 @@ impl Wakeups {
 
     /// Watches a channel for `owner`: subscribed (and confirmed by every instance that answered
     /// within the call timeout) on return.
-    pub async fn watch(self: &Arc<Self>, channel: &str, owner: &str) -> Watch {
+    pub(crate) async fn watch(self: &Arc<Self>, channel: &str, owner: &str) -> Watch {
         let notify = Arc::new(Notify::new());
         let gate = {
             let mut state = self.state();
@@ -184,11 +184,11 @@ impl Drop for Wakeups {
 }
 
 /// A waiter's interest in one channel; unsubscribed when the last watcher of it is dropped.
-pub struct Watch {
+pub(crate) struct Watch {
     wakeups: Arc<Wakeups>,
     channel: String,
     owner: String,
-    pub notify: Arc<Notify>,
+    pub(crate) notify: Arc<Notify>,
 }
 
 impl Drop for Watch {

@@ -1,7 +1,7 @@
 //! A held key: its release, its watch, and the claim an acquire keeps on it until it becomes a
 //! guard's.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -27,27 +27,26 @@ pub(crate) async fn release(api: &Api, key: &str, session: &str, name: &str) -> 
 /// `?acquire=` may have taken the key — a [`Cleanup`] that gives the key back unless it becomes
 /// a guard's (or gives the session up, when that acquire went unanswered and may still be
 /// applied). Dropped (the acquire failed, timed out or was cancelled), it cleans up in the
-/// background; the turn is kept until then.
-pub(crate) struct Claim {
+/// background; the turn is kept until then. Shared by the tries of one acquire (each on its
+/// session), hence behind a lock that is never held across an await.
+pub(crate) struct Claim(Mutex<Kept>);
+
+struct Kept {
     turn: Option<Turn>,
     cleanup: Option<Cleanup>,
 }
 
 impl Claim {
     pub(crate) fn new(turn: Turn) -> Self {
-        Claim { turn: Some(turn), cleanup: None }
+        Claim(Mutex::new(Kept { turn: Some(turn), cleanup: None }))
+    }
+
+    fn kept(&self) -> std::sync::MutexGuard<'_, Kept> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// An `?acquire=` of `key` by `session` is on its way; `put` tells when it has finished.
-    pub(crate) fn arm(
-        &mut self,
-        lease: &Arc<KeptLease>,
-        api: &Api,
-        key: &str,
-        session: &str,
-        name: &str,
-        put: Finished,
-    ) {
+    pub(crate) fn arm(&self, lease: &Arc<KeptLease>, api: &Api, key: &str, session: &str, name: &str, put: Finished) {
         let (api, key, session, name_text) = (api.clone(), key.to_owned(), session.to_owned(), name.to_owned());
         let attempt = lockkit_core::driver::attempt(move || {
             let (api, key, session, name) = (api.clone(), key.clone(), session.clone(), name_text.clone());
@@ -56,31 +55,34 @@ impl Claim {
         let mut cleanup = Cleanup::new(lease, format!("lock {name:?}"), attempt);
         cleanup.after(put);
         self.disarm();
-        if let Some(turn) = self.turn.take() {
+        let mut kept = self.kept();
+        if let Some(turn) = kept.turn.take() {
             cleanup.keep_turn(turn);
         }
-        self.cleanup = Some(cleanup);
+        kept.cleanup = Some(cleanup);
     }
 
     /// The `?acquire=` was answered without taking the key: nothing to clean up.
-    pub(crate) fn disarm(&mut self) {
-        if let Some(cleanup) = self.cleanup.take()
+    pub(crate) fn disarm(&self) {
+        let mut kept = self.kept();
+        if let Some(cleanup) = kept.cleanup.take()
             && let Some(turn) = cleanup.disarm()
         {
-            self.turn = Some(turn);
+            kept.turn = Some(turn);
         }
     }
 
     /// The key became a guard's: the turn, to keep with the guard.
-    pub(crate) fn into_turn(mut self) -> Option<Turn> {
+    pub(crate) fn into_turn(self) -> Option<Turn> {
         self.disarm();
-        self.turn.take()
+        self.kept().turn.take()
     }
 
     /// Cleans up now, if a `?acquire=` may have taken the key, and waits until the key is
     /// released or the session given up.
-    pub(crate) async fn clean_up(mut self) {
-        if let Some(cleanup) = self.cleanup.take()
+    pub(crate) async fn clean_up(&self) {
+        let cleanup = self.kept().cleanup.take();
+        if let Some(cleanup) = cleanup
             && let Err(e) = cleanup.now().await
         {
             tracing::debug!(backend = BACKEND, error = %e, "cleaning up after a failed acquire");
@@ -90,7 +92,7 @@ impl Claim {
 
 impl std::fmt::Debug for Claim {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Claim").field("armed", &self.cleanup.is_some()).finish()
+        f.debug_struct("Claim").field("armed", &self.kept().cleanup.is_some()).finish()
     }
 }
 

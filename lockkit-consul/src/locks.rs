@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use lockkit_core::driver::{
-    DriverError, ErrorKind, GrantRequest, KeptLease, LeaseBackend, LeasePool, LocalTurns, LockBackend,
+    GrantRequest, KeptLease, LastTry, LeaseBackend, LeasePool, LocalTurns, LockBackend, on_a_live_lease,
 };
 use lockkit_core::{Capabilities, Error, FencingToken, Lease, LockGuard, LockName, LockStatus, Result, Settings};
 
@@ -69,7 +69,7 @@ impl ConsulLocks {
         session: &Arc<ConsulSession>,
         lease: &Arc<KeptLease>,
         request: &GrantRequest,
-        claim: &mut Claim,
+        claim: &Claim,
     ) -> Result<Option<(u64, u64)>, ConsulError> {
         let mut pause = FIRST_REFUSED_PAUSE;
         // What a blocking query just showed, so that a woken waiter tries at once.
@@ -132,7 +132,7 @@ impl ConsulLocks {
         session: &Arc<ConsulSession>,
         lease: &Arc<KeptLease>,
         request: &GrantRequest,
-        claim: &mut Claim,
+        claim: &Claim,
     ) -> Result<bool, ConsulError> {
         let (api, owned_key, id, value) =
             (self.api.clone(), key.to_owned(), session.id.clone(), request.holder.clone());
@@ -222,27 +222,32 @@ impl LockBackend for ConsulLocks {
     async fn grant(&self, request: &GrantRequest) -> Result<Option<LockGuard>> {
         let key = self.key(&request.name);
         let Some(turn) = self.local.take(&key, request.wait).await else { return Ok(None) };
-        let mut claim = Claim::new(turn);
-        // A session that ended behind our back is noticed here at the latest: lose it, make a
-        // new one. This is `on_a_live_lease`, written out: with closures borrowing from here its
-        // `AsyncFnMut` bounds make this future not `Send` (rustc's higher-ranked inference).
-        let mut retried = false;
-        let (lease, session, token, index) = loop {
-            let (lease, session) = self.session(request.ttl, request.refresh_interval).await?;
-            match self.acquire_key(&key, &session, &lease, request, &mut claim).await {
-                Ok(Some((token, index))) => break (lease, session, token, index),
-                Ok(None) => return Ok(None),
-                Err(e) if !retried && (lease.is_lost() || e.kind() == ErrorKind::LeaseGone) => {
-                    lease.lose(format!("Consul session {} is gone: {e}", session.id));
-                    // Whatever the acquire took ends with the session, which is revoked.
-                    claim.disarm();
-                    retried = true;
+        let claim = Claim::new(turn);
+        // A session that ended behind our back is noticed here at the latest: lost, and the
+        // acquire made once more on a new one.
+        let acquired = on_a_live_lease(
+            "Consul session",
+            || self.session(request.ttl, request.refresh_interval),
+            |lease, session, LastTry(retry)| {
+                let (key, claim) = (&key, &claim);
+                async move {
+                    if retry {
+                        // Whatever the first try took ends with its session, which is revoked.
+                        claim.disarm();
+                    }
+                    let acquired = self.acquire_key(key, &session, &lease, request, claim).await?;
+                    Ok::<_, ConsulError>(acquired.map(|(token, index)| (lease, session, token, index)))
                 }
-                Err(e) => {
-                    // Released, or the session given up, before the error is returned.
-                    claim.clean_up().await;
-                    return Err(e.into());
-                }
+            },
+        )
+        .await;
+        let (lease, session, token, index) = match acquired {
+            Ok(Some(acquired)) => acquired,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                // Released, or the session given up, before the error is returned.
+                claim.clean_up().await;
+                return Err(e);
             }
         };
         session.hold(&key, true);

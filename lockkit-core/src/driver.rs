@@ -120,15 +120,14 @@ pub trait DriverError: Into<Error> + std::fmt::Display {
     fn kind(&self) -> ErrorKind;
 }
 
-/// Errors the core itself made keep their meaning: a loss is [`ErrorKind::LeaseGone`], a
-/// temporary backend error [`ErrorKind::Temporary`].
+/// An [`Error`] as a driver's error: [temporary](Error::is_temporary) ones are
+/// [`ErrorKind::Temporary`], the rest [`ErrorKind::Permanent`]. Never
+/// [`ErrorKind::LeaseGone`]: a [`Error::LockLost`] may be about one grant or waiter (its key
+/// deleted), and losing the whole lease for it would fire every other guard on it; only the
+/// driver's own classification of a server's answer can say that a lease is gone.
 impl DriverError for Error {
     fn kind(&self) -> ErrorKind {
-        match self {
-            Error::LockLost { .. } => ErrorKind::LeaseGone,
-            Error::Backend { temporary: true, .. } => ErrorKind::Temporary,
-            _ => ErrorKind::Permanent,
-        }
+        if self.is_temporary() { ErrorKind::Temporary } else { ErrorKind::Permanent }
     }
 }
 
@@ -245,13 +244,46 @@ mod tests {
         KeptLease::start("test", id.to_string(), Arc::new(Nothing), timing, Instant::now())
     }
 
-    fn gone() -> Error {
-        Error::LockLost { backend: "test", name: "x".into(), reason: "the server says: no such lease".into() }
+    /// A driver's error: the lease is gone, or something else.
+    #[derive(Debug)]
+    enum TestError {
+        Gone,
+        Other(Error),
+    }
+
+    impl std::fmt::Display for TestError {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{self:?}")
+        }
+    }
+
+    impl From<TestError> for Error {
+        fn from(e: TestError) -> Error {
+            match e {
+                TestError::Gone => {
+                    Error::LockLost { backend: "test", name: "x".into(), reason: "no such lease".into() }
+                }
+                TestError::Other(e) => e,
+            }
+        }
+    }
+
+    impl DriverError for TestError {
+        fn kind(&self) -> ErrorKind {
+            match self {
+                TestError::Gone => ErrorKind::LeaseGone,
+                TestError::Other(e) => e.kind(),
+            }
+        }
+    }
+
+    fn gone() -> TestError {
+        TestError::Gone
     }
 
     /// Runs `on_a_live_lease` with attempts answering `answers` in turn; what it returned, the
     /// leases it was given, and whether each was lost.
-    async fn run(answers: Vec<std::result::Result<u8, Error>>) -> (Result<u8>, Vec<bool>, Vec<bool>) {
+    async fn run(answers: Vec<std::result::Result<u8, TestError>>) -> (Result<u8>, Vec<bool>, Vec<bool>) {
         let (mut answers, mut made, mut last_tries) = (answers.into_iter(), Vec::new(), Vec::new());
         let outcome = on_a_live_lease(
             "test lease",
@@ -278,8 +310,14 @@ mod tests {
         assert_eq!(lost, vec![true, false]);
 
         let refused = Error::backend("test", "permission denied");
-        let (outcome, lost, _) = run(vec![Err(refused)]).await;
+        let (outcome, lost, _) = run(vec![Err(TestError::Other(refused))]).await;
         assert!(matches!(outcome, Err(Error::Backend { .. })) && lost == vec![false], "other errors at once");
+        let waiter_lost = Error::LockLost { backend: "test", name: "x".into(), reason: "its key was deleted".into() };
+        let (outcome, lost, _) = run(vec![Err(TestError::Other(waiter_lost))]).await;
+        assert!(
+            matches!(outcome, Err(Error::LockLost { .. })) && lost == vec![false],
+            "one grant's loss is not the lease's"
+        );
     }
 
     #[test]

@@ -43,6 +43,10 @@ impl Keys {
     }
 }
 
+/// A key put in line: its create revision (0: it existed already) and whether it is first; or
+/// etcd's answer, typed.
+type Enqueued = Result<(i64, bool), EtcdError>;
+
 fn first(prefix_order: SortOrder) -> GetOptions {
     GetOptions::new().with_prefix().with_sort(SortTarget::Create, prefix_order)
 }
@@ -114,13 +118,7 @@ impl EtcdLocks {
     /// mine left over from an earlier grant (whose release failed) is deleted first, so every
     /// grant gets a new revision, hence a new token. (This process's turn on the key keeps
     /// every other acquire of it out, so deleting it by name is safe.)
-    async fn enqueue(
-        &self,
-        keys: &Keys,
-        lease: i64,
-        holder: &str,
-        cleanup: &mut Cleanup,
-    ) -> Result<(i64, bool), EtcdError> {
+    async fn enqueue(&self, keys: &Keys, lease: i64, holder: &str, cleanup: &mut Cleanup) -> Enqueued {
         let (revision, first) = self.try_enqueue(keys, lease, holder, cleanup).await?;
         if revision > 0 {
             return Ok((revision, first));
@@ -143,13 +141,7 @@ impl EtcdLocks {
     /// alongside could land first and orphan the key); a put left unanswered may still be
     /// applied, so `cleanup` then gives the lease up instead. etcd's answer comes typed (a lease
     /// gone is [`ErrorKind::LeaseGone`](lockkit_core::driver::ErrorKind::LeaseGone)).
-    async fn try_enqueue(
-        &self,
-        keys: &Keys,
-        lease: i64,
-        holder: &str,
-        cleanup: &mut Cleanup,
-    ) -> Result<(i64, bool), EtcdError> {
+    async fn try_enqueue(&self, keys: &Keys, lease: i64, holder: &str, cleanup: &mut Cleanup) -> Enqueued {
         let head = first(SortOrder::Ascend).with_limit(1);
         let txn = Txn::new().when([Compare::create_revision(keys.mine.clone(), CompareOp::Equal, 0)]).and_then([
             TxnOp::put(keys.mine.clone(), holder, Some(PutOptions::new().with_lease(lease))),

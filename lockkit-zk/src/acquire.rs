@@ -299,7 +299,7 @@ impl<'a> Acquire<'a> {
 
     fn gone(&self, what: &str) -> ZkError {
         let reason = format!("while waiting, {what}");
-        Error::LockLost { backend: BACKEND, name: self.name.to_string(), reason }.into()
+        ZkError::Lockkit(Error::LockLost { backend: BACKEND, name: self.name.to_string(), reason })
     }
 }
 

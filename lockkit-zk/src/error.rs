@@ -59,12 +59,6 @@ pub(crate) fn error(endpoints: &str, error: ZkClientError) -> Error {
     ZkError::Client { endpoints: endpoints.to_owned(), error }.into()
 }
 
-impl From<Error> for ZkError {
-    fn from(e: Error) -> Self {
-        ZkError::Lockkit(e)
-    }
-}
-
 impl fmt::Display for ZkError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -154,3 +154,34 @@ impl From<EtcdError> for Error {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What some client errors mean to the core and to users (gRPC statuses need `tonic`; the
+    /// facade's tests meet them from a real etcd).
+    #[test]
+    fn errors_say_what_they_mean() {
+        let client = |error| EtcdError::new("h:2379", error);
+        let gone = client(etcd_client::Error::LeaseKeepAliveError("lease not found".into()));
+        assert_eq!(gone.kind(), ErrorKind::LeaseGone);
+        assert!(matches!(Error::from(gone), Error::Backend { temporary: false, .. }));
+
+        let cut = client(etcd_client::Error::IoError(std::io::ErrorKind::ConnectionReset.into()));
+        assert_eq!(cut.kind(), ErrorKind::Temporary);
+        let cut = Error::from(cut).to_string();
+        assert!(cut.starts_with("etcd: cannot reach h:2379:") && cut.ends_with("is etcd running there?"), "{cut}");
+
+        let silent = EtcdError::NoAnswer { endpoints: "h:2379".into(), timeout: Duration::from_secs(1) };
+        assert_eq!(silent.kind(), ErrorKind::Temporary);
+        assert!(Error::from(silent).to_string().contains("no answer within 1s; is etcd running there"));
+
+        let other = client(etcd_client::Error::WatchError("cancelled".into()));
+        assert_eq!(other.kind(), ErrorKind::Permanent);
+        assert!(Error::from(other).to_string().contains("etcd at h:2379 answered: "));
+
+        let lost = Error::LockLost { backend: BACKEND, name: "x".into(), reason: "its key disappeared".into() };
+        assert_eq!(EtcdError::Lockkit(lost).kind(), ErrorKind::Permanent, "a waiter's loss never ends the lease");
+    }
+}

@@ -117,3 +117,38 @@ impl From<ZkError> for Error {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What each client error means to the core, and to users.
+    #[test]
+    fn client_errors_are_classified_once() {
+        use ZkClientError as E;
+        let rows = [
+            (E::SessionExpired, ErrorKind::LeaseGone, "Backend temporary"),
+            (E::ClientClosed, ErrorKind::LeaseGone, "Backend temporary"),
+            (E::ConnectionLoss, ErrorKind::Temporary, "Connection"),
+            (E::NoHosts, ErrorKind::Temporary, "Connection"),
+            (E::AuthFailed, ErrorKind::Permanent, "Authentication"),
+            (E::NoAuth, ErrorKind::Permanent, "Authentication"),
+            (E::NodeExists, ErrorKind::Permanent, "Backend"),
+        ];
+        for (client_error, kind, shown) in rows {
+            let e = ZkError::Client { endpoints: "h:2181".into(), error: client_error };
+            assert_eq!(e.kind(), kind, "{e}");
+            let e = Error::from(e);
+            let variant = match &e {
+                Error::Backend { temporary: true, .. } => "Backend temporary",
+                Error::Backend { .. } => "Backend",
+                Error::Connection { .. } => "Connection",
+                Error::Authentication { .. } => "Authentication",
+                _ => "other",
+            };
+            assert_eq!((variant, e.is_temporary()), (shown, kind != ErrorKind::Permanent), "{e}");
+        }
+        let lost = Error::LockLost { backend: BACKEND, name: "x".into(), reason: "its node was deleted".into() };
+        assert_eq!(ZkError::Lockkit(lost).kind(), ErrorKind::Permanent, "a waiter's loss never ends the session");
+    }
+}

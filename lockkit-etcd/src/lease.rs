@@ -8,12 +8,12 @@ use lockkit_core::Result;
 use lockkit_core::driver::{KeepAlive, LeaseBackend};
 use tokio::sync::Mutex;
 
-use crate::{error, is_lease_not_found};
+use crate::error::{Class, error};
 
 /// The keep-alive stream: a keeper that sends pings, and their replies in order.
 type KeepAliveStream = (LeaseKeeper, LeaseKeepAliveStream);
 
-pub struct EtcdLease {
+pub(crate) struct EtcdLease {
     pub client: Client,
     pub id: i64,
     pub endpoints: String,
@@ -24,7 +24,7 @@ pub struct EtcdLease {
 
 impl EtcdLease {
     /// Grants a lease of `ttl` (rounded up to whole seconds, as etcd counts).
-    pub async fn grant(client: &Client, ttl: Duration, endpoints: &str, timeout: Duration) -> Result<Self> {
+    pub(crate) async fn grant(client: &Client, ttl: Duration, endpoints: &str, timeout: Duration) -> Result<Self> {
         let seconds = ttl.as_secs_f64().ceil().max(1.0) as i64;
         let granted = crate::retry(timeout, endpoints, || {
             let mut client = client.clone();
@@ -47,7 +47,7 @@ impl LeaseBackend for EtcdLease {
         if stream.is_none() {
             match self.client.clone().lease_keep_alive(self.id).await {
                 Ok(opened) => *stream = Some(opened),
-                Err(e) if is_lease_not_found(&e) => {
+                Err(e) if Class::of(&e) == Class::LeaseNotFound => {
                     return Ok(KeepAlive::Gone(format!("etcd lease {:x} is gone (expired or revoked)", self.id)));
                 }
                 Err(e) => return Err(error(&self.endpoints, e)),
@@ -87,7 +87,7 @@ impl LeaseBackend for EtcdLease {
     async fn revoke(&self) -> Result<()> {
         match self.client.clone().lease_revoke(self.id).await {
             Ok(_) => Ok(()),
-            Err(e) if is_lease_not_found(&e) => Ok(()),
+            Err(e) if Class::of(&e) == Class::LeaseNotFound => Ok(()),
             Err(e) => Err(error(&self.endpoints, e)),
         }
     }

@@ -10,15 +10,17 @@ use etcd_client::{
     TxnResponse,
 };
 use lockkit_core::driver::{
-    Attempt, Cleanup, Grant, GrantRequest, KeptLease, LeaseBackend, LeasePool, LocalTurns, LockBackend, Turn,
+    Attempt, Cleanup, DriverError, ErrorKind, Grant, GrantRequest, KeptLease, LeaseBackend, LeasePool, LocalTurns,
+    LockBackend, Turn,
 };
 use lockkit_core::{Capabilities, Error, FencingToken, Lease, LockGuard, LockName, LockStatus, Result, Settings};
 
+use crate::BACKEND;
+use crate::error::{EtcdError, error};
 use crate::lease::EtcdLease;
 use crate::watches::{OnDelete, Watches, Woken};
-use crate::{BACKEND, error, lost_its_lease};
 
-pub struct EtcdLocks {
+pub(crate) struct EtcdLocks {
     pub endpoints: String,
     pub settings: Settings,
     pub client: Client,
@@ -41,6 +43,10 @@ impl Keys {
     }
 }
 
+/// A key put in line: its create revision (0: it existed already) and whether it is first; or
+/// etcd's answer, typed.
+type Enqueued = Result<(i64, bool), EtcdError>;
+
 fn first(prefix_order: SortOrder) -> GetOptions {
     GetOptions::new().with_prefix().with_sort(SortTarget::Create, prefix_order)
 }
@@ -62,7 +68,7 @@ impl EtcdLocks {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        crate::retry(self.settings.timeout, &self.endpoints, call).await
+        Ok(crate::retry(self.settings.timeout, &self.endpoints, call).await?)
     }
 
     async fn get(&self, key: &str, options: GetOptions) -> Result<Vec<KeyValue>> {
@@ -112,7 +118,7 @@ impl EtcdLocks {
     /// mine left over from an earlier grant (whose release failed) is deleted first, so every
     /// grant gets a new revision, hence a new token. (This process's turn on the key keeps
     /// every other acquire of it out, so deleting it by name is safe.)
-    async fn enqueue(&self, keys: &Keys, lease: i64, holder: &str, cleanup: &mut Cleanup) -> Result<(i64, bool)> {
+    async fn enqueue(&self, keys: &Keys, lease: i64, holder: &str, cleanup: &mut Cleanup) -> Enqueued {
         let (revision, first) = self.try_enqueue(keys, lease, holder, cleanup).await?;
         if revision > 0 {
             return Ok((revision, first));
@@ -122,7 +128,8 @@ impl EtcdLocks {
             (0, _) => Err(Error::backend(
                 BACKEND,
                 format!("key {} keeps coming back; is another process using this lease?", keys.mine),
-            )),
+            )
+            .into()),
             enqueued => Ok(enqueued),
         }
     }
@@ -132,28 +139,34 @@ impl EtcdLocks {
     /// If the acquire is dropped meanwhile, the put still completes, and `cleanup` deletes the
     /// key only after it (etcd does not order two requests in flight at once, so a delete sent
     /// alongside could land first and orphan the key); a put left unanswered may still be
-    /// applied, so `cleanup` then gives the lease up instead.
-    async fn try_enqueue(&self, keys: &Keys, lease: i64, holder: &str, cleanup: &mut Cleanup) -> Result<(i64, bool)> {
+    /// applied, so `cleanup` then gives the lease up instead. etcd's answer comes typed (a lease
+    /// gone is [`ErrorKind::LeaseGone`](lockkit_core::driver::ErrorKind::LeaseGone)).
+    async fn try_enqueue(&self, keys: &Keys, lease: i64, holder: &str, cleanup: &mut Cleanup) -> Enqueued {
         let head = first(SortOrder::Ascend).with_limit(1);
         let txn = Txn::new().when([Compare::create_revision(keys.mine.clone(), CompareOp::Equal, 0)]).and_then([
             TxnOp::put(keys.mine.clone(), holder, Some(PutOptions::new().with_lease(lease))),
             TxnOp::get(keys.prefix.clone(), Some(head)),
         ]);
         let (client, timeout, endpoints) = (self.client.clone(), self.settings.timeout, self.endpoints.clone());
-        let (put, finished) = lockkit_core::driver::unabandoned_request(async move {
-            crate::retry(timeout, &endpoints, || {
-                let (mut client, txn) = (client.clone(), txn.clone());
-                async move { client.txn(txn).await }
-            })
-            .await
-        });
+        // Answered unless the outcome is unknown (connection trouble, no answer in time).
+        let answered = |put: &Result<Result<TxnResponse, EtcdError>>| !matches!(put, Ok(Err(e)) if e.kind() == ErrorKind::Temporary);
+        let (put, finished) = lockkit_core::driver::unabandoned_request_by(
+            async move {
+                Ok(crate::retry(timeout, &endpoints, || {
+                    let (mut client, txn) = (client.clone(), txn.clone());
+                    async move { client.txn(txn).await }
+                })
+                .await)
+            },
+            answered,
+        );
         cleanup.after(finished);
-        let response = put.await?;
+        let response = put.await??;
         if !response.succeeded() {
             return Ok((0, false));
         }
         let Some(revision) = response.header().map(|h| h.revision()) else {
-            return Err(Error::backend(BACKEND, "etcd answered the acquire transaction without a revision"));
+            return Err(Error::backend(BACKEND, "etcd answered the acquire transaction without a revision").into());
         };
         let mut gets = responses(&response).into_iter().skip(1);
         let head = self.first_contender(keys, gets.next().unwrap_or_default(), first(SortOrder::Ascend)).await?;
@@ -260,7 +273,7 @@ impl EtcdLocks {
     /// Grants `request` with a key on `lease`. Until the key is the guard's, a cleanup removes
     /// it if the acquire fails or is dropped (see [`Cleanup`] for what happens when that
     /// removal cannot be confirmed).
-    async fn grant_on(&self, lease: &Arc<KeptLease>, request: &GrantRequest) -> Result<Option<LockGuard>> {
+    async fn grant_on(&self, lease: &Arc<KeptLease>, request: &GrantRequest) -> Result<Option<LockGuard>, EtcdError> {
         let lease_id =
             i64::from_str_radix(lease.id(), 16).map_err(|_| Error::backend(BACKEND, "a lease id is not hex"))?;
         let prefix = format!("{}/", self.settings.namespace.key(&request.name));
@@ -277,7 +290,7 @@ impl EtcdLocks {
             (false, false) => {
                 return match cleanup.now().await {
                     Ok(()) | Err(Error::LockLost { .. }) => Ok(None),
-                    Err(e) => Err(e),
+                    Err(e) => Err(e.into()),
                 };
             }
             (false, true) => Some(self.wait_turn(&keys, revision, lease.as_ref()).await?),
@@ -292,7 +305,8 @@ impl EtcdLocks {
                     backend: BACKEND,
                     name: request.name.to_string(),
                     reason: "its key disappeared as its turn came".into(),
-                });
+                }
+                .into());
             }
         };
         let grant = EtcdGrant {
@@ -373,16 +387,17 @@ impl LockBackend for EtcdLocks {
     async fn grant(&self, request: &GrantRequest) -> Result<Option<LockGuard>> {
         // A lease revoked behind our back is noticed here at the latest: lose it, and try once
         // more on a new one. (A waiter whose lease is lost while it waits is queued again on a
-        // fresh lease by the core.)
+        // fresh lease by the core.) Not `on_a_live_lease` yet: its `AsyncFnMut` bounds make its
+        // future `Send` only for `'static` closures, and these borrow the handle.
         let mut retried = false;
         loop {
             let lease = self.lease(request).await?;
             match self.grant_on(&lease, request).await {
-                Err(e) if !retried && lost_its_lease(&e) => {
+                Err(e) if !retried && e.kind() == ErrorKind::LeaseGone => {
                     lease.lose(format!("etcd lease {} is gone (revoked or expired)", lease.id()));
                     retried = true;
                 }
-                other => return other,
+                other => return other.map_err(Into::into),
             }
         }
     }

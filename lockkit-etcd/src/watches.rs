@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 /// What a deletion of the watched key does.
 #[derive(Clone)]
-pub enum OnDelete {
+pub(crate) enum OnDelete {
     /// Wakes a waiter.
     Wake(Arc<Woken>),
     /// Fires a guard's loss signal.
@@ -42,7 +42,7 @@ pub enum OnDelete {
 }
 
 /// How many idle watches a handle keeps.
-pub const MAX_IDLE: usize = 64;
+pub(crate) const MAX_IDLE: usize = 64;
 
 /// The first pause between tries to open the stream; it doubles up to [`MAX_PAUSE`].
 const FIRST_PAUSE: Duration = Duration::from_millis(50);
@@ -54,7 +54,7 @@ const READ_BATCH: usize = 64;
 /// A waiter's wake-up: notified when a watched key is deleted (or its watch ends), with the
 /// revision etcd had reached when it said so.
 #[derive(Default)]
-pub struct Woken {
+pub(crate) struct Woken {
     pub notify: Notify,
     pub revision: AtomicI64,
 }
@@ -74,7 +74,7 @@ struct Target {
 }
 
 /// A watch being made.
-pub struct Watch {
+pub(crate) struct Watch {
     pub id: i64,
     /// The revision etcd had reached when it created the watch, which covers every revision
     /// after it (no answer if the watch ended first).
@@ -90,7 +90,7 @@ enum Stream {
     Open(WatchRequestSender),
 }
 
-pub struct Watches {
+pub(crate) struct Watches {
     client: Client,
     /// Bounds each read and each opening of the stream.
     timeout: Duration,
@@ -116,7 +116,7 @@ fn options(id: i64, from: i64) -> WatchOptions {
 }
 
 impl Watches {
-    pub fn new(client: Client, timeout: Duration) -> Arc<Self> {
+    pub(crate) fn new(client: Client, timeout: Duration) -> Arc<Self> {
         Arc::new(Watches {
             client,
             timeout,
@@ -131,7 +131,7 @@ impl Watches {
     /// Watches `key`, made at revision `created_at`, for its deletion at revision `from` or
     /// later (0: from now on). Cancelled on `unwatch`. When the stream is not open the watch is
     /// sent once it is.
-    pub async fn watch(self: &Arc<Self>, key: &str, created_at: i64, from: i64, on_delete: OnDelete) -> Watch {
+    pub(crate) async fn watch(self: &Arc<Self>, key: &str, created_at: i64, from: i64, on_delete: OnDelete) -> Watch {
         let id = self.ids.fetch_add(1, Ordering::Relaxed);
         let (told, created) = oneshot::channel();
         let key = key.as_bytes().to_vec();
@@ -154,7 +154,7 @@ impl Watches {
 
     /// Watches `key`, made at revision `created_at`, for its deletion from `created_at + 1` on
     /// for `on_delete`: with the idle watch of `key` if there is one, else with a new one.
-    pub async fn reuse_or_watch(self: &Arc<Self>, key: &str, created_at: i64, on_delete: OnDelete) -> i64 {
+    pub(crate) async fn reuse_or_watch(self: &Arc<Self>, key: &str, created_at: i64, on_delete: OnDelete) -> i64 {
         match self.adopt(key, created_at, on_delete.clone()).await {
             Some(id) => id,
             None => self.watch(key, created_at, created_at + 1, on_delete).await.id,
@@ -181,7 +181,7 @@ impl Watches {
 
     /// Keeps a released guard's watch, idle, for the key's next grant (in the background when
     /// the state is busy).
-    pub async fn idle(self: &Arc<Self>, id: i64) {
+    pub(crate) async fn idle(self: &Arc<Self>, id: i64) {
         match self.state.try_lock() {
             Ok(mut state) => Self::idle_in(&mut state, id).await,
             Err(_) => {
@@ -204,18 +204,18 @@ impl Watches {
 
     /// The idle watches, oldest first.
     #[cfg(test)]
-    pub async fn idle_ids(&self) -> Vec<i64> {
+    pub(crate) async fn idle_ids(&self) -> Vec<i64> {
         self.state.lock().await.idle.iter().copied().collect()
     }
 
     /// Gives a watch that has not fired yet a new target; `false` when it had fired already.
-    pub async fn retarget(&self, id: i64, on_delete: OnDelete) -> bool {
+    pub(crate) async fn retarget(&self, id: i64, on_delete: OnDelete) -> bool {
         let mut state = self.state.lock().await;
         state.targets.get_mut(&id).map(|target| target.on_delete = on_delete).is_some()
     }
 
     /// Stops a watch (in the background: it may be called from `Drop`).
-    pub fn unwatch(self: &Arc<Self>, id: i64) {
+    pub(crate) fn unwatch(self: &Arc<Self>, id: i64) {
         let watches = self.clone();
         self.runtime.spawn(async move { Self::cancel_in(&mut *watches.state.lock().await, id).await });
     }

@@ -5,20 +5,25 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use lockkit_core::driver::{Cleanup, GrantRequest, KeptLease, attempt};
-use lockkit_core::{Error, FencingToken, Lease, LockGuard, LockName, Result};
+use lockkit_core::{Error, FencingToken, Lease, LockGuard, LockName};
 use zookeeper_client::{EventType, OneshotWatcher, Stat, WatchedEvent};
 
+use crate::BACKEND;
+use crate::error::{ZkError, connection_broke, error};
 use crate::locks::{RECONNECT_PAUSE, ZkGrant, ZkLocks, watch_node};
 use crate::session::ZkSession;
-use crate::{BACKEND, connection_broke, error};
+
+/// The acquire's errors keep what the client said ([`ZkError`]): a session gone is tried
+/// again on a new one.
+type Result<T, E = ZkError> = std::result::Result<T, E>;
 
 /// A one-shot watch as a future: the event, or `None` when the session closed with the watch
 /// still set (zookeeper-client 0.11 panics inside `changed()` then, as the watch's sender is
 /// dropped; that panic is caught here, so it never reaches a caller's task).
-pub type OwnWatch = Pin<Box<dyn Future<Output = Option<WatchedEvent>> + Send>>;
+pub(crate) type OwnWatch = Pin<Box<dyn Future<Output = Option<WatchedEvent>> + Send>>;
 
 /// The watch of `watcher`, as an [`OwnWatch`].
-pub fn watch_of(watcher: OneshotWatcher) -> OwnWatch {
+pub(crate) fn watch_of(watcher: OneshotWatcher) -> OwnWatch {
     let mut changed = Box::pin(watcher.changed());
     Box::pin(std::future::poll_fn(move |cx| {
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| changed.as_mut().poll(cx))) {
@@ -47,7 +52,7 @@ enum Target {
 /// One acquire of a lock on one session. Its protected prefix is new for every acquire *and*
 /// every session it tries (as with Curator), so no node of an earlier, lost session can pass
 /// for its own.
-pub struct Acquire<'a> {
+pub(crate) struct Acquire<'a> {
     locks: &'a ZkLocks,
     session: Arc<ZkSession>,
     lease: Arc<KeptLease>,
@@ -57,7 +62,7 @@ pub struct Acquire<'a> {
 }
 
 impl<'a> Acquire<'a> {
-    pub fn new(
+    pub(crate) fn new(
         locks: &'a ZkLocks,
         session: Arc<ZkSession>,
         lease: Arc<KeptLease>,
@@ -72,7 +77,7 @@ impl<'a> Acquire<'a> {
     /// Creates the node, waits for its turn (or not, when trying) and hands out the guard. The
     /// node is deleted, through the core's [`Cleanup`], whenever this ends without a guard —
     /// an error, a try that found the lock held, or the future dropped.
-    pub async fn run(self, request: &GrantRequest) -> Result<Option<LockGuard>> {
+    pub(crate) async fn run(self, request: &GrantRequest) -> Result<Option<LockGuard>> {
         let mut cleanup = self.cleanup(Target::Prefix(self.prefix.clone()));
         let mut unanswered = false;
         let mut node = match self.create(&request.holder, &mut unanswered).await {
@@ -292,8 +297,9 @@ impl<'a> Acquire<'a> {
         }
     }
 
-    fn gone(&self, what: &str) -> Error {
-        Error::LockLost { backend: BACKEND, name: self.name.to_string(), reason: format!("while waiting, {what}") }
+    fn gone(&self, what: &str) -> ZkError {
+        let reason = format!("while waiting, {what}");
+        ZkError::Lockkit(Error::LockLost { backend: BACKEND, name: self.name.to_string(), reason })
     }
 }
 

@@ -4,21 +4,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use lockkit_core::driver::{Grant, GrantRequest, KeptLease, LeaseBackend, LeasePool, LockBackend};
+use lockkit_core::driver::{
+    DriverError, ErrorKind, Grant, GrantRequest, KeptLease, LeaseBackend, LeasePool, LockBackend,
+};
 use lockkit_core::{
     Capabilities, Error, Lease, LockGuard, LockName, LockStatus, LossSignal, Namespace, Result, Settings,
 };
 use zookeeper_client::{Acls, Client, CreateMode, CreateOptions, EventType};
 
+use crate::BACKEND;
 use crate::acquire::{Acquire, OwnWatch, watch_of};
+use crate::error::{ZkError, connection_broke, error};
 use crate::recipe::{Contender, Recipe};
 use crate::session::{Connector, ZkSession};
-use crate::{BACKEND, connection_broke, error};
 
 /// How long to wait before trying a request again after a connection loss.
-pub const RECONNECT_PAUSE: Duration = Duration::from_millis(50);
+pub(crate) const RECONNECT_PAUSE: Duration = Duration::from_millis(50);
 
-pub struct ZkLocks {
+pub(crate) struct ZkLocks {
     pub connector: Connector,
     /// The chroot: every lock directory is below it.
     pub root: Namespace,
@@ -32,7 +35,7 @@ pub struct ZkLocks {
 
 impl ZkLocks {
     /// The session (and its lease) for this TTL, opened when there is none or it was lost.
-    pub async fn session(&self, ttl: Duration, refresh: Duration) -> Result<(Arc<KeptLease>, Arc<ZkSession>)> {
+    pub(crate) async fn session(&self, ttl: Duration, refresh: Duration) -> Result<(Arc<KeptLease>, Arc<ZkSession>)> {
         let lease = self
             .pool
             .get(ttl, refresh, || async {
@@ -49,7 +52,7 @@ impl ZkLocks {
     async fn default_client(&self) -> Result<Client> {
         let ttl = self.settings.ttl;
         let (_, session) = self.session(ttl, self.settings.refresh_interval.unwrap_or(ttl / 3)).await?;
-        session.client().map_err(|e| self.error(e))
+        Ok(session.client().map_err(|e| self.error(e))?)
     }
 
     /// The directory of a lock: `/chroot/namespace/NAME`.
@@ -71,12 +74,12 @@ impl ZkLocks {
     }
 
     /// How contenders' nodes are created: ephemeral sequential, with the handle's ACL.
-    pub fn node_options(&self) -> CreateOptions<'static> {
+    pub(crate) fn node_options(&self) -> CreateOptions<'static> {
         CreateMode::EphemeralSequential.with_acls(self.acls)
     }
 
     /// Runs a request, trying again after a broken connection until the request timeout.
-    pub async fn call<T, F, Fut>(&self, call: F) -> Result<T, zookeeper_client::Error>
+    pub(crate) async fn call<T, F, Fut>(&self, call: F) -> Result<T, zookeeper_client::Error>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, zookeeper_client::Error>>,
@@ -86,13 +89,14 @@ impl ZkLocks {
         outcome.map_err(|e| e.unwrap_or(zookeeper_client::Error::ConnectionLoss))
     }
 
-    pub fn error(&self, e: zookeeper_client::Error) -> Error {
-        error(&self.endpoints, e)
+    /// A client error of this handle's requests.
+    pub(crate) fn error(&self, error: zookeeper_client::Error) -> ZkError {
+        ZkError::Client { endpoints: self.endpoints.clone(), error }
     }
 
     /// Creates a lock directory: its parents as plain nodes, itself as a container node, which
     /// ZooKeeper deletes once its last contender is gone.
-    pub async fn make_directory(&self, client: &Client, directory: &str) -> Result<()> {
+    pub(crate) async fn make_directory(&self, client: &Client, directory: &str) -> Result<(), ZkError> {
         let parent = &directory[..directory.rfind('/').unwrap_or(0)];
         if !parent.is_empty() {
             let options = CreateMode::Persistent.with_acls(self.acls);
@@ -110,7 +114,7 @@ impl ZkLocks {
         match self.call(|| client.list_children(directory)).await {
             Ok(children) => Ok(self.recipe.contenders(children)),
             Err(zookeeper_client::Error::NoNode) => Ok(Vec::new()),
-            Err(e) => Err(self.error(e)),
+            Err(e) => Err(self.error(e).into()),
         }
     }
 }
@@ -138,11 +142,11 @@ impl LockBackend for ZkLocks {
             let (lease, session) = self.session(request.ttl, request.refresh_interval).await?;
             let acquire = Acquire::new(self, session, lease.clone(), &request.name, &directory);
             match acquire.run(request).await {
-                Err(e) if !retried && (lease.is_lost() || matches!(e, Error::Backend { temporary: true, .. })) => {
-                    lease.lose(format!("ZooKeeper session {} ended: {e}", lease.id()));
+                Err(e) if !retried && (lease.is_lost() || e.kind() == ErrorKind::LeaseGone) => {
+                    lease.lose(format!("ZooKeeper session {} ended: {}", lease.id(), Error::from(e)));
                     retried = true;
                 }
-                outcome => return outcome,
+                outcome => return outcome.map_err(Into::into),
             }
         }
     }
@@ -165,7 +169,7 @@ impl LockBackend for ZkLocks {
                     return Ok(LockStatus::held(holder, Some(token), None).waiting(contenders.len() - 1));
                 }
                 Err(zookeeper_client::Error::NoNode) => continue, // released meanwhile: look again
-                Err(e) => return Err(self.error(e)),
+                Err(e) => return Err(self.error(e).into()),
             }
         }
     }
@@ -178,14 +182,14 @@ impl LockBackend for ZkLocks {
             match client.delete(&format!("{directory}/{}", first.name), None).await {
                 Ok(()) => return Ok(true),
                 Err(zookeeper_client::Error::NoNode) => continue,
-                Err(e) => return Err(self.error(e)),
+                Err(e) => return Err(self.error(e).into()),
             }
         }
     }
 }
 
 /// A held lock's node. It holds the session, not a client: a session given up closes.
-pub struct ZkGrant {
+pub(crate) struct ZkGrant {
     pub session: Arc<ZkSession>,
     pub path: String,
     /// The lock's name, for messages.
@@ -219,7 +223,7 @@ impl Drop for ZkGrant {
 
 /// Fires the grant's loss signal when its node is deleted (or its session ends). A data change
 /// sets the watch again, through connection losses, until the grant is lost.
-pub async fn watch_node(session: Arc<ZkSession>, path: String, mut watch: OwnWatch, signal: LossSignal) {
+pub(crate) async fn watch_node(session: Arc<ZkSession>, path: String, mut watch: OwnWatch, signal: LossSignal) {
     let watching = async {
         loop {
             let Some(event) = watch.await else { return "its ZooKeeper session was closed".to_owned() };

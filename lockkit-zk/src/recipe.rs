@@ -1,9 +1,8 @@
 //! Node naming: Apache Curator's `InterProcessMutex` layout (the default) or kazoo's.
 
-use lockkit_core::LockUrl;
-
-/// Which client library's node names a lock uses.
+/// Which client library's node names a lock uses (the `recipe` option).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Recipe {
     /// Curator's `InterProcessMutex`: `_c_<uuid>-lock-<seq>`, ordered by the digits after the
     /// last `lock-`.
@@ -15,7 +14,7 @@ pub enum Recipe {
 
 /// A contender's node name under the lock's directory, with its place in line.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Contender {
+pub(crate) struct Contender {
     pub name: String,
     pub sequence: i64,
 }
@@ -24,7 +23,7 @@ pub struct Contender {
 /// acquire's protected prefix is the acquire's own (a create whose answer was lost may have made
 /// a node it does not know of): the earliest is its place, the others are to be deleted.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Place {
+pub(crate) struct Place {
     /// The acquire's node: the earliest with its prefix.
     pub mine: String,
     /// How many contenders are ahead of it (0: it holds the lock).
@@ -36,20 +35,9 @@ pub struct Place {
 }
 
 impl Recipe {
-    /// The `recipe` option of a URL: `curator` (default) or `kazoo`.
-    pub fn from_url(url: &LockUrl) -> lockkit_core::Result<Self> {
-        match url.option("recipe") {
-            None | Some("curator") => Ok(Recipe::Curator),
-            Some("kazoo") => Ok(Recipe::Kazoo),
-            Some(other) => {
-                Err(url.invalid(format!("option `recipe`: `{other}` is not a recipe; use curator or kazoo")))
-            }
-        }
-    }
-
     /// The name a new contender creates (ZooKeeper appends the sequence number). `id` is a
     /// random 128-bit value, which finds the node again after a create whose reply was lost.
-    pub fn node_prefix(self, id: u128) -> String {
+    pub(crate) fn node_prefix(self, id: u128) -> String {
         let hex = format!("{id:032x}");
         match self {
             Recipe::Curator => {
@@ -68,7 +56,7 @@ impl Recipe {
 
     /// The contenders among a lock directory's children, first in line first. Children that
     /// are not contenders of this recipe (e.g. a lease node of another recipe) are ignored.
-    pub fn contenders(self, children: Vec<String>) -> Vec<Contender> {
+    pub(crate) fn contenders(self, children: Vec<String>) -> Vec<Contender> {
         let mut contenders: Vec<Contender> = children
             .into_iter()
             .filter_map(|name| {
@@ -83,7 +71,7 @@ impl Recipe {
 
     /// Where the acquire whose nodes start with `prefix` stands among a directory's children;
     /// `None` when it has no node there.
-    pub fn place(self, children: Vec<String>, prefix: &str) -> Option<Place> {
+    pub(crate) fn place(self, children: Vec<String>, prefix: &str) -> Option<Place> {
         let contenders = self.contenders(children);
         let position = contenders.iter().position(|c| c.name.starts_with(prefix))?;
         let extra = contenders[position + 1..].iter().filter(|c| c.name.starts_with(prefix)).map(|c| c.name.clone());
@@ -142,12 +130,5 @@ mod tests {
         let first = Recipe::Curator.place(children.clone(), &other).unwrap();
         assert_eq!((first.position, first.ahead, first.extra.len()), (0, None, 1));
         assert_eq!(Recipe::Curator.place(children, &Recipe::Curator.node_prefix(3)), None);
-    }
-
-    #[test]
-    fn an_unknown_recipe_is_a_clear_error() {
-        let url = LockUrl::parse("zk://127.0.0.1:2181?recipe=etcd").unwrap();
-        let err = Recipe::from_url(&url).unwrap_err().to_string();
-        assert!(err.contains("curator or kazoo"), "{err}");
     }
 }

@@ -23,10 +23,11 @@ use lockkit_core::driver::{KeepAlive, KeptLease, LeaseBackend};
 use lockkit_core::{Error, Result};
 use zookeeper_client::{Client, SessionState};
 
-use crate::{BACKEND, error};
+use crate::BACKEND;
+use crate::error::error;
 
 /// One ZooKeeper session, the lease of a handle's locks (per TTL).
-pub struct ZkSession {
+pub(crate) struct ZkSession {
     /// The only long-lived clone of the client; taken when the session is revoked, which closes
     /// the session once the requests in flight are done.
     client: Mutex<Option<Client>>,
@@ -38,7 +39,7 @@ pub struct ZkSession {
 
 /// How a handle reaches ZooKeeper: the connect string and credentials, for new sessions.
 #[derive(Clone)]
-pub struct Connector {
+pub(crate) struct Connector {
     pub endpoints: String,
     pub digest: Option<(String, lockkit_core::driver::Secret)>,
     pub timeout: Duration,
@@ -52,7 +53,7 @@ impl std::fmt::Debug for Connector {
 
 impl Connector {
     /// Opens a session whose timeout is `ttl`, within the request timeout.
-    pub async fn open(&self, ttl: Duration) -> Result<(Arc<ZkSession>, String)> {
+    pub(crate) async fn open(&self, ttl: Duration) -> Result<(Arc<ZkSession>, String)> {
         let mut connector =
             Client::connector().with_session_timeout(ttl).with_connection_timeout(self.timeout.min(ttl));
         if let Some((user, password)) = &self.digest {
@@ -98,14 +99,14 @@ impl Connector {
 impl ZkSession {
     /// The session's client for one request (drop it with the request: a clone kept keeps the
     /// session alive), or `ClientClosed` once the session was revoked.
-    pub fn client(&self) -> Result<Client, zookeeper_client::Error> {
+    pub(crate) fn client(&self) -> Result<Client, zookeeper_client::Error> {
         let client = self.client.lock().unwrap_or_else(|e| e.into_inner());
         client.clone().ok_or(zookeeper_client::Error::ClientClosed)
     }
 
     /// Watches the session state for `lease` (once): a terminal state loses it (and every
     /// guard on it); a disconnection is logged (the guards' deadline keeps running meanwhile).
-    pub fn monitor(&self, lease: &Arc<KeptLease>) {
+    pub(crate) fn monitor(&self, lease: &Arc<KeptLease>) {
         if self.monitored.swap(true, Ordering::SeqCst) {
             return;
         }

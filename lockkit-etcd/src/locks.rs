@@ -11,7 +11,7 @@ use etcd_client::{
 };
 use lockkit_core::driver::{
     Attempt, Cleanup, DriverError, ErrorKind, Grant, GrantRequest, KeptLease, LeaseBackend, LeasePool, LocalTurns,
-    LockBackend, Turn,
+    LockBackend, Turn, on_a_live_lease,
 };
 use lockkit_core::{Capabilities, Error, FencingToken, Lease, LockGuard, LockName, LockStatus, Result, Settings};
 
@@ -385,21 +385,15 @@ impl LockBackend for EtcdLocks {
     }
 
     async fn grant(&self, request: &GrantRequest) -> Result<Option<LockGuard>> {
-        // A lease revoked behind our back is noticed here at the latest: lose it, and try once
-        // more on a new one. (A waiter whose lease is lost while it waits is queued again on a
-        // fresh lease by the core.) Not `on_a_live_lease` yet: its `AsyncFnMut` bounds make its
-        // future `Send` only for `'static` closures, and these borrow the handle.
-        let mut retried = false;
-        loop {
-            let lease = self.lease(request).await?;
-            match self.grant_on(&lease, request).await {
-                Err(e) if !retried && e.kind() == ErrorKind::LeaseGone => {
-                    lease.lose(format!("etcd lease {} is gone (revoked or expired)", lease.id()));
-                    retried = true;
-                }
-                other => return other.map_err(Into::into),
-            }
-        }
+        // A lease revoked behind our back is noticed here at the latest: lost, and the acquire
+        // made once more on a new one. (A waiter whose lease is lost while it waits is queued
+        // again on a fresh lease by the core.)
+        on_a_live_lease(
+            "etcd lease",
+            || async { Ok((self.lease(request).await?, ())) },
+            |lease, (), _| async move { self.grant_on(&lease, request).await },
+        )
+        .await
     }
 
     async fn shutdown(&self) -> Result<()> {

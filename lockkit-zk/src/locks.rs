@@ -4,12 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use lockkit_core::driver::{
-    DriverError, ErrorKind, Grant, GrantRequest, KeptLease, LeaseBackend, LeasePool, LockBackend,
-};
-use lockkit_core::{
-    Capabilities, Error, Lease, LockGuard, LockName, LockStatus, LossSignal, Namespace, Result, Settings,
-};
+use lockkit_core::driver::{Grant, GrantRequest, KeptLease, LeaseBackend, LeasePool, LockBackend, on_a_live_lease};
+use lockkit_core::{Capabilities, Error, LockGuard, LockName, LockStatus, LossSignal, Namespace, Result, Settings};
 use zookeeper_client::{Acls, Client, CreateMode, CreateOptions, EventType};
 
 use crate::BACKEND;
@@ -135,20 +131,17 @@ impl LockBackend for ZkLocks {
 
     async fn grant(&self, request: &GrantRequest) -> Result<Option<LockGuard>> {
         let directory = self.directory(&request.name)?;
-        // A session that ended behind our back is noticed here at the latest: lose it, and try
-        // once more on a new one (with a new protected id: see `Acquire`).
-        let mut retried = false;
-        loop {
-            let (lease, session) = self.session(request.ttl, request.refresh_interval).await?;
-            let acquire = Acquire::new(self, session, lease.clone(), &request.name, &directory);
-            match acquire.run(request).await {
-                Err(e) if !retried && (lease.is_lost() || e.kind() == ErrorKind::LeaseGone) => {
-                    lease.lose(format!("ZooKeeper session {} ended: {}", lease.id(), Error::from(e)));
-                    retried = true;
-                }
-                outcome => return outcome.map_err(Into::into),
-            }
-        }
+        // A session that ended behind our back is noticed here at the latest: lost, and the
+        // acquire made once more on a new one (with a new protected id: see `Acquire`).
+        on_a_live_lease(
+            "ZooKeeper session",
+            || self.session(request.ttl, request.refresh_interval),
+            |lease, session, _| {
+                let directory = &directory;
+                async move { Acquire::new(self, session, lease, &request.name, directory).run(request).await }
+            },
+        )
+        .await
     }
 
     async fn shutdown(&self) -> Result<()> {

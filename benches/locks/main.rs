@@ -31,13 +31,8 @@
 //! `redis` includes `redis-cluster`).
 //! Servers are started like the tests start them (`scripts/install-deps` installs them).
 
-#[path = "../tests/conformance/servers.rs"]
-#[allow(dead_code)]
-mod servers;
-
 /// The same round trips as the Redis driver's, made directly with the `redis` crate.
 #[cfg(feature = "redis")]
-#[path = "locks/redis_raw.rs"]
 mod redis_raw;
 
 /// The same writes as the etcd driver's, made directly with `etcd-client`: a put-if-absent
@@ -45,27 +40,25 @@ mod redis_raw;
 /// a delete; interleaved with lockkit's acquire+release. And the driver's whole protocol, as
 /// contenders of a contended row.
 #[cfg(feature = "etcd")]
-#[path = "locks/etcd_raw.rs"]
 mod etcd_raw;
 
 /// The same requests as the ZooKeeper driver's, made directly with `zookeeper-client`: create
 /// an ephemeral sequential node, list the directory, delete the node; interleaved with lockkit's
 /// acquire+release.
 #[cfg(feature = "zookeeper")]
-#[path = "locks/zk_raw.rs"]
 mod zk_raw;
 
 /// The same HTTP calls as the Consul driver's, made directly with reqwest against the same
 /// Consul API **double** (not Consul): read the key, acquire it with a session, read its index,
 /// release it; interleaved with lockkit's acquire+release.
 #[cfg(feature = "consul")]
-#[path = "locks/consul_raw.rs"]
 mod consul_raw;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lockkit::DistributedLock;
+use lockkit_testkit::servers;
 
 struct Row {
     backend: String,
@@ -145,7 +138,8 @@ async fn main() {
     #[cfg(feature = "consul")]
     let _consul_double = if wanted("consul") {
         Some({
-            let double = servers::consul_double::ConsulDouble::start(servers::consul_double::Config::default());
+            let double =
+                lockkit_testkit::consul_double::ConsulDouble::start(lockkit_testkit::consul_double::Config::default());
             let url = format!("consul://{}", double.addr);
             rows.extend(consul_raw::baseline(&url, double.addr, 1000).await);
             targets.push(("consul (double)".to_owned(), url, None));
@@ -166,6 +160,7 @@ async fn main() {
             }
             // On a cluster, the probe is the master of this lock's slot.
             let probe = match probe {
+                #[cfg(feature = "redis")]
                 Some(Probe::Cluster(any)) => {
                     let master = servers::RedisCluster::master_port(*any, &name);
                     Some(Probe::Redis(format!("redis://127.0.0.1:{master}")))
@@ -423,16 +418,19 @@ fn row(
 
 /// A server whose round trips a contended row is compared with.
 #[derive(Clone)]
-#[allow(dead_code)] // which variants are made depends on the features
 enum Probe {
     /// A Redis URL: PINGs, and the commands counted during the run.
+    #[cfg(feature = "redis")]
     Redis(String),
     /// A Redis Cluster, by the port of any node: a contended row probes the master of its
     /// lock's slot (as `Redis`).
+    #[cfg(feature = "redis")]
     Cluster(u16),
     /// An etcd port: releases and the etcd waiter's read.
+    #[cfg(feature = "etcd")]
     Etcd(u16),
     /// A ZooKeeper port: releases and the ZooKeeper waiter's read.
+    #[cfg(feature = "zookeeper")]
     Zookeeper(u16),
 }
 

@@ -23,7 +23,12 @@ pub async fn declares_the_capabilities_it_is_tested_for(t: &Target, declared: lo
     let actual = t.connect().await.capabilities();
     assert_eq!(declared, actual, "the conformance! line of `{}` lists other capabilities than it has", t.label());
     let proxied = t.proxied(TTL, TTL).await.is_some();
-    assert_eq!(network, proxied, "the conformance! line of `{}` says network: {network}; a fault proxy: {proxied}", t.label());
+    assert_eq!(
+        network,
+        proxied,
+        "the conformance! line of `{}` says network: {network}; a fault proxy: {proxied}",
+        t.label()
+    );
 }
 
 /// 8 tasks over 2 connections run 200 critical sections: never two inside at once, no lost

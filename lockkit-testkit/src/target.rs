@@ -271,4 +271,3 @@ fn resolve(host: &str, default_port: u16) -> std::net::SocketAddr {
     let mut addrs = with_port.to_socket_addrs().unwrap_or_else(|e| panic!("resolve {with_port}: {e}"));
     addrs.next().unwrap_or_else(|| panic!("{with_port} resolves to no address"))
 }
-

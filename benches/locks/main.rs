@@ -58,7 +58,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lockkit::DistributedLock;
-use lockkit_testkit::servers;
 
 struct Row {
     backend: String,
@@ -87,7 +86,8 @@ async fn main() {
     #[cfg(feature = "redis")]
     let _redis_servers = if wanted("redis") {
         Some({
-            let servers: Vec<servers::Server> = (0..5).map(|_| servers::Server::redis()).collect();
+            let servers: Vec<lockkit_testkit::servers::Server> =
+                (0..5).map(|_| lockkit_testkit::servers::Server::redis()).collect();
             let single = format!("redis://127.0.0.1:{}", servers[0].port);
             let quorum: Vec<String> = servers.iter().map(|s| format!("127.0.0.1:{}", s.port)).collect();
             rows.extend(redis_raw::baseline(&single, 2000).await);
@@ -102,7 +102,7 @@ async fn main() {
     #[cfg(feature = "redis")]
     let _redis_cluster = if wanted("redis") || wanted("redis-cluster") {
         Some({
-            let cluster = servers::RedisCluster::start();
+            let cluster = lockkit_testkit::servers::RedisCluster::start();
             let ports: Vec<u16> = cluster.ports().collect();
             rows.extend(redis_raw::cluster_baseline(&ports, 2000).await);
             targets.push(("redis-cluster".to_owned(), cluster.url(), Some(Probe::Cluster(ports[0]))));
@@ -114,7 +114,7 @@ async fn main() {
     #[cfg(feature = "etcd")]
     let _etcd_server = if wanted("etcd") {
         Some({
-            let server = servers::Server::etcd();
+            let server = lockkit_testkit::servers::Server::etcd();
             let url = format!("etcd://127.0.0.1:{}", server.port);
             rows.extend(etcd_raw::baseline(&url, server.port, 1000).await);
             targets.push(("etcd".to_owned(), url, Some(Probe::Etcd(server.port))));
@@ -126,7 +126,7 @@ async fn main() {
     #[cfg(feature = "zookeeper")]
     let _zk_server = if wanted("zookeeper") {
         Some({
-            let server = servers::Server::zookeeper();
+            let server = lockkit_testkit::servers::Server::zookeeper();
             let url = format!("zk://127.0.0.1:{}", server.port);
             rows.extend(zk_raw::baseline(&url, server.port, 1000).await);
             targets.push(("zookeeper".to_owned(), url, Some(Probe::Zookeeper(server.port))));
@@ -162,7 +162,7 @@ async fn main() {
             let probe = match probe {
                 #[cfg(feature = "redis")]
                 Some(Probe::Cluster(any)) => {
-                    let master = servers::RedisCluster::master_port(*any, &name);
+                    let master = lockkit_testkit::servers::RedisCluster::master_port(*any, &name);
                     Some(Probe::Redis(format!("redis://127.0.0.1:{master}")))
                 }
                 other => other.clone(),

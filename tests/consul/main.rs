@@ -1,7 +1,7 @@
 //! What only the Consul driver does — session destroyed or its node deregistered, lock-delay,
 //! garbage, 500s and rate limiting, writes Consul applies late, blocking queries answered late
 //! or with indexes going backwards, ACL tokens, `consul lock`'s key layout and flags — against
-//! the Consul HTTP API **double** (`conformance/consul_double.rs`), and the double's own rules.
+//! the Consul HTTP API **double** (`lockkit_testkit::consul_double`), and the double's own rules.
 #![cfg(feature = "consul")]
 
 mod faults;

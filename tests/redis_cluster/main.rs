@@ -1,6 +1,6 @@
 //! What only the Redis Cluster backend does: sharded wake-ups, clear errors for a URL of the
 //! wrong kind, and a failover during contention. The conformance suite runs on the cluster too
-//! (`tests/conformance`, target `redis_cluster`).
+//! (`tests/conformance.rs`, line `redis_cluster`).
 #![cfg(feature = "redis")]
 
 mod failover;

@@ -2,17 +2,13 @@
 //! 3-member cluster losing its leader, authentication, unreachable endpoints.
 #![cfg(feature = "etcd")]
 
-#[path = "conformance/support.rs"]
-#[allow(dead_code)]
-mod support;
-
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use lockkit::Error;
-use support::proxy::{Direction, Proxy};
-use support::servers::{self, Server};
-use support::{connect, contend_while, unique};
+use lockkit_testkit::proxy::{Direction, Proxy};
+use lockkit_testkit::servers::{self, Server};
+use lockkit_testkit::support::{connect, contend_while, unique};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
@@ -287,7 +283,7 @@ async fn a_dropped_waiters_failed_cleanup_never_leaves_its_key_holding_the_lock(
         let waiter = waiter.clone();
         async move { waiter.acquire("x").await }
     });
-    support::in_line(&*other, "x", 1).await;
+    lockkit_testkit::support::in_line(&*other, "x", 1).await;
 
     proxy.refuse(true);
     proxy.cut();
@@ -390,7 +386,7 @@ async fn force_release_removes_the_holder_it_read_not_a_key_made_after() {
         let second = second.clone();
         async move { second.acquire("x").await }
     });
-    support::in_line(&*first, "x", 1).await;
+    lockkit_testkit::support::in_line(&*first, "x", 1).await;
 
     // The admin's read reaches etcd in 1 s, its delete 2 s after that (its answer comes back
     // late too); between the two, the holder hands over and queues again with the same key.
@@ -407,7 +403,7 @@ async fn force_release_removes_the_holder_it_read_not_a_key_made_after() {
         let first = first.clone();
         async move { first.acquire_timeout("x", Duration::from_secs(15)).await }
     });
-    support::in_line(&*first, "x", 1).await;
+    lockkit_testkit::support::in_line(&*first, "x", 1).await;
 
     assert!(evict.await.unwrap().unwrap(), "there was a holder to remove");
     let reason = tokio::time::timeout(TTL, holder.lost()).await.expect("the holder of the moment was removed");

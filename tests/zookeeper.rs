@@ -4,18 +4,14 @@
 //! connection cut while waiting, node ACLs).
 #![cfg(feature = "zookeeper")]
 
-#[path = "conformance/support.rs"]
-#[allow(dead_code)]
-mod support;
-
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use lockkit::Error;
 use lockkit::zookeeper::zookeeper_client::{self as zk, Acls, Client, CreateMode, EventType};
-use support::proxy::{Direction, Proxy};
-use support::servers::{self, Server};
-use support::{connect, contend_while, unique};
+use lockkit_testkit::proxy::{Direction, Proxy};
+use lockkit_testkit::servers::{self, Server};
+use lockkit_testkit::support::{connect, contend_while, unique};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{ChildStdin, ChildStdout};
 

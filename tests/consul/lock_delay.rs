@@ -2,7 +2,7 @@
 //! TTL without the holder hearing of it (its node deregistered, its agent gone), and from then
 //! on only the lock-delay keeps the next holder out.
 
-use support::proxy::{Direction, ProxySet};
+use lockkit_testkit::proxy::{Direction, ProxySet};
 
 use super::*;
 

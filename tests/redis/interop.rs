@@ -7,9 +7,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
 use super::TTL;
-use crate::support::connect;
-use crate::support::servers::Server;
-use crate::support::unique;
+use lockkit_testkit::servers::Server;
+use lockkit_testkit::support::connect;
+use lockkit_testkit::support::unique;
 
 /// A redis-py process holding `redis.Redis(port).lock(key)`: answers each command line (`try`,
 /// `release`) with one result line.

@@ -1,8 +1,8 @@
 //! The refresh of all locks of a handle in one pipeline: one bad reply loses one lock.
 
 use super::{TTL, redis_reply};
-use crate::support::connect;
-use crate::support::servers::Server;
+use lockkit_testkit::servers::Server;
+use lockkit_testkit::support::connect;
 
 /// One handle holds two locks; another client replaces one key with a hash, so its refresh
 /// script answers WRONGTYPE. Only that guard is lost: the other is still held and refreshed.
@@ -32,7 +32,7 @@ async fn an_error_refreshing_one_lock_loses_only_that_lock() {
 /// other is still held and refreshed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_persistent_error_refreshing_one_lock_loses_only_that_lock() {
-    let port = crate::support::servers::free_port();
+    let port = lockkit_testkit::servers::free_port();
     let server = Server::redis_with(port, &["--user", "app", "on", ">app-secret", "~*", "&*", "+@all"]);
     let locks = connect(&format!("redis://app:app-secret@127.0.0.1:{port}?ttl={}ms", TTL.as_millis())).await;
     let kept = locks.acquire("kept").await.unwrap();
@@ -54,7 +54,7 @@ async fn a_persistent_error_refreshing_one_lock_loses_only_that_lock() {
 /// holder's grant alone, and the other lock of the handle is still held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_lost_alone_is_not_refreshed_again_when_its_key_is_allowed_again() {
-    let port = crate::support::servers::free_port();
+    let port = lockkit_testkit::servers::free_port();
     let server = Server::redis_with(port, &["--user", "app", "on", ">app-secret", "~*", "&*", "+@all"]);
     let locks = connect(&format!("redis://app:app-secret@127.0.0.1:{port}?ttl={}ms", TTL.as_millis())).await;
     let kept = locks.acquire("kept").await.unwrap();
@@ -84,7 +84,7 @@ async fn hundreds_of_locks_on_one_redlock_lease_stay_held() {
     let ttl = std::time::Duration::from_secs(1);
     let servers: Vec<Server> = (0..3).map(|_| Server::redis()).collect();
     let hosts: Vec<String> = servers.iter().map(|s| format!("127.0.0.1:{}", s.port)).collect();
-    let namespace = crate::support::unique("r");
+    let namespace = lockkit_testkit::support::unique("r");
     let locks = connect(&format!("redlock://{}?ttl=1s&namespace={namespace}", hosts.join(","))).await;
     let started = std::time::Instant::now();
     let mut guards = Vec::with_capacity(LOCKS);

@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::servers::{Server, redis_cli};
-use crate::support::{connect, in_line, unique};
+use lockkit_testkit::servers::{Server, redis_cli};
+use lockkit_testkit::support::{connect, in_line, unique};
 
 /// The request timeout of the handles: long, so a wait for it is unmistakable.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use lockkit::{DistributedLock, Error, FencingToken};
 
 use super::{TTL, redis_number, redis_reply, redlock_url};
-use crate::support::connect;
-use crate::support::servers::Server;
+use lockkit_testkit::servers::Server;
+use lockkit_testkit::support::connect;
 
 fn url(server: &Server) -> String {
     format!("redis://127.0.0.1:{}?ttl={}ms", server.port, TTL.as_millis())
@@ -200,7 +200,7 @@ async fn one_redlock_server_with_a_huge_counter_does_not_stop_the_majority() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_redlock_server_with_its_clock_ahead_does_not_stop_the_majority() {
     let servers = [Server::redis_clock_ahead(Duration::from_secs(2 * 86_400)), Server::redis(), Server::redis()];
-    let locks = connect(&redlock_url(&servers, &crate::support::unique("r"))).await;
+    let locks = connect(&redlock_url(&servers, &lockkit_testkit::support::unique("r"))).await;
     let mut tokens = Vec::new();
     for grant in 0..3 {
         match locks.try_acquire("skewed").await {
@@ -229,7 +229,7 @@ async fn one_redlock_server_with_its_clock_ahead_does_not_stop_the_majority() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redlock_waiter_is_granted_with_one_server_refusing_badfence() {
     let servers: Vec<Server> = (0..3).map(|_| Server::redis()).collect();
-    let namespace = crate::support::unique("r");
+    let namespace = lockkit_testkit::support::unique("r");
     let url = redlock_url(&servers, &namespace);
     let far = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64
         + 2 * 86_400_000_000)
@@ -240,7 +240,7 @@ async fn a_redlock_waiter_is_granted_with_one_server_refusing_badfence() {
     let held = holder.acquire("waited").await.expect("the majority grants");
     let token = held.fencing_token();
     let waiting = tokio::spawn(async move { waiter.acquire_timeout("waited", 3 * TTL).await.map(|g| (g, waiter)) });
-    crate::support::in_line(holder.as_ref(), "waited", 1).await;
+    lockkit_testkit::support::in_line(holder.as_ref(), "waited", 1).await;
     let released = Instant::now();
     held.release().await.unwrap();
     let (guard, _waiter) = waiting.await.unwrap().expect("the waiter gets the lock");
@@ -258,7 +258,7 @@ async fn a_redlock_waiter_is_granted_with_one_server_refusing_badfence() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_badfence_server_and_a_down_server_are_a_temporary_quorum_error() {
     let mut servers: Vec<Server> = (0..3).map(|_| Server::redis()).collect();
-    let namespace = crate::support::unique("r");
+    let namespace = lockkit_testkit::support::unique("r");
     let locks = connect(&redlock_url(&servers, &namespace)).await;
     let far = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64
         + 2 * 86_400_000_000)

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use crate::support::servers::{RedisCluster, redis_cli};
-use crate::support::{connect, unique};
+use lockkit_testkit::servers::{RedisCluster, redis_cli};
+use lockkit_testkit::support::{connect, unique};
 
 const LOCK: &str = "failover";
 const CONTENDERS: usize = 4;

@@ -27,11 +27,8 @@
 //! [`destroy_session`](ConsulDouble::destroy_session) and
 //! [`deregister_node`](ConsulDouble::deregister_node) (sessions invalidated before their TTL).
 
-#[path = "consul_double/kv.rs"]
 mod kv;
-#[path = "consul_double/sessions.rs"]
 mod sessions;
-#[path = "consul_double/state.rs"]
 mod state;
 
 use std::net::SocketAddr;
@@ -71,7 +68,9 @@ pub enum Write {
 /// How the double is configured (like a Consul agent's configuration).
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// The shortest session TTL accepted (Consul's `session_ttl_min`).
     pub session_ttl_min: Duration,
+    /// The ACL token every request must carry, if any.
     pub acl_token: Option<String>,
 }
 
@@ -83,11 +82,19 @@ impl Default for Config {
 
 /// A running double on a loopback port, served by a thread of its own.
 pub struct ConsulDouble {
+    /// Where it listens: `127.0.0.1:<port>`.
     pub addr: SocketAddr,
     shared: Arc<Shared>,
 }
 
+impl std::fmt::Debug for ConsulDouble {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsulDouble").field("addr", &self.addr).finish_non_exhaustive()
+    }
+}
+
 impl ConsulDouble {
+    /// Starts a double configured by `config` on a free loopback port.
     pub fn start(config: Config) -> ConsulDouble {
         let shared = Arc::new(Shared::new(config));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");

@@ -2,25 +2,17 @@
 //! deletion by another client, authentication, and interop with redis-py's `Lock`.
 #![cfg(feature = "redis")]
 
-#[path = "conformance/support.rs"]
-#[allow(dead_code)]
-mod support;
-
-#[path = "redis/interop.rs"]
 mod interop;
-#[path = "redis/refresh.rs"]
 mod refresh;
-#[path = "redis/tokens.rs"]
 mod tokens;
 
-#[path = "redis/subscriptions.rs"]
 mod subscriptions;
 
 use std::time::{Duration, Instant};
 
 use lockkit::Error;
-use support::servers::{self, Server};
-use support::{connect, in_line, unique};
+use lockkit_testkit::servers::{self, Server};
+use lockkit_testkit::support::{connect, in_line, unique};
 
 const TTL: Duration = Duration::from_secs(2);
 
@@ -323,7 +315,7 @@ async fn tries_and_releases_survive_script_flushes() {
 /// flight.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_grant_is_not_held_past_its_key_expiry() {
-    use support::proxy::{Direction, Proxy};
+    use lockkit_testkit::proxy::{Direction, Proxy};
     let server = Server::redis();
     let proxy = Proxy::start(format!("127.0.0.1:{}", server.port).parse().unwrap()).await;
     let slow = connect(&format!("redis://127.0.0.1:{}?ttl=1s&timeout=5s", proxy.port())).await;
@@ -362,7 +354,7 @@ async fn a_slow_grant_is_not_held_past_its_key_expiry() {
 /// pushed it past 100 ms, so connect failed ("no answer within 100ms") where locking works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redlock_connects_over_links_that_locking_works_over() {
-    use support::proxy::ProxySet;
+    use lockkit_testkit::proxy::ProxySet;
     let servers: Vec<Server> = (0..3).map(|_| Server::redis()).collect();
     let upstreams: Vec<std::net::SocketAddr> =
         servers.iter().map(|s| format!("127.0.0.1:{}", s.port).parse().unwrap()).collect();

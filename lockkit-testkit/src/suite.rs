@@ -4,67 +4,31 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lockkit::{Error, FencingToken, LockOptions};
+use lockkit::{DistributedLock, Error, FencingToken, LockOptions};
 
-use crate::support::{AfterAcquire, CriticalSection, TTL, Target, connect, holder_process, in_line};
+use crate::Target;
+use crate::support::{AfterAcquire, CriticalSection, TTL, connect_with, holder_process, in_line};
 
 // The fault properties (a proxy between a handle and its server), run by the same macro.
-#[path = "faults.rs"]
 mod faults;
 pub use faults::*;
 // The whole system under faults: contender processes, a fenced register, pauses and partitions.
-#[path = "system.rs"]
 mod system;
 pub use system::*;
 
-/// Runs every suite function as a `#[tokio::test]` for one backend: `conformance!(memory, Target::memory);`
-#[macro_export]
-macro_rules! conformance {
-    ($backend:ident, $target:expr) => {
-        mod $backend {
-            $crate::conformance!(@tests $target;
-                mutual_exclusion_holds_under_contention,
-                try_acquire_is_none_while_held_and_succeeds_after_release,
-                acquire_timeout_fails_close_to_the_requested_time,
-                fencing_tokens_increase_across_connections_and_processes,
-                a_vanished_holder_frees_the_lock_within_the_ttl,
-                a_refreshed_lock_is_held_for_three_ttls,
-                a_grant_removed_behind_the_holders_back_fires_the_loss_signal,
-                revoking_a_lease_fires_every_guard_on_it,
-                closing_a_handle_releases_its_locks_and_fires_its_guards,
-                a_closed_handle_ends_its_waits_and_takes_no_more_locks,
-                a_closed_handles_waiter_does_not_hold_up_the_line,
-                an_acquire_racing_close_leaves_the_name_free,
-                dropping_a_guard_lets_a_waiter_in_promptly,
-                a_dropped_acquire_leaves_nothing_behind,
-                a_stale_release_leaves_the_new_holder_alone,
-                names_are_escaped_and_validated,
-                namespaces_never_interfere,
-                one_connection_keeps_a_thousand_locks_alive,
-                status_shows_the_holder_and_token,
-                the_same_name_twice_through_one_handle_waits_for_the_first_guard,
-                a_fair_backend_grants_in_arrival_order,
-                a_release_that_timed_out_still_frees_the_lock,
-                a_dropped_release_still_frees_the_lock,
-                a_waiter_that_timed_out_in_a_held_connection_leaves_no_entry,
-                an_acquire_applied_after_its_timeout_leaves_no_orphan_grant,
-                a_brief_disconnection_loses_no_lock,
-                a_partition_longer_than_the_ttl_fires_the_loss_first,
-                fenced_writes_survive_pauses_and_partitions,
-            );
-        }
-    };
-    (@tests $target:expr; $($test:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $test() {
-                let target = $target();
-                // A hang is a failure, not a stuck CI run.
-                let bound = std::time::Duration::from_secs(120);
-                tokio::time::timeout(bound, $crate::suite::$test(&target)).await.expect("the test ended within 2 minutes");
-            }
-        )*
-    };
+/// The `conformance!` line of `t` lists the capabilities its backend has (`declared`), and
+/// `network` exactly when the target has a fault proxy: the line decides which properties run,
+/// so it must not claim what the backend lacks, nor leave out what it has.
+pub async fn declares_the_capabilities_it_is_tested_for(t: &Target, declared: lockkit::Capabilities, network: bool) {
+    let actual = t.connect().await.capabilities();
+    assert_eq!(declared, actual, "the conformance! line of `{}` lists other capabilities than it has", t.label());
+    let proxied = t.proxied(TTL, TTL).await.is_some();
+    assert_eq!(
+        network,
+        proxied,
+        "the conformance! line of `{}` says network: {network}; a fault proxy: {proxied}",
+        t.label()
+    );
 }
 
 /// 8 tasks over 2 connections run 200 critical sections: never two inside at once, no lost
@@ -117,24 +81,35 @@ pub async fn acquire_timeout_fails_close_to_the_requested_time(t: &Target) {
     assert!(err.to_string().contains("slow"), "the error names the lock: {err}");
 }
 
-/// Each grant's token is above every earlier one: across connections and, where the backend
-/// is shared between processes, across processes.
+/// Each grant's token is above every earlier one, across connections.
+pub async fn fencing_tokens_increase_across_connections(t: &Target) {
+    let (a, b) = (t.connect().await, t.connect().await);
+    let tokens = grants_through(&[&a, &b, &a], "fenced").await;
+    assert!(tokens.windows(2).all(|w| w[0] < w[1]), "tokens must strictly increase: {tokens:?}");
+}
+
+/// Each grant's token is above every earlier one: across connections and, the backend being
+/// shared between processes, across processes.
 pub async fn fencing_tokens_increase_across_connections_and_processes(t: &Target) {
     let (a, b) = (t.connect().await, t.connect().await);
+    let mut tokens = grants_through(&[&a, &b, &a], "fenced").await;
+    let child = holder_process(t, "fenced", AfterAcquire::Release).await;
+    tokens.push(child.token);
+    let status = child.child.wait_with_output().await.unwrap().status;
+    assert!(status.success(), "the holder process failed: {status}");
+    tokens.push(b.acquire("fenced").await.unwrap().fencing_token());
+    assert!(tokens.windows(2).all(|w| w[0] < w[1]), "tokens must strictly increase: {tokens:?}");
+}
+
+/// The tokens of one grant of `name` through each of `handles` in turn, each released.
+async fn grants_through(handles: &[&Arc<dyn DistributedLock>], name: &str) -> Vec<FencingToken> {
     let mut tokens = Vec::new();
-    for locks in [&a, &b, &a] {
-        let guard = locks.acquire("fenced").await.unwrap();
+    for locks in handles {
+        let guard = locks.acquire(name).await.unwrap();
         tokens.push(guard.fencing_token());
         guard.release().await.unwrap();
     }
-    if a.capabilities().cross_process {
-        let child = holder_process(&t.url(), "fenced", AfterAcquire::Release).await;
-        tokens.push(child.token);
-        let status = child.child.wait_with_output().await.unwrap().status;
-        assert!(status.success(), "the holder process failed: {status}");
-        tokens.push(b.acquire("fenced").await.unwrap().fencing_token());
-    }
-    assert!(tokens.windows(2).all(|w| w[0] < w[1]), "tokens must strictly increase: {tokens:?}");
+    tokens
 }
 
 /// A holder that disappears without releasing — a process killed with SIGKILL, or (for an
@@ -143,17 +118,17 @@ pub async fn fencing_tokens_increase_across_connections_and_processes(t: &Target
 pub async fn a_vanished_holder_frees_the_lock_within_the_ttl(t: &Target) {
     let b = t.connect().await;
     let vanished_token = if b.capabilities().cross_process {
-        let mut holder = holder_process(&t.url(), "vanishing", AfterAcquire::Hold).await;
+        let mut holder = holder_process(t, "vanishing", AfterAcquire::Hold).await;
         assert!(b.try_acquire("vanishing").await.unwrap().is_none(), "the child holds the lock");
         holder.child.start_kill().unwrap();
         holder.child.wait().await.unwrap();
         holder.token
     } else {
-        let url = t.url();
+        let (url, connector) = (t.url(), t.connector());
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             let token = runtime.block_on(async {
-                let guard = connect(&url).await.acquire("vanishing").await.unwrap();
+                let guard = connect_with(connector, &url).await.acquire("vanishing").await.unwrap();
                 let token = guard.fencing_token();
                 std::mem::forget(guard);
                 token
@@ -217,7 +192,7 @@ pub async fn revoking_a_lease_fires_every_guard_on_it(t: &Target) {
 /// handle gets the locks at once, long before their 30 s TTL could free them.
 pub async fn closing_a_handle_releases_its_locks_and_fires_its_guards(t: &Target) {
     let long_ttl = Duration::from_secs(30);
-    let (a, b) = (connect(&t.url_in("", long_ttl)).await, connect(&t.url_in("", long_ttl)).await);
+    let (a, b) = (t.connect_to(&t.url_in("", long_ttl)).await, t.connect_to(&t.url_in("", long_ttl)).await);
     let guards = [a.acquire("closed-x").await.unwrap(), a.acquire("closed-y").await.unwrap()];
     a.close().await.expect("close");
     for guard in &guards {
@@ -235,7 +210,7 @@ pub async fn closing_a_handle_releases_its_locks_and_fires_its_guards(t: &Target
 /// on a fresh lease), and a closed handle takes no more locks: it says so instead.
 pub async fn a_closed_handle_ends_its_waits_and_takes_no_more_locks(t: &Target) {
     let long_ttl = Duration::from_secs(30);
-    let (a, b) = (connect(&t.url_in("", long_ttl)).await, connect(&t.url_in("", long_ttl)).await);
+    let (a, b) = (t.connect_to(&t.url_in("", long_ttl)).await, t.connect_to(&t.url_in("", long_ttl)).await);
     let held = b.acquire("closed-wait").await.unwrap();
     let waiting = {
         let a = a.clone();
@@ -260,7 +235,7 @@ pub async fn a_closed_handle_ends_its_waits_and_takes_no_more_locks(t: &Target) 
 pub async fn a_closed_handles_waiter_does_not_hold_up_the_line(t: &Target) {
     let long_ttl = Duration::from_secs(30);
     let url = t.url_in("", long_ttl);
-    let (a, b, c) = (connect(&url).await, connect(&url).await, connect(&url).await);
+    let (a, b, c) = (t.connect_to(&url).await, t.connect_to(&url).await, t.connect_to(&url).await);
     let held = b.acquire("closed-line").await.unwrap();
     let counted = b.status("closed-line").await.unwrap().waiting.is_some();
     let first = tokio::spawn({
@@ -292,10 +267,10 @@ pub async fn a_closed_handles_waiter_does_not_hold_up_the_line(t: &Target) {
 pub async fn an_acquire_racing_close_leaves_the_name_free(t: &Target) {
     let long_ttl = Duration::from_secs(30);
     let url = t.url_in("", long_ttl);
-    let other = connect(&url).await;
+    let other = t.connect_to(&url).await;
     let mut blocked = Vec::new();
     for round in 0..40u64 {
-        let a = connect(&url).await;
+        let a = t.connect_to(&url).await;
         let name = format!("close-race-{round}");
         // The lease exists first (a lock on it), so the race is between its grant and the close.
         let warm = a.acquire(&format!("close-race-warm-{round}")).await.unwrap();
@@ -317,7 +292,7 @@ pub async fn an_acquire_racing_close_leaves_the_name_free(t: &Target) {
 /// Dropping a guard releases the lock: a waiter gets it far sooner than the TTL would allow.
 pub async fn dropping_a_guard_lets_a_waiter_in_promptly(t: &Target) {
     let long_ttl = Duration::from_secs(30);
-    let (a, b) = (connect(&t.url_in("", long_ttl)).await, connect(&t.url_in("", long_ttl)).await);
+    let (a, b) = (t.connect_to(&t.url_in("", long_ttl)).await, t.connect_to(&t.url_in("", long_ttl)).await);
     let guard = a.acquire("handoff").await.unwrap();
     let waiter = tokio::spawn(async move { b.acquire("handoff").await.map(|g| g.fencing_token()) });
     let first = guard.fencing_token();
@@ -414,9 +389,9 @@ pub async fn names_are_escaped_and_validated(t: &Target) {
         assert!(b.try_acquire(name).await.unwrap().is_none(), "{name:?} is not really held");
     }
     // Where a naive join would have put `../escape` and `a/b`:
-    let root = connect(&t.root_url()).await;
+    let root = t.connect_to(&t.root_url()).await;
     assert!(root.try_acquire("escape").await.unwrap().is_some(), "`../escape` left its namespace");
-    let below = connect(&t.url_in("/a", TTL)).await;
+    let below = t.connect_to(&t.url_in("/a", TTL)).await;
     assert!(below.try_acquire("b").await.unwrap().is_some(), "`a/b` reached into namespace `a`");
     for bad in ["".to_owned(), "x".repeat(lockkit::MAX_NAME_LEN + 1)] {
         assert!(matches!(a.try_acquire(&bad).await, Err(Error::InvalidName { .. })));
@@ -428,9 +403,9 @@ pub async fn names_are_escaped_and_validated(t: &Target) {
 
 /// The same name in two namespaces is two locks, also when one namespace nests in the other.
 pub async fn namespaces_never_interfere(t: &Target) {
-    let one = connect(&t.url_in("/one", TTL)).await;
-    let two = connect(&t.url_in("/two", TTL)).await;
-    let nested = connect(&t.url_in("/one/x", TTL)).await;
+    let one = t.connect_to(&t.url_in("/one", TTL)).await;
+    let two = t.connect_to(&t.url_in("/two", TTL)).await;
+    let nested = t.connect_to(&t.url_in("/one/x", TTL)).await;
     let _a = one.acquire("job").await.unwrap();
     assert!(two.try_acquire("job").await.unwrap().is_some());
     let _b = one.acquire("x/job").await.unwrap();
@@ -453,8 +428,8 @@ pub async fn one_connection_keeps_a_thousand_locks_alive(t: &Target) {
     assert_eq!(first, guards.iter().map(|g| g.fencing_token()).collect::<Vec<_>>());
 }
 
-/// `status` shows a held lock's holder metadata and token where the backend stores them, and a
-/// released lock as free.
+/// `status` shows a held lock, its token where the backend stores it, and a released lock as
+/// free.
 pub async fn status_shows_the_holder_and_token(t: &Target) {
     let (a, b) = (t.connect().await, t.connect().await);
     assert!(!b.status("shown").await.unwrap().held);
@@ -462,9 +437,6 @@ pub async fn status_shows_the_holder_and_token(t: &Target) {
     let guard = a.acquire_with("shown", &options).await.unwrap().unwrap();
     let status = b.status("shown").await.unwrap();
     assert!(status.held);
-    if a.capabilities().holder_metadata {
-        assert_eq!(status.holder.as_deref(), Some("conformance holder 7"));
-    }
     if let Some(token) = status.token {
         assert_eq!(token, guard.fencing_token());
     }
@@ -473,6 +445,16 @@ pub async fn status_shows_the_holder_and_token(t: &Target) {
     }
     guard.release().await.unwrap();
     assert!(!b.status("shown").await.unwrap().held);
+}
+
+/// `status` shows a held lock's holder metadata, the backend storing it.
+pub async fn status_shows_the_holders_metadata(t: &Target) {
+    let (a, b) = (t.connect().await, t.connect().await);
+    let options = LockOptions::new().holder("conformance holder 7");
+    let guard = a.acquire_with("shown", &options).await.unwrap().unwrap();
+    let status = b.status("shown").await.unwrap();
+    assert_eq!(status.holder.as_deref(), Some("conformance holder 7"));
+    guard.release().await.unwrap();
 }
 
 /// One handle, one name, two acquires: the second is not granted while the first guard holds
@@ -491,15 +473,29 @@ pub async fn the_same_name_twice_through_one_handle_waits_for_the_first_guard(t:
     assert!(second.await.unwrap().unwrap() > token);
 }
 
-/// Where the backend says it is fair, waiters in different handles are granted in the order
-/// they joined the line, which `status` counts; where it keeps a line at all, `status` counts
-/// it too.
+/// Three waiters in different handles are all granted once the holder releases; where the
+/// backend keeps a line, `status` counts it.
+pub async fn waiters_in_line_are_all_granted(t: &Target) {
+    let (_, order) = three_waiters_in_line(t).await;
+    assert_eq!(order.len(), 3);
+}
+
+/// A fair backend counts its line in `status` and grants waiters in different handles in the
+/// order they joined the line.
 pub async fn a_fair_backend_grants_in_arrival_order(t: &Target) {
+    let (counted, order) = three_waiters_in_line(t).await;
+    assert!(counted == Some(0), "a fair backend counts its line in `status`: {counted:?}");
+    assert_eq!(order.len(), 3);
+    assert_eq!(order, vec![0, 1, 2], "granted out of arrival order");
+}
+
+/// Three waiters join the line of a held lock (one after the other, where `status` counts the
+/// line), then the holder releases: what `status` counted before they came, and the order they
+/// were granted in.
+async fn three_waiters_in_line(t: &Target) -> (Option<usize>, Vec<usize>) {
     let holder = t.connect().await;
     let guard = holder.acquire("line").await.unwrap();
-    let fair = holder.capabilities().fair;
     let counted = holder.status("line").await.unwrap().waiting;
-    assert!(!fair || counted == Some(0), "a fair backend counts its line in `status`: {counted:?}");
     let order = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut waiters = Vec::new();
     for i in 0..3 {
@@ -517,8 +513,6 @@ pub async fn a_fair_backend_grants_in_arrival_order(t: &Target) {
     for waiter in waiters {
         waiter.await.unwrap();
     }
-    assert_eq!(order.lock().unwrap().len(), 3);
-    if fair {
-        assert_eq!(*order.lock().unwrap(), vec![0, 1, 2], "granted out of arrival order");
-    }
+    let order = order.lock().unwrap().clone();
+    (counted, order)
 }

@@ -4,10 +4,6 @@
 //! Each server runs under a small shell guard that kills it when this test process's end of a
 //! pipe closes, so no server outlives the tests, however the test process ends.
 
-#[cfg(feature = "consul")]
-#[path = "consul_double.rs"]
-pub mod consul_double;
-
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -15,7 +11,9 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// A server process and its temporary directory; stopped when dropped.
+#[derive(Debug)]
 pub struct Server {
+    /// The loopback port clients connect to.
     pub port: u16,
     guard: Child,
     /// While this end of the pipe is open, the guard keeps the server running.
@@ -81,6 +79,7 @@ impl Server {
         drop(self);
     }
 
+    /// A Redis server on a free port, no persistence.
     pub fn redis() -> Server {
         Server::redis_with(free_port(), &[])
     }
@@ -381,6 +380,7 @@ pub fn shared_redlock_url() -> String {
 }
 
 /// A Redis Cluster on loopback: 3 masters and 3 replicas (one each), no persistence.
+#[derive(Debug)]
 pub struct RedisCluster {
     /// The nodes; `None` once stopped.
     pub nodes: Vec<Option<Server>>,

@@ -102,6 +102,7 @@ impl Proxy {
         self.addr
     }
 
+    /// The port of [`addr`](Self::addr).
     pub fn port(&self) -> u16 {
         self.addr.port()
     }
@@ -230,6 +231,7 @@ async fn pump(
 /// Several proxies controlled as one: every control applies to each of them.
 #[derive(Debug, Default)]
 pub struct ProxySet {
+    /// The proxies, one per upstream.
     pub proxies: Vec<Proxy>,
 }
 
@@ -248,22 +250,27 @@ impl ProxySet {
         self.proxies.iter().map(Proxy::addr).collect()
     }
 
+    /// Holds `direction` on every proxy ([`Proxy::hold`]).
     pub fn hold(&self, direction: Direction) {
         self.proxies.iter().for_each(|p| p.hold(direction));
     }
 
+    /// Releases every proxy ([`Proxy::release`]).
     pub fn release(&self) {
         self.proxies.iter().for_each(Proxy::release);
     }
 
+    /// Cuts every proxy's connections ([`Proxy::cut`]).
     pub fn cut(&self) {
         self.proxies.iter().for_each(Proxy::cut);
     }
 
+    /// Makes every proxy refuse new connections, or accept them again ([`Proxy::refuse`]).
     pub fn refuse(&self, refuse: bool) {
         self.proxies.iter().for_each(|p| p.refuse(refuse));
     }
 
+    /// Delays every proxy's traffic ([`Proxy::latency`]).
     pub fn latency(&self, delay: Duration) {
         self.proxies.iter().for_each(|p| p.latency(delay));
     }

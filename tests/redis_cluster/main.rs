@@ -1,20 +1,15 @@
 //! What only the Redis Cluster backend does: sharded wake-ups, clear errors for a URL of the
 //! wrong kind, and a failover during contention. The conformance suite runs on the cluster too
-//! (`tests/conformance`, target `redis_cluster`).
+//! (`tests/conformance.rs`, line `redis_cluster`).
 #![cfg(feature = "redis")]
 
-#[path = "conformance/support.rs"]
-#[allow(dead_code)]
-mod support;
-
-#[path = "redis_cluster/failover.rs"]
 mod failover;
 
 use std::time::{Duration, Instant};
 
 use lockkit::Error;
-use support::servers::{RedisCluster, Server, redis_cli, shared_redis_cluster_url};
-use support::{connect, unique};
+use lockkit_testkit::servers::{RedisCluster, Server, redis_cli, shared_redis_cluster_url};
+use lockkit_testkit::support::{connect, unique};
 
 /// The ports of the running cluster nodes, from the shared cluster's URL.
 fn ports(url: &str) -> Vec<u16> {
@@ -52,7 +47,7 @@ async fn releases_wake_waiters_by_sharded_pubsub_on_the_locks_shard_only() {
             guard.release().await.unwrap();
             woken
         });
-        support::in_line(holder.as_ref(), "handoff", 1).await;
+        lockkit_testkit::support::in_line(holder.as_ref(), "handoff", 1).await;
         let released = Instant::now();
         guard.release().await.unwrap();
         let woken = tokio::time::timeout(Duration::from_secs(10), waiting).await.unwrap().unwrap();
@@ -113,7 +108,7 @@ async fn redis_py_cluster_locks_and_lockkit_exclude_each_other() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rediss_cluster_uses_tls_to_every_node() {
     let certs = tempfile::tempdir().unwrap();
-    support::servers::make_certificates(certs.path());
+    lockkit_testkit::servers::make_certificates(certs.path());
     let ca = certs.path().join("ca.crt").display().to_string();
     let cluster = RedisCluster::start_tls(certs.path());
     let url = format!("{}?ca={ca}&ttl=30s", cluster.url());
@@ -126,7 +121,7 @@ async fn rediss_cluster_uses_tls_to_every_node() {
         let guard = locks.acquire(&name).await.unwrap_or_else(|e| panic!("{name} on slot {}: {e}", slot(&name)));
         let waiter = waiter.clone();
         let waiting = tokio::spawn(async move { waiter.acquire(&name).await.map(|g| g.fencing_token()) });
-        support::in_line(locks.as_ref(), guard.name(), 1).await;
+        lockkit_testkit::support::in_line(locks.as_ref(), guard.name(), 1).await;
         let first = guard.fencing_token();
         guard.release().await.unwrap();
         // Woken by the message: the fallback retry would take 0.5–1 s with this TTL.

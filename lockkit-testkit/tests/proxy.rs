@@ -7,7 +7,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::support::proxy::{Direction, Proxy, ProxySet};
+use lockkit_testkit::proxy::{Direction, Proxy, ProxySet};
 
 /// How long "nothing arrives" is watched for.
 const QUIET: Duration = Duration::from_millis(200);

@@ -1,29 +1,22 @@
 //! What only the Consul driver does — session destroyed or its node deregistered, lock-delay,
 //! garbage, 500s and rate limiting, writes Consul applies late, blocking queries answered late
 //! or with indexes going backwards, ACL tokens, `consul lock`'s key layout and flags — against
-//! the Consul HTTP API **double** (`conformance/consul_double.rs`), and the double's own rules.
+//! the Consul HTTP API **double** (`lockkit_testkit::consul_double`), and the double's own rules.
 #![cfg(feature = "consul")]
 
-#[path = "conformance/support.rs"]
-#[allow(dead_code)]
-mod support;
-
-#[path = "consul/faults.rs"]
 mod faults;
 
-#[path = "consul/lock_delay.rs"]
 mod lock_delay;
 
-#[path = "consul/attack.rs"]
 mod attack;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lockkit::{DistributedLock, Error};
+use lockkit_testkit::consul_double::{Config, ConsulDouble, Fault, Write};
+use lockkit_testkit::support::connect;
 use serde_json::Value;
-use support::connect;
-use support::servers::consul_double::{Config, ConsulDouble, Fault, Write};
 
 const TTL: Duration = Duration::from_secs(1);
 
@@ -137,7 +130,7 @@ async fn server_errors_and_garbage_give_clear_errors() {
 }
 
 /// With ACLs on, a wrong token is a clear permission error at connect (without the token in
-/// it); the right token works, from the URL or from `CONSUL_HTTP_TOKEN` (the CLI's child env).
+/// it); the right token from the URL works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acl_tokens_are_sent_and_a_wrong_one_is_a_clear_error() {
     let token = "s3cret-acl-token";
@@ -150,19 +143,7 @@ async fn acl_tokens_are_sent_and_a_wrong_one_is_a_clear_error() {
     let locks = connect(&url(&double, &format!("&token={token}"))).await;
     assert!(!format!("{locks} {locks:?}").contains(token));
     let _guard = locks.acquire("guarded").await.unwrap();
-
-    let status = |env_token: &'static str| {
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_lockkit"))
-            .args(["status", &url(&double, ""), "guarded"])
-            .env("CONSUL_HTTP_TOKEN", env_token)
-            .output()
-    };
-    let right = status(token).await.unwrap();
-    assert_eq!(right.status.code(), Some(0), "held: {}", String::from_utf8_lossy(&right.stderr));
-    let wrong = status("not-it").await.unwrap();
-    let stderr = String::from_utf8_lossy(&wrong.stderr);
-    assert_eq!(wrong.status.code(), Some(69), "{stderr}");
-    assert!(stderr.contains("permission denied") && !stderr.contains("not-it"), "{stderr}");
+    // The token from `CONSUL_HTTP_TOKEN`: `lockkit-cli`'s `consul_acl_token_from_the_environment`.
 }
 
 /// The key is `consul lock`'s: `NAME/.lock` with `api.Lock`'s flags, the session as holder, the
@@ -203,5 +184,4 @@ async fn keys_follow_consul_locks_layout_and_flags() {
 }
 
 /// The double's own rules, as Consul documents them.
-#[path = "consul/double_rules.rs"]
 mod double_rules;

@@ -31,13 +31,8 @@
 //! `redis` includes `redis-cluster`).
 //! Servers are started like the tests start them (`scripts/install-deps` installs them).
 
-#[path = "../tests/conformance/servers.rs"]
-#[allow(dead_code)]
-mod servers;
-
 /// The same round trips as the Redis driver's, made directly with the `redis` crate.
 #[cfg(feature = "redis")]
-#[path = "locks/redis_raw.rs"]
 mod redis_raw;
 
 /// The same writes as the etcd driver's, made directly with `etcd-client`: a put-if-absent
@@ -45,21 +40,18 @@ mod redis_raw;
 /// a delete; interleaved with lockkit's acquire+release. And the driver's whole protocol, as
 /// contenders of a contended row.
 #[cfg(feature = "etcd")]
-#[path = "locks/etcd_raw.rs"]
 mod etcd_raw;
 
 /// The same requests as the ZooKeeper driver's, made directly with `zookeeper-client`: create
 /// an ephemeral sequential node, list the directory, delete the node; interleaved with lockkit's
 /// acquire+release.
 #[cfg(feature = "zookeeper")]
-#[path = "locks/zk_raw.rs"]
 mod zk_raw;
 
 /// The same HTTP calls as the Consul driver's, made directly with reqwest against the same
 /// Consul API **double** (not Consul): read the key, acquire it with a session, read its index,
 /// release it; interleaved with lockkit's acquire+release.
 #[cfg(feature = "consul")]
-#[path = "locks/consul_raw.rs"]
 mod consul_raw;
 
 use std::sync::{Arc, Mutex};
@@ -94,7 +86,8 @@ async fn main() {
     #[cfg(feature = "redis")]
     let _redis_servers = if wanted("redis") {
         Some({
-            let servers: Vec<servers::Server> = (0..5).map(|_| servers::Server::redis()).collect();
+            let servers: Vec<lockkit_testkit::servers::Server> =
+                (0..5).map(|_| lockkit_testkit::servers::Server::redis()).collect();
             let single = format!("redis://127.0.0.1:{}", servers[0].port);
             let quorum: Vec<String> = servers.iter().map(|s| format!("127.0.0.1:{}", s.port)).collect();
             rows.extend(redis_raw::baseline(&single, 2000).await);
@@ -109,7 +102,7 @@ async fn main() {
     #[cfg(feature = "redis")]
     let _redis_cluster = if wanted("redis") || wanted("redis-cluster") {
         Some({
-            let cluster = servers::RedisCluster::start();
+            let cluster = lockkit_testkit::servers::RedisCluster::start();
             let ports: Vec<u16> = cluster.ports().collect();
             rows.extend(redis_raw::cluster_baseline(&ports, 2000).await);
             targets.push(("redis-cluster".to_owned(), cluster.url(), Some(Probe::Cluster(ports[0]))));
@@ -121,7 +114,7 @@ async fn main() {
     #[cfg(feature = "etcd")]
     let _etcd_server = if wanted("etcd") {
         Some({
-            let server = servers::Server::etcd();
+            let server = lockkit_testkit::servers::Server::etcd();
             let url = format!("etcd://127.0.0.1:{}", server.port);
             rows.extend(etcd_raw::baseline(&url, server.port, 1000).await);
             targets.push(("etcd".to_owned(), url, Some(Probe::Etcd(server.port))));
@@ -133,7 +126,7 @@ async fn main() {
     #[cfg(feature = "zookeeper")]
     let _zk_server = if wanted("zookeeper") {
         Some({
-            let server = servers::Server::zookeeper();
+            let server = lockkit_testkit::servers::Server::zookeeper();
             let url = format!("zk://127.0.0.1:{}", server.port);
             rows.extend(zk_raw::baseline(&url, server.port, 1000).await);
             targets.push(("zookeeper".to_owned(), url, Some(Probe::Zookeeper(server.port))));
@@ -145,7 +138,8 @@ async fn main() {
     #[cfg(feature = "consul")]
     let _consul_double = if wanted("consul") {
         Some({
-            let double = servers::consul_double::ConsulDouble::start(servers::consul_double::Config::default());
+            let double =
+                lockkit_testkit::consul_double::ConsulDouble::start(lockkit_testkit::consul_double::Config::default());
             let url = format!("consul://{}", double.addr);
             rows.extend(consul_raw::baseline(&url, double.addr, 1000).await);
             targets.push(("consul (double)".to_owned(), url, None));
@@ -166,8 +160,9 @@ async fn main() {
             }
             // On a cluster, the probe is the master of this lock's slot.
             let probe = match probe {
+                #[cfg(feature = "redis")]
                 Some(Probe::Cluster(any)) => {
-                    let master = servers::RedisCluster::master_port(*any, &name);
+                    let master = lockkit_testkit::servers::RedisCluster::master_port(*any, &name);
                     Some(Probe::Redis(format!("redis://127.0.0.1:{master}")))
                 }
                 other => other.clone(),
@@ -423,16 +418,19 @@ fn row(
 
 /// A server whose round trips a contended row is compared with.
 #[derive(Clone)]
-#[allow(dead_code)] // which variants are made depends on the features
 enum Probe {
     /// A Redis URL: PINGs, and the commands counted during the run.
+    #[cfg(feature = "redis")]
     Redis(String),
     /// A Redis Cluster, by the port of any node: a contended row probes the master of its
     /// lock's slot (as `Redis`).
+    #[cfg(feature = "redis")]
     Cluster(u16),
     /// An etcd port: releases and the etcd waiter's read.
+    #[cfg(feature = "etcd")]
     Etcd(u16),
     /// A ZooKeeper port: releases and the ZooKeeper waiter's read.
+    #[cfg(feature = "zookeeper")]
     Zookeeper(u16),
 }
 

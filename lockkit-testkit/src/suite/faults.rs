@@ -1,7 +1,8 @@
 //! Fault properties: what every network backend must do when the network between a client and
 //! its server holds, drops or refuses traffic. A fault proxy ([`crate::support::proxy`]) sits
 //! between one handle (the *proxied* handle) and the server; the other handles in a property
-//! connect directly. `memory://` and `file://` have no network and skip these properties.
+//! connect directly. The `conformance!` macro runs them for the backends whose line declares
+//! `network` (`memory://`, `file://` and Redis Cluster have no fault proxy).
 //!
 //! Each property prints one line to stderr for the fault matrix (run with `--nocapture`):
 //! `FAULT-MATRIX backend=… target=… fault=… outcome=ok|<failure> reacquire_ms=…`, where
@@ -13,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use lockkit::{DistributedLock, Error, LockGuard};
 
-use crate::support::Target;
-use crate::support::proxy::{Direction, ProxySet};
+use crate::Target;
+use crate::proxy::{Direction, ProxySet};
+use crate::target::Connector;
 
 /// The TTL of every handle in these properties.
 const T: Duration = Duration::from_secs(2);
@@ -55,25 +57,22 @@ struct Handles {
 }
 
 impl Handles {
-    /// `None` for a backend without a network (the property is skipped).
-    async fn new(t: &Target, fault: &str) -> Option<Handles> {
+    /// Panics for a target without a fault proxy (its `conformance!` line declares no `network`).
+    async fn new(t: &Target, fault: &str) -> Handles {
         // `LOCKKIT_TEST_LOG=lockkit=debug,zookeeper_client=debug` shows what the drivers did.
         if let Ok(filter) = std::env::var("LOCKKIT_TEST_LOG") {
             let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
         }
         let Some((url, proxies)) = t.proxied(T, R).await else {
-            eprintln!(
-                "FAULT-MATRIX backend={} target={} fault={fault} outcome=skipped reacquire_ms=-",
-                t.label(),
-                t.label()
-            );
-            return None;
+            panic!("{} has no fault proxy for the fault {fault}: its conformance! line declares no network", t.label())
         };
         // Direct handles first: a server that just started is ready once they connected, so the
         // proxied handle's session does not begin with a slow open.
-        let (direct, other) = (connect_patiently(&t.url_with(T, R)).await, connect_patiently(&t.url_with(T, R)).await);
-        let proxied = connect_patiently(&url).await;
-        Some(Handles {
+        let connector = t.connector();
+        let direct = connect_patiently(connector, &t.url_with(T, R)).await;
+        let other = connect_patiently(connector, &t.url_with(T, R)).await;
+        let proxied = connect_patiently(connector, &url).await;
+        Handles {
             backend: proxied.backend(),
             proxied,
             proxies,
@@ -81,7 +80,7 @@ impl Handles {
             other,
             target: t.label(),
             notes: Default::default(),
-        })
+        }
     }
 
     /// Prints the matrix line, then fails the test if the property does not hold.
@@ -160,10 +159,10 @@ impl Handles {
 
 /// Connects, trying again for a while: a server that just started (a ZooKeeper JVM warming up)
 /// may not open a session within the short request timeout these properties use.
-pub(super) async fn connect_patiently(url: &str) -> Arc<dyn DistributedLock> {
+pub(super) async fn connect_patiently(connector: Connector, url: &str) -> Arc<dyn DistributedLock> {
     let started = Instant::now();
     loop {
-        match lockkit::connect(url).await {
+        match connector(url).await {
             Ok(locks) => return locks,
             Err(e) if started.elapsed() > Duration::from_secs(30) => panic!("connect {url}: {e}"),
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
@@ -182,7 +181,7 @@ async fn poll_once<F: Future + Unpin>(future: &mut F) -> std::task::Poll<F::Outp
 /// is still usable.
 pub async fn a_release_that_timed_out_still_frees_the_lock(t: &Target) {
     let fault = "release-held";
-    let Some(h) = Handles::new(t, fault).await else { return };
+    let h = Handles::new(t, fault).await;
     let outcome = async {
         let guard = h.take("held-release").await?;
         h.proxies.hold(Direction::ToServer);
@@ -213,7 +212,7 @@ pub async fn a_release_that_timed_out_still_frees_the_lock(t: &Target) {
 /// and the handle is still usable.
 pub async fn a_dropped_release_still_frees_the_lock(t: &Target) {
     let fault = "release-dropped";
-    let Some(h) = Handles::new(t, fault).await else { return };
+    let h = Handles::new(t, fault).await;
     let outcome = async {
         let guard = h.take("dropped-release").await?;
         h.proxies.hold(Direction::ToServer);
@@ -242,7 +241,7 @@ pub async fn a_dropped_release_still_frees_the_lock(t: &Target) {
 /// handle is still usable.
 pub async fn a_waiter_that_timed_out_in_a_held_connection_leaves_no_entry(t: &Target) {
     let fault = "waiter-timeout-held";
-    let Some(h) = Handles::new(t, fault).await else { return };
+    let h = Handles::new(t, fault).await;
     let outcome = async {
         let name = "held-waiter";
         let holder = match h.direct.acquire_timeout(name, USABLE).await {
@@ -297,7 +296,7 @@ pub async fn a_waiter_that_timed_out_in_a_held_connection_leaves_no_entry(t: &Ta
 /// another handle acquires the lock within T + R.
 pub async fn an_acquire_applied_after_its_timeout_leaves_no_orphan_grant(t: &Target) {
     let fault = "acquire-late";
-    let Some(h) = Handles::new(t, fault).await else { return };
+    let h = Handles::new(t, fault).await;
     let outcome = async {
         let name = "late-acquire";
         // The proxied handle's session or lease exists before the fault (as in a running service).
@@ -342,7 +341,7 @@ fn watch_loss(guard: &LockGuard) -> tokio::task::JoinHandle<(Instant, String)> {
 /// loss signal fires, and direct handles cannot acquire either lock meanwhile.
 pub async fn a_brief_disconnection_loses_no_lock(t: &Target) {
     let fault = "brief-cut";
-    let Some(h) = Handles::new(t, fault).await else { return };
+    let h = Handles::new(t, fault).await;
     let outcome = async {
         let (a, b) = (h.take("kept-a").await?, h.take("kept-b").await?);
         let losses = [watch_loss(&a), watch_loss(&b)];
@@ -412,7 +411,7 @@ pub async fn a_brief_disconnection_loses_no_lock(t: &Target) {
 /// handle gets the lock — and once the network works again the handle acquires again.
 pub async fn a_partition_longer_than_the_ttl_fires_the_loss_first(t: &Target) {
     let fault = "partition";
-    let Some(h) = Handles::new(t, fault).await else { return };
+    let h = Handles::new(t, fault).await;
     let outcome = async {
         let names = ["parted-a", "parted-b"];
         let guards = [h.take(names[0]).await?, h.take(names[1]).await?];

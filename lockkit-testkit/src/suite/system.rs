@@ -16,8 +16,9 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 
 use super::faults::connect_patiently;
-use crate::support::Target;
-use crate::support::proxy::{Direction, ProxySet};
+use crate::Target;
+use crate::proxy::{Direction, ProxySet};
+use crate::target::Connector;
 
 const T: Duration = Duration::from_secs(2);
 const R: Duration = Duration::from_secs(1);
@@ -123,9 +124,9 @@ struct Contender {
 }
 
 impl Contender {
-    async fn start(url: &str, register: SocketAddr, who: &str, proxies: Option<ProxySet>) -> Contender {
+    async fn start(t: &Target, url: &str, register: SocketAddr, who: &str, proxies: Option<ProxySet>) -> Contender {
         let mut child = Command::new(std::env::current_exe().expect("the test binary"))
-            .args(["--exact", "child::contender", "--ignored", "--nocapture", "--test-threads=1", "-q"])
+            .args(["--exact", &t.helper("contender"), "--ignored", "--nocapture", "--test-threads=1", "-q"])
             .env("LOCKKIT_CHILD_URL", url)
             .env("LOCKKIT_CHILD_NAME", LOCK)
             .env("LOCKKIT_CHILD_WHO", who)
@@ -173,11 +174,8 @@ impl Contender {
 /// register accepts no write from a superseded holder, no token is granted twice, and once the
 /// faults stop, the lock is free for a direct handle within T + R.
 pub async fn fenced_writes_survive_pauses_and_partitions(t: &Target) {
-    let probe = connect_patiently(&t.url_with(T, R)).await;
-    if !probe.capabilities().cross_process {
-        eprintln!("SYSTEM backend={} target={} skipped (no other process shares it)", probe.backend(), t.label());
-        return;
-    }
+    let probe = connect_patiently(t.connector(), &t.url_with(T, R)).await;
+    assert!(probe.capabilities().cross_process, "the system test needs a backend other processes share");
     let register = Register::start().await;
     let mut contenders = Vec::new();
     for i in 0..CONTENDERS {
@@ -185,7 +183,7 @@ pub async fn fenced_writes_survive_pauses_and_partitions(t: &Target) {
             Some((url, proxies)) => (url, Some(proxies)),
             None => (t.url_with(T, R), None),
         };
-        contenders.push(Contender::start(&url, register.addr, &format!("c{i}"), proxies).await);
+        contenders.push(Contender::start(t, &url, register.addr, &format!("c{i}"), proxies).await);
     }
     for (i, c) in contenders.iter_mut().enumerate() {
         assert!(c.said("READY", Duration::from_secs(60)).await, "contender c{i} did not start");
@@ -250,7 +248,7 @@ pub async fn fenced_writes_survive_pauses_and_partitions(t: &Target) {
     for c in &mut contenders {
         idle &= c.said("IDLE", T + R + SLACK).await;
     }
-    let direct = connect_patiently(&t.url_with(T, R)).await;
+    let direct = connect_patiently(t.connector(), &t.url_with(T, R)).await;
     let wait = (calm_at + T + R + SLACK * 2).saturating_duration_since(Instant::now());
     let after = direct.acquire_timeout(LOCK, wait).await;
     let reacquire = calm_at.elapsed();
@@ -300,8 +298,9 @@ pub async fn fenced_writes_survive_pauses_and_partitions(t: &Target) {
 
 /// The body of the `child::contender` helper: take the lock in turns, announce each grant to
 /// the register and write a few times while the guard says it is held; on `stop` (stdin), give
-/// everything up, say `IDLE` and stay alive (its handle too) until killed.
-pub fn run_contender_child() {
+/// everything up, say `IDLE` and stay alive (its handle too) until killed. Connects with
+/// `connector`; does nothing unless the system test started it.
+pub fn run_contender_child(connector: Connector) {
     let var = |name| std::env::var(name).ok();
     let (Some(url), Some(name), Some(who), Some(register)) =
         (var("LOCKKIT_CHILD_URL"), var("LOCKKIT_CHILD_NAME"), var("LOCKKIT_CHILD_WHO"), var("LOCKKIT_CHILD_REGISTER"))
@@ -310,7 +309,7 @@ pub fn run_contender_child() {
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
     runtime.block_on(async {
-        let locks = connect_patiently(&url).await;
+        let locks = connect_patiently(connector, &url).await;
         let stream = TcpStream::connect(&register).await.expect("the register");
         let (read, mut write) = stream.into_split();
         let mut answers = BufReader::new(read).lines();

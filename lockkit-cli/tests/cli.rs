@@ -1,10 +1,6 @@
 //! The `lockkit` command-line tool, driven as a user would: real processes, real signals.
 //! Every backend that can be shared between processes runs these, one `cli_tests!` line each.
 
-#[path = "conformance/support.rs"]
-#[allow(dead_code)]
-mod support;
-
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -12,7 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, Command};
 
-use support::Target;
+use lockkit_testkit::Target;
 
 const LOCKKIT: &str = env!("CARGO_BIN_EXE_lockkit");
 
@@ -40,17 +36,17 @@ macro_rules! cli_tests {
     };
 }
 
-cli_tests!(file, crate::support::Target::file);
+cli_tests!(file, crate::Target::file);
 #[cfg(feature = "etcd")]
-cli_tests!(etcd, crate::support::Target::etcd);
+cli_tests!(etcd, crate::Target::etcd);
 #[cfg(feature = "redis")]
-cli_tests!(redis, crate::support::Target::redis);
+cli_tests!(redis, crate::Target::redis);
 #[cfg(feature = "redis")]
-cli_tests!(redis_cluster, crate::support::Target::redis_cluster);
+cli_tests!(redis_cluster, crate::Target::redis_cluster);
 #[cfg(feature = "zookeeper")]
-cli_tests!(zookeeper, crate::support::Target::zookeeper);
+cli_tests!(zookeeper, crate::Target::zookeeper);
 #[cfg(feature = "consul")]
-cli_tests!(consul, crate::support::Target::consul);
+cli_tests!(consul, crate::Target::consul);
 
 fn lockkit(args: &[&str]) -> Command {
     let mut command = Command::new(LOCKKIT);
@@ -179,7 +175,7 @@ async fn losing_the_lock_stops_the_whole_process_group(t: &Target) {
     let line = line_matching(&mut stdout, |l| l.starts_with("grandchild ")).await;
     let grandchild: u32 = line["grandchild ".len()..].parse().unwrap();
 
-    assert!(support::connect(&url).await.force_release("job").await.unwrap());
+    assert!(lockkit_testkit::support::connect(&url).await.force_release("job").await.unwrap());
     let out = tokio::time::timeout(Duration::from_secs(15), run.wait_with_output()).await.unwrap().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(76), "{stderr}");
@@ -555,4 +551,28 @@ async fn a_dead_watchdog_stops_the_command() {
         unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
     }
     assert!(gone, "1 s after lockkit died (its watchdog killed first), its command's group still runs: {left:?}");
+}
+
+/// With ACLs on, the right token from `CONSUL_HTTP_TOKEN` (the CLI's child env) works, and a
+/// wrong one is a clear permission error (exit 69) without the token in it.
+#[cfg(feature = "consul")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_acl_token_from_the_environment() {
+    use lockkit_testkit::consul_double::{Config, ConsulDouble};
+    let token = "s3cret-acl-token";
+    let double =
+        ConsulDouble::start(Config { session_ttl_min: Duration::from_millis(500), acl_token: Some(token.into()) });
+    let url = |query: &str| format!("consul://{}?ttl=1000ms{query}", double.addr);
+    let locks = lockkit_testkit::support::connect(&url(&format!("&token={token}"))).await;
+    let _guard = locks.acquire("guarded").await.unwrap();
+
+    let status = |env_token: &'static str| {
+        Command::new(LOCKKIT).args(["status", &url(""), "guarded"]).env("CONSUL_HTTP_TOKEN", env_token).output()
+    };
+    let right = status(token).await.unwrap();
+    assert_eq!(right.status.code(), Some(0), "held: {}", String::from_utf8_lossy(&right.stderr));
+    let wrong = status("not-it").await.unwrap();
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert_eq!(wrong.status.code(), Some(69), "{stderr}");
+    assert!(stderr.contains("permission denied") && !stderr.contains("not-it"), "{stderr}");
 }

@@ -39,7 +39,7 @@ pub async fn in_line(locks: &dyn DistributedLock, name: &str, waiters: usize) {
 
 /// `prefix` and a random suffix: a name no other test uses.
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}{:x}", lockkit_core::random_u64())
+    format!("{prefix}{:x}", lockkit_core::driver::random_u64())
 }
 
 /// A lock holder in another process: this test binary, run again as the `child::holder` helper

@@ -1,6 +1,6 @@
 use super::*;
 
-pub async fn baseline(url: &str, addr: std::net::SocketAddr, iterations: usize) -> Vec<Row> {
+pub(crate) async fn baseline(url: &str, addr: std::net::SocketAddr, iterations: usize) -> Vec<Row> {
     // reqwest is built without a default TLS provider (the driver picks ring).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::new();

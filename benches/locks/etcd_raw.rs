@@ -34,7 +34,7 @@ async fn watch_deletions(client: &mut Client, key: &str) -> tokio::task::JoinHan
     })
 }
 
-pub async fn baseline(url: &str, port: u16, iterations: usize) -> Vec<Row> {
+pub(crate) async fn baseline(url: &str, port: u16, iterations: usize) -> Vec<Row> {
     let mut client = Client::connect([format!("127.0.0.1:{port}")], None).await.unwrap();
     let lease = client.lease_grant(60, None).await.unwrap().id();
     let locks = connect(url).await;
@@ -66,7 +66,7 @@ pub async fn baseline(url: &str, port: u16, iterations: usize) -> Vec<Row> {
 /// started past the read, and reads again on its deletion; a holder's key is watched for
 /// deletion, by one watch kept for all its grants; release is a guarded delete), without
 /// lockkit's guards, shared watch stream and loss machinery.
-pub struct Contender {
+pub(crate) struct Contender {
     client: Client,
     lease: i64,
     prefix: String,
@@ -75,7 +75,7 @@ pub struct Contender {
 }
 
 impl Contender {
-    pub async fn new(port: u16, name: &str) -> Self {
+    pub(crate) async fn new(port: u16, name: &str) -> Self {
         let mut client = Client::connect([format!("127.0.0.1:{port}")], None).await.unwrap();
         let lease = client.lease_grant(60, None).await.unwrap().id();
         let prefix = format!("{name}/");
@@ -137,7 +137,7 @@ impl super::Contender for Contender {
 /// The p50s of the holder's release (a compare-create-revision delete of a key put just
 /// before, which a watch waits for, as a waiter's does) and of the waiter's read (a
 /// serializable range, newest first, two keys), on a connection of their own.
-pub async fn trips(port: u16, sampling: Sampling) -> Trips {
+pub(crate) async fn trips(port: u16, sampling: Sampling) -> Trips {
     let mut client = Client::connect([format!("127.0.0.1:{port}")], None).await.unwrap();
     let drain = watch_deletions(&mut client, "raw-bench/probe").await;
     let write = || {

@@ -4,7 +4,7 @@ const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redi
 
 /// Raw SET NX PX + compare-and-delete, one raw round trip, and lockkit's acquire+release,
 /// interleaved iteration by iteration so that all three see the same machine load.
-pub async fn baseline(url: &str, iterations: usize) -> Vec<Row> {
+pub(crate) async fn baseline(url: &str, iterations: usize) -> Vec<Row> {
     let client = redis::Client::open(url).unwrap();
     let conn = client.get_multiplexed_async_connection().await.unwrap();
     let trip = ("one round trip (PING)", redis::cmd("PING"));
@@ -14,7 +14,7 @@ pub async fn baseline(url: &str, iterations: usize) -> Vec<Row> {
 /// The same on a Redis Cluster (seed nodes on `ports`): the raw calls go through the `redis`
 /// crate's cluster client, and the round trip is a GET of the raw lock's key (PING would go to
 /// every master).
-pub async fn cluster_baseline(ports: &[u16], iterations: usize) -> Vec<Row> {
+pub(crate) async fn cluster_baseline(ports: &[u16], iterations: usize) -> Vec<Row> {
     let seeds: Vec<String> = ports.iter().map(|p| format!("redis://127.0.0.1:{p}")).collect();
     let conn = redis::cluster::ClusterClient::new(seeds).unwrap().get_async_connection().await.unwrap();
     let hosts: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
@@ -58,7 +58,7 @@ async fn measure(
 }
 
 /// The p50 of `iterations` PINGs on a fresh connection.
-pub async fn ping_p50(url: &str, iterations: usize) -> Duration {
+pub(crate) async fn ping_p50(url: &str, iterations: usize) -> Duration {
     let client = redis::Client::open(url).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let mut samples = Vec::with_capacity(iterations);
@@ -71,7 +71,7 @@ pub async fn ping_p50(url: &str, iterations: usize) -> Duration {
 }
 
 /// Commands the server has processed so far.
-pub async fn commands(url: &str) -> u64 {
+pub(crate) async fn commands(url: &str) -> u64 {
     let client = redis::Client::open(url).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let info: String = redis::cmd("INFO").arg("stats").query_async(&mut conn).await.unwrap();

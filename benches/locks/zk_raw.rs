@@ -2,7 +2,7 @@ use lockkit::zookeeper::zookeeper_client::{Acls, Client, CreateMode};
 
 use super::*;
 
-pub async fn baseline(url: &str, port: u16, iterations: usize) -> Vec<Row> {
+pub(crate) async fn baseline(url: &str, port: u16, iterations: usize) -> Vec<Row> {
     let client = Client::connect(&format!("127.0.0.1:{port}")).await.unwrap();
     let directory = CreateMode::Persistent.with_acls(Acls::anyone_all());
     client.create("/raw-bench", &[], &directory).await.unwrap();
@@ -37,7 +37,7 @@ pub async fn baseline(url: &str, port: u16, iterations: usize) -> Vec<Row> {
 
 /// The p50s of the holder's release (a versioned delete of a node created just before) and
 /// of the waiter's read (a list of the lock's directory), on a session of their own.
-pub async fn trips(port: u16, sampling: Sampling) -> Trips {
+pub(crate) async fn trips(port: u16, sampling: Sampling) -> Trips {
     let client = Client::connect(&format!("127.0.0.1:{port}")).await.unwrap();
     let node = CreateMode::Ephemeral.with_acls(Acls::anyone_all());
     let write = || {

@@ -20,14 +20,14 @@ use std::process::{Child, ChildStdin, Stdio};
 use std::time::Duration;
 
 /// The hidden first argument that makes `lockkit` act as the watchdog.
-pub const WATCHDOG_ARG: &str = "__watchdog";
+pub(crate) const WATCHDOG_ARG: &str = "__watchdog";
 
 /// What lockkit writes to the watchdog once the group is gone: nothing is left to kill.
 const DONE: &str = "done\n";
 
 /// Prepares `command` to run in a new process group that dies with lockkit and, when
 /// `terminal` is set, is the foreground group of the terminal on stdin.
-pub fn configure(command: &mut tokio::process::Command, terminal: bool) {
+pub(crate) fn configure(command: &mut tokio::process::Command, terminal: bool) {
     let parent = std::process::id();
     command.process_group(0);
     // SAFETY: the closure runs in the forked child before exec and only makes async-signal-safe
@@ -58,13 +58,13 @@ pub fn configure(command: &mut tokio::process::Command, terminal: bool) {
 
 /// Whether the command should get the terminal: stdin is a terminal whose foreground group is
 /// lockkit's own (a `lockkit run … &` in the background leaves the terminal alone).
-pub fn owns_terminal() -> bool {
+pub(crate) fn owns_terminal() -> bool {
     // SAFETY: plain queries on a file descriptor; no memory is passed.
     unsafe { libc::isatty(libc::STDIN_FILENO) == 1 && libc::tcgetpgrp(libc::STDIN_FILENO) == libc::getpgrp() }
 }
 
 /// Makes lockkit's group the terminal's foreground group again, after the command's group had it.
-pub fn take_terminal_back() {
+pub(crate) fn take_terminal_back() {
     // SAFETY: as above; SIGTTOU is blocked so that a background caller is not stopped.
     let result = unsafe { with_sigttou_blocked(|| libc::tcsetpgrp(libc::STDIN_FILENO, libc::getpgrp())) };
     if result != 0 {
@@ -74,7 +74,7 @@ pub fn take_terminal_back() {
 
 /// The stop signal that stopped process `pid` (a child of lockkit), if it stopped since the last
 /// call; each stop is reported once.
-pub fn stopped_by(pid: i32) -> Option<i32> {
+pub(crate) fn stopped_by(pid: i32) -> Option<i32> {
     // SAFETY: waitid fills the zeroed siginfo; WNOHANG never blocks, and without WEXITED it
     // reports stops only, so it never reaps the child tokio waits for.
     unsafe {
@@ -88,7 +88,7 @@ pub fn stopped_by(pid: i32) -> Option<i32> {
 /// background): lockkit takes the terminal back and stops itself with the same signal, so its
 /// shell sees the job stopped; returns once lockkit is continued (`fg`, `bg`). While stopped,
 /// lockkit refreshes nothing: the caller must check the lock before [`resume`].
-pub fn suspend_like(number: i32) {
+pub(crate) fn suspend_like(number: i32) {
     take_terminal_back();
     // SAFETY: kill has no memory-safety preconditions. It returns once lockkit is continued
     // (at once if lockkit's group is orphaned: the kernel then discards SIGTSTP).
@@ -97,7 +97,7 @@ pub fn suspend_like(number: i32) {
 
 /// After [`suspend_like`]: hands the terminal to the group again if lockkit was continued in the
 /// foreground, and continues the group.
-pub fn resume(group: i32) {
+pub(crate) fn resume(group: i32) {
     if owns_terminal() {
         // SAFETY: as in `take_terminal_back`.
         unsafe { with_sigttou_blocked(|| libc::tcsetpgrp(libc::STDIN_FILENO, group)) };
@@ -126,14 +126,14 @@ unsafe fn with_sigttou_blocked(call: impl FnOnce() -> libc::c_int) -> libc::c_in
 
 /// lockkit's end of the watchdog pipe. Dropped without [`Watchdog::disarm`] (lockkit dying,
 /// or a panic), the watchdog kills the group.
-pub struct Watchdog {
+pub(crate) struct Watchdog {
     child: Child,
     pipe: ChildStdin,
 }
 
 impl Watchdog {
     /// Starts the watchdog, before the command exists.
-    pub fn start() -> std::io::Result<Watchdog> {
+    pub(crate) fn start() -> std::io::Result<Watchdog> {
         // /proc/self/exe still works if the binary was replaced or deleted since lockkit started.
         let exe = match std::path::Path::new("/proc/self/exe") {
             path if path.exists() => path.to_path_buf(),
@@ -152,22 +152,22 @@ impl Watchdog {
     }
 
     /// Tells the watchdog which group to kill if lockkit dies.
-    pub fn arm(&mut self, group: i32) -> std::io::Result<()> {
+    pub(crate) fn arm(&mut self, group: i32) -> std::io::Result<()> {
         self.pipe.write_all(format!("{group}\n").as_bytes())
     }
 
     /// The watchdog's process id.
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Whether the watchdog has exited (killed: nothing would stop the group if lockkit died).
-    pub fn is_gone(&mut self) -> bool {
+    pub(crate) fn is_gone(&mut self) -> bool {
         !matches!(self.child.try_wait(), Ok(None))
     }
 
     /// The group is gone: the watchdog exits without killing anything.
-    pub fn disarm(mut self) {
+    pub(crate) fn disarm(mut self) {
         let told = self.pipe.write_all(DONE.as_bytes());
         drop(self.pipe);
         if told.is_ok() {
@@ -179,7 +179,7 @@ impl Watchdog {
 
 /// `lockkit __watchdog`: reads the group id and waits for the pipe on stdin to close; unless
 /// lockkit wrote `done` first, kills the whole group.
-pub fn watchdog_main() -> u8 {
+pub(crate) fn watchdog_main() -> u8 {
     for number in [libc::SIGINT, libc::SIGQUIT, libc::SIGHUP, libc::SIGTERM, libc::SIGTSTP] {
         // SAFETY: setting a disposition to SIG_IGN has no preconditions.
         unsafe { libc::signal(number, libc::SIG_IGN) };
@@ -205,7 +205,7 @@ pub fn watchdog_main() -> u8 {
 
 /// Whether any process of the group is left. Zombies do not count: a leftover's parent (the
 /// command) is gone, so it waits for init to reap it, and some inits never do.
-pub fn alive(group: i32) -> bool {
+pub(crate) fn alive(group: i32) -> bool {
     // SAFETY: signal 0 only checks for existence; a gone group gives ESRCH.
     if unsafe { libc::killpg(group, 0) } != 0 {
         return false;
@@ -223,7 +223,7 @@ pub fn alive(group: i32) -> bool {
 }
 
 /// Sends `number` to the whole group.
-pub fn signal(group: i32, number: i32) {
+pub(crate) fn signal(group: i32, number: i32) {
     // SAFETY: killpg has no memory-safety preconditions; a gone group gives ESRCH.
     unsafe { libc::killpg(group, number) };
 }
@@ -231,7 +231,7 @@ pub fn signal(group: i32, number: i32) {
 /// Makes lockkit the subreaper of its descendants (Linux): a process that leaves the command's
 /// group (`setsid`) and is then orphaned becomes lockkit's child instead of init's, so it is
 /// found and stopped when the command ends ([`adopted`]).
-pub fn become_subreaper() {
+pub(crate) fn become_subreaper() {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     // SAFETY: prctl with integer arguments has no memory-safety preconditions.
     unsafe {
@@ -242,7 +242,7 @@ pub fn become_subreaper() {
 /// lockkit's living children other than `except` (the watchdog): once the command has exited
 /// and its group is cleared, the descendants that left the group and were orphaned to lockkit.
 /// Zombies among them are reaped.
-pub fn adopted(except: u32) -> Vec<i32> {
+pub(crate) fn adopted(except: u32) -> Vec<i32> {
     let me = std::process::id().to_string();
     let Ok(processes) = std::fs::read_dir("/proc") else { return Vec::new() };
     processes
@@ -269,7 +269,7 @@ pub fn adopted(except: u32) -> Vec<i32> {
 ///
 /// There is no event for a group becoming empty (its members need not be lockkit's children),
 /// so this polls.
-pub async fn wait_empty(group: i32, deadline: tokio::time::Instant) -> bool {
+pub(crate) async fn wait_empty(group: i32, deadline: tokio::time::Instant) -> bool {
     while alive(group) {
         if tokio::time::Instant::now() >= deadline {
             return false;

@@ -14,18 +14,18 @@ use lockkit::Error;
 /// Exit statuses of `lockkit` itself; otherwise `lockkit run` exits with its command's status.
 mod exit {
     /// `lockkit status`: the lock is free.
-    pub const FREE: u8 = 1;
+    pub(crate) const FREE: u8 = 1;
     /// Bad arguments, URL or option.
-    pub const USAGE: u8 = 64;
+    pub(crate) const USAGE: u8 = 64;
     /// The backend could not be reached, or refused the credentials.
-    pub const UNAVAILABLE: u8 = 69;
+    pub(crate) const UNAVAILABLE: u8 = 69;
     /// The backend answered with an error.
-    pub const BACKEND: u8 = 70;
+    pub(crate) const BACKEND: u8 = 70;
     /// `--no-wait` or `--timeout`: the lock is held elsewhere.
-    pub const NOT_ACQUIRED: u8 = 75;
+    pub(crate) const NOT_ACQUIRED: u8 = 75;
     /// The lock was lost while the command ran; the command was stopped. Only ever after a
     /// command started: a loss before (an acquire failing with it) is [`BACKEND`].
-    pub const LOCK_LOST: u8 = 76;
+    pub(crate) const LOCK_LOST: u8 = 76;
 }
 
 const AFTER_HELP: &str = "\

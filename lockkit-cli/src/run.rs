@@ -10,7 +10,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use crate::{duration, exit, fail, group, report};
 
 #[derive(clap::Args, Debug)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// Lock URL, e.g. file:///var/lock/myapp or etcd://10.0.0.1:2379/cron
     url: String,
     /// Lock name
@@ -36,7 +36,7 @@ pub struct RunArgs {
     command: Vec<String>,
 }
 
-pub async fn run(args: RunArgs, verbose: bool) -> u8 {
+pub(crate) async fn run(args: RunArgs, verbose: bool) -> u8 {
     let url = match LockUrl::parse(&args.url) {
         Ok(url) => url,
         Err(e) => return report(&e),

@@ -7,7 +7,7 @@ use lockkit::LockStatus;
 use crate::{exit, report};
 
 #[derive(clap::Args, Debug)]
-pub struct StatusArgs {
+pub(crate) struct StatusArgs {
     /// Lock URL
     url: String,
     /// Lock name
@@ -18,7 +18,7 @@ pub struct StatusArgs {
     json: bool,
 }
 
-pub async fn status(args: StatusArgs) -> u8 {
+pub(crate) async fn status(args: StatusArgs) -> u8 {
     let status = match lockkit::connect(&args.url).await {
         Ok(locks) => locks.status(&args.name).await,
         Err(e) => Err(e),

@@ -222,7 +222,7 @@ struct TinyGrant {
 impl Grant for TinyGrant {
     async fn release(&self) -> Result<()> {
         let mut state = self.server.state.lock().unwrap();
-        if !state.holders.get(&self.key).is_some_and(|h| h.owner == self.owner) {
+        if state.holders.get(&self.key).is_none_or(|h| h.owner != self.owner) {
             return Err(Error::NotHeld {
                 backend: BACKEND,
                 name: self.name.clone(),

@@ -64,7 +64,7 @@ fn answer(store: &Store, key: &str, recurse: bool) -> Response {
 /// `GET /v1/kv/<key>[?recurse][&index=N&wait=D]`. A blocking query answers once its index
 /// passes the one given, at once when a restore abandons it, or at the wait's end plus up to
 /// wait / 16 (Consul's jitter).
-pub async fn get_key(
+pub(crate) async fn get_key(
     State(shared): State<Arc<Shared>>,
     Query(query): Query<HashMap<String, String>>,
     Path(key): Path<String>,
@@ -110,7 +110,7 @@ pub async fn get_key(
 /// `PUT /v1/kv/<key>[?acquire=S | ?release=S | ?cas=N][&flags=F]`, body = value. A write
 /// chosen by [`ConsulDouble::hold`](super::ConsulDouble::hold) is applied at the end of its
 /// hold, whether or not its client still waits.
-pub async fn put_key(
+pub(crate) async fn put_key(
     State(shared): State<Arc<Shared>>,
     Query(query): Query<HashMap<String, String>>,
     Path(key): Path<String>,
@@ -208,7 +208,7 @@ fn set(shared: &Shared, store: &mut Store, key: String, mut entry: Entry) {
 }
 
 /// `DELETE /v1/kv/<key>[?recurse][&cas=N]`.
-pub async fn delete_key(
+pub(crate) async fn delete_key(
     State(shared): State<Arc<Shared>>,
     Query(query): Query<HashMap<String, String>>,
     Path(key): Path<String>,

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::state::{Json, Session, Shared, bad_request};
 
 /// A Consul duration: `"15s"`, `"1500ms"`, `"1m"`, or nanoseconds as a number.
-pub fn duration(value: &Value) -> Option<Duration> {
+pub(crate) fn duration(value: &Value) -> Option<Duration> {
     match value {
         Value::Number(n) => n.as_u64().map(Duration::from_nanos),
         Value::String(s) => {
@@ -46,7 +46,7 @@ fn session_json(id: &str, s: &Session) -> Value {
     })
 }
 
-pub async fn create(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+pub(crate) async fn create(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     let spec: Value = if body.is_empty() { json!({}) } else { serde_json::from_slice(&body).unwrap_or(Value::Null) };
     if !spec.is_object() {
         return bad_request("Request decode failed: not a JSON object");
@@ -86,7 +86,7 @@ pub async fn create(State(shared): State<Arc<Shared>>, body: Bytes) -> Response 
     Json(json!({ "ID": id })).into_response()
 }
 
-pub async fn renew(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+pub(crate) async fn renew(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
     let mut store = shared.store.lock().unwrap();
     match store.sessions.get_mut(&id) {
         Some(session) => {
@@ -97,12 +97,12 @@ pub async fn renew(State(shared): State<Arc<Shared>>, Path(id): Path<String>) ->
     }
 }
 
-pub async fn destroy(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+pub(crate) async fn destroy(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
     shared.invalidate(&id);
     Json(json!(true)).into_response()
 }
 
-pub async fn info(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+pub(crate) async fn info(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
     let store = shared.store.lock().unwrap();
     let sessions: Vec<Value> = store.sessions.get(&id).map(|s| session_json(&id, s)).into_iter().collect();
     Json(Value::Array(sessions)).into_response()

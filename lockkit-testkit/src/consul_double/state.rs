@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use super::{Config, Fault, Write};
 
-pub struct Shared {
+pub(crate) struct Shared {
     pub config: Config,
     pub store: Mutex<Store>,
     /// The latest Raft index.
@@ -46,13 +46,13 @@ pub struct Shared {
 
 /// The fault answered instead of handling requests, and for how many more (`None`: all).
 #[derive(Default)]
-pub struct Faults {
+pub(crate) struct Faults {
     pub fault: Option<Fault>,
     pub left: Option<u32>,
 }
 
 #[derive(Default)]
-pub struct Store {
+pub(crate) struct Store {
     pub index: u64,
     pub sessions: HashMap<String, Session>,
     pub kv: BTreeMap<String, Entry>,
@@ -65,7 +65,7 @@ pub struct Store {
     pub tombstones: HashMap<String, u64>,
 }
 
-pub struct Session {
+pub(crate) struct Session {
     pub name: String,
     pub ttl: Duration,
     pub behavior: String,
@@ -75,7 +75,7 @@ pub struct Session {
 }
 
 #[derive(Clone, PartialEq, Eq)]
-pub struct Entry {
+pub(crate) struct Entry {
     pub create_index: u64,
     pub modify_index: u64,
     pub lock_index: u64,
@@ -85,7 +85,7 @@ pub struct Entry {
 }
 
 impl Shared {
-    pub fn new(config: Config) -> Shared {
+    pub(crate) fn new(config: Config) -> Shared {
         Shared {
             config,
             store: Mutex::new(Store { index: 1, ..Store::default() }),
@@ -105,14 +105,14 @@ impl Shared {
     }
 
     /// One write: the next Raft index.
-    pub fn write(&self, store: &mut Store) -> u64 {
+    pub(crate) fn write(&self, store: &mut Store) -> u64 {
         store.index += 1;
         self.index.send_replace(store.index);
         store.index
     }
 
     /// A KV write at `index` changed the KV table, and `key` (when it is about one key).
-    pub fn kv_changed(&self, store: &mut Store, index: u64, key: Option<&str>) {
+    pub(crate) fn kv_changed(&self, store: &mut Store, index: u64, key: Option<&str>) {
         store.kv_index = index;
         self.kv_changes.send_replace(index);
         let mut keys = self.key_changes.lock().unwrap();
@@ -125,7 +125,7 @@ impl Shared {
     /// What wakes a blocking query on `key`: its own changes while it exists (call with the
     /// store locked, so that no change comes between the look and the subscription), else any
     /// change of the KV table.
-    pub fn subscribe(&self, store: &Store, key: &str, recurse: bool) -> watch::Receiver<u64> {
+    pub(crate) fn subscribe(&self, store: &Store, key: &str, recurse: bool) -> watch::Receiver<u64> {
         if recurse || !store.kv.contains_key(key) {
             return self.kv_changes.subscribe();
         }
@@ -134,7 +134,7 @@ impl Shared {
     }
 
     /// Ends a session: its keys are released (or deleted) and get its lock-delay.
-    pub fn invalidate(&self, id: &str) -> bool {
+    pub(crate) fn invalidate(&self, id: &str) -> bool {
         let mut store = self.store.lock().unwrap();
         let Some(session) = store.sessions.remove(id) else { return false };
         let index = self.write(&mut store);
@@ -157,7 +157,7 @@ impl Shared {
     }
 
     /// The Raft index goes back by `by`; blocking queries in flight answer at once.
-    pub fn rewind(&self, by: u64) {
+    pub(crate) fn rewind(&self, by: u64) {
         let mut store = self.store.lock().unwrap();
         store.index = store.index.saturating_sub(by).max(1);
         let kv_index = store.kv_index.min(store.index);
@@ -167,7 +167,7 @@ impl Shared {
     }
 
     /// How long to hold a write of this kind, if it is to be held (counting it).
-    pub fn take_hold(&self, write: Write) -> Option<Duration> {
+    pub(crate) fn take_hold(&self, write: Write) -> Option<Duration> {
         let mut holds = self.holds.lock().unwrap();
         let (time, left) = holds.get_mut(&write)?;
         if *left == 0 {
@@ -195,13 +195,13 @@ impl Shared {
 }
 
 /// Counts a blocking query on a key while it lives (a client that goes away drops it).
-pub struct Waiting<'a> {
+pub(crate) struct Waiting<'a> {
     shared: &'a Shared,
     key: String,
 }
 
 impl<'a> Waiting<'a> {
-    pub fn new(shared: &'a Shared, key: &str) -> Self {
+    pub(crate) fn new(shared: &'a Shared, key: &str) -> Self {
         shared.waiting.send_modify(|waiting| *waiting.entry(key.to_owned()).or_default() += 1);
         Waiting { shared, key: key.to_owned() }
     }
@@ -218,7 +218,7 @@ impl Drop for Waiting<'_> {
 }
 
 /// Invalidates sessions whose TTL (× 2, Consul's grace) passed without a renew.
-pub async fn reap_sessions(shared: Arc<Shared>) {
+pub(crate) async fn reap_sessions(shared: Arc<Shared>) {
     loop {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let now = Instant::now();
@@ -234,7 +234,7 @@ pub async fn reap_sessions(shared: Arc<Shared>) {
 
 /// Answers instead of the endpoint while a fault is set, or when the ACL token is missing or
 /// wrong (given as `X-Consul-Token` or `?token=`).
-pub async fn gate(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
+pub(crate) async fn gate(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
     match shared.take_fault() {
         Some(Fault::ServerError) => {
             return (StatusCode::INTERNAL_SERVER_ERROR, "rpc error making call: No cluster leader").into_response();
@@ -258,12 +258,12 @@ pub async fn gate(State(shared): State<Arc<Shared>>, request: Request, next: Nex
     next.run(request).await
 }
 
-pub fn bad_request(message: impl Into<String>) -> Response {
+pub(crate) fn bad_request(message: impl Into<String>) -> Response {
     (StatusCode::BAD_REQUEST, message.into()).into_response()
 }
 
 /// A JSON answer, with Consul's content type.
-pub struct Json(pub serde_json::Value);
+pub(crate) struct Json(pub serde_json::Value);
 
 impl IntoResponse for Json {
     fn into_response(self) -> Response {

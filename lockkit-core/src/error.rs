@@ -161,6 +161,15 @@ impl Error {
         Error::Backend { backend, message: message.into(), temporary: false, source: None }
     }
 
+    /// A backend error that trying again will not fix, caused by `source` (a client's error).
+    pub fn backend_caused(
+        backend: &'static str,
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error::Backend { backend, message: message.into(), temporary: false, source: Some(Box::new(source)) }
+    }
+
     /// A connection error.
     pub fn connection(
         backend: &'static str,

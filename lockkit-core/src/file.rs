@@ -297,12 +297,7 @@ fn io_error(what: &str, e: io::Error) -> Error {
         io::ErrorKind::InvalidData => "",
         _ => "; check the directory and the disk",
     };
-    Error::Backend {
-        backend: BACKEND,
-        message: format!("{what}: {e}{hint}"),
-        temporary: false,
-        source: Some(Box::new(e)),
-    }
+    Error::backend_caused(BACKEND, format!("{what}: {e}{hint}"), e)
 }
 
 /// The lock files this handle holds, checked at every refresh: a file that was removed or

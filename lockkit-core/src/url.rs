@@ -381,6 +381,24 @@ impl LockUrl {
         Error::InvalidUrl { url: self.to_string(), reason: reason.into() }
     }
 
+    /// The hosts, or an error asking for at least one `what` (e.g. "endpoint") like `example`.
+    pub fn required_hosts(&self, what: &str, example: &str) -> Result<&[Host]> {
+        if self.hosts.is_empty() {
+            return Err(self.invalid(format!("name at least one {what}: {example}")));
+        }
+        Ok(&self.hosts)
+    }
+
+    /// The user and password, when the URL gives both; an error when it gives only one
+    /// (`example` shows the form).
+    pub fn user_and_password(&self, example: &str) -> Result<Option<(String, Secret)>> {
+        match (self.username(), self.password()) {
+            (Some(user), Some(password)) => Ok(Some((user.to_owned(), password.clone()))),
+            (None, None) => Ok(None),
+            _ => Err(self.invalid(format!("give both user and password: {example}"))),
+        }
+    }
+
     /// The hosts as `host:port` joined by commas, for messages.
     pub fn endpoints(&self, default_port: u16) -> String {
         self.hosts.iter().map(|h| h.address(default_port)).collect::<Vec<_>>().join(",")

@@ -36,19 +36,13 @@ impl EtcdConfig {
     /// Reads and checks a URL: options, endpoints, common settings, TLS files, credentials.
     pub fn from_url(url: &LockUrl) -> Result<Self> {
         url.check_options(TLS_OPTIONS)?;
-        if url.hosts().is_empty() {
-            return Err(url.invalid("name at least one endpoint: etcd://127.0.0.1:2379"));
-        }
+        let hosts = url.required_hosts("endpoint", "etcd://127.0.0.1:2379")?;
         let settings = Settings::from_url(url)?;
         let files = url.tls_files()?;
-        let credentials = match (url.username(), url.password()) {
-            (Some(user), Some(password)) => Some((user.to_owned(), password.clone())),
-            (None, None) => None,
-            _ => return Err(url.invalid("give both user and password: etcd://user:password@host:2379")),
-        };
+        let credentials = url.user_and_password("etcd://user:password@host:2379")?;
         Ok(EtcdConfig {
             settings,
-            endpoints: url.hosts().iter().map(|h| h.address(DEFAULT_PORT)).collect(),
+            endpoints: hosts.iter().map(|h| h.address(DEFAULT_PORT)).collect(),
             tls: url.tls().then_some(files),
             credentials,
         })

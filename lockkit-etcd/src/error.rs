@@ -145,12 +145,9 @@ impl From<EtcdError> for Error {
             Class::Unreachable => {
                 Error::connection(BACKEND, &endpoints, format!("{said}; is etcd running there?"), Some(Box::new(error)))
             }
-            Class::LeaseNotFound | Class::Other => Error::Backend {
-                backend: BACKEND,
-                message: format!("etcd at {endpoints} answered: {error}"),
-                temporary: false,
-                source: Some(Box::new(error)),
-            },
+            Class::LeaseNotFound | Class::Other => {
+                Error::backend_caused(BACKEND, format!("etcd at {endpoints} answered: {error}"), error)
+            }
         }
     }
 }

@@ -57,9 +57,7 @@ impl ZkConfig {
     /// credentials, ACL and recipe.
     pub fn from_url(url: &LockUrl) -> Result<Self> {
         url.check_options(OPTIONS)?;
-        if url.hosts().is_empty() {
-            return Err(url.invalid("name at least one server: zk://127.0.0.1:2181"));
-        }
+        let hosts = url.required_hosts("server", "zk://127.0.0.1:2181")?;
         if url.tls() {
             return Err(url.invalid("TLS is not supported for ZooKeeper yet; use zk://"));
         }
@@ -71,11 +69,7 @@ impl ZkConfig {
             settings.ttl = ttl;
         }
         settings.namespace = Namespace::new(url.option("namespace").unwrap_or(""));
-        let digest = match (url.username(), url.password()) {
-            (Some(user), Some(password)) => Some((user.to_owned(), password.clone())),
-            (None, None) => None,
-            _ => return Err(url.invalid("give both user and password: zk://user:password@host:2181")),
-        };
+        let digest = url.user_and_password("zk://user:password@host:2181")?;
         let acl = match url.option("acl") {
             None | Some("open") => Acl::Open,
             Some("creator") if digest.is_some() => Acl::Creator,
@@ -98,7 +92,7 @@ impl ZkConfig {
         };
         Ok(ZkConfig {
             settings,
-            servers: url.hosts().iter().map(|h| h.address(DEFAULT_PORT)).collect(),
+            servers: hosts.iter().map(|h| h.address(DEFAULT_PORT)).collect(),
             chroot: Namespace::new(url.path()),
             recipe,
             acl,

@@ -108,12 +108,7 @@ impl From<ZkError> for Error {
                 temporary: true,
                 source: Some(Box::new(e)),
             },
-            Class::Other => Error::Backend {
-                backend: BACKEND,
-                message: format!("ZooKeeper at {endpoints} answered: {e}"),
-                temporary: false,
-                source: Some(Box::new(e)),
-            },
+            Class::Other => Error::backend_caused(BACKEND, format!("ZooKeeper at {endpoints} answered: {e}"), e),
         }
     }
 }

@@ -497,3 +497,55 @@ async fn an_acquire_dropped_with_its_put_unanswered_gives_its_lease_up() {
     let taken = other.acquire_timeout("b", bound).await.expect("the late put ended with its lease");
     assert!(taken.is_held());
 }
+
+/// attack5: a lease revoked behind the handle's back before the keep-alive noticed (a long
+/// TTL: the next refresh is far away) is noticed by the next acquire, which succeeds on a fresh
+/// lease; the guard on the old lease fires; nothing is left under the lock prefixes but the new
+/// grants' keys. Covers try_acquire, acquire and an acquire that has to queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack5_an_acquire_on_a_revoked_lease_succeeds_on_a_fresh_one_and_leaves_no_orphan() {
+    let server = Server::etcd();
+    let namespace = unique("e");
+    let long = format!("etcd://127.0.0.1:{}/{namespace}?ttl=30s", server.port);
+    let locks = connect(&long).await;
+    let other = connect(&long).await;
+    let held_elsewhere = other.acquire("queued").await.unwrap();
+
+    let old = locks.acquire("a").await.unwrap();
+    let old_lease = old.lease().id().to_owned();
+    run(etcdctl(&server, &["lease", "revoke", &old_lease])).await;
+
+    let b = tokio::time::timeout(Duration::from_secs(10), locks.try_acquire("b")).await.expect("bounded").unwrap();
+    let b = b.expect("try_acquire on a revoked lease succeeds on a fresh one");
+    assert_ne!(b.lease().id(), old_lease, "granted on the revoked lease");
+    assert!(b.is_held());
+    let reason = tokio::time::timeout(Duration::from_secs(5), old.lost()).await.expect("the old guard fires");
+    assert!(!reason.is_empty());
+    let c = tokio::time::timeout(Duration::from_secs(10), locks.acquire("c")).await.expect("bounded").unwrap();
+    assert_eq!(c.lease().id(), b.lease().id(), "one fresh lease for the handle");
+
+    // A queued acquire, started after another revoke: it waits, then is served on a fresh lease.
+    run(etcdctl(&server, &["lease", "revoke", b.lease().id()])).await;
+    let waiting = {
+        let locks = locks.clone();
+        tokio::spawn(async move { locks.acquire_timeout("queued", Duration::from_secs(15)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    held_elsewhere.release().await.unwrap();
+    let queued = tokio::time::timeout(Duration::from_secs(15), waiting).await.expect("bounded").unwrap().unwrap();
+    assert!(queued.is_held());
+    assert_ne!(queued.lease().id(), b.lease().id());
+
+    // No key of a revoked lease, and exactly one key per held lock.
+    for (name, guard) in [("b", &b), ("c", &c), ("queued", &queued)] {
+        let keys = run(etcdctl(&server, &["get", "--prefix", "--keys-only", &format!("{namespace}/{name}/")])).await;
+        let keys: Vec<&str> = keys.lines().filter(|l| !l.is_empty()).collect();
+        if guard.is_held() {
+            assert_eq!(keys, [format!("{namespace}/{name}/{}", guard.lease().id())], "{name}");
+        } else {
+            assert!(keys.is_empty(), "{name}: a revoked lease's key: {keys:?}");
+        }
+    }
+    let a_keys = run(etcdctl(&server, &["get", "--prefix", "--keys-only", &format!("{namespace}/a/")])).await;
+    assert!(a_keys.trim().is_empty(), "the revoked lease's key is gone: {a_keys}");
+}

@@ -65,7 +65,7 @@ impl ConsulConfig {
         }
         let token =
             url.option("token").map(Secret::new).or_else(|| std::env::var("CONSUL_HTTP_TOKEN").ok().map(Secret::new));
-        Ok(ConsulConfig {
+        let config = ConsulConfig {
             tls_files: url.tls_files()?,
             agent: host.address(DEFAULT_PORT),
             tls: url.tls(),
@@ -74,7 +74,11 @@ impl ConsulConfig {
             lock_delay,
             blocking_wait,
             settings,
-        })
+        };
+        // The certificates are parsed when the HTTP client is built: build one now, so that a
+        // file `connect` would refuse is refused here, with the same error (attack5).
+        crate::http_client(&config)?;
+        Ok(config)
     }
 
     /// The agent's base URL: `http://host:port` or `https://…`.
@@ -100,7 +104,11 @@ mod tests {
     use super::*;
 
     /// A file that exists, for the TLS options.
-    const FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+    /// A throwaway self-signed certificate and its key, in one PEM file (the certificates
+    /// are parsed here, as `connect` parses them).
+    const FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/cert-and-key.pem");
+    /// A file that is no PEM at all.
+    const NOT_PEM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
 
     type Check = fn(&ConsulConfig) -> bool;
 
@@ -150,6 +158,7 @@ mod tests {
             (with_file("consul://h?ca=FILE"), Err("are for TLS: use consuls://")),
             (with_file("consuls://h?cert=FILE"), Err("give both `cert` and `key`")),
             ("consuls://h?ca=/nonexistent/ca.pem".into(), Err("cannot read the `ca` file")),
+            (format!("consuls://h?cert={NOT_PEM}&key={NOT_PEM}"), Err("the `cert`/`key` files")),
             (
                 "consul://h?dc=eu-1&blocking_wait=10m".into(),
                 Ok(|c| c.datacenter.as_deref() == Some("eu-1") && c.blocking_wait == secs(600)),

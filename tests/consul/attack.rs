@@ -143,7 +143,6 @@ async fn attack5_an_acquire_on_a_destroyed_session_succeeds_on_a_new_one() {
 /// attack5: every URL `connect` refuses, `ConsulConfig::from_url` refuses with the same
 /// message (the config is "every rule checked, no server"): here a `ca` file that is no PEM.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: ConsulConfig::from_url accepts a ca file connect refuses (HTTP client built only in connect_config)"]
 async fn attack5_from_url_refuses_what_connect_refuses() {
     let dir = std::env::temp_dir().join(lockkit_testkit::support::unique("attack5"));
     std::fs::create_dir_all(&dir).unwrap();

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use lockkit_core::driver::Secret;
-use lockkit_core::{Error, Result};
+use lockkit_core::Error;
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 
@@ -36,8 +36,8 @@ impl std::fmt::Debug for Api {
 
 /// Whether a request was answered: it succeeded, or failed with an answer that applied nothing
 /// or applied it for sure — not "no answer" (which Consul may still apply later).
-pub(crate) fn answered<T>(outcome: &Result<Answer<T>>) -> bool {
-    !matches!(outcome, Ok(Err(e)) if !e.answered())
+pub(crate) fn answered<T>(outcome: &Answer<T>) -> bool {
+    !matches!(outcome, Err(e) if !e.answered())
 }
 
 /// A KV entry, as `GET /v1/kv/<key>` gives it.

@@ -145,11 +145,11 @@ impl ConsulLocks {
                 holder.hold(&owned_key, true);
             }
             drop(in_flight);
-            Ok(taken)
+            taken
         };
         let (put, finished) = lockkit_core::driver::unabandoned_request_by(put, api::answered);
         claim.arm(lease, &self.api, key, &session.id, request.name.as_str(), finished);
-        let taken = put.await?;
+        let taken = put.await;
         match &taken {
             Ok(true) => {}
             // Refused, or an answer that applied nothing (a bad request, no permission, the

@@ -149,19 +149,19 @@ impl EtcdLocks {
         ]);
         let (client, timeout, endpoints) = (self.client.clone(), self.settings.timeout, self.endpoints.clone());
         // Answered unless the outcome is unknown (connection trouble, no answer in time).
-        let answered = |put: &Result<Result<TxnResponse, EtcdError>>| !matches!(put, Ok(Err(e)) if e.kind() == ErrorKind::Temporary);
+        let answered = |put: &Result<TxnResponse, EtcdError>| !matches!(put, Err(e) if e.kind() == ErrorKind::Temporary);
         let (put, finished) = lockkit_core::driver::unabandoned_request_by(
             async move {
-                Ok(crate::retry(timeout, &endpoints, || {
+                crate::retry(timeout, &endpoints, || {
                     let (mut client, txn) = (client.clone(), txn.clone());
                     async move { client.txn(txn).await }
                 })
-                .await)
+                .await
             },
             answered,
         );
         cleanup.after(finished);
-        let response = put.await??;
+        let response = put.await?;
         if !response.succeeded() {
             return Ok((0, false));
         }

@@ -221,12 +221,9 @@ impl ConsulDouble {
 /// else a double started here with the same setting.
 pub fn shared_url() -> String {
     static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    URL.get_or_init(|| match std::env::var("LOCKKIT_TEST_CONSUL_ADDR") {
-        Ok(addr) => format!("consul://{addr}"),
-        Err(_) => {
-            let double = ConsulDouble::start(Config { session_ttl_min: Duration::from_millis(500), acl_token: None });
-            format!("consul://{}", Box::leak(Box::new(double)).addr)
-        }
-    })
-    .clone()
+    let addr = crate::servers::shared(&URL, "LOCKKIT_TEST_CONSUL_ADDR", || {
+        let double = ConsulDouble::start(Config { session_ttl_min: Duration::from_millis(500), acl_token: None });
+        Box::leak(Box::new(double)).addr.to_string()
+    });
+    format!("consul://{addr}")
 }

@@ -254,23 +254,32 @@ impl Server {
 
 /// A ZooKeeper four-letter-word command's answer (`ruok`, `srvr`, …).
 pub fn four_letter_word(port: u16, word: &str) -> Option<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
-    stream.write_all(word.as_bytes()).ok()?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).ok()?;
-    Some(answer)
+    ask(port, word.as_bytes())
 }
 
 /// The ZooKeeper server the whole test binary shares: `LOCKKIT_TEST_ZK_URL`, or one started here.
 pub fn shared_zk_url() -> String {
     static SERVER: OnceLock<String> = OnceLock::new();
-    SERVER
-        .get_or_init(|| match std::env::var("LOCKKIT_TEST_ZK_URL") {
-            Ok(url) => url,
-            Err(_) => format!("zk://127.0.0.1:{}", Box::leak(Box::new(Server::zookeeper())).port),
-        })
-        .clone()
+    shared(&SERVER, "LOCKKIT_TEST_ZK_URL", || {
+        format!("zk://127.0.0.1:{}", Box::leak(Box::new(Server::zookeeper())).port)
+    })
+}
+
+/// The URL in `cell`: the environment variable `env` if set (a server of the user's), else the
+/// URL `start` gives (a server started once for the whole test binary, which lives as long).
+pub fn shared(cell: &'static OnceLock<String>, env: &str, start: impl FnOnce() -> String) -> String {
+    cell.get_or_init(|| std::env::var(env).unwrap_or_else(|_| start())).clone()
+}
+
+/// What a server on loopback `port` answers to `request` until it closes the connection
+/// (a ZooKeeper four-letter word, an HTTP/1.0 GET); `None` when it cannot be asked.
+fn ask(port: u16, request: &[u8]) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    stream.write_all(request).ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    Some(answer)
 }
 
 /// The arguments that make a Redis server speak TLS only (on `{port}`), with the certificates
@@ -320,23 +329,15 @@ impl Server {
 
 /// A plain HTTP GET on loopback; the response, if any.
 fn http_get(port: u16, path: &str) -> Option<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    Some(response)
+    ask(port, format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
 }
 
 /// The etcd server the whole test binary shares: `LOCKKIT_TEST_ETCD_URL`, or one started here.
 pub fn shared_etcd_url() -> String {
     static SERVER: OnceLock<String> = OnceLock::new();
-    SERVER
-        .get_or_init(|| match std::env::var("LOCKKIT_TEST_ETCD_URL") {
-            Ok(url) => url,
-            Err(_) => format!("etcd://127.0.0.1:{}", Box::leak(Box::new(Server::etcd())).port),
-        })
-        .clone()
+    shared(&SERVER, "LOCKKIT_TEST_ETCD_URL", || {
+        format!("etcd://127.0.0.1:{}", Box::leak(Box::new(Server::etcd())).port)
+    })
 }
 
 /// A port nobody listens on now.
@@ -356,15 +357,9 @@ fn redis_ready(port: u16) -> bool {
 /// The Redis server the whole test binary shares: `LOCKKIT_TEST_REDIS_URL`, or one started here.
 pub fn shared_redis_url() -> String {
     static SERVER: OnceLock<String> = OnceLock::new();
-    SERVER
-        .get_or_init(|| match std::env::var("LOCKKIT_TEST_REDIS_URL") {
-            Ok(url) => url,
-            Err(_) => {
-                let server = Box::leak(Box::new(Server::redis()));
-                format!("redis://127.0.0.1:{}", server.port)
-            }
-        })
-        .clone()
+    shared(&SERVER, "LOCKKIT_TEST_REDIS_URL", || {
+        format!("redis://127.0.0.1:{}", Box::leak(Box::new(Server::redis())).port)
+    })
 }
 
 /// Five Redis servers the whole test binary shares, as a Redlock URL.
@@ -572,10 +567,5 @@ pub fn redis_cli(port: u16, args: &[&str]) -> Option<String> {
 /// `LOCKKIT_TEST_REDIS_CLUSTER_URL`, or one started here.
 pub fn shared_redis_cluster_url() -> String {
     static CLUSTER: OnceLock<String> = OnceLock::new();
-    CLUSTER
-        .get_or_init(|| match std::env::var("LOCKKIT_TEST_REDIS_CLUSTER_URL") {
-            Ok(url) => url,
-            Err(_) => Box::leak(Box::new(RedisCluster::start())).url(),
-        })
-        .clone()
+    shared(&CLUSTER, "LOCKKIT_TEST_REDIS_CLUSTER_URL", || Box::leak(Box::new(RedisCluster::start())).url())
 }

@@ -75,9 +75,12 @@ impl ConsulConfig {
             blocking_wait,
             settings,
         };
-        // The certificates are parsed when the HTTP client is built: build one now, so that a
-        // file `connect` would refuse is refused here, with the same error (attack5).
-        crate::http_client(&config)?;
+        // The certificates are parsed when the HTTP client is built: with certificate files,
+        // build one now, so that a file `connect` would refuse is refused here, with the same
+        // error (attack5).
+        if config.tls_files.ca.is_some() || config.tls_files.identity.is_some() {
+            crate::http_client(&config)?;
+        }
         Ok(config)
     }
 

@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use lockkit_core::driver::Secret;
 use lockkit_core::Error;
+use lockkit_core::driver::Secret;
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 

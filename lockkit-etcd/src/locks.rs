@@ -149,7 +149,8 @@ impl EtcdLocks {
         ]);
         let (client, timeout, endpoints) = (self.client.clone(), self.settings.timeout, self.endpoints.clone());
         // Answered unless the outcome is unknown (connection trouble, no answer in time).
-        let answered = |put: &Result<TxnResponse, EtcdError>| !matches!(put, Err(e) if e.kind() == ErrorKind::Temporary);
+        let answered =
+            |put: &Result<TxnResponse, EtcdError>| !matches!(put, Err(e) if e.kind() == ErrorKind::Temporary);
         let (put, finished) = lockkit_core::driver::unabandoned_request_by(
             async move {
                 crate::retry(timeout, &endpoints, || {

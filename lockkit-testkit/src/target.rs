@@ -97,7 +97,7 @@ impl Target {
     }
 
     /// Consul (the double unless `LOCKKIT_TEST_CONSUL_ADDR` names a real one), with a lock-delay
-    /// as long as each URL's TTL (see [`ttl_option`]).
+    /// as long as each URL's TTL (each URL gets `lock_delay` = its `ttl`).
     pub fn consul() -> Target {
         Target::located(crate::consul_double::shared_url)
     }

@@ -30,5 +30,5 @@ pub(crate) async fn baseline(url: &str, addr: std::net::SocketAddr, iterations: 
     })
     .await;
     let case = "GET + PUT ?acquire + GET + PUT ?release";
-    baseline_rows("consul (double)", case, "one round trip (GET)", raw, trip, ours)
+    baseline_rows("consul (double)", case, "one round trip (GET)", [raw, trip, ours], Vec::new())
 }

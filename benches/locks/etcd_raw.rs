@@ -1,6 +1,6 @@
 use lockkit::etcd::etcd_client::{
-    Client, Compare, CompareOp, EventType, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
-    WatchFilterType, WatchOptions,
+    Client, Compare, CompareOp, EventType, GetOptions, LockOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
+    TxnOpResponse, WatchFilterType, WatchOptions,
 };
 
 use super::*;
@@ -34,12 +34,39 @@ async fn watch_deletions(client: &mut Client, key: &str) -> tokio::task::JoinHan
     })
 }
 
+/// A lease of `ttl` seconds, kept alive every third of it for as long as the task lives (as a
+/// user of the lock RPC keeps the lease of their locks).
+async fn kept_alive_lease(client: &mut Client, ttl: i64) -> (i64, tokio::task::JoinHandle<()>) {
+    let lease = client.lease_grant(ttl, None).await.unwrap().id();
+    let (mut keeper, mut responses) = client.lease_keep_alive(lease).await.unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(ttl as u64) / 3).await;
+            if keeper.keep_alive().await.is_err() || !matches!(responses.message().await, Ok(Some(_))) {
+                return;
+            }
+        }
+    });
+    (lease, task)
+}
+
+/// The peer a user would pick instead: etcd's lock RPC (v3lock) with a kept-alive lease, lock
+/// then unlock of its key.
+async fn v3lock_cycle(client: &mut Client, name: &str, lease: i64) -> Duration {
+    let t = Instant::now();
+    let locked = client.lock(name, Some(LockOptions::new().with_lease(lease))).await.unwrap();
+    client.unlock(locked.key()).await.unwrap();
+    t.elapsed()
+}
+
 pub(crate) async fn baseline(url: &str, port: u16, iterations: usize) -> Vec<Row> {
     let mut client = Client::connect([format!("127.0.0.1:{port}")], None).await.unwrap();
     let lease = client.lease_grant(60, None).await.unwrap().id();
+    let mut peer = Client::connect([format!("127.0.0.1:{port}")], None).await.unwrap();
+    let (peer_lease, keep_alive) = kept_alive_lease(&mut peer, 15).await;
     let locks = connect(url).await;
     let key = format!("raw-bench/{lease:x}");
-    let [raw, trip, ours] = interleave(iterations, async || {
+    let [raw, trip, v3lock, ours] = interleave(iterations, async || {
         let txn = put_if_absent(&key, lease, "raw-bench/");
         let t = Instant::now();
         client.txn(txn).await.unwrap();
@@ -48,13 +75,20 @@ pub(crate) async fn baseline(url: &str, port: u16, iterations: usize) -> Vec<Row
         let t = Instant::now();
         client.get("raw-bench/none", None).await.unwrap();
         let trip = t.elapsed();
+        let v3lock = v3lock_cycle(&mut peer, "v3lock-bench", peer_lease).await;
         let t = Instant::now();
         locks.acquire("lockkit-bench").await.unwrap().release().await.unwrap();
-        [raw, trip, t.elapsed()]
+        [raw, trip, v3lock, t.elapsed()]
     })
     .await;
-    let mut rows =
-        baseline_rows("etcd", "txn put-if-absent (existing lease) + delete", "one round trip (GET)", raw, trip, ours);
+    keep_alive.abort();
+    let v3lock = Peer {
+        short: "v3lock",
+        case: "etcd-client 0.21 lock RPC (one kept-alive lease): lock + unlock",
+        samples: v3lock,
+    };
+    let raw_case = "txn put-if-absent (existing lease) + delete";
+    let mut rows = baseline_rows("etcd", raw_case, "one round trip (GET)", [raw, trip, ours], vec![v3lock]);
     let write = async || client.put("raw-bench-write", "x", None).await.map(drop).unwrap();
     rows.insert(2, round_trips("etcd raw", "one write round trip (put)", iterations, write).await);
     rows

@@ -341,11 +341,15 @@ async fn contended(
     row
 }
 
-/// Runs `step` (raw operation, raw round trip, lockkit's acquire+release) `iterations` times
-/// after a 10 % warm-up, so that all three see the same machine load.
+/// Runs `step` (raw operation, raw round trip, the peers' lock+unlock, lockkit's
+/// acquire+release) `iterations` times after a 10 % warm-up, so that all of them see the same
+/// machine load.
 #[cfg(any(feature = "redis", feature = "etcd", feature = "zookeeper", feature = "consul"))]
-async fn interleave(iterations: usize, mut step: impl AsyncFnMut() -> [Duration; 3]) -> [Vec<Duration>; 3] {
-    let mut samples = [Vec::new(), Vec::new(), Vec::new()];
+async fn interleave<const N: usize>(
+    iterations: usize,
+    mut step: impl AsyncFnMut() -> [Duration; N],
+) -> [Vec<Duration>; N] {
+    let mut samples = std::array::from_fn(|_| Vec::with_capacity(iterations));
     for i in 0..iterations + iterations / 10 {
         let taken = step().await;
         if i >= iterations / 10 {
@@ -370,27 +374,59 @@ async fn round_trips(backend: &str, case: &str, iterations: usize, mut write: im
     row(backend, case, samples, None, None)
 }
 
-/// The rows of a raw baseline and of lockkit measured beside it, with the p50 ratio.
+/// A crate a user would pick instead of lockkit, measured interleaved with lockkit's rows.
+#[cfg(any(feature = "redis", feature = "etcd", feature = "zookeeper", feature = "consul"))]
+struct Peer {
+    /// What lockkit's row calls it, e.g. "rslock defaults".
+    short: &'static str,
+    /// Its row's case: the crate, its version and what one sample is.
+    case: &'static str,
+    samples: Vec<Duration>,
+}
+
+/// lockkit's p50 over another's, and the median of the iterations' own ratios: each pairs
+/// lockkit with the other's calls made right before it, so slow drifts of a noisy machine
+/// cancel out.
+#[cfg(any(feature = "redis", feature = "etcd", feature = "zookeeper", feature = "consul"))]
+fn ratios(ours: &Row, ours_samples: &[Duration], other: &Row, other_samples: &[Duration]) -> (f64, f64) {
+    let mut paired: Vec<f64> =
+        ours_samples.iter().zip(other_samples).map(|(o, r)| o.as_secs_f64() / r.as_secs_f64()).collect();
+    paired.sort_by(f64::total_cmp);
+    let paired = paired.get(paired.len() / 2).copied().unwrap_or(f64::NAN);
+    (ours.p50.as_secs_f64() / other.p50.as_secs_f64(), paired)
+}
+
+/// The rows of a raw baseline, of the peers and of lockkit measured beside them, with
+/// lockkit's ratios to the raw calls and to each peer.
 #[cfg(any(feature = "redis", feature = "etcd", feature = "zookeeper", feature = "consul"))]
 fn baseline_rows(
     backend: &str,
     raw_case: &str,
     trip_case: &str,
-    raw: Vec<Duration>,
-    trip: Vec<Duration>,
-    ours: Vec<Duration>,
+    [raw_samples, trip, ours_samples]: [Vec<Duration>; 3],
+    peers: Vec<Peer>,
 ) -> Vec<Row> {
     let trip = row(&format!("{backend} raw"), trip_case, trip, None, None);
-    // Also the median of the iterations' own ratios: each pairs lockkit with the raw calls made
-    // right before it, so slow drifts of a noisy machine cancel out.
-    let mut ratios: Vec<f64> = ours.iter().zip(&raw).map(|(o, r)| o.as_secs_f64() / r.as_secs_f64()).collect();
-    ratios.sort_by(f64::total_cmp);
-    let paired = ratios.get(ratios.len() / 2).copied().unwrap_or(f64::NAN);
-    let raw = row(&format!("{backend} raw"), raw_case, raw, None, None);
-    let mut ours = row(backend, "lockkit acquire+release, interleaved with the raw rows", ours, None, None);
-    let ratio = ours.p50.as_secs_f64() / raw.p50.as_secs_f64();
-    ours.backend = format!("{backend} ({ratio:.2}× raw p50; paired median {paired:.2}×)");
-    vec![raw, trip, ours]
+    let raw = row(&format!("{backend} raw"), raw_case, raw_samples.clone(), None, None);
+    let mut ours = row(
+        backend,
+        "lockkit acquire+release, interleaved with the raw and peer rows",
+        ours_samples.clone(),
+        None,
+        None,
+    );
+    let (ratio, paired) = ratios(&ours, &ours_samples, &raw, &raw_samples);
+    let mut label = format!("{backend} ({ratio:.2}× raw p50; paired median {paired:.2}×");
+    let mut rows = vec![raw, trip];
+    for peer in peers {
+        let them = row(&format!("{backend} peer"), peer.case, peer.samples.clone(), None, None);
+        let (ratio, paired) = ratios(&ours, &ours_samples, &them, &peer.samples);
+        label.push_str(&format!("; **{ratio:.2}× {} p50, paired median {paired:.2}×**", peer.short));
+        rows.push(them);
+    }
+    ours.backend = format!("{label})");
+    rows.push(ours);
+    rows
 }
 
 /// A row from latency samples (ops/s from their sum).

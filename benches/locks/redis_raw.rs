@@ -8,7 +8,8 @@ pub(crate) async fn baseline(url: &str, iterations: usize) -> Vec<Row> {
     let client = redis::Client::open(url).unwrap();
     let conn = client.get_multiplexed_async_connection().await.unwrap();
     let trip = ("one round trip (PING)", redis::cmd("PING"));
-    measure("redis", conn, trip, url, iterations).await
+    let peers = rslock_managers(|| rslock::LockManager::new(vec![url]));
+    measure("redis", conn, trip, peers, url, iterations).await
 }
 
 /// The same on a Redis Cluster (seed nodes on `ports`): the raw calls go through the `redis`
@@ -16,24 +17,43 @@ pub(crate) async fn baseline(url: &str, iterations: usize) -> Vec<Row> {
 /// every master).
 pub(crate) async fn cluster_baseline(ports: &[u16], iterations: usize) -> Vec<Row> {
     let seeds: Vec<String> = ports.iter().map(|p| format!("redis://127.0.0.1:{p}")).collect();
-    let conn = redis::cluster::ClusterClient::new(seeds).unwrap().get_async_connection().await.unwrap();
+    let conn = redis::cluster::ClusterClient::new(seeds.clone()).unwrap().get_async_connection().await.unwrap();
     let hosts: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
     let url = format!("redis-cluster://{}", hosts.join(","));
     let mut get = redis::cmd("GET");
     get.arg("raw-bench");
-    measure("redis-cluster", conn, ("one round trip (GET on the raw lock's master)", get), &url, iterations).await
+    let trip = ("one round trip (GET on the raw lock's master)", get);
+    let peers = rslock_managers(|| rslock::LockManager::new_cluster(seeds.clone()).unwrap());
+    measure("redis-cluster", conn, trip, peers, &url, iterations).await
+}
+
+/// The peer a user would pick instead: `rslock`'s Redlock on this one instance (or cluster), with
+/// its defaults (3 tries, up to 200 ms apart) and with a 2 ms retry delay.
+fn rslock_managers(new: impl Fn() -> rslock::LockManager) -> [rslock::LockManager; 2] {
+    let mut fast = new();
+    fast.set_retry(3, Duration::from_millis(2));
+    [new(), fast]
+}
+
+/// rslock's `acquire` (it waits, as lockkit's does) and its guard's `release`, with lockkit's
+/// default TTL.
+async fn rslock_cycle(manager: &rslock::LockManager) -> Duration {
+    let t = Instant::now();
+    manager.acquire(b"rslock-bench", Duration::from_secs(15)).await.unwrap().release().await;
+    t.elapsed()
 }
 
 async fn measure(
     backend: &str,
     mut conn: impl redis::aio::ConnectionLike,
     (trip_case, trip_cmd): (&str, redis::Cmd),
+    [defaults, fast]: [rslock::LockManager; 2],
     url: &str,
     iterations: usize,
 ) -> Vec<Row> {
     let release = redis::Script::new(RELEASE);
     let locks = connect(url).await;
-    let [raw, trip, ours] = interleave(iterations, async || {
+    let [raw, trip, rslock_defaults, rslock_fast, ours] = interleave(iterations, async || {
         let t = Instant::now();
         let _: Option<String> = redis::cmd("SET")
             .arg("raw-bench")
@@ -49,12 +69,25 @@ async fn measure(
         let t = Instant::now();
         let _: redis::Value = trip_cmd.query_async(&mut conn).await.unwrap();
         let trip = t.elapsed();
+        let (rslock_defaults, rslock_fast) = (rslock_cycle(&defaults).await, rslock_cycle(&fast).await);
         let t = Instant::now();
         locks.acquire("lockkit-bench").await.unwrap().release().await.unwrap();
-        [raw, trip, t.elapsed()]
+        [raw, trip, rslock_defaults, rslock_fast, t.elapsed()]
     })
     .await;
-    baseline_rows(backend, "SET NX PX + compare-and-delete", trip_case, raw, trip, ours)
+    let peers = vec![
+        Peer {
+            short: "rslock defaults",
+            case: "rslock 0.10 (one instance, defaults): acquire + release",
+            samples: rslock_defaults,
+        },
+        Peer {
+            short: "rslock 2 ms retry",
+            case: "rslock 0.10 (one instance, 2 ms retry delay): acquire + release",
+            samples: rslock_fast,
+        },
+    ];
+    baseline_rows(backend, "SET NX PX + compare-and-delete", trip_case, [raw, trip, ours], peers)
 }
 
 /// The p50 of `iterations` PINGs on a fresh connection.

@@ -84,7 +84,7 @@ pub(crate) async fn baseline(url: &str, port: u16, iterations: usize) -> Vec<Row
     keep_alive.abort();
     let v3lock = Peer {
         short: "v3lock",
-        case: "etcd-client 0.21 lock RPC (one kept-alive lease): lock + unlock",
+        case: "etcd-client 0.21 lock RPC (one kept-alive lease): lock + unlock".to_owned(),
         samples: v3lock,
     };
     let raw_case = "txn put-if-absent (existing lease) + delete";
@@ -165,6 +165,43 @@ impl super::Contender for Contender {
 
     async fn release(&mut self) {
         assert!(self.client.txn(guarded_delete(&self.key, self.mine)).await.unwrap().succeeded());
+    }
+}
+
+/// The peer's contender: etcd's lock RPC (v3lock) on a connection and kept-alive lease of its
+/// own; lock waits on the server, unlock deletes the key lock returned.
+pub(crate) struct V3lock {
+    client: Client,
+    lease: i64,
+    name: String,
+    key: Option<Vec<u8>>,
+    keep_alive: tokio::task::JoinHandle<()>,
+}
+
+impl V3lock {
+    pub(crate) async fn new(port: u16, name: &str) -> Self {
+        let mut client = Client::connect([format!("127.0.0.1:{port}")], None).await.unwrap();
+        let (lease, keep_alive) = kept_alive_lease(&mut client, 15).await;
+        V3lock { client, lease, name: name.to_owned(), key: None, keep_alive }
+    }
+}
+
+impl Drop for V3lock {
+    fn drop(&mut self) {
+        self.keep_alive.abort();
+    }
+}
+
+impl super::Contender for V3lock {
+    async fn acquire(&mut self) -> bool {
+        let options = Some(LockOptions::new().with_lease(self.lease));
+        let locked = tokio::time::timeout(Duration::from_secs(5), self.client.lock(self.name.clone(), options)).await;
+        self.key = locked.ok().map(|locked| locked.unwrap().key().to_vec());
+        self.key.is_some()
+    }
+
+    async fn release(&mut self) {
+        self.client.unlock(self.key.take().expect("held")).await.unwrap();
     }
 }
 

@@ -24,6 +24,15 @@
 //!   the same way, through the crate's cluster client; its round trip is a GET on one master,
 //!   and a contended row counts and PINGs the master of its lock's slot.
 //!
+//! - Peers, the crates a user would pick instead (issue #18), measured in the same interleaved
+//!   loop as the raw baselines: `rslock` (Redlock on one instance, and on the cluster; its
+//!   defaults and a 2 ms retry delay), etcd's lock RPC (`etcd-client`, one kept-alive lease) and
+//!   `zookeeper-client`'s lock recipe (`LockPrefix::new_curator`; its delete awaited, and
+//!   release by drop on a session of its own). lockkit's interleaved row shows its p50 ratio and
+//!   paired median ratio to each. Contended etcd rows also run etcd's lock RPC, each contender
+//!   with a connection and kept-alive lease of its own (`etcd peer: v3lock`), and lockkit's row
+//!   shows its grants/s and handoff p90 as ratios to the peer's.
+//!
 //! `LOCKKIT_BENCH_SECONDS` sets the contended run time per row (default 2);
 //! `LOCKKIT_BENCH_HOLD_MS` how long each contender holds the lock (default 0: back to back, so
 //! the releaser's next acquire writes while the handoff runs);
@@ -64,7 +73,10 @@ struct Row {
     case: String,
     ops_per_sec: f64,
     p50: Duration,
+    p90: Duration,
     p99: Duration,
+    /// Contended rows: grants per second (acquire → release cycles of all contenders).
+    grants_per_sec: Option<f64>,
     changed_hands: Option<f64>,
     commands_per_grant: Option<f64>,
     /// Contended rows: the p50 of the release calls (the release's round trip under load).
@@ -168,27 +180,39 @@ async fn main() {
                 other => other.clone(),
             };
             let mut row = contended(backend, ours, &name, probe.as_ref(), run).await;
-            if let Some(raw) = raw {
+            if let Some((raw, peer)) = raw {
                 let times = row.p50.as_secs_f64() / raw.p50.as_secs_f64();
-                row.backend = format!("{} ({times:.2}× the raw client's handoff)", row.backend);
+                let mut label = format!("{} ({times:.2}× the raw client's handoff", row.backend);
                 rows.push(raw);
+                if let Some(peer) = peer {
+                    let grants = row.grants_per_sec.unwrap_or_default() / peer.grants_per_sec.unwrap_or(f64::NAN);
+                    let p90 = row.p90.as_secs_f64() / peer.p90.as_secs_f64();
+                    label
+                        .push_str(&format!("; **{grants:.2}× the peer's grants/s, handoff p90 {p90:.2}× the peer's**"));
+                    rows.push(peer);
+                }
+                row.backend = format!("{label})");
             }
             rows.push(row);
         }
     }
-    println!("\n| backend | case | ops/s | p50 | p99 | changed hands | server cmds/grant | release p50 |");
-    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "\n| backend | case | ops/s (contended: handoffs/s) | grants/s | p50 | p90 | p99 | changed hands | server cmds/grant | release p50 |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let dash = || "–".to_owned();
     for r in rows {
         let changed = r.changed_hands.map_or_else(dash, |c| format!("{:.0} %", c * 100.0));
         let commands = r.commands_per_grant.map_or_else(dash, |c| format!("{c:.1}"));
         let release = r.release_p50.map_or_else(dash, micros);
+        let grants = r.grants_per_sec.map_or_else(dash, |g| format!("{g:.0}"));
         println!(
-            "| {} | {} | {:.0} | {} | {} | {changed} | {commands} | {release} |",
+            "| {} | {} | {:.0} | {grants} | {} | {} | {} | {changed} | {commands} | {release} |",
             r.backend,
             r.case,
             r.ops_per_sec,
             micros(r.p50),
+            micros(r.p90),
             micros(r.p99)
         );
     }
@@ -246,8 +270,9 @@ impl Contender for Lockkit {
 }
 
 /// The contended rows of the backends whose handoff is also measured made directly with
-/// their client (etcd).
-async fn raw_contended(probe: Option<&Probe>, contenders: usize, run: Duration) -> Option<Row> {
+/// their client (etcd): the driver's protocol made raw, then the peer a user would pick
+/// instead (etcd's lock RPC), each contender with a connection and lease of its own.
+async fn raw_contended(probe: Option<&Probe>, contenders: usize, run: Duration) -> Option<(Row, Option<Row>)> {
     match probe? {
         #[cfg(feature = "etcd")]
         Probe::Etcd(port) => {
@@ -256,7 +281,14 @@ async fn raw_contended(probe: Option<&Probe>, contenders: usize, run: Duration) 
             for _ in 0..contenders {
                 raw.push(etcd_raw::Contender::new(*port, &name).await);
             }
-            Some(contended("etcd raw", raw, &name, Some(&Probe::Etcd(*port)), run).await)
+            let raw = contended("etcd raw", raw, &name, Some(&Probe::Etcd(*port)), run).await;
+            let name = format!("contended-v3lock-{}", lockkit_core::driver::random_u64());
+            let mut peer = Vec::new();
+            for _ in 0..contenders {
+                peer.push(etcd_raw::V3lock::new(*port, &name).await);
+            }
+            let peer = contended("etcd peer: v3lock", peer, &name, Some(&Probe::Etcd(*port)), run).await;
+            Some((raw, Some(peer)))
         }
         #[allow(unreachable_patterns)]
         _ => None,
@@ -338,6 +370,7 @@ async fn contended(
         row.case = format!("{} ({})", row.case, compare(row.p50, &before, &after, during.as_ref()));
     }
     row.ops_per_sec = handoffs_per_sec;
+    row.grants_per_sec = Some(grants as f64 / run.as_secs_f64());
     row
 }
 
@@ -380,7 +413,7 @@ struct Peer {
     /// What lockkit's row calls it, e.g. "rslock defaults".
     short: &'static str,
     /// Its row's case: the crate, its version and what one sample is.
-    case: &'static str,
+    case: String,
     samples: Vec<Duration>,
 }
 
@@ -419,7 +452,7 @@ fn baseline_rows(
     let mut label = format!("{backend} ({ratio:.2}× raw p50; paired median {paired:.2}×");
     let mut rows = vec![raw, trip];
     for peer in peers {
-        let them = row(&format!("{backend} peer"), peer.case, peer.samples.clone(), None, None);
+        let them = row(&format!("{backend} peer"), &peer.case, peer.samples.clone(), None, None);
         let (ratio, paired) = ratios(&ours, &ours_samples, &them, &peer.samples);
         label.push_str(&format!("; **{ratio:.2}× {} p50, paired median {paired:.2}×**", peer.short));
         rows.push(them);
@@ -440,12 +473,15 @@ fn row(
     let total: Duration = samples.iter().sum();
     let ops_per_sec = samples.len() as f64 / total.as_secs_f64().max(f64::MIN_POSITIVE);
     let (p50, p99) = percentiles(&mut samples);
+    let p90 = samples.get(((samples.len().max(1) - 1) as f64 * 0.9).round() as usize).copied().unwrap_or_default();
     Row {
         backend: backend.into(),
         case: case.into(),
         ops_per_sec,
         p50,
+        p90,
         p99,
+        grants_per_sec: None,
         changed_hands,
         commands_per_grant,
         release_p50: None,

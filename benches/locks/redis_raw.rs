@@ -75,15 +75,16 @@ async fn measure(
         [raw, trip, rslock_defaults, rslock_fast, t.elapsed()]
     })
     .await;
+    let on = if backend == "redis" { "one instance" } else { "the cluster" };
     let peers = vec![
         Peer {
             short: "rslock defaults",
-            case: "rslock 0.10 (one instance, defaults): acquire + release",
+            case: format!("rslock 0.10 ({on}, defaults): acquire + release"),
             samples: rslock_defaults,
         },
         Peer {
             short: "rslock 2 ms retry",
-            case: "rslock 0.10 (one instance, 2 ms retry delay): acquire + release",
+            case: format!("rslock 0.10 ({on}, 2 ms retry delay): acquire + release"),
             samples: rslock_fast,
         },
     ];

@@ -40,12 +40,12 @@ pub(crate) async fn baseline(url: &str, port: u16, iterations: usize) -> Vec<Row
     let peers = vec![
         Peer {
             short: "curator recipe (delete awaited)",
-            case: "zookeeper-client 0.11 lock, LockPrefix::new_curator: lock + delete awaited",
+            case: "zookeeper-client 0.11 lock, LockPrefix::new_curator: lock + delete awaited".to_owned(),
             samples: awaited,
         },
         Peer {
             short: "curator recipe (release by drop)",
-            case: "zookeeper-client 0.11 lock, LockPrefix::new_curator: lock + drop (delete in the background, own session)",
+            case: "zookeeper-client 0.11 lock, LockPrefix::new_curator: lock + drop (delete in the background, own session)".to_owned(),
             samples: dropped,
         },
     ];

@@ -491,3 +491,40 @@ async fn acl_creator_keeps_clients_without_the_credentials_off_the_nodes() {
         assert!(matches!(err, Error::InvalidUrl { .. }) && err.to_string().contains(expected), "{err}");
     }
 }
+
+/// Issue #18: an uncontended acquire no longer waits for its own node's watch — the guard's
+/// watcher sets it just after the grant — yet a held node is watched, and a release, however
+/// soon after the grant, leaves no watch behind on the server (a watch that reached it after
+/// the delete would wait there until the session ends, for a node never created again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_node_is_watched_and_released_nodes_leave_no_watch() {
+    let server = Server::zookeeper();
+    let root = unique("z");
+    let locks = connect(&url(&server, &format!("/{root}"), "")).await;
+    // Watched lock nodes (paths below a lock's directory; the raw client here watches directories).
+    let watched_nodes = || {
+        let listing = servers::four_letter_word(server.port, "wchp").unwrap_or_default();
+        let nodes = [format!("/{root}/watched/"), format!("/{root}/dropped/")];
+        listing
+            .lines()
+            .filter(|l| nodes.iter().any(|n| l.starts_with(n.as_str())))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let guard = locks.acquire("watched").await.unwrap();
+    let raw = raw(server.port, None).await;
+    let directory = format!("/{root}/watched");
+    let holder = children_until(&raw, &directory, |n| n.len() == 1).await.remove(0);
+    let node = format!("{directory}/{holder}");
+    poll_until("the held node is watched", TTL, || !watchers(&server, &node).is_empty()).await;
+    guard.release().await.unwrap();
+    for _ in 0..50 {
+        locks.acquire("watched").await.unwrap().release().await.unwrap();
+        drop(locks.acquire("dropped").await.unwrap());
+    }
+    let last = locks.acquire("watched").await.unwrap();
+    last.release().await.unwrap();
+    // The dropped guards release in the background: their nodes go, and their watches with them.
+    children_until(&raw, &format!("/{root}/dropped"), |n| n.is_empty()).await;
+    assert_eq!(watched_nodes(), Vec::<String>::new(), "watches left on released nodes");
+}

@@ -330,15 +330,15 @@ async fn refresh_loop(shared: Arc<Shared>, interval: Duration, granted_at: Insta
     let mut next = granted_at + interval;
     let mut attempted = granted_at;
     loop {
-        let due = state.refresh_due(interval, attempted);
-        let wake = next.min(state.valid_until()).min(due.unwrap_or(next));
+        let wake = state.plan_refresh(interval, attempted, next);
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = state.lost() => break,
-            // A grant with a TTL of its own joined: it may need a refresh sooner.
+            // A grant with a TTL of its own joined that is due before `wake`.
             _ = state.joined.notified() => continue,
             _ = tokio::time::sleep_until(wake.into()) => {}
         }
+        state.unplan();
         attempted = Instant::now();
         let result = tokio::select! {
             _ = stop.cancelled() => return,

@@ -40,8 +40,12 @@ pub(crate) struct LeaseState {
     /// The grants with a TTL of their own that no confirmed refresh covered yet (few: they
     /// leave at the first refresh that covers them).
     pending: Mutex<Vec<Weak<GrantShared>>>,
-    /// Woken when a grant with a TTL of its own joins, so the refresh loop covers it in time.
+    /// Woken when a grant with a TTL of its own joins and is due before the refresh loop's
+    /// planned wake, so the loop covers it in time.
     pub(crate) joined: tokio::sync::Notify,
+    /// When the refresh loop wakes next, and its interval (`None` while it refreshes): a grant
+    /// due later than that needs no wake-up, so granting costs the loop nothing.
+    planned: Mutex<Option<(Instant, Duration)>>,
 }
 
 impl LeaseState {
@@ -65,6 +69,7 @@ impl LeaseState {
             grants: Mutex::new(Vec::new()),
             pending: Mutex::new(Vec::new()),
             joined: tokio::sync::Notify::new(),
+            planned: Mutex::new(None),
         })
     }
 
@@ -96,21 +101,34 @@ impl LeaseState {
         true
     }
 
-    /// Marks `grant` as waiting for a refresh that covers it.
+    /// Marks `grant` (not pending yet) as waiting for a refresh that covers it.
     fn pend(&self, grant: &Arc<GrantShared>) {
-        let mut pending = lock(&self.pending);
-        if !pending.iter().any(|g| std::ptr::eq(g.as_ptr(), Arc::as_ptr(grant))) {
-            pending.push(Arc::downgrade(grant));
-        }
+        push_pruned(&mut lock(&self.pending), grant);
     }
 
     fn live_grants(&self) -> Vec<Arc<GrantShared>> {
         lock(&self.grants).iter().filter_map(Weak::upgrade).collect()
     }
 
+    /// Plans the refresh loop's next wake: at `next`, at the deadline, or when a grant with a
+    /// TTL of its own that joined after `attempted` (the last refresh attempt) is due, whichever
+    /// comes first. Grants that join later wake the loop only when they are due before that.
+    pub(crate) fn plan_refresh(&self, interval: Duration, attempted: Instant, next: Instant) -> Instant {
+        let mut planned = lock(&self.planned);
+        let due = self.refresh_due(interval, attempted);
+        let wake = next.min(self.valid_until()).min(due.unwrap_or(next));
+        *planned = Some((wake, interval));
+        wake
+    }
+
+    /// The refresh loop is refreshing: a grant that joins now wakes it to plan again.
+    pub(crate) fn unplan(&self) {
+        *lock(&self.planned) = None;
+    }
+
     /// When the next refresh is due for the grants with a TTL of their own that joined after
     /// `attempted` (the last refresh attempt): `interval` after their request was sent.
-    pub(crate) fn refresh_due(&self, interval: Duration, attempted: Instant) -> Option<Instant> {
+    fn refresh_due(&self, interval: Duration, attempted: Instant) -> Option<Instant> {
         lock(&self.pending)
             .iter()
             .filter_map(Weak::upgrade)
@@ -180,10 +198,7 @@ impl LeaseState {
             label: OnceLock::new(),
             own_ttl: Mutex::new(own_ttl),
         });
-        let mut grants = lock(&self.grants);
-        grants.retain(|g| g.strong_count() > 0);
-        grants.push(Arc::downgrade(&shared));
-        drop(grants);
+        push_pruned(&mut lock(&self.grants), &shared);
         if own_ttl.is_some() {
             self.pend(&shared);
         }
@@ -302,8 +317,11 @@ impl LossSignal {
     pub fn not_refreshed(&self) {
         let until = self.valid_until();
         let now = Instant::now();
-        *lock(&self.shared.own_ttl) = Some(OwnTtl { sent: now, until, joined: Some(now) });
-        self.lease.pend(&self.shared);
+        // A grant with a TTL of its own is pending until a refresh covers it, and only then.
+        let pending = lock(&self.shared.own_ttl).replace(OwnTtl { sent: now, until, joined: Some(now) }).is_some();
+        if !pending {
+            self.lease.pend(&self.shared);
+        }
     }
 
     /// Marks the grant as given back: clones of the signal see it as no longer held, without a
@@ -317,12 +335,26 @@ impl LossSignal {
     /// from now on covers it.
     pub(crate) fn label(&self, name: &str, token: FencingToken) {
         let _ = self.shared.label.set((name.to_owned(), token));
+        // The loop's plan first, then the grant: the order `plan_refresh` takes them in.
+        let planned = lock(&self.lease.planned);
         let mut own = lock(&self.shared.own_ttl);
         if let Some(own) = own.as_mut() {
             own.joined = Some(Instant::now());
-            self.lease.joined.notify_one();
+            if planned.is_none_or(|(wake, interval)| own.sent + interval < wake) {
+                self.lease.joined.notify_one();
+            }
         }
     }
+}
+
+/// Pushes `grant` onto a list of weak references, first dropping the dead ones when the list is
+/// full: the list stays within twice its live entries, at an amortized O(1) per push, however
+/// many grants come and go between refreshes.
+fn push_pruned(list: &mut Vec<Weak<GrantShared>>, grant: &Arc<GrantShared>) {
+    if list.len() == list.capacity() {
+        list.retain(|g| g.strong_count() > 0);
+    }
+    list.push(Arc::downgrade(grant));
 }
 
 /// Locks a std mutex, ignoring poisoning (the data stays consistent: every critical section
@@ -425,5 +457,50 @@ mod tests {
         assert_eq!(lease.valid_until(), start + Duration::from_millis(100) + cap - safety_margin(cap));
         let uncapped = LeaseState::new("test", "l2".into(), ttl, Some(Duration::from_secs(5)), start);
         assert_eq!(uncapped.valid_until(), start + ttl - safety_margin(ttl), "a cap above the TTL changes nothing");
+    }
+
+    /// Issue #18: grants that come and go between two refreshes (a busy uncontended loop) do
+    /// not pile up in the lease's lists: each grant cost a scan of every grant since the last
+    /// refresh, so a loop slowed down the longer it ran (quadratic), and 10,000 held locks
+    /// took 10,000²/2 steps to take.
+    #[test]
+    fn grants_that_come_and_go_between_refreshes_do_not_pile_up() {
+        let lease = LeaseState::new("test", "l1".into(), Duration::from_secs(10), None, Instant::now());
+        let held: Vec<LossSignal> = (0..10).map(|_| lease.grant_signal(Some(Instant::now()))).collect();
+        for _ in 0..10_000 {
+            let grant = lease.grant_signal(Some(Instant::now()));
+            grant.label("busy", FencingToken::new(1));
+        }
+        let (grants, pending) = (lock(&lease.grants).len(), lock(&lease.pending).len());
+        assert!(grants <= 2 * held.len() + 2 && pending <= 2 * held.len() + 2, "{grants} grants, {pending} pending");
+    }
+
+    /// A grant that joins wakes the refresh loop only when it is due before the loop's planned
+    /// wake (its request was sent before the last refresh, which did not cover it); otherwise
+    /// granting costs the loop nothing.
+    #[test]
+    fn a_joining_grant_wakes_the_refresh_loop_only_when_due_before_its_plan() {
+        let (ttl, interval) = (Duration::from_secs(9), Duration::from_secs(3));
+        let now = Instant::now();
+        let lease = LeaseState::new("test", "l1".into(), ttl, None, now);
+        let woken = |lease: &LeaseState| {
+            let mut notified = std::pin::pin!(lease.joined.notified());
+            let waker = std::task::Waker::noop();
+            notified.as_mut().poll(&mut std::task::Context::from_waker(waker)).is_ready()
+        };
+        let wake = lease.plan_refresh(interval, now, now + Duration::from_secs(2));
+        assert_eq!(wake, now + Duration::from_secs(2));
+        lease.grant_signal(Some(Instant::now())).label("later", FencingToken::new(1));
+        assert!(!woken(&lease), "a grant due after the planned wake woke the loop");
+        let early = lease.grant_signal(Some(now - Duration::from_secs(2)));
+        early.label("earlier", FencingToken::new(2));
+        assert!(woken(&lease), "a grant due before the planned wake did not wake the loop");
+        assert_eq!(
+            lease.plan_refresh(interval, now - Duration::from_secs(3), now + Duration::from_secs(2)),
+            now + Duration::from_secs(1)
+        );
+        lease.unplan();
+        lease.grant_signal(Some(Instant::now())).label("refreshing", FencingToken::new(3));
+        assert!(woken(&lease), "while it refreshes, a grant that joins has it plan again");
     }
 }

@@ -10,7 +10,7 @@ use zookeeper_client::{EventType, OneshotWatcher, Stat, WatchedEvent};
 
 use crate::BACKEND;
 use crate::error::{ZkError, connection_broke, error};
-use crate::locks::{RECONNECT_PAUSE, ZkGrant, ZkLocks, watch_node};
+use crate::locks::{RECONNECT_PAUSE, Released, ZkGrant, ZkLocks, watch_node};
 use crate::session::ZkSession;
 
 /// The acquire's errors keep what the client said ([`ZkError`]): a session gone is tried
@@ -39,6 +39,15 @@ struct Node {
     path: String,
     name: String,
     stat: Stat,
+}
+
+/// Where an acquire's wait for its turn ended.
+enum Turn {
+    /// First in line: granted. The own node's watch when it is set already; else the guard's
+    /// watcher sets it, off the acquire's path.
+    First(Option<OwnWatch>),
+    /// Behind another contender, and not waiting.
+    Behind,
 }
 
 /// What a cleanup deletes: the acquire's node by name, or — while a create may have been
@@ -80,8 +89,8 @@ impl<'a> Acquire<'a> {
     pub(crate) async fn run(self, request: &GrantRequest) -> Result<Option<LockGuard>> {
         let mut cleanup = self.cleanup(Target::Prefix(self.prefix.clone()));
         let mut unanswered = false;
-        let mut node = match self.create(&request.holder, &mut unanswered).await {
-            Ok(node) => node,
+        let (mut node, listed) = match self.create(&request.holder, &mut unanswered).await {
+            Ok(created) => created,
             Err(e) => {
                 if !unanswered {
                     cleanup.disarm(); // every create answered, with an error: nothing to delete
@@ -93,7 +102,7 @@ impl<'a> Acquire<'a> {
             // Every create answered: its node is the only one, deleted by name.
             std::mem::replace(&mut cleanup, self.cleanup(Target::Name(node.name.clone()))).disarm();
         }
-        let Some(watch) = self.wait_turn(&mut node, &mut cleanup, request.wait).await? else {
+        let Turn::First(watch) = self.wait_turn(&mut node, &mut cleanup, request.wait, listed).await? else {
             // Held elsewhere: that is the answer, whatever the cleanup meets (the core retries
             // it, or gives the session up so that the server ends the node).
             let _ = cleanup.now().await;
@@ -101,8 +110,15 @@ impl<'a> Acquire<'a> {
         };
         cleanup.disarm();
         let signal = self.lease.grant_signal();
-        let watching = tokio::spawn(watch_node(self.session.clone(), node.path.clone(), watch, signal.clone()));
-        let grant = ZkGrant { session: self.session, path: node.path, name: self.name.to_string(), watch: watching };
+        let released = Arc::new(Released::default());
+        let watched = watch_node(self.session.clone(), node.path.clone(), watch, signal.clone(), released.clone());
+        let grant = ZkGrant {
+            session: self.session,
+            path: node.path,
+            name: self.name.to_string(),
+            watch: tokio::spawn(watched),
+            released,
+        };
         let token = FencingToken::new(node.stat.czxid as u64);
         Ok(Some(request.granted(BACKEND, token, self.lease, signal, grant)))
     }
@@ -118,21 +134,27 @@ impl<'a> Acquire<'a> {
         Cleanup::new(&self.lease, what, delete)
     }
 
-    /// Creates the node (and the directories above it, when missing). After a create that got
-    /// no answer (a lost connection), the node is looked for by its prefix before creating
-    /// again; `unanswered` tells whether that happened (a node may then exist unseen).
-    async fn create(&self, holder: &str, unanswered: &mut bool) -> Result<Node> {
+    /// Creates the node (and the directories above it, when missing), with the directory's
+    /// listing when it came (sent right behind the create on the same session, so the server
+    /// answers it after the create and it shows the new node: the place in line costs no round
+    /// trip of its own). After a create that got no answer (a lost connection), the node is
+    /// looked for by its prefix before creating again; `unanswered` tells whether that happened
+    /// (a node may then exist unseen).
+    async fn create(&self, holder: &str, unanswered: &mut bool) -> Result<(Node, Option<Vec<String>>)> {
         let path = format!("{}/{}", self.directory, self.prefix);
         let deadline = tokio::time::Instant::now() + self.locks.settings.timeout;
         loop {
             let client = self.session.client().map_err(|e| self.locks.error(e))?;
             if *unanswered && let Some(node) = self.find().await? {
-                return Ok(node);
+                return Ok((node, None));
             }
-            match client.create(&path, holder.as_bytes(), &self.locks.node_options()).await {
+            // Both requests go out at once, in call order.
+            let created = client.create(&path, holder.as_bytes(), &self.locks.node_options());
+            let (created, listed) = tokio::join!(created, client.list_children(self.directory));
+            match created {
                 Ok((stat, sequence)) => {
                     let name = format!("{}{sequence}", self.prefix);
-                    return Ok(Node { path: format!("{path}{sequence}"), name, stat });
+                    return Ok((Node { path: format!("{path}{sequence}"), name, stat }, listed.ok()));
                 }
                 Err(zookeeper_client::Error::NoNode) => self.locks.make_directory(&client, self.directory).await?,
                 Err(e) if connection_broke(&e) => {
@@ -170,15 +192,25 @@ impl<'a> Acquire<'a> {
     }
 
     /// Waits until the acquire's node is first in line, watching only the contender ahead of it
-    /// (and its own node, whose watch the guard keeps). `None` when it is not first and `wait`
-    /// is false. Every node with its prefix is its own: the earliest becomes `node` (and what
-    /// `cleanup` deletes), the others are deleted. A lost connection is retried once the session
-    /// reconnects, for as long as the lease lives.
-    async fn wait_turn(&self, node: &mut Node, cleanup: &mut Cleanup, wait: bool) -> Result<Option<OwnWatch>> {
+    /// (and, while it waits, its own node, whose watch the guard keeps). `listed`: the
+    /// directory's children listed with the create, looked at first. Every node with its prefix
+    /// is its own: the earliest becomes `node` (and what `cleanup` deletes), the others are
+    /// deleted. A lost connection is retried once the session reconnects, for as long as the
+    /// lease lives.
+    async fn wait_turn(
+        &self,
+        node: &mut Node,
+        cleanup: &mut Cleanup,
+        wait: bool,
+        mut listed: Option<Vec<String>>,
+    ) -> Result<Turn> {
         let mut own: Option<OwnWatch> = None;
         loop {
             let watch_own = own.is_none();
-            let (children, watched) = self.until_lost(|| self.look(&node.path, watch_own)).await?;
+            let (children, watched) = match listed.take() {
+                Some(children) => (children, None),
+                None => self.until_lost(|| self.look(&node.path, watch_own)).await?,
+            };
             if let Some(watched) = watched {
                 own = Some(self.own_watch(watched)?);
             }
@@ -203,9 +235,12 @@ impl<'a> Acquire<'a> {
             if self.lease.is_lost() {
                 return Err(self.gone("its ZooKeeper session was lost"));
             }
-            let Some(ahead) = place.ahead else { return Ok(Some(own.expect("watched above"))) };
+            let Some(ahead) = place.ahead else { return Ok(Turn::First(own)) };
             if !wait {
-                return Ok(None);
+                return Ok(Turn::Behind);
+            }
+            if own.is_none() {
+                continue; // a waiter watches its own node: listed again, with that watch
             }
             let ahead = format!("{}/{ahead}", self.directory);
             let (exists, ahead_watch) = self.until_lost(|| self.watch_stat(&ahead)).await?;
@@ -229,7 +264,7 @@ impl<'a> Acquire<'a> {
                     // sends one session's events in order, and `biased` looks at it first).
                     let deleted = event.is_some_and(|e| e.event_type == EventType::NodeDeleted);
                     if place.position == 1 && deleted && !self.lease.is_lost() {
-                        return Ok(Some(watching));
+                        return Ok(Turn::First(Some(watching)));
                     }
                     own = Some(watching);
                 }

@@ -189,6 +189,27 @@ pub(crate) struct ZkGrant {
     pub name: String,
     /// The task watching the node ([`watch_node`]).
     pub watch: tokio::task::JoinHandle<()>,
+    pub released: Arc<Released>,
+}
+
+/// Whether a grant was given back: from then on no watch of its node is sent. A watch that
+/// reached the server after the release's delete would stay there until the session ends,
+/// waiting for a node that is never created again; so the release marks this before it sends
+/// the delete, and the watcher sends its watches only while holding it unmarked — the server
+/// sees every watch before the delete.
+#[derive(Default)]
+pub(crate) struct Released(std::sync::Mutex<bool>);
+
+impl Released {
+    /// `send()` (a request the client sends when called), unless the grant was given back.
+    fn send<T>(&self, send: impl FnOnce() -> T) -> Option<T> {
+        let released = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        (!*released).then(send)
+    }
+
+    fn mark(&self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
+    }
 }
 
 #[async_trait]
@@ -196,6 +217,7 @@ impl Grant for ZkGrant {
     /// One delete of the node, without a version check (as Curator does): a foreign `setData`
     /// must not keep it, and its path, unique to the acquire, is what makes it the guard's.
     async fn release(&self) -> Result<()> {
+        self.released.mark();
         self.watch.abort();
         let client = self.session.client().map_err(|e| error(&self.session.endpoints, e))?;
         match client.delete(&self.path, None).await {
@@ -210,38 +232,51 @@ impl Grant for ZkGrant {
 
 impl Drop for ZkGrant {
     fn drop(&mut self) {
+        self.released.mark();
         self.watch.abort();
     }
 }
 
-/// Fires the grant's loss signal when its node is deleted (or its session ends). A data change
-/// sets the watch again, through connection losses, until the grant is lost.
-pub(crate) async fn watch_node(session: Arc<ZkSession>, path: String, mut watch: OwnWatch, signal: LossSignal) {
+/// Fires the grant's loss signal when its node is deleted (or its session ends). `watch`: the
+/// node's watch when the acquire set it (a waiter's); else it is set here, after the grant, so
+/// an uncontended acquire does not wait for it: a node deleted before it is set is found gone
+/// by it. A data change sets the watch again, through connection losses, until the grant is
+/// lost or given back.
+pub(crate) async fn watch_node(
+    session: Arc<ZkSession>,
+    path: String,
+    mut watch: Option<OwnWatch>,
+    signal: LossSignal,
+    released: Arc<Released>,
+) {
     let watching = async {
         loop {
-            let Some(event) = watch.await else { return "its ZooKeeper session was closed".to_owned() };
-            match event.event_type {
-                EventType::NodeDeleted => return format!("its node {path} was deleted"),
-                EventType::Session => return format!("its ZooKeeper session ended: {}", event.session_state),
-                _ => {} // its data changed: watch again
-            }
-            loop {
-                let again = match session.client() {
-                    Ok(client) => client.check_and_watch_stat(&path).await,
-                    Err(e) => Err(e),
-                };
-                match again {
-                    Ok((Some(_), again)) => break watch = watch_of(again),
-                    Ok((None, _)) => return format!("its node {path} was deleted"),
-                    Err(e) if connection_broke(&e) => tokio::time::sleep(RECONNECT_PAUSE).await,
-                    Err(e) => return format!("watching its node {path} failed: {e}"),
+            if let Some(set) = watch.take() {
+                let Some(event) = set.await else { return Some("its ZooKeeper session was closed".to_owned()) };
+                match event.event_type {
+                    EventType::NodeDeleted => return Some(format!("its node {path} was deleted")),
+                    EventType::Session => return Some(format!("its ZooKeeper session ended: {}", event.session_state)),
+                    _ => {} // its data changed: watch again
                 }
+            }
+            let answer = match session.client() {
+                Ok(client) => match released.send(|| client.check_and_watch_stat(&path)) {
+                    Some(sent) => sent.await,
+                    None => return None, // given back
+                },
+                Err(e) => Err(e),
+            };
+            match answer {
+                Ok((Some(_), set)) => watch = Some(watch_of(set)),
+                Ok((None, _)) => return Some(format!("its node {path} was deleted")),
+                Err(e) if connection_broke(&e) => tokio::time::sleep(RECONNECT_PAUSE).await,
+                Err(e) => return Some(format!("watching its node {path} failed: {e}")),
             }
         }
     };
     tokio::select! {
         biased;
         _ = signal.lost() => {}
-        reason = watching => signal.lose(reason),
+        reason = watching => if let Some(reason) = reason { signal.lose(reason) },
     }
 }

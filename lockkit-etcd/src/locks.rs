@@ -43,20 +43,42 @@ impl Keys {
     }
 }
 
-/// A key put in line: its create revision (0: it existed already) and whether it is first; or
-/// etcd's answer, typed.
-type Enqueued = Result<(i64, bool), EtcdError>;
+/// A key put in line: its create revision (0: it existed already), whether it is first, and
+/// when it is not, what the put saw around it (when that was enough to wait on); or etcd's
+/// answer, typed.
+type Enqueued = Result<(i64, bool, Option<Around>), EtcdError>;
+
+/// My key and the contender right before it, as read at `revision`.
+struct Around {
+    revision: i64,
+    /// Mine, then my predecessor's if there is one.
+    contenders: Vec<KeyValue>,
+    /// No contender comes before my predecessor: its deletion makes mine first, with no read
+    /// to tell (no key can come before mine any more, and my own key's loss is watched).
+    predecessor_first: bool,
+}
+
+impl Around {
+    /// `newest`: the newest keys of the lock created at or before mine, newest first (mine
+    /// first); `all`: they are every such key (etcd's `more` was false).
+    fn of(keys: &Keys, revision: i64, newest: Vec<KeyValue>, all: bool) -> Self {
+        let contenders: Vec<KeyValue> = newest.into_iter().filter(|kv| keys.contender(kv)).collect();
+        let predecessor_first = all && contenders.len() == 2;
+        Around { revision, contenders: contenders.into_iter().take(2).collect(), predecessor_first }
+    }
+}
 
 fn first(prefix_order: SortOrder) -> GetOptions {
     GetOptions::new().with_prefix().with_sort(SortTarget::Create, prefix_order)
 }
 
-fn responses(txn: &TxnResponse) -> Vec<Vec<KeyValue>> {
+/// The gets of a transaction: their keys, and whether there were more than their limit.
+fn responses(txn: &TxnResponse) -> Vec<(Vec<KeyValue>, bool)> {
     txn.op_responses()
         .into_iter()
         .map(|r| match r {
-            TxnOpResponse::Get(get) => get.kvs().to_vec(),
-            _ => Vec::new(),
+            TxnOpResponse::Get(get) => (get.kvs().to_vec(), get.more()),
+            _ => (Vec::new(), false),
         })
         .collect()
 }
@@ -75,15 +97,16 @@ impl EtcdLocks {
         Ok(self.range(key, options).await?.1)
     }
 
-    /// A get, with the revision it was read at.
-    async fn range(&self, key: &str, options: GetOptions) -> Result<(i64, Vec<KeyValue>)> {
+    /// A get, with the revision it was read at and whether there were more keys than its limit.
+    async fn range(&self, key: &str, options: GetOptions) -> Result<(i64, Vec<KeyValue>, bool)> {
         let response = self
             .call(|| {
                 let (mut client, key, options) = (self.client.clone(), key.to_owned(), options.clone());
                 async move { client.get(key, Some(options)).await }
             })
             .await?;
-        Ok((response.header().map(|h| h.revision()).unwrap_or_default(), response.kvs().to_vec()))
+        let revision = response.header().map(|h| h.revision()).unwrap_or_default();
+        Ok((revision, response.kvs().to_vec(), response.more()))
     }
 
     async fn delete(&self, key: &[u8]) -> Result<i64> {
@@ -119,13 +142,13 @@ impl EtcdLocks {
     /// grant gets a new revision, hence a new token. (This process's turn on the key keeps
     /// every other acquire of it out, so deleting it by name is safe.)
     async fn enqueue(&self, keys: &Keys, lease: i64, holder: &str, cleanup: &mut Cleanup) -> Enqueued {
-        let (revision, first) = self.try_enqueue(keys, lease, holder, cleanup).await?;
-        if revision > 0 {
-            return Ok((revision, first));
+        let enqueued = self.try_enqueue(keys, lease, holder, cleanup).await?;
+        if enqueued.0 > 0 {
+            return Ok(enqueued);
         }
         self.delete(keys.mine.as_bytes()).await?;
         match self.try_enqueue(keys, lease, holder, cleanup).await? {
-            (0, _) => Err(Error::backend(
+            (0, ..) => Err(Error::backend(
                 BACKEND,
                 format!("key {} keeps coming back; is another process using this lease?", keys.mine),
             )
@@ -134,7 +157,8 @@ impl EtcdLocks {
         }
     }
 
-    /// One put-if-absent; revision 0 when my key already existed.
+    /// One put-if-absent, which also reads the first contender and the newest two (mine, just
+    /// made, and my predecessor); revision 0 when my key already existed.
     ///
     /// If the acquire is dropped meanwhile, the put still completes, and `cleanup` deletes the
     /// key only after it (etcd does not order two requests in flight at once, so a delete sent
@@ -143,9 +167,11 @@ impl EtcdLocks {
     /// gone is [`ErrorKind::LeaseGone`](lockkit_core::driver::ErrorKind::LeaseGone)).
     async fn try_enqueue(&self, keys: &Keys, lease: i64, holder: &str, cleanup: &mut Cleanup) -> Enqueued {
         let head = first(SortOrder::Ascend).with_limit(1);
+        let newest_two = first(SortOrder::Descend).with_limit(2);
         let txn = Txn::new().when([Compare::create_revision(keys.mine.clone(), CompareOp::Equal, 0)]).and_then([
             TxnOp::put(keys.mine.clone(), holder, Some(PutOptions::new().with_lease(lease))),
             TxnOp::get(keys.prefix.clone(), Some(head)),
+            TxnOp::get(keys.prefix.clone(), Some(newest_two)),
         ]);
         let (client, timeout, endpoints) = (self.client.clone(), self.settings.timeout, self.endpoints.clone());
         // Answered unless the outcome is unknown (connection trouble, no answer in time).
@@ -164,14 +190,21 @@ impl EtcdLocks {
         cleanup.after(finished);
         let response = put.await?;
         if !response.succeeded() {
-            return Ok((0, false));
+            return Ok((0, false, None));
         }
         let Some(revision) = response.header().map(|h| h.revision()) else {
             return Err(Error::backend(BACKEND, "etcd answered the acquire transaction without a revision").into());
         };
         let mut gets = responses(&response).into_iter().skip(1);
-        let head = self.first_contender(keys, gets.next().unwrap_or_default(), first(SortOrder::Ascend)).await?;
-        Ok((revision, head.is_some_and(|kv| kv.create_revision() == revision)))
+        let head = self.first_contender(keys, gets.next().unwrap_or_default().0, first(SortOrder::Ascend)).await?;
+        let first = head.is_some_and(|kv| kv.create_revision() == revision);
+        // Mine is the newest key: the newest two are mine and my predecessor, unless one of
+        // them is a nested namespace's key (then `wait_turn` reads them).
+        let around = gets.next().and_then(|(newest, more)| {
+            let mine = newest.first().is_some_and(|kv| kv.create_revision() == revision);
+            (mine && newest.iter().all(|kv| keys.contender(kv))).then(|| Around::of(keys, revision, newest, !more))
+        });
+        Ok((revision, first, around))
     }
 
     /// My key and the contender right before it (newest first), as of a revision at least
@@ -179,7 +212,7 @@ impl EtcdLocks {
     /// the writes in flight), or linearizably when that member has not reached `floor` yet.
     /// Enough, because deletions never come undone and no new key can come before mine: a
     /// read at or after my key's creation that shows my key shows every contender before it.
-    async fn around_me(&self, keys: &Keys, mine: i64, floor: i64) -> Result<(i64, Vec<KeyValue>)> {
+    async fn around_me(&self, keys: &Keys, mine: i64, floor: i64) -> Result<Around> {
         let newest_first = first(SortOrder::Descend).with_max_create_revision(mine);
         let mut read = self.range(&keys.prefix, newest_first.clone().with_serializable().with_limit(2)).await?;
         if read.0 < floor {
@@ -189,13 +222,13 @@ impl EtcdLocks {
             // A key of a namespace nested below the lock's: look at every key instead.
             read = self.range(&keys.prefix, newest_first).await?;
         }
-        let (revision, kvs) = read;
-        Ok((revision, kvs.into_iter().filter(|kv| keys.contender(kv)).take(2).collect()))
+        let (revision, kvs, more) = read;
+        Ok(Around::of(keys, revision, kvs, !more))
     }
 
     /// Waits until every contender before me is gone. Watches only the predecessor, and my
-    /// own key, whose watch it returns (to become the guard's).
-    async fn wait_turn(&self, keys: &Keys, mine: i64, lease: &dyn Lease) -> Result<Unwatch> {
+    /// own key, whose watch it returns (to become the guard's). `known`: what the put saw.
+    async fn wait_turn(&self, keys: &Keys, mine: i64, lease: &dyn Lease, mut known: Option<Around>) -> Result<Unwatch> {
         let lost = |reason: &str| Error::LockLost {
             backend: BACKEND,
             name: keys.prefix.trim_end_matches('/').to_owned(),
@@ -206,9 +239,8 @@ impl EtcdLocks {
         let on_delete = OnDelete::Wake(mine_gone.clone());
         let mut own = self.unwatch_later(vec![self.watches.reuse_or_watch(&keys.mine, mine, on_delete).await]);
         let mut floor = mine;
-        let mut known = None;
         loop {
-            let (revision, contenders) = match known.take() {
+            let Around { revision, contenders, predecessor_first } = match known.take() {
                 Some(read) => read,
                 None => self.around_me(keys, mine, floor).await?,
             };
@@ -237,6 +269,7 @@ impl EtcdLocks {
                 created = watch.created => created.unwrap_or_default(),
                 _ = lease.lost() => return Err(lost("its lease was lost")),
             };
+            let mut predecessor_first = predecessor_first;
             if created > revision {
                 let read = self.around_me(keys, mine, created).await?;
                 let same = |a: &[KeyValue], b: &[KeyValue]| {
@@ -244,15 +277,24 @@ impl EtcdLocks {
                         .map(|kv| (kv.key(), kv.create_revision()))
                         .eq(b.iter().map(|kv| (kv.key(), kv.create_revision())))
                 };
-                if !same(&read.1, &contenders) {
+                if !same(&read.contenders, &contenders) {
                     known = Some(read);
                     continue;
                 }
+                predecessor_first = read.predecessor_first;
             }
             tokio::select! {
                 biased;
                 _ = mine_gone.notify.notified() => floor = mine_gone.revision.load(Ordering::Relaxed),
-                _ = woken.notify.notified() => floor = woken.revision.load(Ordering::Relaxed),
+                _ = woken.notify.notified() => {
+                    // The first contender is gone and mine is next: no read needed, unless my
+                    // lease was lost meanwhile (which also ends my key).
+                    let deleted = woken.deleted.load(Ordering::Relaxed);
+                    if deleted && predecessor_first && !lease.is_lost() && mine_gone.revision.load(Ordering::Relaxed) == 0 {
+                        return Ok(own);
+                    }
+                    floor = woken.revision.load(Ordering::Relaxed);
+                }
                 _ = lease.lost() => return Err(lost("its lease was lost")),
             }
         }
@@ -284,7 +326,7 @@ impl EtcdLocks {
         let what = format!("the key {} of lock {:?}", keys.mine, request.name.as_str());
         let mut cleanup = Cleanup::new(lease, what, self.removal(&keys.mine, made_at.clone()));
         cleanup.keep_turn(turn);
-        let (revision, first) = self.enqueue(&keys, lease_id, &request.holder, &mut cleanup).await?;
+        let (revision, first, around) = self.enqueue(&keys, lease_id, &request.holder, &mut cleanup).await?;
         made_at.store(revision, Ordering::SeqCst);
         let own_watch = match (first, request.wait) {
             (true, _) => None,
@@ -294,7 +336,7 @@ impl EtcdLocks {
                     Err(e) => Err(e.into()),
                 };
             }
-            (false, true) => Some(self.wait_turn(&keys, revision, lease.as_ref()).await?),
+            (false, true) => Some(self.wait_turn(&keys, revision, lease.as_ref(), around).await?),
         };
         let signal = lease.grant_signal();
         // The guard watches its key from its creation on: a waiter's watch carries over.

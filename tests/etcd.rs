@@ -549,34 +549,3 @@ async fn attack5_an_acquire_on_a_revoked_lease_succeeds_on_a_fresh_one_and_leave
     let a_keys = run(etcdctl(&server, &["get", "--prefix", "--keys-only", &format!("{namespace}/a/")])).await;
     assert!(a_keys.trim().is_empty(), "the revoked lease's key is gone: {a_keys}");
 }
-
-/// Issue #18: a waiter right behind the holder is granted on the holder's deletion alone, with
-/// no read after it — the put's own read told it no one came before the holder — so a handoff
-/// takes the release and one event. (Before, every handoff read the line once more.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_waiter_right_behind_the_holder_is_granted_without_reading_again() {
-    let server = Server::etcd();
-    let namespace = unique("e");
-    let (first, second) = (connect(&url(&server, &namespace)).await, connect(&url(&server, &namespace)).await);
-    let held = first.acquire("x").await.unwrap();
-    let waiting = tokio::spawn(async move { second.acquire("x").await });
-    lockkit_testkit::support::in_line(&*first, "x", 1).await;
-    watchers(&server, 3).await; // the holder's key, and the waiter's key and predecessor
-    let reads = ranges(&server).await;
-    held.release().await.unwrap();
-    let guard = tokio::time::timeout(TTL, waiting).await.expect("granted").unwrap().unwrap();
-    assert_eq!(ranges(&server).await, reads, "reads made between the release and the grant");
-    guard.release().await.unwrap();
-}
-
-/// How many reads (`Range` requests) the server has answered.
-async fn ranges(server: &Server) -> u64 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", server.port)).await.unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").await.unwrap();
-    let mut page = String::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut page)).await.unwrap().unwrap();
-    let ranges =
-        page.lines().filter(|l| l.starts_with("grpc_server_handled_total{") && l.contains("grpc_method=\"Range\""));
-    ranges.filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).sum()
-}

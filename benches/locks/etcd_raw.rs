@@ -86,6 +86,7 @@ pub(crate) async fn baseline(url: &str, port: u16, iterations: usize) -> Vec<Row
         short: "v3lock",
         case: "etcd-client 0.21 lock RPC (one kept-alive lease): lock + unlock".to_owned(),
         samples: v3lock,
+        target: Some(1.05),
     };
     let raw_case = "txn put-if-absent (existing lease) + delete";
     let mut rows = baseline_rows("etcd", raw_case, "one round trip (GET)", [raw, trip, ours], vec![v3lock]);

@@ -68,6 +68,7 @@ use std::time::{Duration, Instant};
 
 use lockkit::DistributedLock;
 
+#[derive(Clone)]
 struct Row {
     backend: String,
     case: String,
@@ -81,6 +82,9 @@ struct Row {
     commands_per_grant: Option<f64>,
     /// Contended rows: the p50 of the release calls (the release's round trip under load).
     release_p50: Option<Duration>,
+    /// Contended rows with a probe: one write round trip (the mean of the unloaded p50s right
+    /// before and after the row).
+    trip: Option<Duration>,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -163,38 +167,69 @@ async fn main() {
     let run = Duration::from_secs(seconds);
     for (backend, url, probe) in &targets {
         rows.push(uncontended(backend, url, 2000).await);
-        for contenders in [4, 16] {
+        for &contenders in contender_counts(probe.as_ref()) {
             let raw = raw_contended(probe.as_ref(), contenders, run).await;
-            let name = format!("contended-{}", lockkit_core::driver::random_u64());
-            let mut ours = Vec::new();
-            for _ in 0..contenders {
-                ours.push(Lockkit { locks: connect(url).await, name: name.clone(), guard: None });
-            }
-            // On a cluster, the probe is the master of this lock's slot.
-            let probe = match probe {
-                #[cfg(feature = "redis")]
-                Some(Probe::Cluster(any)) => {
-                    let master = lockkit_testkit::servers::RedisCluster::master_port(*any, &name);
-                    Some(Probe::Redis(format!("redis://127.0.0.1:{master}")))
-                }
-                other => other.clone(),
-            };
-            let mut row = contended(backend, ours, &name, probe.as_ref(), run).await;
-            if let Some((raw, peer)) = raw {
+            let mut row = lockkit_contended(backend, url, probe.as_ref(), contenders, run).await;
+            if let Some(raw) = raw {
                 let times = row.p50.as_secs_f64() / raw.p50.as_secs_f64();
-                let mut label = format!("{} ({times:.2}× the raw client's handoff", row.backend);
+                row.backend = format!("{} ({times:.2}× the raw client's handoff)", row.backend);
                 rows.push(raw);
-                if let Some(peer) = peer {
-                    let grants = row.grants_per_sec.unwrap_or_default() / peer.grants_per_sec.unwrap_or(f64::NAN);
-                    let p90 = row.p90.as_secs_f64() / peer.p90.as_secs_f64();
-                    label
-                        .push_str(&format!("; **{grants:.2}× the peer's grants/s, handoff p90 {p90:.2}× the peer's**"));
-                    rows.push(peer);
+            }
+            if let Some(peer) = peer_contended(probe.as_ref(), contenders, run).await {
+                // More rounds, lockkit and the peer alternately: the median of their ratios.
+                let mut rounds = vec![(row.clone(), peer.clone())];
+                for _ in 1..CONTENDED_ROUNDS {
+                    let ours = lockkit_contended(backend, url, probe.as_ref(), contenders, run).await;
+                    let theirs = peer_contended(probe.as_ref(), contenders, run).await.expect("the same probe");
+                    rounds.push((ours, theirs));
                 }
-                row.backend = format!("{label})");
+                let grants = Rounds(
+                    rounds
+                        .iter()
+                        .map(|(o, t)| o.grants_per_sec.unwrap_or_default() / t.grants_per_sec.unwrap_or(f64::NAN))
+                        .collect(),
+                );
+                let p90 = Rounds(rounds.iter().map(|(o, t)| o.p90.as_secs_f64() / t.p90.as_secs_f64()).collect());
+                let trips = Rounds(
+                    rounds
+                        .iter()
+                        .map(|(o, _)| o.p90.as_secs_f64() / o.trip.map_or(f64::NAN, |t| t.as_secs_f64()))
+                        .collect(),
+                );
+                let line = format!(
+                    "| {backend}, {contenders} contenders | {} | grants/s: {:.0} vs {:.0}; **{} the peer's** (≥ 10×: {}) | handoff p90: {} vs {}; **{} the peer's**; **{} round trips** (≤ 3: {}) |",
+                    peer.backend,
+                    row.grants_per_sec.unwrap_or_default(),
+                    peer.grants_per_sec.unwrap_or_default(),
+                    grants.describe(),
+                    if grants.median() >= 10.0 { "met" } else { "**missed**" },
+                    micros(row.p90),
+                    micros(peer.p90),
+                    p90.describe(),
+                    trips.describe(),
+                    if trips.median() <= 3.0 { "met" } else { "**missed**" },
+                );
+                CONTENDED_SUMMARY.lock().unwrap().push(line);
+                row.backend = format!(
+                    "{} (**{} the peer's grants/s; handoff p90 {} the peer's**)",
+                    row.backend,
+                    grants.describe(),
+                    p90.describe()
+                );
+                rows.push(peer);
             }
             rows.push(row);
         }
+    }
+    println!("\n| backend | lockkit ÷ | lockkit p50 | its p50 | median of the rounds' p50 ratios | target (#18) |");
+    println!("|---|---|---:|---:|---|---|");
+    for line in SUMMARY.lock().unwrap().iter() {
+        println!("{line}");
+    }
+    println!("\n| contended | peer | throughput | handoff |");
+    println!("|---|---|---|---|");
+    for line in CONTENDED_SUMMARY.lock().unwrap().iter() {
+        println!("{line}");
     }
     println!(
         "\n| backend | case | ops/s (contended: handoffs/s) | grants/s | p50 | p90 | p99 | changed hands | server cmds/grant | release p50 |"
@@ -269,10 +304,43 @@ impl Contender for Lockkit {
     }
 }
 
-/// The contended rows of the backends whose handoff is also measured made directly with
-/// their client (etcd): the driver's protocol made raw, then the peer a user would pick
-/// instead (etcd's lock RPC), each contender with a connection and lease of its own.
-async fn raw_contended(probe: Option<&Probe>, contenders: usize, run: Duration) -> Option<(Row, Option<Row>)> {
+/// lockkit's contended row: `contenders` handles of their own on one lock.
+async fn lockkit_contended(backend: &str, url: &str, probe: Option<&Probe>, contenders: usize, run: Duration) -> Row {
+    let name = format!("contended-{}", lockkit_core::driver::random_u64());
+    let mut ours = Vec::new();
+    for _ in 0..contenders {
+        ours.push(Lockkit { locks: connect(url).await, name: name.clone(), guard: None });
+    }
+    // On a cluster, the probe is the master of this lock's slot.
+    let probe = match probe {
+        #[cfg(feature = "redis")]
+        Some(Probe::Cluster(any)) => {
+            let master = lockkit_testkit::servers::RedisCluster::master_port(*any, &name);
+            Some(Probe::Redis(format!("redis://127.0.0.1:{master}")))
+        }
+        other => other.cloned(),
+    };
+    contended(backend, ours, &name, probe.as_ref(), run).await
+}
+
+/// The contended rows of a backend: 4 and 16 contenders, and 64 on etcd (issue #18).
+fn contender_counts(probe: Option<&Probe>) -> &'static [usize] {
+    match probe {
+        #[cfg(feature = "etcd")]
+        Some(Probe::Etcd(_)) => &[4, 16, 64],
+        _ => &[4, 16],
+    }
+}
+
+/// How many rounds a contended row and its peer's run, alternately.
+const CONTENDED_ROUNDS: usize = 3;
+
+/// The contended summary lines (etcd against its lock RPC), printed after the table.
+static CONTENDED_SUMMARY: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// The contended row of a backend's protocol made directly with its client (etcd), each
+/// contender with a connection and lease of its own.
+async fn raw_contended(probe: Option<&Probe>, contenders: usize, run: Duration) -> Option<Row> {
     match probe? {
         #[cfg(feature = "etcd")]
         Probe::Etcd(port) => {
@@ -281,14 +349,25 @@ async fn raw_contended(probe: Option<&Probe>, contenders: usize, run: Duration) 
             for _ in 0..contenders {
                 raw.push(etcd_raw::Contender::new(*port, &name).await);
             }
-            let raw = contended("etcd raw", raw, &name, Some(&Probe::Etcd(*port)), run).await;
+            Some(contended("etcd raw", raw, &name, Some(&Probe::Etcd(*port)), run).await)
+        }
+        #[allow(unreachable_patterns)]
+        _ => None,
+    }
+}
+
+/// The contended row of the peer a user would pick instead (etcd's lock RPC), each contender
+/// with a connection and kept-alive lease of its own.
+async fn peer_contended(probe: Option<&Probe>, contenders: usize, run: Duration) -> Option<Row> {
+    match probe? {
+        #[cfg(feature = "etcd")]
+        Probe::Etcd(port) => {
             let name = format!("contended-v3lock-{}", lockkit_core::driver::random_u64());
             let mut peer = Vec::new();
             for _ in 0..contenders {
                 peer.push(etcd_raw::V3lock::new(*port, &name).await);
             }
-            let peer = contended("etcd peer: v3lock", peer, &name, Some(&Probe::Etcd(*port)), run).await;
-            Some((raw, Some(peer)))
+            Some(contended("etcd peer: v3lock", peer, &name, Some(&Probe::Etcd(*port)), run).await)
         }
         #[allow(unreachable_patterns)]
         _ => None,
@@ -368,6 +447,7 @@ async fn contended(
     // The machine's speed drifts: compare with unloaded round trips right before and after.
     if let Some((before, after)) = trips_before.zip(round_trips_p50(probe, Sampling::Unloaded(300)).await) {
         row.case = format!("{} ({})", row.case, compare(row.p50, &before, &after, during.as_ref()));
+        row.trip = Some((before.write + after.write) / 2);
     }
     row.ops_per_sec = handoffs_per_sec;
     row.grants_per_sec = Some(grants as f64 / run.as_secs_f64());
@@ -415,18 +495,50 @@ struct Peer {
     /// Its row's case: the crate, its version and what one sample is.
     case: String,
     samples: Vec<Duration>,
+    /// The ratio lockkit ÷ peer that issue #18 asks for at most, if any.
+    target: Option<f64>,
 }
 
-/// lockkit's p50 over another's, and the median of the iterations' own ratios: each pairs
-/// lockkit with the other's calls made right before it, so slow drifts of a noisy machine
-/// cancel out.
-#[cfg(any(feature = "redis", feature = "etcd", feature = "zookeeper", feature = "consul"))]
-fn ratios(ours: &Row, ours_samples: &[Duration], other: &Row, other_samples: &[Duration]) -> (f64, f64) {
-    let mut paired: Vec<f64> =
-        ours_samples.iter().zip(other_samples).map(|(o, r)| o.as_secs_f64() / r.as_secs_f64()).collect();
-    paired.sort_by(f64::total_cmp);
-    let paired = paired.get(paired.len() / 2).copied().unwrap_or(f64::NAN);
-    (ours.p50.as_secs_f64() / other.p50.as_secs_f64(), paired)
+/// How many rounds the interleaved samples are cut into, in time order: lockkit's ratio to
+/// another is the median of the rounds' p50 ratios, so one noisy stretch does not decide.
+const ROUNDS: usize = 5;
+
+/// lockkit's ratio to another, round by round (samples interleaved iteration by iteration).
+struct Rounds(Vec<f64>);
+
+impl Rounds {
+    fn of(ours: &[Duration], other: &[Duration]) -> Rounds {
+        let per = ours.len().div_ceil(ROUNDS).max(1);
+        let p50 = |samples: &[Duration]| percentiles(&mut samples.to_vec()).0.as_secs_f64();
+        Rounds(ours.chunks(per).zip(other.chunks(per)).map(|(o, t)| p50(o) / p50(t)).collect())
+    }
+
+    fn median(&self) -> f64 {
+        let mut sorted = self.0.clone();
+        sorted.sort_by(f64::total_cmp);
+        sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
+    }
+
+    /// "1.08× (rounds 1.05 1.11 1.08 1.07 1.09)".
+    fn describe(&self) -> String {
+        let rounds: Vec<String> = self.0.iter().map(|r| format!("{r:.2}")).collect();
+        format!("{:.2}× (rounds {})", self.median(), rounds.join(" "))
+    }
+}
+
+/// The summary lines of lockkit against the crates users would pick, printed after the table.
+static SUMMARY: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Adds a line to the summary: `backend`, lockkit's p50, the other's, the rounds, the target.
+fn summarize(backend: &str, other: &str, ours: Duration, theirs: Duration, rounds: &Rounds, target: Option<f64>) {
+    let verdict = match target {
+        Some(target) if rounds.median() <= target => format!("≤ {target:.2}×: met"),
+        Some(target) => format!("≤ {target:.2}×: **missed**"),
+        None => "–".to_owned(),
+    };
+    let line =
+        format!("| {backend} | {other} | {} | {} | {} | {verdict} |", micros(ours), micros(theirs), rounds.describe());
+    SUMMARY.lock().unwrap().push(line);
 }
 
 /// The rows of a raw baseline, of the peers and of lockkit measured beside them, with
@@ -448,13 +560,15 @@ fn baseline_rows(
         None,
         None,
     );
-    let (ratio, paired) = ratios(&ours, &ours_samples, &raw, &raw_samples);
-    let mut label = format!("{backend} ({ratio:.2}× raw p50; paired median {paired:.2}×");
+    let to_raw = Rounds::of(&ours_samples, &raw_samples);
+    summarize(backend, &format!("raw: {raw_case}"), ours.p50, raw.p50, &to_raw, None);
+    let mut label = format!("{backend} ({} raw", to_raw.describe());
     let mut rows = vec![raw, trip];
     for peer in peers {
         let them = row(&format!("{backend} peer"), &peer.case, peer.samples.clone(), None, None);
-        let (ratio, paired) = ratios(&ours, &ours_samples, &them, &peer.samples);
-        label.push_str(&format!("; **{ratio:.2}× {} p50, paired median {paired:.2}×**", peer.short));
+        let to_peer = Rounds::of(&ours_samples, &peer.samples);
+        summarize(backend, &peer.case, ours.p50, them.p50, &to_peer, peer.target);
+        label.push_str(&format!("; **{} {}**", to_peer.describe(), peer.short));
         rows.push(them);
     }
     ours.backend = format!("{label})");
@@ -485,6 +599,7 @@ fn row(
         changed_hands,
         commands_per_grant,
         release_p50: None,
+        trip: None,
     }
 }
 

@@ -81,11 +81,13 @@ async fn measure(
             short: "rslock defaults",
             case: format!("rslock 0.10 ({on}, defaults): acquire + release"),
             samples: rslock_defaults,
+            target: (backend == "redis").then_some(1.10),
         },
         Peer {
             short: "rslock 2 ms retry",
             case: format!("rslock 0.10 ({on}, 2 ms retry delay): acquire + release"),
             samples: rslock_fast,
+            target: (backend == "redis").then_some(1.10),
         },
     ];
     baseline_rows(backend, "SET NX PX + compare-and-delete", trip_case, [raw, trip, ours], peers)

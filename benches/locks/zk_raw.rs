@@ -42,11 +42,13 @@ pub(crate) async fn baseline(url: &str, port: u16, iterations: usize) -> Vec<Row
             short: "curator recipe (delete awaited)",
             case: "zookeeper-client 0.11 lock, LockPrefix::new_curator: lock + delete awaited".to_owned(),
             samples: awaited,
+            target: Some(1.10),
         },
         Peer {
             short: "curator recipe (release by drop)",
             case: "zookeeper-client 0.11 lock, LockPrefix::new_curator: lock + drop (delete in the background, own session)".to_owned(),
             samples: dropped,
+            target: None,
         },
     ];
     let raw_case = "create ephemeral-sequential + list + delete";

@@ -53,18 +53,13 @@ struct Around {
     revision: i64,
     /// Mine, then my predecessor's if there is one.
     contenders: Vec<KeyValue>,
-    /// No contender comes before my predecessor: its deletion makes mine first, with no read
-    /// to tell (no key can come before mine any more, and my own key's loss is watched).
-    predecessor_first: bool,
 }
 
 impl Around {
     /// `newest`: the newest keys of the lock created at or before mine, newest first (mine
-    /// first); `all`: they are every such key (etcd's `more` was false).
-    fn of(keys: &Keys, revision: i64, newest: Vec<KeyValue>, all: bool) -> Self {
-        let contenders: Vec<KeyValue> = newest.into_iter().filter(|kv| keys.contender(kv)).collect();
-        let predecessor_first = all && contenders.len() == 2;
-        Around { revision, contenders: contenders.into_iter().take(2).collect(), predecessor_first }
+    /// first).
+    fn of(keys: &Keys, revision: i64, newest: Vec<KeyValue>) -> Self {
+        Around { revision, contenders: newest.into_iter().filter(|kv| keys.contender(kv)).take(2).collect() }
     }
 }
 
@@ -72,13 +67,12 @@ fn first(prefix_order: SortOrder) -> GetOptions {
     GetOptions::new().with_prefix().with_sort(SortTarget::Create, prefix_order)
 }
 
-/// The gets of a transaction: their keys, and whether there were more than their limit.
-fn responses(txn: &TxnResponse) -> Vec<(Vec<KeyValue>, bool)> {
+fn responses(txn: &TxnResponse) -> Vec<Vec<KeyValue>> {
     txn.op_responses()
         .into_iter()
         .map(|r| match r {
-            TxnOpResponse::Get(get) => (get.kvs().to_vec(), get.more()),
-            _ => (Vec::new(), false),
+            TxnOpResponse::Get(get) => get.kvs().to_vec(),
+            _ => Vec::new(),
         })
         .collect()
 }
@@ -97,16 +91,15 @@ impl EtcdLocks {
         Ok(self.range(key, options).await?.1)
     }
 
-    /// A get, with the revision it was read at and whether there were more keys than its limit.
-    async fn range(&self, key: &str, options: GetOptions) -> Result<(i64, Vec<KeyValue>, bool)> {
+    /// A get, with the revision it was read at.
+    async fn range(&self, key: &str, options: GetOptions) -> Result<(i64, Vec<KeyValue>)> {
         let response = self
             .call(|| {
                 let (mut client, key, options) = (self.client.clone(), key.to_owned(), options.clone());
                 async move { client.get(key, Some(options)).await }
             })
             .await?;
-        let revision = response.header().map(|h| h.revision()).unwrap_or_default();
-        Ok((revision, response.kvs().to_vec(), response.more()))
+        Ok((response.header().map(|h| h.revision()).unwrap_or_default(), response.kvs().to_vec()))
     }
 
     async fn delete(&self, key: &[u8]) -> Result<i64> {
@@ -196,13 +189,13 @@ impl EtcdLocks {
             return Err(Error::backend(BACKEND, "etcd answered the acquire transaction without a revision").into());
         };
         let mut gets = responses(&response).into_iter().skip(1);
-        let head = self.first_contender(keys, gets.next().unwrap_or_default().0, first(SortOrder::Ascend)).await?;
+        let head = self.first_contender(keys, gets.next().unwrap_or_default(), first(SortOrder::Ascend)).await?;
         let first = head.is_some_and(|kv| kv.create_revision() == revision);
         // Mine is the newest key: the newest two are mine and my predecessor, unless one of
         // them is a nested namespace's key (then `wait_turn` reads them).
-        let around = gets.next().and_then(|(newest, more)| {
+        let around = gets.next().and_then(|newest| {
             let mine = newest.first().is_some_and(|kv| kv.create_revision() == revision);
-            (mine && newest.iter().all(|kv| keys.contender(kv))).then(|| Around::of(keys, revision, newest, !more))
+            (mine && newest.iter().all(|kv| keys.contender(kv))).then(|| Around::of(keys, revision, newest))
         });
         Ok((revision, first, around))
     }
@@ -222,8 +215,8 @@ impl EtcdLocks {
             // A key of a namespace nested below the lock's: look at every key instead.
             read = self.range(&keys.prefix, newest_first).await?;
         }
-        let (revision, kvs, more) = read;
-        Ok(Around::of(keys, revision, kvs, !more))
+        let (revision, kvs) = read;
+        Ok(Around::of(keys, revision, kvs))
     }
 
     /// Waits until every contender before me is gone. Watches only the predecessor, and my
@@ -240,7 +233,7 @@ impl EtcdLocks {
         let mut own = self.unwatch_later(vec![self.watches.reuse_or_watch(&keys.mine, mine, on_delete).await]);
         let mut floor = mine;
         loop {
-            let Around { revision, contenders, predecessor_first } = match known.take() {
+            let Around { revision, contenders } = match known.take() {
                 Some(read) => read,
                 None => self.around_me(keys, mine, floor).await?,
             };
@@ -269,7 +262,6 @@ impl EtcdLocks {
                 created = watch.created => created.unwrap_or_default(),
                 _ = lease.lost() => return Err(lost("its lease was lost")),
             };
-            let mut predecessor_first = predecessor_first;
             if created > revision {
                 let read = self.around_me(keys, mine, created).await?;
                 let same = |a: &[KeyValue], b: &[KeyValue]| {
@@ -281,20 +273,14 @@ impl EtcdLocks {
                     known = Some(read);
                     continue;
                 }
-                predecessor_first = read.predecessor_first;
             }
             tokio::select! {
                 biased;
                 _ = mine_gone.notify.notified() => floor = mine_gone.revision.load(Ordering::Relaxed),
-                _ = woken.notify.notified() => {
-                    // The first contender is gone and mine is next: no read needed, unless my
-                    // lease was lost meanwhile (which also ends my key).
-                    let deleted = woken.deleted.load(Ordering::Relaxed);
-                    if deleted && predecessor_first && !lease.is_lost() && mine_gone.revision.load(Ordering::Relaxed) == 0 {
-                        return Ok(own);
-                    }
-                    floor = woken.revision.load(Ordering::Relaxed);
-                }
+                // Woken, one read decides: the own key's deletion may reach us after the
+                // predecessor's (a watch from an older revision is served by etcd's catch-up
+                // loop), so only a read shows that the own key is still there.
+                _ = woken.notify.notified() => floor = woken.revision.load(Ordering::Relaxed),
                 _ = lease.lost() => return Err(lost("its lease was lost")),
             }
         }

@@ -18,7 +18,7 @@
 //! making a watch and cancelling it on every acquire and release. At most [`MAX_IDLE`] are kept.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -57,8 +57,6 @@ const READ_BATCH: usize = 64;
 pub(crate) struct Woken {
     pub notify: Notify,
     pub revision: AtomicI64,
-    /// Whether the key was deleted (not only its watch ended).
-    pub deleted: AtomicBool,
 }
 
 struct Target {
@@ -332,7 +330,6 @@ impl Watches {
             OnDelete::Idle => state.idle.retain(|i| *i != id),
             OnDelete::Wake(woken) => {
                 woken.revision.fetch_max(revision, Ordering::Relaxed);
-                woken.deleted.fetch_or(deleted, Ordering::Relaxed);
                 woken.notify.notify_one();
             }
             OnDelete::Lose(signal) if deleted => {

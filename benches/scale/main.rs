@@ -15,8 +15,7 @@
 //!   (`acquire_timeout`, 5 s) → release on `hot-{i % 16}` (4 handles per name) for
 //!   `LOCKKIT_BENCH_SECONDS` (default 2). Reported: grants/s (all names, and per name), the
 //!   acquire latency p50 / p99, the client memory and file descriptors per handle (their growth
-//!   over the connects / handles) and the server requests per grant. ZooKeeper: 48 handles, 3 per name
-//!   (the test server allows 60 connections per client address).
+//!   over the connects / handles) and the server requests per grant.
 //!
 //! Server requests are the servers' own counters (see `counters`): Redis `INFO commandstats`,
 //! etcd's `/metrics` (gRPC messages received), ZooKeeper's `mntr` (packets received); the
@@ -44,9 +43,6 @@ const IN_FLIGHT: usize = 64;
 /// Handles and names of the hot-names row.
 const HANDLES: usize = 64;
 const NAMES: usize = 16;
-/// The test ZooKeeper keeps its default `maxClientCnxns=60` (connections per client address):
-/// 64 handles cannot all connect, so its hot-names row has 48 (3 per name).
-const ZK_HANDLES: usize = 48;
 
 /// One table row; every cell already formatted, "–" where it does not apply.
 struct Row {
@@ -221,9 +217,9 @@ async fn many_locks(backend: &'static str, url: &str, counter: &Counter, n: usiz
     vec![acquire, hold, release]
 }
 
-/// 64 handles (ZooKeeper: 48), 4 (3) per name, loop acquire → release on 16 names for `run`.
+/// 64 handles, 4 per name, loop acquire → release on 16 names for `run`.
 async fn hot_names(backend: &'static str, url: &str, counter: &Counter, run: Duration) -> Row {
-    let count = if backend == "zookeeper" { ZK_HANDLES } else { HANDLES };
+    let count = HANDLES;
     trim();
     let (before, fds_before) = (rss(), fds());
     let mut handles = Vec::with_capacity(count);

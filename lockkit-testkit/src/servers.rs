@@ -234,6 +234,8 @@ impl Server {
                     "admin.enableServer=false",
                     "4lw.commands.whitelist=*",
                     "maxSessionTimeout=60000",
+                    // Benchmarks connect 64 handles from one address (the default allows 60).
+                    "maxClientCnxns=0",
                 ]
                 .join("\\n");
                 let script = format!(

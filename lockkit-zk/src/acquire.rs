@@ -34,6 +34,9 @@ pub(crate) fn watch_of(watcher: OneshotWatcher) -> OwnWatch {
     }))
 }
 
+/// Whether a node exists, and a watch on it.
+type Watched = (Option<Stat>, OneshotWatcher);
+
 /// One contender's node.
 struct Node {
     path: String,
@@ -239,11 +242,16 @@ impl<'a> Acquire<'a> {
             if !wait {
                 return Ok(Turn::Behind);
             }
-            if own.is_none() {
-                continue; // a waiter watches its own node: listed again, with that watch
-            }
             let ahead = format!("{}/{ahead}", self.directory);
-            let (exists, ahead_watch) = self.until_lost(|| self.watch_stat(&ahead)).await?;
+            let (exists, ahead_watch) = match own {
+                Some(_) => self.until_lost(|| self.watch_stat(&ahead)).await?,
+                // A waiter watches its own node too: both watches in one round trip.
+                None => {
+                    let (mine, ahead) = self.until_lost(|| self.watch_both(&node.path, &ahead)).await?;
+                    own = Some(self.own_watch(mine)?);
+                    ahead
+                }
+            };
             if exists.is_none() {
                 continue;
             }
@@ -293,6 +301,14 @@ impl<'a> Acquire<'a> {
             other => other?,
         };
         Ok((children, watched.transpose()?))
+    }
+
+    /// Whether the own node and the one ahead exist, with a watch on each: both requests go out
+    /// at once.
+    async fn watch_both(&self, own: &str, ahead: &str) -> Result<(Watched, Watched), zookeeper_client::Error> {
+        let client = self.session.client()?;
+        let (own, ahead) = tokio::join!(client.check_and_watch_stat(own), client.check_and_watch_stat(ahead));
+        Ok((own?, ahead?))
     }
 
     /// Whether a node exists, with a watch on it.

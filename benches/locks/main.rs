@@ -132,7 +132,7 @@ async fn main() {
         Some({
             let server = lockkit_testkit::servers::Server::etcd();
             let url = format!("etcd://127.0.0.1:{}", server.port);
-            rows.extend(etcd_raw::baseline(&url, server.port, 1000).await);
+            rows.extend(etcd_raw::baseline(&url, server.port, 2000).await);
             targets.push(("etcd".to_owned(), url, Some(Probe::Etcd(server.port))));
             server
         })
@@ -144,7 +144,7 @@ async fn main() {
         Some({
             let server = lockkit_testkit::servers::Server::zookeeper();
             let url = format!("zk://127.0.0.1:{}", server.port);
-            rows.extend(zk_raw::baseline(&url, server.port, 1000).await);
+            rows.extend(zk_raw::baseline(&url, server.port, 2000).await);
             targets.push(("zookeeper".to_owned(), url, Some(Probe::Zookeeper(server.port))));
             server
         })
@@ -157,7 +157,7 @@ async fn main() {
             let double =
                 lockkit_testkit::consul_double::ConsulDouble::start(lockkit_testkit::consul_double::Config::default());
             let url = format!("consul://{}", double.addr);
-            rows.extend(consul_raw::baseline(&url, double.addr, 1000).await);
+            rows.extend(consul_raw::baseline(&url, double.addr, 2000).await);
             targets.push(("consul (double)".to_owned(), url, None));
             double
         })

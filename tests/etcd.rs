@@ -362,13 +362,7 @@ async fn watchers(server: &Server, count: usize) {
 
 /// A metric of the etcd server, from its `/metrics` page.
 async fn metric(server: &Server, name: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", server.port)).await.unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").await.unwrap();
-    let mut page = String::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut page)).await.unwrap().unwrap();
-    let value = page.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' '));
-    value.unwrap_or_else(|| panic!("no metric {name}")).to_owned()
+    servers::etcd_metric(server.port, name).unwrap_or_else(|| panic!("no metric {name}"))
 }
 
 /// `force_release` deletes the holder it read, compared on its create revision: a key of the

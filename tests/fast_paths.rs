@@ -78,13 +78,7 @@ async fn eventually(bound: Duration, mut ready: impl AsyncFnMut() -> bool) -> bo
 
 /// A metric of the etcd server, from its `/metrics` page.
 async fn etcd_metric(server: &Server, name: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", server.port)).await.unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").await.unwrap();
-    let mut page = String::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut page)).await.unwrap().unwrap();
-    let value = page.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' '));
-    value.unwrap_or_else(|| panic!("no metric {name}")).to_owned()
+    servers::etcd_metric(server.port, name).unwrap_or_else(|| panic!("no metric {name}"))
 }
 
 async fn etcd_watchers(server: &Server) -> (u64, u64) {
@@ -423,6 +417,28 @@ async fn zk_waiter_whose_node_is_deleted_is_not_granted_while_held() {
 /// right before the delete are the ones that exercise it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_waiter_whose_key_goes_with_its_predecessor_is_not_granted_on_it() {
+    waiters_whose_key_went(KeyGone::WithPredecessor).await;
+}
+
+/// The same with the waiter's lease revoked (as `etcdctl lease revoke` does), then the holder's
+/// release: the waiter is not granted on the key its revoked lease took with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_waiter_whose_lease_is_revoked_is_not_granted_on_its_old_key() {
+    waiters_whose_key_went(KeyGone::LeaseRevoked).await;
+}
+
+/// How a round takes a waiter's key away.
+#[derive(Clone, Copy, Debug)]
+enum KeyGone {
+    /// Its key and its predecessor's (the holder's) deleted in one transaction.
+    WithPredecessor,
+    /// Its lease revoked, then the holder released.
+    LeaseRevoked,
+}
+
+/// Ten rounds: a holder, a fresh waiter behind it, the waiter's key taken away as `gone` says;
+/// the waiter must never be granted on that key.
+async fn waiters_whose_key_went(gone: KeyGone) {
     let server = Server::etcd();
     let namespace = unique("e");
     let mut raw = etcd_raw(&server).await;
@@ -454,18 +470,30 @@ async fn etcd_waiter_whose_key_goes_with_its_predecessor_is_not_granted_on_it() 
         let contenders = etcd_contenders(&mut raw, &prefix).await;
         assert_eq!(contenders.len(), 2, "{contenders:?}");
         let (mine, mine_revision) = contenders[1].clone();
-        let txn =
-            Txn::new().and_then([TxnOp::delete(contenders[0].0.as_str(), None), TxnOp::delete(mine.as_str(), None)]);
-        raw.txn(txn).await.unwrap();
-        if slow > 0 {
-            armed += 1;
+        match gone {
+            KeyGone::WithPredecessor => {
+                let deletes = [TxnOp::delete(contenders[0].0.as_str(), None), TxnOp::delete(mine.as_str(), None)];
+                raw.txn(Txn::new().and_then(deletes)).await.unwrap();
+            }
+            KeyGone::LeaseRevoked => {
+                let lease = i64::from_str_radix(mine.rsplit('/').next().unwrap(), 16).unwrap();
+                raw.lease_revoke(lease).await.unwrap();
+            }
         }
+        armed += usize::from(slow > 0);
+        let held = match gone {
+            KeyGone::WithPredecessor => Some(held),
+            KeyGone::LeaseRevoked => {
+                held.release().await.unwrap();
+                None
+            }
+        };
         match waiting.await.unwrap() {
             Ok(guard) => {
                 if guard.fencing_token().get() == mine_revision as u64 {
                     violations.push(format!(
                         "round {round} (unsynced watchers: {slow}): granted with token {mine_revision}, the revision of its \
-                         key {mine}, deleted before the grant; held at once: {}",
+                         key {mine}, gone before the grant ({gone:?}); held at once: {}",
                         guard.is_held()
                     ));
                 }
@@ -477,65 +505,7 @@ async fn etcd_waiter_whose_key_goes_with_its_predecessor_is_not_granted_on_it() 
         waiter.close().await.unwrap();
     }
     noise.abort();
-    eprintln!("armed rounds (own-key watch unsynced at the delete): {armed}/10");
-    assert!(violations.is_empty(), "{violations:#?}");
-}
-
-/// The same with the waiter's lease revoked (as `etcdctl lease revoke` does), then the holder's
-/// release: the waiter is not granted on the key its revoked lease took with it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn etcd_waiter_whose_lease_is_revoked_is_not_granted_on_its_old_key() {
-    let server = Server::etcd();
-    let namespace = unique("e");
-    let mut raw = etcd_raw(&server).await;
-    let holder = connect(&etcd_url(server.port, &namespace)).await;
-    let noise = etcd_noise(&raw, format!("{namespace}-noise"));
-    let (mut armed, mut violations) = (0, Vec::new());
-    for round in 0..10 {
-        let name = format!("r{round}");
-        let prefix = format!("{namespace}/{name}/");
-        let held = holder.acquire(&name).await.unwrap();
-        let synced = eventually(Duration::from_secs(2), async || etcd_watchers(&server).await.1 == 0).await;
-        assert!(synced, "etcd's catch-up loop never synced the watches");
-        let (base, _) = etcd_watchers(&server).await;
-        let waiter = connect(&etcd_url(server.port, &namespace)).await;
-        let waiting = tokio::spawn({
-            let (waiter, name) = (waiter.clone(), name.clone());
-            async move { waiter.acquire_timeout(&name, 3 * TTL).await }
-        });
-        let started = Instant::now();
-        let slow = loop {
-            let (total, slow) = etcd_watchers(&server).await;
-            if total >= base + 2 {
-                break slow;
-            }
-            assert!(started.elapsed() < Duration::from_secs(5), "the waiter's watches never came");
-        };
-        let contenders = etcd_contenders(&mut raw, &prefix).await;
-        assert_eq!(contenders.len(), 2, "{contenders:?}");
-        let (mine, mine_revision) = contenders[1].clone();
-        let lease = i64::from_str_radix(mine.rsplit('/').next().unwrap(), 16).unwrap();
-        raw.lease_revoke(lease).await.unwrap();
-        held.release().await.unwrap();
-        if slow > 0 {
-            armed += 1;
-        }
-        match waiting.await.unwrap() {
-            Ok(guard) => {
-                if guard.fencing_token().get() == mine_revision as u64 {
-                    violations.push(format!(
-                        "round {round} (unsynced watchers: {slow}): granted with token {mine_revision}, the revision of its \
-                         key {mine}, whose lease was revoked before the holder's release"
-                    ));
-                }
-                let _ = guard.release().await;
-            }
-            Err(e) => eprintln!("round {round}: the waiter's acquire ended with {e}"),
-        }
-        waiter.close().await.unwrap();
-    }
-    noise.abort();
-    eprintln!("armed rounds (own-key watch unsynced at the revoke): {armed}/10");
+    eprintln!("armed rounds (own-key watch unsynced when its key went): {armed}/10");
     assert!(violations.is_empty(), "{violations:#?}");
 }
 

@@ -259,6 +259,13 @@ pub fn four_letter_word(port: u16, word: &str) -> Option<String> {
     ask(port, word.as_bytes())
 }
 
+/// A metric of the etcd server on `port`, from its `/metrics` page (`None`: no such metric, or no
+/// answer). `name` is the whole name before the value, labels included.
+pub fn etcd_metric(port: u16, name: &str) -> Option<String> {
+    let page = ask(port, b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    page.lines().find_map(|line| Some(line.strip_prefix(name)?.strip_prefix(' ')?.to_owned()))
+}
+
 /// The ZooKeeper server the whole test binary shares: `LOCKKIT_TEST_ZK_URL`, or one started here.
 pub fn shared_zk_url() -> String {
     static SERVER: OnceLock<String> = OnceLock::new();

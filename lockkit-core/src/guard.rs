@@ -98,7 +98,7 @@ pub struct LockGuard {
 impl LockGuard {
     /// Builds a guard from a driver's parts, on the current Tokio runtime (drops release there).
     pub(crate) fn new(parts: GuardParts) -> Self {
-        parts.signal.label(parts.name.as_str(), parts.token);
+        parts.signal.label(&parts.name, parts.token);
         LockGuard {
             backend: parts.backend,
             name: parts.name,

@@ -574,7 +574,7 @@ mod tests {
         let lease = KeptLease::start("test", "t".into(), backend.clone(), (ttl, ttl / 3, ttl), Instant::now());
         backend.entered.notified().await;
         let signal = lease.grant_signal_sent(Instant::now());
-        signal.label("joined", crate::FencingToken::new(1));
+        signal.label(&crate::LockName::new("joined").unwrap(), crate::FencingToken::new(1));
         let own = signal.valid_until();
         tokio::time::sleep(ttl / 4).await;
         backend.gate.add_permits(1);
@@ -594,7 +594,7 @@ mod tests {
         let backend = scripted(failures);
         let lease = keep(&backend);
         let signal = lease.grant_signal_sent(Instant::now() - Duration::from_millis(400));
-        signal.label("due", crate::FencingToken::new(1));
+        signal.label(&crate::LockName::new("due").unwrap(), crate::FencingToken::new(1));
         let reason = tokio::time::timeout(Duration::from_secs(2), lease.lost()).await.expect("lost at its deadline");
         let calls = backend.calls.load(Ordering::SeqCst);
         assert!(calls < 20, "{calls} refresh attempts before the lease was lost ({reason})");

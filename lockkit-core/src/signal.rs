@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::FencingToken;
+use crate::{FencingToken, LockName};
 
 /// How much earlier than the server a holder gives up: 5 % of the TTL plus 2 ms, for clock rate
 /// drift between client and server and for scheduling delays.
@@ -211,7 +211,7 @@ struct GrantShared {
     own: CancellationToken,
     reason: OnceLock<String>,
     /// Lock name and token, once the grant is complete, for log lines.
-    label: OnceLock<(String, FencingToken)>,
+    label: OnceLock<(LockName, FencingToken)>,
     /// The grant's own TTL, until a refresh covers it (`None`: the lease's deadline is its own).
     own_ttl: Mutex<Option<OwnTtl>>,
 }
@@ -333,8 +333,8 @@ impl LossSignal {
 
     /// Names the grant once its guard is made: it has joined its lease, so a refresh sent
     /// from now on covers it.
-    pub(crate) fn label(&self, name: &str, token: FencingToken) {
-        let _ = self.shared.label.set((name.to_owned(), token));
+    pub(crate) fn label(&self, name: &LockName, token: FencingToken) {
+        let _ = self.shared.label.set((name.clone(), token));
         // The loop's plan first, then the grant: the order `plan_refresh` takes them in.
         let planned = lock(&self.lease.planned);
         let mut own = lock(&self.shared.own_ttl);
@@ -414,13 +414,13 @@ mod tests {
         assert_eq!(grant.valid_until(), own);
         lease.confirm(start, ttl);
         assert_eq!(grant.valid_until(), own, "a refresh sent before the guard existed covered it");
-        grant.label("l", FencingToken::new(1));
+        grant.label(&LockName::new("l").unwrap(), FencingToken::new(1));
         let after = Instant::now() + Duration::from_millis(1);
         assert!(lease.confirm(after, ttl));
         assert_eq!(grant.valid_until(), after + ttl - safety_margin(ttl), "the refresh that covered it");
 
         let late = lease.grant_signal(Some(Instant::now() - ttl));
-        late.label("m", FencingToken::new(2));
+        late.label(&LockName::new("m").unwrap(), FencingToken::new(2));
         assert!(late.is_lost(), "its own TTL ran out");
         lease.confirm(Instant::now() + Duration::from_millis(1), ttl);
         assert!(late.is_lost() && !grant.is_lost(), "a later confirmation brought it back");
@@ -469,7 +469,7 @@ mod tests {
         let held: Vec<LossSignal> = (0..10).map(|_| lease.grant_signal(Some(Instant::now()))).collect();
         for _ in 0..10_000 {
             let grant = lease.grant_signal(Some(Instant::now()));
-            grant.label("busy", FencingToken::new(1));
+            grant.label(&LockName::new("busy").unwrap(), FencingToken::new(1));
         }
         let (grants, pending) = (lock(&lease.grants).len(), lock(&lease.pending).len());
         assert!(grants <= 2 * held.len() + 2 && pending <= 2 * held.len() + 2, "{grants} grants, {pending} pending");
@@ -490,17 +490,17 @@ mod tests {
         };
         let wake = lease.plan_refresh(interval, now, now + Duration::from_secs(2));
         assert_eq!(wake, now + Duration::from_secs(2));
-        lease.grant_signal(Some(Instant::now())).label("later", FencingToken::new(1));
+        lease.grant_signal(Some(Instant::now())).label(&LockName::new("later").unwrap(), FencingToken::new(1));
         assert!(!woken(&lease), "a grant due after the planned wake woke the loop");
         let early = lease.grant_signal(Some(now - Duration::from_secs(2)));
-        early.label("earlier", FencingToken::new(2));
+        early.label(&LockName::new("earlier").unwrap(), FencingToken::new(2));
         assert!(woken(&lease), "a grant due before the planned wake did not wake the loop");
         assert_eq!(
             lease.plan_refresh(interval, now - Duration::from_secs(3), now + Duration::from_secs(2)),
             now + Duration::from_secs(1)
         );
         lease.unplan();
-        lease.grant_signal(Some(Instant::now())).label("refreshing", FencingToken::new(3));
+        lease.grant_signal(Some(Instant::now())).label(&LockName::new("refreshing").unwrap(), FencingToken::new(3));
         assert!(woken(&lease), "while it refreshes, a grant that joins has it plan again");
     }
 }

@@ -41,11 +41,13 @@ impl LockBackend for RedisLocks {
             .pool
             .get(request.ttl, request.refresh_interval, || async move {
                 let id = format!("{}-{:x}", quorum.backend, random_u64());
-                Ok((Arc::new(RedisLease { quorum, holdings, id: id.clone(), ttl }) as Arc<dyn LeaseBackend>, id))
+                let lease = RedisLease { quorum, holdings, id: id.as_str().into(), ttl };
+                Ok((Arc::new(lease) as Arc<dyn LeaseBackend>, id))
             })
             .await?;
-        let keys = LockKeys::of(&self.settings.namespace, &request.name);
-        let owner = scripts::owner_value(&request.holder);
+        // Shared by the grant, its entry in the holdings and its cleanup: one copy per held lock.
+        let keys = Arc::new(LockKeys::of(&self.settings.namespace, &request.name));
+        let owner: Arc<str> = scripts::owner_value(&request.holder).into();
         // Only for missed messages: a release publishes, and a vanished holder's expiry is known.
         let fallback = (request.ttl / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
         // Dropped armed (the acquire failed or was cancelled), it deletes any grant the acquire
@@ -111,7 +113,7 @@ impl LockBackend for RedisLocks {
         let id = self.holdings.add(Held {
             keys: keys.clone(),
             owner: owner.clone(),
-            lease: lease.id().to_owned(),
+            lease: lease.id().into(),
             signal: signal.clone(),
         });
         // A lease revoked meanwhile (the handle closed while this acquire was under way) holds
@@ -160,9 +162,9 @@ pub(crate) struct Holdings {
 }
 
 struct Held {
-    keys: LockKeys,
-    owner: String,
-    lease: String,
+    keys: Arc<LockKeys>,
+    owner: Arc<str>,
+    lease: Arc<str>,
     signal: LossSignal,
 }
 
@@ -183,14 +185,14 @@ impl Holdings {
 struct RedisLease {
     quorum: Arc<Quorum>,
     holdings: Arc<Holdings>,
-    id: String,
+    id: Arc<str>,
     ttl: Duration,
 }
 
 #[async_trait]
 impl LeaseBackend for RedisLease {
     async fn keep_alive(&self) -> Result<KeepAlive> {
-        let (ids, grants): (Vec<u64>, Vec<(LockKeys, String)>) = self.holdings.with(|held| {
+        let (ids, grants): (Vec<u64>, Vec<(Arc<LockKeys>, Arc<str>)>) = self.holdings.with(|held| {
             // A lost grant is not kept alive: refreshing its key would keep the lock from
             // everyone while its guard reads lost. Its guard's release or drop deletes it.
             held.retain(|_, h| !(h.lease == self.id && h.signal.is_lost()));
@@ -256,8 +258,8 @@ struct RedisGrant {
     quorum: Arc<Quorum>,
     holdings: Arc<Holdings>,
     id: u64,
-    keys: LockKeys,
-    owner: String,
+    keys: Arc<LockKeys>,
+    owner: Arc<str>,
     name: String,
 }
 

@@ -171,7 +171,7 @@ impl Quorum {
     /// `None` undecided (too few answers).
     pub(crate) async fn refresh(
         &self,
-        grants: &[(LockKeys, String)],
+        grants: &[(std::sync::Arc<LockKeys>, std::sync::Arc<str>)],
         ttl: Duration,
     ) -> (Vec<Option<bool>>, Option<Error>) {
         let invocations: Vec<_> = grants.iter().map(|(keys, owner)| scripts::refresh(keys, owner, ttl)).collect();

@@ -56,7 +56,7 @@ pub async fn connect_config(config: EtcdConfig) -> Result<Arc<dyn DistributedLoc
     Ok(Arc::new(EtcdLocks {
         endpoints,
         watches: Watches::new(client.clone(), timeout),
-        client,
+        client: Arc::new(client),
         pool: LeasePool::new(BACKEND, timeout),
         settings: config.settings,
         local: Default::default(),

@@ -23,7 +23,9 @@ use crate::watches::{OnDelete, Watches, Woken};
 pub(crate) struct EtcdLocks {
     pub endpoints: String,
     pub settings: Settings,
-    pub client: Client,
+    /// Shared by the handle's grants (an `etcd_client::Client` is 3.7 KB): each request
+    /// clones it.
+    pub client: Arc<Client>,
     pub pool: LeasePool,
     pub watches: Arc<Watches>,
     /// One holder key per lease and lock: acquires of the same key in this process queue here.
@@ -95,7 +97,7 @@ impl EtcdLocks {
     async fn range(&self, key: &str, options: GetOptions) -> Result<(i64, Vec<KeyValue>)> {
         let response = self
             .call(|| {
-                let (mut client, key, options) = (self.client.clone(), key.to_owned(), options.clone());
+                let (mut client, key, options) = (Client::clone(&self.client), key.to_owned(), options.clone());
                 async move { client.get(key, Some(options)).await }
             })
             .await?;
@@ -105,7 +107,7 @@ impl EtcdLocks {
     async fn delete(&self, key: &[u8]) -> Result<i64> {
         let response = self
             .call(|| {
-                let (mut client, key) = (self.client.clone(), key.to_vec());
+                let (mut client, key) = (Client::clone(&self.client), key.to_vec());
                 async move { client.delete(key, None).await }
             })
             .await?;
@@ -166,7 +168,7 @@ impl EtcdLocks {
             TxnOp::get(keys.prefix.clone(), Some(head)),
             TxnOp::get(keys.prefix.clone(), Some(newest_two)),
         ]);
-        let (client, timeout, endpoints) = (self.client.clone(), self.settings.timeout, self.endpoints.clone());
+        let (client, timeout, endpoints) = (Client::clone(&self.client), self.settings.timeout, self.endpoints.clone());
         // Answered unless the outcome is unknown (connection trouble, no answer in time).
         let answered =
             |put: &Result<TxnResponse, EtcdError>| !matches!(put, Err(e) if e.kind() == ErrorKind::Temporary);
@@ -289,7 +291,7 @@ impl EtcdLocks {
     /// The handle's lease for the request's TTL, granted on first use.
     async fn lease(&self, request: &GrantRequest) -> Result<Arc<KeptLease>> {
         let (client, endpoints, ttl, timeout) =
-            (self.client.clone(), self.endpoints.clone(), request.ttl, self.settings.timeout);
+            (Client::clone(&self.client), self.endpoints.clone(), request.ttl, self.settings.timeout);
         self.pool
             .get(request.ttl, request.refresh_interval, || async move {
                 let lease = EtcdLease::grant(&client, ttl, &endpoints, timeout).await?;
@@ -358,7 +360,7 @@ impl EtcdLocks {
     /// out meanwhile), so a key made anew is left alone. A key gone already counts as removed.
     fn removal(&self, key: &str, made_at: Arc<AtomicI64>) -> Attempt {
         let (client, key, endpoints, timeout) =
-            (self.client.clone(), key.to_owned(), self.endpoints.clone(), self.settings.timeout);
+            (Client::clone(&self.client), key.to_owned(), self.endpoints.clone(), self.settings.timeout);
         lockkit_core::driver::attempt(move || {
             let (mut client, key, endpoints) = (client.clone(), key.clone(), endpoints.clone());
             let txn = match made_at.load(Ordering::SeqCst) {
@@ -441,7 +443,7 @@ impl LockBackend for EtcdLocks {
             0 => None,
             lease => self
                 .call(|| {
-                    let mut client = self.client.clone();
+                    let mut client = Client::clone(&self.client);
                     async move { client.lease_time_to_live(lease, None).await }
                 })
                 .await
@@ -468,7 +470,7 @@ impl LockBackend for EtcdLocks {
             let txn = Txn::new()
                 .when([Compare::create_revision(holder.key(), CompareOp::Equal, holder.create_revision())])
                 .and_then([TxnOp::delete(holder.key(), None)]);
-            let (timeout, mut client) = (self.settings.timeout, self.client.clone());
+            let (timeout, mut client) = (self.settings.timeout, Client::clone(&self.client));
             let response = match tokio::time::timeout(timeout, client.txn(txn)).await {
                 Ok(answer) => answer.map_err(|e| error(&self.endpoints, e))?,
                 Err(_) => return Err(no_answer(&self.endpoints, "force release", timeout)),
@@ -493,7 +495,7 @@ fn no_answer(endpoints: &str, what: &str, timeout: Duration) -> Error {
 }
 
 struct EtcdGrant {
-    client: Client,
+    client: Arc<Client>,
     watches: Arc<Watches>,
     watch: i64,
     /// Whether the watch was kept for the key's next grant (by the first release attempt).
@@ -518,7 +520,7 @@ impl Grant for EtcdGrant {
         let txn = Txn::new()
             .when([Compare::create_revision(self.key.clone(), CompareOp::Equal, self.revision)])
             .and_then([TxnOp::delete(self.key.clone(), None)]);
-        let response = tokio::time::timeout(self.timeout, self.client.clone().txn(txn))
+        let response = tokio::time::timeout(self.timeout, Client::clone(&self.client).txn(txn))
             .await
             .map_err(|_| no_answer(&self.endpoints, "release", self.timeout))?
             .map_err(|e| error(&self.endpoints, e))?;
@@ -545,7 +547,7 @@ mod tests {
         let watches = Watches::new(client.clone(), timeout);
         let watch = watches.watch("lock/1", 1, 2, OnDelete::Wake(Default::default())).await.id;
         let grant = EtcdGrant {
-            client,
+            client: Arc::new(client),
             watches: watches.clone(),
             watch,
             idled: AtomicBool::new(false),

@@ -256,6 +256,22 @@ async fn bad_input_gives_one_line_and_exit_64(t: &Target) {
 
 // The command's process group. lockkit handles it the same way on every backend: file:// only.
 
+/// `lockkit run` of a command that leaves a background child in its process group, once `sh`
+/// and both its `sleep`s run; the group's id.
+async fn run_with_a_background_child(url: &str) -> (Child, i32) {
+    let script = "sleep 30 & echo group $$; sleep 30";
+    let mut run = lockkit(&["run", url, "job", "--", "sh", "-c", script]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut stdout = BufReader::new(run.stdout.take().unwrap()).lines();
+    let line = line_matching(&mut stdout, |l| l.starts_with("group ")).await;
+    let group: i32 = line["group ".len()..].parse().unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || group_members(group).len() == 3).await,
+        "sh and both sleeps started: {:?}",
+        group_members(group)
+    );
+    (run, group)
+}
+
 /// The processes of group `group` that are not zombies.
 fn group_members(group: i32) -> Vec<u32> {
     let Ok(processes) = std::fs::read_dir("/proc") else { return Vec::new() };
@@ -291,16 +307,7 @@ async fn eventually(limit: Duration, condition: impl Fn() -> bool) -> bool {
 async fn killing_lockkit_kills_the_commands_whole_group() {
     let target = Target::file();
     let url = target.url();
-    let script = "sleep 30 & echo group $$; sleep 30";
-    let mut run = lockkit(&["run", &url, "job", "--", "sh", "-c", script]).stdout(Stdio::piped()).spawn().unwrap();
-    let mut stdout = BufReader::new(run.stdout.take().unwrap()).lines();
-    let line = line_matching(&mut stdout, |l| l.starts_with("group ")).await;
-    let group: i32 = line["group ".len()..].parse().unwrap();
-    assert!(
-        eventually(Duration::from_secs(10), || group_members(group).len() == 3).await,
-        "sh and both sleeps started: {:?}",
-        group_members(group)
-    );
+    let (mut run, group) = run_with_a_background_child(&url).await;
 
     run.kill().await.unwrap();
     let gone = eventually(Duration::from_secs(1), || group_members(group).is_empty()).await;
@@ -522,11 +529,7 @@ async fn a_descendant_that_calls_setsid_does_not_outlive_the_lock() {
 async fn a_dead_watchdog_stops_the_command() {
     let target = Target::file();
     let url = target.url();
-    let script = "sleep 30 & echo group $$; sleep 30";
-    let mut run = lockkit(&["run", &url, "job", "--", "sh", "-c", script]).stdout(Stdio::piped()).spawn().unwrap();
-    let mut stdout = BufReader::new(run.stdout.take().unwrap()).lines();
-    let line = line_matching(&mut stdout, |l| l.starts_with("group ")).await;
-    let group: i32 = line["group ".len()..].parse().unwrap();
+    let (mut run, group) = run_with_a_background_child(&url).await;
     let lockkit_pid = run.id().unwrap();
     let watchdog = std::fs::read_dir("/proc")
         .unwrap()

@@ -86,9 +86,7 @@ impl Server {
 
     /// A Redis server on `port` with extra arguments (e.g. `--requirepass`), no persistence.
     pub fn redis_with(port: u16, extra: &[&str]) -> Server {
-        let mut args =
-            vec!["--bind", "127.0.0.1", "--port", "{port}", "--save", "", "--appendonly", "no", "--dir", "{dir}"];
-        args.extend_from_slice(extra);
+        let args = [REDIS_ARGS, extra].concat();
         let ready = |port| {
             extra.is_empty() && redis_ready(port)
                 || !extra.is_empty() && TcpStream::connect(("127.0.0.1", port)).is_ok()
@@ -137,21 +135,7 @@ int clock_gettime(clockid_t c, struct timespec *ts) {
         assert!(built.success(), "building the clock shim failed");
         let offset = format!("CLOCK_AHEAD_SECS={}", ahead.as_secs());
         let preload = format!("LD_PRELOAD={}", shim.display());
-        let args = [
-            offset.as_str(),
-            preload.as_str(),
-            "redis-server",
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            "{port}",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            "{dir}",
-        ];
+        let args = [&[offset.as_str(), preload.as_str(), "redis-server"], REDIS_ARGS].concat();
         Server::start(free_port(), "env", &args, redis_ready)
     }
 }
@@ -265,6 +249,11 @@ pub fn etcd_metric(port: u16, name: &str) -> Option<String> {
     let page = ask(port, b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
     page.lines().find_map(|line| Some(line.strip_prefix(name)?.strip_prefix(' ')?.to_owned()))
 }
+
+/// Every test Redis server's arguments: loopback, the port and directory of its `Server`, no
+/// persistence.
+const REDIS_ARGS: &[&str] =
+    &["--bind", "127.0.0.1", "--port", "{port}", "--save", "", "--appendonly", "no", "--dir", "{dir}"];
 
 /// The ZooKeeper server the whole test binary shares: `LOCKKIT_TEST_ZK_URL`, or one started here.
 pub fn shared_zk_url() -> String {
@@ -421,17 +410,8 @@ impl RedisCluster {
 
     /// Starts the nodes with `extra` arguments; `cli`: what `redis-cli` needs to reach them.
     fn start_with(extra: &[&str], cli: Vec<String>) -> RedisCluster {
-        let mut args = vec![
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            "{port}",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            "{dir}",
+        let mut args = REDIS_ARGS.to_vec();
+        args.extend_from_slice(&[
             "--cluster-enabled",
             "yes",
             "--cluster-config-file",
@@ -444,7 +424,7 @@ impl RedisCluster {
             // Replicas sync at once, not after the default 5 s wait for more replicas.
             "--repl-diskless-sync-delay",
             "0",
-        ];
+        ]);
         args.extend_from_slice(extra);
         let nodes: Vec<Server> = (0..6).map(|_| Server::spawn(free_port(), 0, "redis-server", &args)).collect();
         let cluster = RedisCluster { nodes: nodes.into_iter().map(Some).collect(), tls: !cli.is_empty(), cli };

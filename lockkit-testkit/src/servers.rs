@@ -43,11 +43,17 @@ impl Server {
             .collect();
         let mut guard = Command::new("sh")
             .arg("-c")
-            .arg(r#""$@" >"$LOCKKIT_SERVER_LOG" 2>&1 & server=$!; read _ignored; kill -9 $server"#)
+            // A server that exited by itself (a port taken meanwhile, a crash) is reported with
+            // its log when the guard ends, so a test failing against it says why.
+            .arg(
+                r#""$@" >"$LOCKKIT_SERVER_LOG" 2>&1 & server=$!; read _ignored
+kill -9 $server 2>/dev/null || { echo "lockkit test server $1 (port $LOCKKIT_SERVER_PORT) had exited by itself; the end of its log:"; tail -n 20 "$LOCKKIT_SERVER_LOG"; } >&2"#,
+            )
             .arg("server-guard")
             .arg(program)
             .args(&args)
             .env("LOCKKIT_SERVER_LOG", dir.path().join("server.log"))
+            .env("LOCKKIT_SERVER_PORT", port.to_string())
             .stdin(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {program}: {e}; run scripts/install-deps"));
@@ -426,7 +432,11 @@ impl RedisCluster {
             "0",
         ]);
         args.extend_from_slice(extra);
-        let nodes: Vec<Server> = (0..6).map(|_| Server::spawn(free_port(), 0, "redis-server", &args)).collect();
+        // The cluster bus gets a free port of its own (`{peer}`): the default, port + 10,000,
+        // may be taken by another server or by a connection's ephemeral port.
+        args.extend_from_slice(&["--cluster-port", "{peer}"]);
+        let nodes: Vec<Server> =
+            (0..6).map(|_| Server::spawn(free_port(), free_port(), "redis-server", &args)).collect();
         let cluster = RedisCluster { nodes: nodes.into_iter().map(Some).collect(), tls: !cli.is_empty(), cli };
         for node in cluster.nodes.iter().flatten() {
             node.wait_until("redis-server (cluster)", |port| cluster.cli(port, &["PING"]).as_deref() == Some("PONG\n"));

@@ -21,6 +21,7 @@
 //! | use a held lock | [`LockGuard`]: [`fencing_token`](LockGuard::fencing_token), [`run_while_held`](LockGuard::run_while_held), [`release`](LockGuard::release) |
 //! | notice a loss | [`LockGuard::lost`], [`LockGuard::loss_signal`] ([`LossSignal`]) |
 //! | see or break a lock | [`DistributedLock::status`], [`DistributedLock::force_release`] |
+//! | elect a leader | [`DistributedLock::campaign`] → [`Leadership`] ([`term`](Leadership::term), [`proclaim`](Leadership::proclaim), [`run_while_leader`](Leadership::run_while_leader), [`resign`](Leadership::resign)); [`DistributedLock::leader`], [`DistributedLock::observe`] ([`LeaderChanges`]) |
 //! | unit-test your application | `memory://` ([`memory`]) |
 //! | write a driver | `lockkit_core::driver` (implement `LockBackend`) and the `lockkit-testkit` crate |
 //!
@@ -45,8 +46,9 @@ use std::sync::Arc;
 #[cfg_attr(docsrs, doc(cfg(feature = "consul")))]
 pub use lockkit_consul as consul;
 pub use lockkit_core::{
-    COMMON_OPTIONS, Capabilities, DistributedLock, Error, FencingToken, Lease, LockGuard, LockName, LockOptions,
-    LockStatus, LockUrl, LossSignal, MAX_NAME_LEN, Result, Scheme, Settings, Wait, default_holder, parse_duration,
+    COMMON_OPTIONS, Capabilities, DistributedLock, Error, FencingToken, Leader, LeaderChanges, Leadership, Lease,
+    LockGuard, LockName, LockOptions, LockStatus, LockUrl, LossSignal, MAX_NAME_LEN, Result, Scheme, Settings, Wait,
+    default_holder, parse_duration,
 };
 pub use lockkit_core::{file, memory};
 /// The etcd driver's extras (e.g. `ownership`, for guarding your own transactions).

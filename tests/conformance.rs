@@ -6,7 +6,7 @@ use lockkit_testkit::{Target, conformance};
 conformance!(
     memory,
     Target::memory,
-    capabilities: [fair, server_fencing, server_expiry, crash_release, shared_lease, push_wakeups, holder_metadata]
+    capabilities: [fair, server_fencing, server_expiry, crash_release, shared_lease, push_wakeups, holder_metadata, observe]
 );
 conformance!(
     file,
@@ -16,7 +16,12 @@ conformance!(
 #[cfg(feature = "etcd")]
 conformance!(etcd, Target::etcd, capabilities: all, network);
 #[cfg(feature = "zookeeper")]
-conformance!(zookeeper, Target::zookeeper, capabilities: all, network);
+conformance!(
+    zookeeper,
+    Target::zookeeper,
+    capabilities: [fair, server_fencing, server_expiry, crash_release, cross_process, shared_lease, push_wakeups, holder_metadata],
+    network
+);
 #[cfg(feature = "consul")]
 conformance!(
     consul,
@@ -32,7 +37,12 @@ conformance!(
     network
 );
 #[cfg(feature = "redis")]
-conformance!(redis_fair, Target::redis_fair, capabilities: all, network);
+conformance!(
+    redis_fair,
+    Target::redis_fair,
+    capabilities: [fair, server_fencing, server_expiry, crash_release, cross_process, shared_lease, push_wakeups, holder_metadata],
+    network
+);
 #[cfg(feature = "redis")]
 conformance!(
     redlock,
@@ -48,4 +58,8 @@ conformance!(
     capabilities: [server_fencing, server_expiry, crash_release, cross_process, shared_lease, push_wakeups, holder_metadata]
 );
 #[cfg(feature = "redis")]
-conformance!(redis_cluster_fair, Target::redis_cluster_fair, capabilities: all);
+conformance!(
+    redis_cluster_fair,
+    Target::redis_cluster_fair,
+    capabilities: [fair, server_fencing, server_expiry, crash_release, cross_process, shared_lease, push_wakeups, holder_metadata]
+);

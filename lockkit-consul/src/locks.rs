@@ -212,7 +212,7 @@ impl LockBackend for ConsulLocks {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { fair: false, ..Capabilities::ALL }
+        Capabilities { fair: false, observe: false, ..Capabilities::ALL }
     }
 
     fn settings(&self) -> &Settings {

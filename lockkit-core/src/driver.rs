@@ -28,6 +28,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use crate::drop_guard::DropGuard;
+pub use crate::election::LeaderFeed;
 pub use crate::guard::Grant;
 pub use crate::lease::{KeepAlive, KeptLease, LeaseBackend, LeasePool};
 pub use crate::options::GrantRequest;
@@ -97,6 +98,22 @@ pub trait LockBackend: Send + Sync {
     /// releases every grant on it and fires every guard on it. There is no default: doing
     /// nothing would break the contract of `close`.
     async fn shutdown(&self) -> Result<()>;
+
+    /// Watches who leads the election `name` (the holder of its lock and the value it holds):
+    /// a feed of the leader as the backend shows it, pushed by the backend (a watch, a blocking
+    /// query, a notification), never polled. The default answers that this driver has no
+    /// observation yet.
+    async fn observe_leader(&self, name: &LockName) -> Result<Box<dyn LeaderFeed>> {
+        Err(not_yet(self.backend(), &format!("observing election `{name}`")))
+    }
+}
+
+/// The error of an election operation a driver does not offer yet.
+pub(crate) fn not_yet(backend: &'static str, what: &str) -> crate::Error {
+    crate::Error::backend(
+        backend,
+        format!("{what} is not supported by the {backend} driver yet; campaign, leader and resign are"),
+    )
 }
 
 /// What a server's answer means to the core, as a driver classifies its client's errors (once,

@@ -87,7 +87,7 @@ impl LockBackend for FileLocks {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { fair: false, server_expiry: false, push_wakeups: false, ..Capabilities::ALL }
+        Capabilities { fair: false, server_expiry: false, push_wakeups: false, observe: false, ..Capabilities::ALL }
     }
 
     fn settings(&self) -> &Settings {

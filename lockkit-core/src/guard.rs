@@ -21,6 +21,15 @@ pub trait Grant: Send + Sync + 'static {
     /// backoff, until the backend confirms or the rule of [`Cleanup`](crate::driver::Cleanup) gives the
     /// lease up, so it must be safe to repeat.
     async fn release(&self) -> Result<()>;
+
+    /// Replaces the value stored with the grant (its holder metadata) by `value`, only if the
+    /// backend still holds this very grant (a compare on the grant, e.g. its token): an
+    /// election's leader proclaiming. [`Error::NotHeld`] when the grant is no longer there.
+    /// `None` (the default): the driver cannot do it (yet).
+    async fn proclaim(&self, value: &str) -> Option<Result<()>> {
+        let _ = value;
+        None
+    }
 }
 
 /// What the core builds a [`LockGuard`] from.
@@ -223,6 +232,16 @@ impl LockGuard {
                 async move { grant.release().await }
             });
             crate::retire::retire(lease, what, given_up, attempt).await
+        }
+    }
+
+    /// Replaces the value stored with the grant (an election's leader proclaiming).
+    pub(crate) async fn proclaim(&self, value: &str) -> Result<()> {
+        match &self.grant {
+            Some(grant) => {
+                grant.proclaim(value).await.unwrap_or_else(|| Err(crate::driver::not_yet(self.backend, "proclaiming")))
+            }
+            None => Err(Error::not_held(self.backend, self.name.as_str(), "it was released")),
         }
     }
 

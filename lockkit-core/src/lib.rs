@@ -26,6 +26,7 @@
 
 pub mod driver;
 mod drop_guard;
+mod election;
 mod error;
 pub mod file;
 mod guard;
@@ -41,6 +42,7 @@ mod turns;
 mod unabandoned;
 mod url;
 
+pub use election::{Leader, LeaderChanges, Leadership};
 pub use error::{Error, Result, Source};
 pub use guard::LockGuard;
 pub use lease::Lease;

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use tracing::Instrument;
 
 use crate::driver::{GrantRequest, LockBackend};
+use crate::election::{Leader, LeaderChanges, Leadership};
 use crate::{Capabilities, Error, LockGuard, LockName, LockOptions, LockStatus, Result, Settings, Wait};
 
 /// A backend handle that hands out locks by name — what [`connect`](https://docs.rs/lockkit)
@@ -83,6 +84,41 @@ pub trait DistributedLock: sealed::Sealed + Send + Sync {
     /// Removes the current grant of `name`, whoever holds it; the holder's guard fires its loss
     /// signal. For operators breaking a stuck lock. `true` when there was a grant.
     async fn force_release(&self, name: &str) -> Result<bool>;
+
+    /// Campaigns in the election `election` with `value` and waits until this candidate leads.
+    /// An election is the lock of that name held with `value` as its holder metadata: the
+    /// leader is its holder, the term its fencing token, and leadership is refreshed, lost and
+    /// handed over as the lock is (so an election and a lock of the same name are one).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropping the future leaves no candidate behind.
+    async fn campaign(&self, election: &str, value: &str) -> Result<Leadership>;
+
+    /// Campaigns once: `None` when another candidate leads.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    async fn try_campaign(&self, election: &str, value: &str) -> Result<Option<Leadership>>;
+
+    /// Campaigns for at most `timeout`, then fails with [`Error::Timeout`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    async fn campaign_timeout(&self, election: &str, value: &str, timeout: Duration) -> Result<Leadership>;
+
+    /// Campaigns with explicit options (their `holder` is `value`). `None` only with
+    /// [`Wait::NoWait`] when another candidate leads.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    async fn campaign_with(&self, election: &str, value: &str, options: &LockOptions) -> Result<Option<Leadership>>;
+
+    /// The leader of `election` now, or `None` when nobody leads.
+    async fn leader(&self, election: &str) -> Result<Option<Leader>>;
+
+    /// Follows the leader of `election`: see [`LeaderChanges`]. One watch per observer, pushed
+    /// by the backend.
+    async fn observe(&self, election: &str) -> Result<LeaderChanges>;
 }
 
 mod sealed {
@@ -175,6 +211,40 @@ impl<T: LockBackend + ?Sized> DistributedLock for T {
         let name = LockName::new(name)?;
         tracing::warn!(backend = LockBackend::backend(self), lock = %name, "force release");
         self.evict(&name).await
+    }
+
+    async fn campaign(&self, election: &str, value: &str) -> Result<Leadership> {
+        let leadership = self.campaign_with(election, value, &LockOptions::new()).await?;
+        leadership.ok_or_else(|| no_grant(LockBackend::backend(self), election))
+    }
+
+    async fn try_campaign(&self, election: &str, value: &str) -> Result<Option<Leadership>> {
+        self.campaign_with(election, value, &LockOptions::new().wait(Wait::NoWait)).await
+    }
+
+    async fn campaign_timeout(&self, election: &str, value: &str, timeout: Duration) -> Result<Leadership> {
+        let leadership = self.campaign_with(election, value, &LockOptions::new().wait(Wait::Timeout(timeout))).await?;
+        leadership.ok_or_else(|| no_grant(LockBackend::backend(self), election))
+    }
+
+    async fn campaign_with(&self, election: &str, value: &str, options: &LockOptions) -> Result<Option<Leadership>> {
+        let span = tracing::info_span!("lockkit.campaign", backend = LockBackend::backend(self), election);
+        let options = options.clone().holder(value);
+        let guard = self.acquire_with(election, &options).instrument(span).await?;
+        Ok(guard.map(|guard| Leadership::new(guard, value.to_owned())))
+    }
+
+    async fn leader(&self, election: &str) -> Result<Option<Leader>> {
+        let status = self.status(election).await?;
+        Ok(match (status.held, status.token) {
+            (true, Some(term)) => Some(Leader { value: status.holder.unwrap_or_default(), term }),
+            _ => None,
+        })
+    }
+
+    async fn observe(&self, election: &str) -> Result<LeaderChanges> {
+        let name = LockName::new(election)?;
+        Ok(LeaderChanges::new(self.observe_leader(&name).await?))
     }
 }
 

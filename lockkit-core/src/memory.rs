@@ -26,13 +26,13 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
-use crate::driver::{Grant, GrantRequest, LockBackend};
+use crate::driver::{Grant, GrantRequest, LeaderFeed, LockBackend};
 use crate::lease::{KeepAlive, LeaseBackend, LeasePool};
 use crate::{
-    Capabilities, DistributedLock, Error, FencingToken, Lease, LockGuard, LockName, LockStatus, LockUrl, Result,
-    Settings,
+    Capabilities, DistributedLock, Error, FencingToken, Leader, Lease, LockGuard, LockName, LockStatus, LockUrl,
+    Result, Settings,
 };
-use store::{Store, Waiter};
+use store::{Leading, Store, Waiter};
 
 const BACKEND: &str = "memory";
 
@@ -137,6 +137,44 @@ impl LockBackend for MemoryLocks {
     async fn shutdown(&self) -> Result<()> {
         self.pool.close().await
     }
+
+    async fn observe_leader(&self, name: &LockName) -> Result<Box<dyn LeaderFeed>> {
+        let key = self.settings.namespace.key(name);
+        let notify = self.store.observe(&key);
+        Ok(Box::new(MemoryFeed { store: self.store.clone(), key, notify, shown: None }))
+    }
+}
+
+/// An observer of one name: woken by the store when its leader changes, and at the leader's
+/// expiry (which the store sees only when someone looks).
+struct MemoryFeed {
+    store: Arc<Store>,
+    key: String,
+    notify: Arc<Notify>,
+    shown: Option<Leading>,
+}
+
+#[async_trait]
+impl LeaderFeed for MemoryFeed {
+    async fn next(&mut self) -> Result<Option<Leader>> {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (leading, expires_at) = self.store.leader(&self.key);
+            if self.shown.as_ref() != Some(&leading) {
+                self.shown = Some(leading.clone());
+                return Ok(leading.map(|(token, value)| Leader { value, term: FencingToken::new(token) }));
+            }
+            match expires_at {
+                Some(at) => tokio::select! {
+                    _ = notified => {}
+                    _ = tokio::time::sleep_until(at.into()) => {}
+                },
+                None => notified.await,
+            }
+        }
+    }
 }
 
 /// A handle's lease on the store: refreshing extends every grant taken on it.
@@ -185,6 +223,20 @@ impl Grant for MemoryGrant {
             &self.name,
             "its grant had expired or was removed; any newer grant was left alone",
         ))
+    }
+
+    async fn proclaim(&self, value: &str) -> Option<Result<()>> {
+        let proclaimed = self.store.with_live(&self.key, |slot| match &mut slot.holder {
+            Some(h) if h.grant == self.grant => {
+                h.holder = value.to_owned();
+                true
+            }
+            _ => false,
+        });
+        Some(match proclaimed {
+            Some(true) => Ok(()),
+            _ => Err(Error::not_held(BACKEND, &self.name, "its grant had expired or was removed")),
+        })
     }
 }
 

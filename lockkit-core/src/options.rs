@@ -258,6 +258,11 @@ pub struct Capabilities {
     pub push_wakeups: bool,
     /// Holder metadata is stored with the grant and visible to [`status`](crate::DistributedLock::status).
     pub holder_metadata: bool,
+    /// Elections can be followed: [`observe`](crate::DistributedLock::observe) is told of every
+    /// change of leader by the backend, and a leader can
+    /// [`proclaim`](crate::Leadership::proclaim) a new value. (Campaigning, `leader` and
+    /// resigning work on every backend.)
+    pub observe: bool,
 }
 
 impl Capabilities {
@@ -271,6 +276,7 @@ impl Capabilities {
         shared_lease: true,
         push_wakeups: true,
         holder_metadata: true,
+        observe: true,
     };
 }
 

@@ -5,6 +5,7 @@
 #![deny(missing_docs, missing_debug_implementations)]
 
 mod config;
+mod election;
 mod error;
 mod lease;
 mod locks;

@@ -10,12 +10,13 @@ use etcd_client::{
     TxnResponse,
 };
 use lockkit_core::driver::{
-    Attempt, Cleanup, DriverError, ErrorKind, Grant, GrantRequest, KeptLease, LeaseBackend, LeasePool, LocalTurns,
-    LockBackend, Turn, on_a_live_lease,
+    Attempt, Cleanup, DriverError, ErrorKind, Grant, GrantRequest, KeptLease, LeaderFeed, LeaseBackend, LeasePool,
+    LocalTurns, LockBackend, Turn, on_a_live_lease,
 };
 use lockkit_core::{Capabilities, Error, FencingToken, Lease, LockGuard, LockName, LockStatus, Result, Settings};
 
 use crate::BACKEND;
+use crate::election::{EtcdFeed, proclaim};
 use crate::error::{EtcdError, error};
 use crate::lease::EtcdLease;
 use crate::watches::{OnDelete, Watches, Woken};
@@ -33,14 +34,14 @@ pub(crate) struct EtcdLocks {
 }
 
 /// Where a lock lives: `prefix/` holds one key per contender, `prefix/<lease id in hex>`.
-struct Keys {
-    prefix: String,
-    mine: String,
+pub(crate) struct Keys {
+    pub(crate) prefix: String,
+    pub(crate) mine: String,
 }
 
 impl Keys {
     /// Whether `key` is a contender of this lock (and not a key of a namespace nested below it).
-    fn contender(&self, kv: &KeyValue) -> bool {
+    pub(crate) fn contender(&self, kv: &KeyValue) -> bool {
         kv.key_str().ok().and_then(|k| k.strip_prefix(&self.prefix)).is_some_and(|rest| !rest.contains('/'))
     }
 }
@@ -65,7 +66,7 @@ impl Around {
     }
 }
 
-fn first(prefix_order: SortOrder) -> GetOptions {
+pub(crate) fn first(prefix_order: SortOrder) -> GetOptions {
     GetOptions::new().with_prefix().with_sort(SortTarget::Create, prefix_order)
 }
 
@@ -347,6 +348,7 @@ impl EtcdLocks {
             idled: AtomicBool::new(false),
             key: keys.mine,
             revision,
+            lease: lease_id,
             name: request.name.to_string(),
             endpoints: self.endpoints.clone(),
             timeout: self.settings.timeout,
@@ -431,6 +433,12 @@ impl LockBackend for EtcdLocks {
         self.pool.close().await
     }
 
+    async fn observe_leader(&self, name: &LockName) -> Result<Box<dyn LeaderFeed>> {
+        let keys = Keys { mine: String::new(), prefix: format!("{}/", self.settings.namespace.key(name)) };
+        let (client, endpoints) = (self.client.clone(), self.endpoints.clone());
+        Ok(Box::new(EtcdFeed::new(client, keys, endpoints, self.settings.timeout)))
+    }
+
     async fn inspect(&self, name: &LockName) -> Result<LockStatus> {
         let prefix = format!("{}/", self.settings.namespace.key(name));
         let keys = Keys { mine: String::new(), prefix };
@@ -502,6 +510,7 @@ struct EtcdGrant {
     idled: AtomicBool,
     key: String,
     revision: i64,
+    lease: i64,
     name: String,
     endpoints: String,
     timeout: Duration,
@@ -530,6 +539,16 @@ impl Grant for EtcdGrant {
             Err(Error::not_held(BACKEND, &self.name, "its key was gone or re-created; any newer grant was left alone"))
         }
     }
+
+    /// `concurrency.Election`'s proclaim: a put guarded by the term (the create revision).
+    async fn proclaim(&self, value: &str) -> Option<Result<()>> {
+        let (key, revision, lease) = (&self.key, self.revision, self.lease);
+        Some(match proclaim(&self.client, key, revision, lease, value, self.timeout, &self.endpoints).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Error::not_held(BACKEND, &self.name, "its key was gone or re-created: its term is over")),
+            Err(e) => Err(e),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -553,6 +572,7 @@ mod tests {
             idled: AtomicBool::new(false),
             key: "lock/1".into(),
             revision: 1,
+            lease: 1,
             name: "lock".into(),
             endpoints: format!("127.0.0.1:{port}"),
             timeout,

@@ -28,7 +28,7 @@ impl LockBackend for RedisLocks {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { fair: self.quorum.fair, ..Capabilities::ALL }
+        Capabilities { fair: self.quorum.fair, observe: false, ..Capabilities::ALL }
     }
 
     fn settings(&self) -> &Settings {

@@ -3,7 +3,7 @@
 /// Runs the conformance suite on one backend, as a module of tests named `$backend`:
 ///
 /// ```text
-/// conformance!(memory, Target::memory, capabilities: [fair, server_fencing, server_expiry, crash_release, shared_lease, push_wakeups, holder_metadata]);
+/// conformance!(memory, Target::memory, capabilities: [fair, server_fencing, server_expiry, crash_release, shared_lease, push_wakeups, holder_metadata, observe]);
 /// conformance!(etcd, Target::etcd, capabilities: all, network);
 /// ```
 ///
@@ -20,7 +20,8 @@
 /// | `cross_process` | `fencing_tokens_increase_across_connections_and_processes`, `fenced_writes_survive_pauses_and_partitions` (and the helper processes they start, `$backend::child::*`) |
 /// | `crash_release` | `a_vanished_holder_frees_the_lock_within_the_ttl` |
 /// | `shared_lease` | `revoking_a_lease_fires_every_guard_on_it` |
-/// | `holder_metadata` | `status_shows_the_holders_metadata` |
+/// | `holder_metadata` | `status_shows_the_holders_metadata`, and the elections that need no more (a leader's value is its holder metadata): `the_leader_shows_its_value_and_term`, `one_leader_at_a_time_with_increasing_terms`, `a_resign_or_a_drop_hands_over`, `a_cancelled_campaign_leaves_no_candidate` |
+/// | `observe` | `a_deposed_leader_cannot_proclaim`, `observers_see_every_change_in_order`, `observed_terms_only_increase` |
 /// | `network` | the fault properties ([`suite`](crate::suite)`::faults`) |
 ///
 /// The line cannot lie: the test `declares_the_capabilities_it_is_tested_for` checks that it
@@ -79,7 +80,20 @@ macro_rules! conformance {
         $crate::conformance!(@tests $target; revoking_a_lease_fires_every_guard_on_it);
     };
     (@capability holder_metadata $target:expr) => {
-        $crate::conformance!(@tests $target; status_shows_the_holders_metadata);
+        $crate::conformance!(@tests $target;
+            status_shows_the_holders_metadata,
+            the_leader_shows_its_value_and_term,
+            one_leader_at_a_time_with_increasing_terms,
+            a_resign_or_a_drop_hands_over,
+            a_cancelled_campaign_leaves_no_candidate,
+        );
+    };
+    (@capability observe $target:expr) => {
+        $crate::conformance!(@tests $target;
+            a_deposed_leader_cannot_proclaim,
+            observers_see_every_change_in_order,
+            observed_terms_only_increase,
+        );
     };
     // No property needs these alone (`declares_the_capabilities_it_is_tested_for` checks them).
     (@capability server_fencing $target:expr) => {};
@@ -105,7 +119,8 @@ macro_rules! conformance {
                 cross_process,
                 shared_lease,
                 push_wakeups,
-                holder_metadata
+                holder_metadata,
+                observe
             ]
             $(, $network)?
         );

@@ -15,6 +15,9 @@ pub use faults::*;
 // The whole system under faults: contender processes, a fenced register, pauses and partitions.
 mod system;
 pub use system::*;
+// Elections on the lock machinery.
+mod elections;
+pub use elections::*;
 
 /// The `conformance!` line of `t` lists the capabilities its backend has (`declared`), and
 /// `network` exactly when the target has a fault proxy: the line decides which properties run,

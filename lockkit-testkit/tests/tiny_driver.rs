@@ -94,7 +94,7 @@ impl LockBackend for Tiny {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { fair: false, cross_process: false, ..Capabilities::ALL }
+        Capabilities { fair: false, cross_process: false, observe: false, ..Capabilities::ALL }
     }
 
     fn settings(&self) -> &Settings {

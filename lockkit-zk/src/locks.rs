@@ -122,7 +122,7 @@ impl LockBackend for ZkLocks {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::ALL
+        Capabilities { observe: false, ..Capabilities::ALL }
     }
 
     fn settings(&self) -> &Settings {

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -31,7 +31,12 @@ struct Slots {
     live: HashMap<String, Slot>,
     /// The last token of every other name granted so far.
     fences: HashMap<String, u64>,
+    /// The names someone observes as an election, and the wake-up of their observers.
+    observed: HashMap<String, Weak<Notify>>,
 }
+
+/// Who leads a name, as observers see it: the holder's token and metadata.
+pub(super) type Leading = Option<(u64, String)>;
 
 impl Slots {
     /// The live slot of `key`, made live again (with its counter) if it was idle.
@@ -48,6 +53,22 @@ impl Slots {
             && let Some(slot) = self.live.remove(key)
         {
             self.fences.insert(key.to_owned(), slot.fence);
+        }
+    }
+
+    /// Who leads `key` now, when someone observes it (`None`: nobody observes it).
+    fn observed_leader(&self, key: &str) -> Option<Leading> {
+        self.observed.contains_key(key).then(|| self.live.get(key).and_then(Slot::leading))
+    }
+
+    /// Wakes the observers of `key` if its leader is no longer `before`.
+    fn wake_observers(&mut self, key: &str, before: Option<Leading>) {
+        let Some(before) = before else { return };
+        let now = self.live.get(key).and_then(Slot::leading);
+        if now != before
+            && let Some(notify) = self.observed.get(key).and_then(Weak::upgrade)
+        {
+            notify.notify_waiters();
         }
     }
 
@@ -81,9 +102,11 @@ impl Store {
     /// it; then keeps only its counter if nobody does any more.
     pub(super) fn with_live<T>(&self, key: &str, f: impl FnOnce(&mut Slot) -> T) -> Option<T> {
         let mut slots = lock(&self.slots);
+        let before = slots.observed_leader(key);
         let slot = slots.live.get_mut(key)?;
         slot.expire();
         let out = f(slot);
+        slots.wake_observers(key, before);
         slots.settle(key);
         Some(out)
     }
@@ -91,11 +114,35 @@ impl Store {
     /// Runs `f` on every live slot once its holder is expired, then settles them all.
     pub(super) fn for_each_live(&self, mut f: impl FnMut(&mut Slot)) {
         let mut slots = lock(&self.slots);
+        let observed: Vec<(String, Option<Leading>)> =
+            slots.observed.keys().map(|key| (key.clone(), slots.observed_leader(key))).collect();
         for slot in slots.live.values_mut() {
             slot.expire();
             f(slot);
         }
+        for (key, before) in observed {
+            slots.wake_observers(&key, before);
+        }
         slots.settle_all();
+    }
+
+    /// The wake-up of `key`'s observers: notified whenever its leader changes (but not when
+    /// its TTL runs out unseen: an observer also waits for the [`leader`](Self::leader)'s
+    /// expiry).
+    pub(super) fn observe(&self, key: &str) -> Arc<Notify> {
+        let mut slots = lock(&self.slots);
+        slots.observed.retain(|_, notify| notify.strong_count() > 0);
+        if let Some(notify) = slots.observed.get(key).and_then(Weak::upgrade) {
+            return notify;
+        }
+        let notify = Arc::new(Notify::new());
+        slots.observed.insert(key.to_owned(), Arc::downgrade(&notify));
+        notify
+    }
+
+    /// Who leads `key` now, and until when unless refreshed.
+    pub(super) fn leader(&self, key: &str) -> (Leading, Option<Instant>) {
+        self.with_live(key, |slot| (slot.leading(), slot.holder.as_ref().map(|h| h.expires_at))).unwrap_or_default()
     }
 
     /// How many names are held or waited for (the others keep only their counters).
@@ -115,15 +162,18 @@ impl Store {
             if let Some(reason) = waiter.signal.reason() {
                 return Err(reason);
             }
+            let before = slots.observed_leader(key);
             let slot = slots.open(key);
             slot.expire();
-            if slot.holder.is_none() && slot.waiters.is_empty() {
-                return Ok(Some(slot.hand_to(waiter)));
+            let granted = (slot.holder.is_none() && slot.waiters.is_empty()).then(|| slot.hand_to(waiter));
+            if granted.is_none() && wait {
+                slot.waiters.push_back(waiter.clone());
             }
-            if !wait {
-                return Ok(None);
+            slots.wake_observers(key, before);
+            if granted.is_some() || !wait {
+                slots.settle(key);
+                return Ok(granted);
             }
-            slot.waiters.push_back(waiter.clone());
         }
         // A waiter that gives up (its future dropped, its lease lost) leaves the queue — or, if
         // the lock was handed to it meanwhile, hands the lock on.
@@ -137,15 +187,19 @@ impl Store {
             }
             let expiry = {
                 let mut slots = lock(&self.slots);
+                let before = slots.observed_leader(key);
                 let slot = slots.open(key);
                 slot.expire();
-                match &slot.holder {
-                    Some(h) if h.grant == waiter.grant => {
+                let holder = slot.holder.as_ref().map(|h| (h.grant, h.token, h.expires_at));
+                let first = slot.waiters.front().is_some_and(|w| w.grant == waiter.grant);
+                slots.wake_observers(key, before);
+                match holder {
+                    Some((grant, token, _)) if grant == waiter.grant => {
                         queued.disarm();
-                        return Ok(Some(h.token));
+                        return Ok(Some(token));
                     }
                     // Only the first waiter watches the holder's expiry; the rest are woken in turn.
-                    Some(h) if slot.waiters.front().is_some_and(|w| w.grant == waiter.grant) => Some(h.expires_at),
+                    Some((_, _, expires_at)) if first => Some(expires_at),
                     _ => None,
                 }
             };
@@ -193,6 +247,11 @@ pub(super) struct Slot {
 impl Slot {
     fn idle(&self) -> bool {
         self.holder.is_none() && self.waiters.is_empty()
+    }
+
+    /// Who leads: the holder's token and metadata.
+    fn leading(&self) -> Leading {
+        self.holder.as_ref().map(|h| (h.token, h.holder.clone()))
     }
 
     /// Makes `waiter` the holder with a new fencing token.

@@ -1,6 +1,9 @@
-//! What only the etcd driver does: interop with `etcdctl lock`, loss through `etcdctl`, a
-//! 3-member cluster losing its leader, authentication, unreachable endpoints.
+//! What only the etcd driver does: interop with `etcdctl lock` and `etcdctl elect`, loss
+//! through `etcdctl`, a 3-member cluster losing its leader, authentication, unreachable
+//! endpoints.
 #![cfg(feature = "etcd")]
+
+mod elections;
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};

@@ -1,6 +1,7 @@
 //! `lockkit`: run a command under a distributed lock, or inspect a lock, on any backend lockkit
 //! supports, from the same URL the library takes.
 
+mod elect;
 mod group;
 mod run;
 mod status;
@@ -36,7 +37,9 @@ Exit status:
     64  usage or configuration error (bad URL, unknown option, driver not compiled in)
     69  backend unreachable or authentication failed
     70  backend error (also a lease lost before the command started)
-  lockkit status exits 0 when the lock is held, 1 when it is free.
+  lockkit elect exits the same way (76: leadership lost under --once), 75 meaning not elected.
+  lockkit status exits 0 when the lock is held, 1 when it is free; lockkit leader 0 when
+  someone leads, 1 when nobody does.
 
 Examples:
   # Run the nightly job on one host of the fleet only; the others skip it.
@@ -44,7 +47,10 @@ Examples:
   # Never run two deploys at once; wait up to 10 minutes for the previous one.
   lockkit run file:///var/lock/deploy deploy --timeout 10m -- ./deploy.sh
   # Who holds it?
-  lockkit status file:///var/lock/deploy deploy --json";
+  lockkit status file:///var/lock/deploy deploy --json
+  # One scheduler of the fleet at a time; the others take over if it dies.
+  lockkit elect etcd://10.0.0.1:2379/services scheduler --value \"$(hostname):8080\" -- ./scheduler
+  lockkit leader etcd://10.0.0.1:2379/services scheduler --watch";
 
 /// Run a command under a distributed lock, or inspect a lock.
 ///
@@ -79,6 +85,18 @@ enum Command {
 
     /// Show whether NAME is held, by whom, its fencing token and TTL left.
     Status(status::StatusArgs),
+
+    /// Campaign in the election NAME; while leading, run COMMAND; when leadership is lost,
+    /// stop it and campaign again (unless --once).
+    ///
+    /// COMMAND runs as under `lockkit run` (its own process group, the same signal, loss and
+    /// exit rules), with LOCKKIT_TERM (the leader's term, a fencing token) besides the lock
+    /// variables. When COMMAND exits by itself, lockkit resigns and exits with its status.
+    #[command(after_help = AFTER_HELP)]
+    Elect(elect::ElectArgs),
+
+    /// Show the leader of the election NAME (its value and term), or follow it with --watch.
+    Leader(elect::LeaderArgs),
 }
 
 fn main() -> ExitCode {
@@ -106,6 +124,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => run::run(args, cli.verbose).await,
             Command::Status(args) => status::status(args).await,
+            Command::Elect(args) => elect::elect(args, cli.verbose).await,
+            Command::Leader(args) => elect::leader(args).await,
         }
     });
     // Do not wait for background tasks (a refresh in flight) once the answer is known.

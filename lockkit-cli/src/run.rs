@@ -3,7 +3,7 @@
 use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
-use lockkit::{DistributedLock, LockGuard, LockOptions, LockUrl, Wait};
+use lockkit::{DistributedLock, FencingToken, Leadership, LockGuard, LockOptions, LockUrl, Wait};
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
@@ -76,25 +76,91 @@ async fn run_locked(
         // Dropping the acquire is cancel safe: nothing is left behind.
         number = signals.recv() => return 128 + number as u8,
     };
+    let env = lock_env(&guard, &args.name, url);
+    let what = format!("lock `{}`", args.name);
+    supervise(guard, &what, &args.command, &env, args.grace, signals).await.code
+}
+
+/// The environment a command under a lock gets.
+pub(crate) fn lock_env(guard: &impl Held, name: &str, url: &LockUrl) -> Vec<(&'static str, String)> {
+    vec![
+        ("LOCKKIT_FENCING_TOKEN", guard.token().to_string()),
+        ("LOCKKIT_LOCK_NAME", name.to_owned()),
+        ("LOCKKIT_URL", url.without_credentials()),
+    ]
+}
+
+/// What a command runs under: a held lock, or a leadership.
+pub(crate) trait Held: Send + Sync {
+    fn token(&self) -> FencingToken;
+    fn is_held(&self) -> bool;
+    fn lost(&self) -> impl Future<Output = String> + Send;
+    /// Releases, or resigns.
+    fn give_back(self) -> impl Future<Output = lockkit::Result<()>> + Send;
+}
+
+impl Held for LockGuard {
+    fn token(&self) -> FencingToken {
+        self.fencing_token()
+    }
+    fn is_held(&self) -> bool {
+        LockGuard::is_held(self)
+    }
+    fn lost(&self) -> impl Future<Output = String> + Send {
+        LockGuard::lost(self)
+    }
+    fn give_back(self) -> impl Future<Output = lockkit::Result<()>> + Send {
+        self.release()
+    }
+}
+
+impl Held for Leadership {
+    fn token(&self) -> FencingToken {
+        self.term()
+    }
+    fn is_held(&self) -> bool {
+        self.is_leader()
+    }
+    fn lost(&self) -> impl Future<Output = String> + Send {
+        Leadership::lost(self)
+    }
+    fn give_back(self) -> impl Future<Output = lockkit::Result<()>> + Send {
+        self.resign()
+    }
+}
+
+/// How a supervised command ended: the exit status, and whether it was stopped because what it
+/// ran under was lost.
+pub(crate) struct Outcome {
+    pub(crate) code: u8,
+    pub(crate) lost: bool,
+}
+
+/// Runs `command` (with `env`) in its own process group while `held` lasts, stops the group if
+/// it is lost (`what` names it in the message), and gives `held` back once nothing of the group
+/// is left.
+pub(crate) async fn supervise(
+    held: impl Held,
+    what: &str,
+    command_line: &[String],
+    env: &[(&'static str, String)],
+    grace: Duration,
+    signals: &mut Signals,
+) -> Outcome {
+    let program = &command_line[0];
     let terminal = group::owns_terminal();
     group::become_subreaper();
     // Started before the command, so that the command never runs without it.
     let mut watchdog = match group::Watchdog::start() {
         Ok(watchdog) => watchdog,
         Err(e) => {
-            let _ = guard.release().await;
-            return fail(
-                &format!("cannot start the watchdog that stops the command if lockkit dies: {e}"),
-                exit::BACKEND,
-            );
+            let _ = held.give_back().await;
+            let message = format!("cannot start the watchdog that stops the command if lockkit dies: {e}");
+            return Outcome { code: fail(&message, exit::BACKEND), lost: false };
         }
     };
-    let mut command = Command::new(&args.command[0]);
-    command
-        .args(&args.command[1..])
-        .env("LOCKKIT_FENCING_TOKEN", guard.fencing_token().to_string())
-        .env("LOCKKIT_LOCK_NAME", &args.name)
-        .env("LOCKKIT_URL", url.without_credentials());
+    let mut command = Command::new(program);
+    command.args(&command_line[1..]).envs(env.iter().map(|(k, v)| (*k, v)));
     group::configure(&mut command, terminal);
     let spawned = command.spawn().and_then(|child| match child.id() {
         Some(pid) => Ok((child, pid as i32)),
@@ -108,19 +174,18 @@ async fn run_locked(
                 group::take_terminal_back();
             }
             watchdog.disarm();
-            let _ = guard.release().await;
+            let _ = held.give_back().await;
             let code = if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
-            return fail(&format!("cannot run `{}`: {e}", args.command[0]), code);
+            return Outcome { code: fail(&format!("cannot run `{program}`: {e}"), code), lost: false };
         }
     };
     let ended = match watchdog.arm(group) {
         Ok(()) => loop {
             tokio::select! {
                 status = child.wait() => break Ended::Exited(status),
-                reason = guard.lost() => {
+                reason = held.lost() => {
                     eprintln!(
-                        "lockkit: lost lock `{}`: {reason}; stopping `{}` (SIGTERM, then SIGKILL after {:?})",
-                        args.name, args.command[0], args.grace
+                        "lockkit: lost {what}: {reason}; stopping `{program}` (SIGTERM, then SIGKILL after {grace:?})"
                     );
                     break Ended::Lost;
                 }
@@ -129,7 +194,7 @@ async fn run_locked(
                     // A child changed state. The watchdog died (the OOM killer?): the command
                     // would outlive a lockkit that dies next, so it is stopped now.
                     None if watchdog.is_gone() => {
-                        eprintln!("lockkit: the watchdog died; stopping `{}` rather than run it unguarded", args.command[0]);
+                        eprintln!("lockkit: the watchdog died; stopping `{program}` rather than run it unguarded");
                         break Ended::Unguarded;
                     }
                     // The command stopped from the terminal (Ctrl-Z)?
@@ -138,7 +203,7 @@ async fn run_locked(
                             group::suspend_like(number);
                             // If the lock expired meanwhile, the group stays stopped; the loss
                             // branch stops it for good.
-                            if guard.is_held() {
+                            if held.is_held() {
                                 group::resume(group);
                             }
                         }
@@ -148,7 +213,7 @@ async fn run_locked(
             }
         },
         Err(e) => {
-            eprintln!("lockkit: the watchdog is gone ({e}); stopping `{}`", args.command[0]);
+            eprintln!("lockkit: the watchdog is gone ({e}); stopping `{program}`");
             Ended::Unguarded
         }
     };
@@ -157,16 +222,15 @@ async fn run_locked(
     }
     if matches!(ended, Ended::Exited(_)) && group::alive(group) {
         eprintln!(
-            "lockkit: `{}` left processes in its group; stopping them (SIGTERM, then SIGKILL after {:?})",
-            args.command[0], args.grace
+            "lockkit: `{program}` left processes in its group; stopping them (SIGTERM, then SIGKILL after {grace:?})"
         );
     }
-    clear_group(&mut child, group, args.grace).await;
-    clear_adopted(watchdog.pid(), args.grace).await;
+    clear_group(&mut child, group, grace).await;
+    clear_adopted(watchdog.pid(), grace).await;
     // Only now is nothing of the group left that could run without the lock.
     watchdog.disarm();
-    let released = guard.release().await;
-    match ended {
+    let released = held.give_back().await;
+    let code = match ended {
         Ended::Exited(Ok(status)) => {
             if let Err(e) = released {
                 eprintln!("lockkit: warning: {e}");
@@ -177,10 +241,11 @@ async fn run_locked(
                 (None, None) => exit::BACKEND,
             }
         }
-        Ended::Exited(Err(e)) => fail(&format!("lost track of `{}`: {e}", args.command[0]), exit::BACKEND),
-        Ended::Lost => exit::LOCK_LOST,
+        Ended::Exited(Err(e)) => fail(&format!("lost track of `{program}`: {e}"), exit::BACKEND),
+        Ended::Lost => return Outcome { code: exit::LOCK_LOST, lost: true },
         Ended::Unguarded => exit::BACKEND,
-    }
+    };
+    Outcome { code, lost: false }
 }
 
 /// Why the command stopped running.
@@ -276,13 +341,13 @@ async fn clear_group(child: &mut Child, group: i32, grace: Duration) {
 }
 
 /// SIGINT, SIGTERM and SIGHUP, as one stream of signal numbers; and SIGCHLD.
-struct Signals {
+pub(crate) struct Signals {
     streams: [(i32, Signal); 3],
     child: Signal,
 }
 
 impl Signals {
-    fn new() -> std::io::Result<Self> {
+    pub(crate) fn new() -> std::io::Result<Self> {
         Ok(Signals {
             streams: [
                 (libc::SIGINT, signal(SignalKind::interrupt())?),
@@ -294,7 +359,7 @@ impl Signals {
     }
 
     /// The next of SIGINT, SIGTERM and SIGHUP.
-    async fn recv(&mut self) -> i32 {
+    pub(crate) async fn recv(&mut self) -> i32 {
         loop {
             if let Some(number) = self.next().await {
                 return number;
@@ -304,7 +369,7 @@ impl Signals {
 
     /// The next of SIGINT, SIGTERM and SIGHUP; or `None` at a SIGCHLD (a child exited, stopped
     /// or continued).
-    async fn next(&mut self) -> Option<i32> {
+    pub(crate) async fn next(&mut self) -> Option<i32> {
         let Signals { streams: [(int, a), (term, b), (hup, c)], child } = self;
         tokio::select! {
             _ = a.recv() => Some(*int),

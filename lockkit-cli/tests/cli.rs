@@ -23,6 +23,9 @@ macro_rules! cli_tests {
                 status_reports_holder_and_token,
                 the_commands_exit_status_passes_through,
                 bad_input_gives_one_line_and_exit_64,
+                elect_runs_one_leader_at_a_time_and_hands_over,
+                elect_campaigns_again_after_a_loss_unless_once,
+                leader_watch_follows_the_election,
             );
         }
     };
@@ -252,6 +255,97 @@ async fn bad_input_gives_one_line_and_exit_64(t: &Target) {
         }
         assert_eq!(stderr.lines().count(), 1, "{url}: {stderr}");
     }
+}
+
+/// A `lockkit elect` whose command prints `leading <term>` and then sleeps; its output lines.
+fn candidate(url: &str, value: &str, extra: &[&str]) -> (Child, Lines<BufReader<tokio::process::ChildStdout>>) {
+    let mut args = vec!["elect", url, "sched", "--value", value, "--grace", "500ms"];
+    args.extend_from_slice(extra);
+    args.extend(["--", "sh", "-c", "echo leading $LOCKKIT_TERM $LOCKKIT_FENCING_TOKEN; exec sleep 60"]);
+    let mut child = lockkit(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    (child, lines)
+}
+
+/// The term a `leading <term> <token>` line shows (the two are the same).
+async fn leading(lines: &mut Lines<BufReader<tokio::process::ChildStdout>>) -> u64 {
+    let line = line_matching(lines, |l| l.starts_with("leading ")).await;
+    let fields: Vec<u64> = line.split(' ').skip(1).map(|f| f.parse().unwrap()).collect();
+    assert_eq!(fields[0], fields[1], "LOCKKIT_TERM is the fencing token: {line}");
+    fields[0]
+}
+
+/// Two `lockkit elect` candidates: one leads (and `lockkit leader` shows its value and term),
+/// the other waits; when the leader is stopped it resigns, and the other leads in a later term.
+async fn elect_runs_one_leader_at_a_time_and_hands_over(t: &Target) {
+    let url = t.url();
+    let (mut first, mut first_lines) = candidate(&url, "node-a", &[]);
+    let term = leading(&mut first_lines).await;
+    let (mut second, mut second_lines) = candidate(&url, "node-b", &[]);
+    let (status, stdout, _) = output(lockkit(&["leader", &url, "sched", "--json"])).await;
+    assert_eq!(status.code(), Some(0), "{stdout}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!((json["leader"]["value"].as_str(), json["leader"]["term"].as_u64()), (Some("node-a"), Some(term)));
+    let early = tokio::time::timeout(Duration::from_millis(500), second_lines.next_line()).await;
+    assert!(early.is_err(), "two leaders at once: {early:?}");
+    send(&first, libc::SIGTERM);
+    let status = first.wait().await.unwrap();
+    assert_eq!(status.code(), Some(143), "the command died of the forwarded SIGTERM");
+    let next = leading(&mut second_lines).await;
+    assert!(next > term, "{next} after {term}");
+    send(&second, libc::SIGTERM);
+    second.wait().await.unwrap();
+    let (status, stdout, _) = output(lockkit(&["leader", &url, "sched"])).await;
+    assert_eq!(status.code(), Some(1), "nobody leads once both resigned: {stdout}");
+    assert!(stdout.contains("no leader"), "{stdout}");
+}
+
+/// Leadership taken away (force release): the command is stopped and lockkit campaigns again,
+/// leading in a later term; with `--once` it exits 76 instead.
+async fn elect_campaigns_again_after_a_loss_unless_once(t: &Target) {
+    let url = t.url();
+    let admin = lockkit_testkit::support::connect(&url).await;
+    let (mut again, mut lines) = candidate(&url, "node-a", &[]);
+    let term = leading(&mut lines).await;
+    assert!(admin.force_release("sched").await.unwrap());
+    let next = leading(&mut lines).await;
+    assert!(next > term, "{next} after {term}");
+    send(&again, libc::SIGTERM);
+    again.wait().await.unwrap();
+
+    let (once, mut lines) = candidate(&url, "node-a", &["--once"]);
+    leading(&mut lines).await;
+    assert!(admin.force_release("sched").await.unwrap());
+    let out = tokio::time::timeout(Duration::from_secs(15), once.wait_with_output()).await.unwrap().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(76), "{stderr}");
+    assert!(stderr.contains("lost leadership of `sched`"), "{stderr}");
+}
+
+/// `lockkit leader --watch` prints the leader now and a line at each change, where the backend
+/// can be followed; elsewhere it says so and exits 70.
+async fn leader_watch_follows_the_election(t: &Target) {
+    let url = t.url();
+    let mut watch =
+        lockkit(&["leader", &url, "sched", "--watch"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    if !lockkit_testkit::support::connect(&url).await.capabilities().observe {
+        let out = tokio::time::timeout(Duration::from_secs(15), watch.wait_with_output()).await.unwrap().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(70), "{stderr}");
+        assert!(stderr.contains("is not supported by the"), "{stderr}");
+        return;
+    }
+    let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    line_matching(&mut lines, |l| l == "election `sched`: no leader").await;
+    let (mut leader, mut leader_lines) = candidate(&url, "node-a", &[]);
+    let term = leading(&mut leader_lines).await;
+    line_matching(&mut lines, |l| l == format!("election `sched`: led by node-a, term {term}")).await;
+    send(&leader, libc::SIGTERM);
+    leader.wait().await.unwrap();
+    line_matching(&mut lines, |l| l == "election `sched`: no leader").await;
+    send(&watch, libc::SIGINT);
+    let status = tokio::time::timeout(Duration::from_secs(10), watch.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "interrupted, it exits 0: {status}");
 }
 
 // The command's process group. lockkit handles it the same way on every backend: file:// only.

@@ -16,17 +16,12 @@ conformance!(
 #[cfg(feature = "etcd")]
 conformance!(etcd, Target::etcd, capabilities: all, network);
 #[cfg(feature = "zookeeper")]
-conformance!(
-    zookeeper,
-    Target::zookeeper,
-    capabilities: [fair, server_fencing, server_expiry, crash_release, cross_process, shared_lease, push_wakeups, holder_metadata],
-    network
-);
+conformance!(zookeeper, Target::zookeeper, capabilities: all, network);
 #[cfg(feature = "consul")]
 conformance!(
     consul,
     Target::consul,
-    capabilities: [server_fencing, server_expiry, crash_release, cross_process, shared_lease, push_wakeups, holder_metadata],
+    capabilities: [server_fencing, server_expiry, crash_release, cross_process, shared_lease, push_wakeups, holder_metadata, observe],
     network
 );
 #[cfg(feature = "redis")]

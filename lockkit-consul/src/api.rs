@@ -92,6 +92,20 @@ struct Renewed {
     ttl: String,
 }
 
+/// What a transaction that applied answers.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct TxnAnswer {
+    #[serde(default)]
+    results: Option<Vec<TxnResult>>,
+}
+
+#[derive(Deserialize)]
+struct TxnResult {
+    #[serde(rename = "KV", default)]
+    kv: Option<Entry>,
+}
+
 /// `'%'` in keys (lockkit's escapes) must travel as `%25`.
 fn path_of(key: &str) -> String {
     key.replace('%', "%25")
@@ -142,7 +156,8 @@ impl Api {
         };
         let (endpoint, body_text) = (self.endpoint.clone(), text(&body));
         match status {
-            s if s.is_success() || s == StatusCode::NOT_FOUND => Ok((s, body, index)),
+            // 409: a transaction whose checks failed, which its body details.
+            s if s.is_success() || s == StatusCode::NOT_FOUND || s == StatusCode::CONFLICT => Ok((s, body, index)),
             StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED => Err(ConsulError::Denied { endpoint, body: body_text }),
             status @ (StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) => {
                 Err(ConsulError::RateLimited { endpoint, status, waited: started.elapsed(), body: body_text })
@@ -242,6 +257,37 @@ impl Api {
             return Err(Error::backend(BACKEND, format!("Consul at {} has no KV endpoint (404)", self.endpoint)).into());
         }
         self.parse(&format!("the {verb} of {key}"), &body)
+    }
+
+    /// Rewrites the value of `key` only while `session` holds it: one transaction, a
+    /// `check-session` then a `lock` (which, by the holding session, keeps the lock and its
+    /// lock index). The entry's new `ModifyIndex`, or `None` when the session no longer holds
+    /// the key (nothing was written).
+    pub(crate) async fn relock(&self, key: &str, session: &str, value: &[u8], flags: u64) -> Answer<Option<u64>> {
+        let value = base64::engine::general_purpose::STANDARD.encode(value);
+        let ops = serde_json::json!([
+            {"KV": {"Verb": "check-session", "Key": key, "Session": session}},
+            {"KV": {"Verb": "lock", "Key": key, "Value": value, "Flags": flags, "Session": session}},
+        ]);
+        let (status, body, _) =
+            self.call(Method::PUT, "/v1/txn", &[], ops.to_string().into_bytes(), Duration::ZERO).await?;
+        if status == StatusCode::CONFLICT {
+            return Ok(None);
+        }
+        if status == StatusCode::NOT_FOUND {
+            return Err(
+                Error::backend(BACKEND, format!("Consul at {} has no /v1/txn endpoint (404)", self.endpoint)).into()
+            );
+        }
+        let answer: TxnAnswer = self.parse(&format!("the rewrite of {key}"), &body)?;
+        match answer.results.as_deref().and_then(<[TxnResult]>::last) {
+            Some(TxnResult { kv: Some(entry) }) => Ok(Some(entry.modify_index)),
+            _ => Err(Error::backend(
+                BACKEND,
+                format!("Consul at {} answered the rewrite of {key} without its entry: {}", self.endpoint, text(&body)),
+            )
+            .into()),
+        }
     }
 
     /// Reads a key (a blocking query when `blocking` is given): the entry, if any, and the index.

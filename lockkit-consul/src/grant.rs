@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use lockkit_core::driver::{Cleanup, Finished, Grant, KeptLease, Turn};
-use lockkit_core::{Error, LossSignal, Result};
+use lockkit_core::driver::{Cleanup, Finished, Grant, KeptLease, LeaderFeed, Turn};
+use lockkit_core::{Error, FencingToken, Leader, LossSignal, Result};
 
 use crate::api::{Api, Blocking};
 use crate::session::ConsulSession;
@@ -117,6 +117,40 @@ impl Grant for ConsulGrant {
             self.session.hold(&self.key, false);
         }
         released
+    }
+
+    /// The leader's new value, written only while its session still holds the key. Consul's
+    /// tokens are the index of the key's last write, so the term moves forward with it.
+    async fn proclaim(&self, value: &str) -> Option<Result<FencingToken>> {
+        let (api, key, session) = (&self.session.api, &self.key, &self.session.id);
+        Some(match api.relock(key, session, value.as_bytes(), FLAGS).await {
+            Ok(Some(index)) => Ok(FencingToken::new(index)),
+            Ok(None) => {
+                Err(Error::not_held(BACKEND, &self.name, format!("its key {key} is no longer held by its session")))
+            }
+            Err(e) => Err(e.into()),
+        })
+    }
+}
+
+/// An observer of one election: blocking queries on its key, each from the index the last
+/// answer gave (an index that went backwards starts over).
+pub(crate) struct ConsulFeed {
+    pub(crate) api: Api,
+    pub(crate) key: String,
+    pub(crate) wait: Duration,
+    pub(crate) index: u64,
+}
+
+#[async_trait]
+impl LeaderFeed for ConsulFeed {
+    async fn next(&mut self) -> Result<Option<Leader>> {
+        let blocking = (self.index > 0).then_some(Blocking { index: self.index, wait: self.wait });
+        let (entry, next) = self.api.get(&self.key, blocking).await?;
+        self.index = if next < self.index { 0 } else { next };
+        Ok(entry
+            .filter(|e| e.session.is_some())
+            .map(|e| Leader { value: e.text().unwrap_or_default(), term: FencingToken::new(e.modify_index) }))
     }
 }
 

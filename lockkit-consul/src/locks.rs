@@ -5,13 +5,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use lockkit_core::driver::{
-    GrantRequest, KeptLease, LastTry, LeaseBackend, LeasePool, LocalTurns, LockBackend, on_a_live_lease,
+    GrantRequest, KeptLease, LastTry, LeaderFeed, LeaseBackend, LeasePool, LocalTurns, LockBackend, on_a_live_lease,
 };
 use lockkit_core::{Capabilities, Error, FencingToken, Lease, LockGuard, LockName, LockStatus, Result, Settings};
 
 use crate::api::{self, Api, Blocking, Entry};
 use crate::error::ConsulError;
-use crate::grant::{Claim, ConsulGrant, watch_key};
+use crate::grant::{Claim, ConsulFeed, ConsulGrant, watch_key};
 use crate::session::ConsulSession;
 use crate::{BACKEND, FLAGS};
 
@@ -212,7 +212,7 @@ impl LockBackend for ConsulLocks {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { fair: false, observe: false, ..Capabilities::ALL }
+        Capabilities { fair: false, ..Capabilities::ALL }
     }
 
     fn settings(&self) -> &Settings {
@@ -266,6 +266,10 @@ impl LockBackend for ConsulLocks {
 
     async fn shutdown(&self) -> Result<()> {
         self.pool.close().await
+    }
+
+    async fn observe_leader(&self, name: &LockName) -> Result<Box<dyn LeaderFeed>> {
+        Ok(Box::new(ConsulFeed { api: self.api.clone(), key: self.key(name), wait: self.wait, index: 0 }))
     }
 
     async fn inspect(&self, name: &LockName) -> Result<LockStatus> {

@@ -48,12 +48,14 @@ pub struct Leader {
 #[clippy::has_significant_drop]
 pub struct Leadership {
     guard: LockGuard,
-    value: Mutex<String>,
+    /// The value and term observers see now.
+    shown: Mutex<(String, FencingToken)>,
 }
 
 impl Leadership {
     pub(crate) fn new(guard: LockGuard, value: String) -> Self {
-        Leadership { guard, value: Mutex::new(value) }
+        let term = guard.fencing_token();
+        Leadership { guard, shown: Mutex::new((value, term)) }
     }
 
     /// The election's name.
@@ -61,14 +63,17 @@ impl Leadership {
         self.guard.name()
     }
 
-    /// The term: the fencing token of this leadership, above every earlier leader's.
+    /// The term: the fencing token of this leadership, above every earlier leader's. It stays
+    /// the same for the whole leadership, except on Consul, whose tokens are the index of the
+    /// key's last write: there a [`proclaim`](Self::proclaim) moves it forward (send the new
+    /// one with later writes).
     pub fn term(&self) -> FencingToken {
-        self.guard.fencing_token()
+        lock(&self.shown).1
     }
 
     /// The value observers see now: the campaign's, or the last one proclaimed.
     pub fn value(&self) -> String {
-        lock(&self.value).clone()
+        lock(&self.shown).0.clone()
     }
 
     /// Whether this is still the leader: not lost, and before the local deadline.
@@ -119,8 +124,8 @@ impl Leadership {
             let reason = self.guard.loss_signal().reason().unwrap_or_else(|| "its deadline passed".into());
             return Err(Error::LockLost { backend: self.guard.backend(), name: self.election().into(), reason });
         }
-        self.guard.proclaim(value).await?;
-        *lock(&self.value) = value.to_owned();
+        let term = self.guard.proclaim(value).await?;
+        *lock(&self.shown) = (value.to_owned(), term);
         tracing::debug!("proclaimed");
         Ok(())
     }

@@ -24,9 +24,11 @@ pub trait Grant: Send + Sync + 'static {
 
     /// Replaces the value stored with the grant (its holder metadata) by `value`, only if the
     /// backend still holds this very grant (a compare on the grant, e.g. its token): an
-    /// election's leader proclaiming. [`Error::NotHeld`] when the grant is no longer there.
-    /// `None` (the default): the driver cannot do it (yet).
-    async fn proclaim(&self, value: &str) -> Option<Result<()>> {
+    /// election's leader proclaiming. Answers the grant's token after the write — the same one,
+    /// unless the backend's token is the index of the entry's last write (Consul), which the
+    /// write moved forward. [`Error::NotHeld`] when the grant is no longer there. `None` (the
+    /// default): the driver cannot do it (yet).
+    async fn proclaim(&self, value: &str) -> Option<Result<FencingToken>> {
         let _ = value;
         None
     }
@@ -235,8 +237,9 @@ impl LockGuard {
         }
     }
 
-    /// Replaces the value stored with the grant (an election's leader proclaiming).
-    pub(crate) async fn proclaim(&self, value: &str) -> Result<()> {
+    /// Replaces the value stored with the grant (an election's leader proclaiming); the token
+    /// after it.
+    pub(crate) async fn proclaim(&self, value: &str) -> Result<FencingToken> {
         match &self.grant {
             Some(grant) => {
                 grant.proclaim(value).await.unwrap_or_else(|| Err(crate::driver::not_yet(self.backend, "proclaiming")))

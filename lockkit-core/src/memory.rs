@@ -225,18 +225,19 @@ impl Grant for MemoryGrant {
         ))
     }
 
-    async fn proclaim(&self, value: &str) -> Option<Result<()>> {
+    async fn proclaim(&self, value: &str) -> Option<Result<FencingToken>> {
         let proclaimed = self.store.with_live(&self.key, |slot| match &mut slot.holder {
             Some(h) if h.grant == self.grant => {
                 h.holder = value.to_owned();
-                true
+                Some(FencingToken::new(h.token))
             }
-            _ => false,
+            _ => None,
         });
-        Some(match proclaimed {
-            Some(true) => Ok(()),
-            _ => Err(Error::not_held(BACKEND, &self.name, "its grant had expired or was removed")),
-        })
+        Some(
+            proclaimed
+                .flatten()
+                .ok_or_else(|| Error::not_held(BACKEND, &self.name, "its grant had expired or was removed")),
+        )
     }
 }
 

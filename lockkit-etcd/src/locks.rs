@@ -541,10 +541,10 @@ impl Grant for EtcdGrant {
     }
 
     /// `concurrency.Election`'s proclaim: a put guarded by the term (the create revision).
-    async fn proclaim(&self, value: &str) -> Option<Result<()>> {
+    async fn proclaim(&self, value: &str) -> Option<Result<FencingToken>> {
         let (key, revision, lease) = (&self.key, self.revision, self.lease);
         Some(match proclaim(&self.client, key, revision, lease, value, self.timeout, &self.endpoints).await {
-            Ok(true) => Ok(()),
+            Ok(true) => Ok(FencingToken::new(revision as u64)),
             Ok(false) => Err(Error::not_held(BACKEND, &self.name, "its key was gone or re-created: its term is over")),
             Err(e) => Err(e),
         })

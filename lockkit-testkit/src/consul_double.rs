@@ -17,6 +17,8 @@
 //! - blocking queries (`?index=&wait=`, wait at most 10 min, default 5 min) answer once that
 //!   index passes the one given, or at the wait's end plus a random part of wait / 16 (Consul's
 //!   jitter); a query on a missing key wakes on any KV write, as Consul's may;
+//! - transactions (`/v1/txn`) of the KV verbs `check-session`, `check-index` and `lock`, all or
+//!   none, answered 200 with each operation's entry or 409 with what failed (other verbs: 400);
 //! - ACLs: with a token configured, a request without it gets 403 `ACL not found`.
 //!
 //! Switches for tests, each modelling something real Consul does:
@@ -30,6 +32,7 @@
 mod kv;
 mod sessions;
 mod state;
+mod txn;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -107,6 +110,7 @@ impl ConsulDouble {
             .route("/v1/session/destroy/{id}", put(sessions::destroy))
             .route("/v1/session/info/{id}", get(sessions::info))
             .route("/v1/kv/{*key}", get(kv::get_key).put(kv::put_key).delete(kv::delete_key))
+            .route("/v1/txn", put(txn::txn))
             .layer(axum::middleware::from_fn_with_state(shared.clone(), state::gate))
             .with_state(shared.clone());
         let reaper = shared.clone();

@@ -6,6 +6,7 @@
 
 mod acquire;
 mod config;
+mod election;
 mod error;
 mod locks;
 mod recipe;

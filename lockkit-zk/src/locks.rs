@@ -4,12 +4,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use lockkit_core::driver::{Grant, GrantRequest, KeptLease, LeaseBackend, LeasePool, LockBackend, on_a_live_lease};
-use lockkit_core::{Capabilities, Error, LockGuard, LockName, LockStatus, LossSignal, Namespace, Result, Settings};
+use lockkit_core::driver::{
+    Grant, GrantRequest, KeptLease, LeaderFeed, LeaseBackend, LeasePool, LockBackend, on_a_live_lease,
+};
+use lockkit_core::{
+    Capabilities, Error, FencingToken, LockGuard, LockName, LockStatus, LossSignal, Namespace, Result, Settings,
+};
 use zookeeper_client::{Acls, Client, CreateMode, CreateOptions, EventType};
 
 use crate::BACKEND;
 use crate::acquire::{Acquire, OwnWatch, watch_of};
+use crate::election::ZkFeed;
 use crate::error::{ZkError, connection_broke, error};
 use crate::recipe::{Contender, Recipe};
 use crate::session::{Connector, ZkSession};
@@ -122,7 +127,7 @@ impl LockBackend for ZkLocks {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { observe: false, ..Capabilities::ALL }
+        Capabilities::ALL
     }
 
     fn settings(&self) -> &Settings {
@@ -148,6 +153,11 @@ impl LockBackend for ZkLocks {
         self.pool.close().await
     }
 
+    async fn observe_leader(&self, name: &LockName) -> Result<Box<dyn LeaderFeed>> {
+        let directory = self.directory(name)?;
+        Ok(Box::new(ZkFeed::new(self.connector.clone(), self.settings.ttl, directory, self.recipe)))
+    }
+
     async fn inspect(&self, name: &LockName) -> Result<LockStatus> {
         let directory = self.directory(name)?;
         let client = self.default_client().await?;
@@ -158,7 +168,7 @@ impl LockBackend for ZkLocks {
             match client.get_data(&path).await {
                 Ok((data, stat)) => {
                     let holder = String::from_utf8(data).ok().filter(|h| !h.is_empty());
-                    let token = lockkit_core::FencingToken::new(stat.czxid as u64);
+                    let token = FencingToken::new(stat.czxid as u64);
                     return Ok(LockStatus::held(holder, Some(token), None).waiting(contenders.len() - 1));
                 }
                 Err(zookeeper_client::Error::NoNode) => continue, // released meanwhile: look again
@@ -227,6 +237,21 @@ impl Grant for ZkGrant {
             }
             Err(e) => Err(error(&self.session.endpoints, e)),
         }
+    }
+
+    /// Writes the leader's value as its node's data; the node (so the term, its czxid) stays.
+    async fn proclaim(&self, value: &str) -> Option<Result<FencingToken>> {
+        let client = match self.session.client() {
+            Ok(client) => client,
+            Err(e) => return Some(Err(error(&self.session.endpoints, e))),
+        };
+        Some(match client.set_data(&self.path, value.as_bytes(), None).await {
+            Ok(stat) => Ok(FencingToken::new(stat.czxid as u64)),
+            Err(zookeeper_client::Error::NoNode) => {
+                Err(Error::not_held(BACKEND, &self.name, format!("its node {} was gone", self.path)))
+            }
+            Err(e) => Err(error(&self.session.endpoints, e)),
+        })
     }
 }
 

@@ -17,7 +17,7 @@ use super::Write;
 use super::sessions::duration;
 use super::state::{Entry, Json, Shared, Store, Waiting, bad_request};
 
-fn entry_json(key: &str, e: &Entry) -> Value {
+pub(super) fn entry_json(key: &str, e: &Entry) -> Value {
     let mut value = json!({
         "Key": key, "CreateIndex": e.create_index, "ModifyIndex": e.modify_index, "LockIndex": e.lock_index,
         "Flags": e.flags,
@@ -194,7 +194,7 @@ fn apply_put(shared: &Shared, key: String, query: &HashMap<String, String>, body
 
 /// Stores `entry` under a new Raft index; an entry that would not change keeps its indexes,
 /// as Consul's `kvsSetTxn` does.
-fn set(shared: &Shared, store: &mut Store, key: String, mut entry: Entry) {
+pub(super) fn set(shared: &Shared, store: &mut Store, key: String, mut entry: Entry) {
     let index = shared.write(store);
     match store.kv.get(&key) {
         Some(e) if Entry { create_index: 0, modify_index: 0, ..e.clone() } == entry => return,

@@ -64,10 +64,10 @@ impl EtcdFeed {
         EtcdFeed { client, keys, endpoints, timeout, leader: None, revision: 0, stream: None }
     }
 
-    /// The leader as last read.
+    /// The leader as last read (its value read as `leader()` reads it).
     fn view(&self) -> Option<Leader> {
         self.leader.as_ref().map(|kv| Leader {
-            value: String::from_utf8_lossy(kv.value()).into_owned(),
+            value: crate::locks::holder_of(kv).unwrap_or_default(),
             term: FencingToken::new(kv.create_revision() as u64),
         })
     }
@@ -157,7 +157,11 @@ impl LeaderFeed for EtcdFeed {
             }
         }
         if read_again {
-            self.read().await?;
+            // The events are consumed: until a read succeeds, the view is unknown. Dropping the
+            // stream first makes a read that fails, or a call cancelled during it, start over
+            // from a fresh read and watch at the next call instead of keeping a deposed leader.
+            self.stream = None;
+            self.open().await?;
         }
         Ok(self.view())
     }

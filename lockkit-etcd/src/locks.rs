@@ -459,7 +459,7 @@ impl LockBackend for EtcdLocks {
                 .filter(|t| t.ttl() >= 0)
                 .map(|t| Duration::from_secs(t.ttl() as u64)),
         };
-        let metadata = holder.value_str().ok().filter(|v| !v.is_empty()).map(str::to_owned);
+        let metadata = holder_of(&holder);
         let token = FencingToken::new(holder.create_revision() as u64);
         Ok(LockStatus::held(metadata, Some(token), ttl_left).waiting(waiting))
     }
@@ -492,6 +492,12 @@ impl LockBackend for EtcdLocks {
             format!("lock {:?}: its holder kept changing; force release gave up", name.as_str()),
         ))
     }
+}
+
+/// The holder metadata a contender's key holds: its value as text (bytes that are not UTF-8,
+/// which another client may write, shown as U+FFFD), `None` when empty.
+pub(crate) fn holder_of(kv: &KeyValue) -> Option<String> {
+    Some(String::from_utf8_lossy(kv.value()).into_owned()).filter(|v| !v.is_empty())
 }
 
 /// How many holders in a row `evict` reads before it gives up (each one gone before its delete).

@@ -3,6 +3,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
+use lockkit_testkit::proxy::Proxy;
 use lockkit_testkit::servers::Server;
 use lockkit_testkit::support::{connect, unique};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
@@ -110,4 +111,48 @@ async fn a_lockkit_observer_follows_etcdctl_candidates() {
     assert_eq!(next.value, "second");
     assert!(next.term > seen.term);
     second.interrupt().await;
+}
+
+/// An observer whose `next()` is dropped while it reads the next leader (after the deletion of
+/// the last one) neither misses that nobody leads nor any later leader. (Found by review: the
+/// deletion was consumed, the read dropped, and the observer kept the deposed leader for good.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observer_cancelled_while_it_reads_misses_no_change() {
+    let server = Server::etcd();
+    let namespace = unique("oc");
+    let direct = connect(&url(&server, &namespace)).await;
+    let proxy = Proxy::start(([127, 0, 0, 1], server.port).into()).await;
+    let observed = connect(&format!("etcd://127.0.0.1:{}/{namespace}?ttl=2s", proxy.port())).await;
+    let leadership = direct.campaign("board", "a").await.unwrap();
+    let mut changes = observed.observe("board").await.unwrap();
+    assert_eq!(changes.next().await.unwrap().unwrap().value, "a");
+    proxy.latency(Duration::from_millis(300));
+    leadership.resign().await.unwrap();
+    // The deletion arrives after ~300 ms; the read it starts is answered ~600 ms later.
+    let cancelled = tokio::time::timeout(Duration::from_millis(450), changes.next()).await;
+    assert!(cancelled.is_err(), "the read was still under way: {cancelled:?}");
+    proxy.latency(Duration::ZERO);
+    let after = tokio::time::timeout(Duration::from_secs(5), changes.next()).await;
+    assert!(matches!(after, Ok(Ok(None))), "nobody leads: {after:?}");
+    let b = connect(&url(&server, &namespace)).await.campaign("board", "b").await.unwrap();
+    let later = tokio::time::timeout(Duration::from_secs(5), changes.next()).await.unwrap().unwrap();
+    assert_eq!(later.map(|l| (l.value, l.term)), Some(("b".to_owned(), b.term())));
+}
+
+/// A value that is not UTF-8 (another etcd client wrote it) reads the same through `leader()`
+/// and `observe()`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_and_observe_read_a_foreign_value_alike() {
+    use lockkit::etcd::etcd_client::{Client, PutOptions};
+    let server = Server::etcd();
+    let namespace = unique("nu");
+    let locks = connect(&url(&server, &namespace)).await;
+    let mut client = Client::connect([format!("127.0.0.1:{}", server.port)], None).await.unwrap();
+    let lease = client.lease_grant(30, None).await.unwrap().id();
+    let key = format!("{namespace}/board/{lease:x}");
+    client.put(key, vec![b'x', 0xff, b'y'], Some(PutOptions::new().with_lease(lease))).await.unwrap();
+    let leader = locks.leader("board").await.unwrap().expect("someone leads");
+    assert_eq!(leader.value, "x\u{FFFD}y");
+    let seen = locks.observe("board").await.unwrap().next().await.unwrap();
+    assert_eq!(seen, Some(leader));
 }

@@ -124,9 +124,17 @@ struct Contender {
 }
 
 impl Contender {
-    async fn start(t: &Target, url: &str, register: SocketAddr, who: &str, proxies: Option<ProxySet>) -> Contender {
+    async fn start(
+        t: &Target,
+        url: &str,
+        register: SocketAddr,
+        who: &str,
+        proxies: Option<ProxySet>,
+        elect: bool,
+    ) -> Contender {
         let mut child = Command::new(std::env::current_exe().expect("the test binary"))
             .args(["--exact", &t.helper("contender"), "--ignored", "--nocapture", "--test-threads=1", "-q"])
+            .env("LOCKKIT_CHILD_ELECT", if elect { "1" } else { "0" })
             .env("LOCKKIT_CHILD_URL", url)
             .env("LOCKKIT_CHILD_NAME", LOCK)
             .env("LOCKKIT_CHILD_WHO", who)
@@ -174,6 +182,17 @@ impl Contender {
 /// register accepts no write from a superseded holder, no token is granted twice, and once the
 /// faults stop, the lock is free for a direct handle within T + R.
 pub async fn fenced_writes_survive_pauses_and_partitions(t: &Target) {
+    fenced_run(t, false, FAULTS_FOR).await
+}
+
+/// The same with elections: the contenders campaign, lead, write with their term and resign,
+/// while the harness pauses and partitions them; no deposed leader's write is accepted, no term
+/// is led twice, and leadership recovers within T + R of the last fault.
+pub async fn fenced_leaders_survive_pauses_and_partitions(t: &Target) {
+    fenced_run(t, true, FAULTS_FOR / 2).await
+}
+
+async fn fenced_run(t: &Target, elect: bool, faults_for: Duration) {
     let probe = connect_patiently(t.connector(), &t.url_with(T, R)).await;
     assert!(probe.capabilities().cross_process, "the system test needs a backend other processes share");
     let register = Register::start().await;
@@ -183,7 +202,7 @@ pub async fn fenced_writes_survive_pauses_and_partitions(t: &Target) {
             Some((url, proxies)) => (url, Some(proxies)),
             None => (t.url_with(T, R), None),
         };
-        contenders.push(Contender::start(t, &url, register.addr, &format!("c{i}"), proxies).await);
+        contenders.push(Contender::start(t, &url, register.addr, &format!("c{i}"), proxies, elect).await);
     }
     for (i, c) in contenders.iter_mut().enumerate() {
         assert!(c.said("READY", Duration::from_secs(60)).await, "contender c{i} did not start");
@@ -192,7 +211,7 @@ pub async fn fenced_writes_survive_pauses_and_partitions(t: &Target) {
     let mut faults: HashMap<&'static str, u32> = HashMap::new();
     let networked = contenders[0].proxies.is_some();
     let started = Instant::now();
-    while started.elapsed() < FAULTS_FOR {
+    while started.elapsed() < faults_for {
         let c = &contenders[(lockkit_core::driver::random_u64() % CONTENDERS as u64) as usize];
         let kind =
             if networked { lockkit_core::driver::random_u64() % 5 } else { lockkit_core::driver::random_u64() % 2 };
@@ -250,7 +269,10 @@ pub async fn fenced_writes_survive_pauses_and_partitions(t: &Target) {
     }
     let direct = connect_patiently(t.connector(), &t.url_with(T, R)).await;
     let wait = (calm_at + T + R + SLACK * 2).saturating_duration_since(Instant::now());
-    let after = direct.acquire_timeout(LOCK, wait).await;
+    let after = match elect {
+        false => direct.acquire_timeout(LOCK, wait).await.map(Held::Lock),
+        true => direct.campaign_timeout(LOCK, "direct", wait).await.map(Held::Leadership),
+    };
     let reacquire = calm_at.elapsed();
 
     // Who still holds the lock, when it is not free (for the failure message).
@@ -265,7 +287,7 @@ pub async fn fenced_writes_survive_pauses_and_partitions(t: &Target) {
     tokens.dedup();
     let faults_text: Vec<String> = faults.iter().map(|(k, n)| format!("{k}:{n}")).collect();
     eprintln!(
-        "SYSTEM backend={} target={} writes={} stale_rejected={} stale_accepted={} tokens={granted} unique_tokens={} late_grants={} faults={} reacquire_ms={}{}",
+        "SYSTEM backend={} target={} elections={elect} writes={} stale_rejected={} stale_accepted={} tokens={granted} unique_tokens={} late_grants={} faults={} reacquire_ms={}{}",
         probe.backend(),
         t.label(),
         ledger.accepted,
@@ -289,11 +311,40 @@ pub async fn fenced_writes_survive_pauses_and_partitions(t: &Target) {
         )
     });
     assert!(
-        guard.fencing_token().get() > ledger.highest,
+        guard.token().get() > ledger.highest,
         "the direct grant's token {} is not above every earlier grant ({})",
-        guard.fencing_token(),
+        guard.token(),
         ledger.highest
     );
+}
+
+/// A contender's grant: a held lock or a leadership.
+enum Held {
+    Lock(lockkit::LockGuard),
+    Leadership(lockkit::Leadership),
+}
+
+impl Held {
+    fn token(&self) -> lockkit::FencingToken {
+        match self {
+            Held::Lock(guard) => guard.fencing_token(),
+            Held::Leadership(leadership) => leadership.term(),
+        }
+    }
+
+    fn is_held(&self) -> bool {
+        match self {
+            Held::Lock(guard) => guard.is_held(),
+            Held::Leadership(leadership) => leadership.is_leader(),
+        }
+    }
+
+    async fn give_back(self) -> lockkit::Result<()> {
+        match self {
+            Held::Lock(guard) => guard.release().await,
+            Held::Leadership(leadership) => leadership.resign().await,
+        }
+    }
 }
 
 /// The body of the `child::contender` helper: take the lock in turns, announce each grant to
@@ -307,6 +358,7 @@ pub fn run_contender_child(connector: Connector) {
     else {
         return;
     };
+    let elect = var("LOCKKIT_CHILD_ELECT").as_deref() == Some("1");
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
     runtime.block_on(async {
         let locks = connect_patiently(connector, &url).await;
@@ -324,12 +376,19 @@ pub fn run_contender_child(connector: Connector) {
         });
         println!("READY");
         while !*stop.borrow() {
+            let bound = Duration::from_secs(3);
+            let acquire = async {
+                match elect {
+                    false => locks.acquire_timeout(&name, bound).await.map(Held::Lock),
+                    true => locks.campaign_timeout(&name, &who, bound).await.map(Held::Leadership),
+                }
+            };
             let acquired = tokio::select! {
-                acquired = locks.acquire_timeout(&name, Duration::from_secs(3)) => acquired,
+                acquired = acquire => acquired,
                 _ = stop.changed() => break,
             };
             let Ok(guard) = acquired else { continue };
-            let token = guard.fencing_token().get();
+            let token = guard.token().get();
             ask(&mut write, &mut answers, format!("GRANT {token} {who}\n")).await;
             for _ in 0..3 {
                 if !guard.is_held() {
@@ -340,7 +399,7 @@ pub fn run_contender_child(connector: Connector) {
                 tokio::time::sleep(Duration::from_millis(30)).await;
                 ask(&mut write, &mut answers, format!("WRITE {token} {who}\n")).await;
             }
-            let _ = tokio::time::timeout(Duration::from_secs(5), guard.release()).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), guard.give_back()).await;
         }
         println!("IDLE");
         std::future::pending::<()>().await;

@@ -1,12 +1,10 @@
 //! `lockkit elect`: a command run while this candidate leads an election; `lockkit leader`:
 //! who leads.
 
-use std::time::{Duration, Instant};
+use lockkit::{DistributedLock, Leader, Leadership, LockUrl};
 
-use lockkit::{DistributedLock, Leader, Leadership, LockOptions, LockUrl, Wait};
-
-use crate::run::{Signals, lock_env, supervise};
-use crate::{duration, exit, fail, report};
+use crate::run::{HoldArgs, Signals, lock_env, supervise, try_then_wait, with_handle};
+use crate::{exit, fail, report};
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct ElectArgs {
@@ -17,49 +15,15 @@ pub(crate) struct ElectArgs {
     /// What observers see while this candidate leads, e.g. its address (default: host and pid)
     #[arg(long)]
     value: Option<String>,
-    /// How long leadership outlives lockkit if it dies without resigning (default: the URL's
-    /// `ttl`, else 15s)
-    #[arg(long, value_parser = duration)]
-    ttl: Option<Duration>,
-    /// Wait at most this long to lead, then exit 75
-    #[arg(long, value_parser = duration, conflicts_with = "no_wait")]
-    timeout: Option<Duration>,
-    /// Campaign once: if another candidate leads, exit 75 at once
-    #[arg(long)]
-    no_wait: bool,
     /// When leadership is lost, exit 76 instead of campaigning again
     #[arg(long)]
     once: bool,
-    /// Time between SIGTERM and SIGKILL when the command must be stopped
-    #[arg(long, value_parser = duration, default_value = "10s")]
-    grace: Duration,
-    /// The command and its arguments
-    #[arg(last = true, required = true, value_name = "COMMAND")]
-    command: Vec<String>,
+    #[command(flatten)]
+    held: HoldArgs,
 }
 
 pub(crate) async fn elect(args: ElectArgs, verbose: bool) -> u8 {
-    let url = match LockUrl::parse(&args.url) {
-        Ok(url) => url,
-        Err(e) => return report(&e),
-    };
-    let mut signals = match Signals::new() {
-        Ok(signals) => signals,
-        Err(e) => return fail(&format!("cannot listen for signals: {e}"), exit::BACKEND),
-    };
-    let locks = tokio::select! {
-        connected = lockkit::connect_url(&url) => match connected {
-            Ok(locks) => locks,
-            Err(e) => return report(&e),
-        },
-        number = signals.recv() => return 128 + number as u8,
-    };
-    let code = lead(locks.as_ref(), &url, &args, &mut signals, verbose).await;
-    // Before exiting: nothing of this process (a candidate's key, a lease) may linger.
-    if let Ok(Err(e)) = tokio::time::timeout(locks.settings().timeout, locks.close()).await {
-        eprintln!("lockkit: warning: {e}");
-    }
-    code
+    with_handle(&args.url, async |locks, url, signals| lead(locks, url, &args, signals, verbose).await).await
 }
 
 /// Campaigns, runs the command while leading, and campaigns again after a loss (unless
@@ -86,7 +50,7 @@ async fn lead(
         }
         let mut env = lock_env(&leadership, &args.name, url);
         env.push(("LOCKKIT_TERM", leadership.term().to_string()));
-        let outcome = supervise(leadership, &what, &args.command, &env, args.grace, signals).await;
+        let outcome = supervise(leadership, &what, &args.held.command, &env, args.held.grace, signals).await;
         if !outcome.lost || args.once {
             return outcome.code;
         }
@@ -97,32 +61,12 @@ async fn lead(
 /// Campaigns as the arguments say; on failure, prints why and returns the exit status.
 async fn campaign(locks: &dyn DistributedLock, args: &ElectArgs, verbose: bool) -> Result<Leadership, u8> {
     let value = args.value.clone().unwrap_or_else(lockkit::default_holder);
-    let mut options = LockOptions::new();
-    if let Some(ttl) = args.ttl {
-        options = options.ttl(ttl);
-    }
-    let started = Instant::now();
-    match locks.campaign_with(&args.name, &value, &options.clone().wait(Wait::NoWait)).await {
-        Ok(Some(leadership)) => return Ok(leadership),
-        Ok(None) if args.no_wait => {
-            let message = format!("election `{}` has another leader (--no-wait)", args.name);
-            return Err(fail(&message, exit::NOT_ACQUIRED));
-        }
-        Ok(None) => {}
-        Err(e) => return Err(report(&e)),
-    }
-    if verbose {
-        eprintln!("lockkit: election `{}` has another leader; waiting", args.name);
-    }
-    let wait = match args.timeout {
-        Some(timeout) => Wait::Timeout(timeout.saturating_sub(started.elapsed())),
-        None => Wait::Forever,
-    };
-    match locks.campaign_with(&args.name, &value, &options.wait(wait)).await {
-        Ok(Some(leadership)) => Ok(leadership),
-        Ok(None) => Err(fail(&format!("election `{}` was not won", args.name), exit::NOT_ACQUIRED)),
-        Err(e) => Err(report(&e)),
-    }
+    let options = args.held.options();
+    let what = format!("the leadership of `{}`", args.name);
+    try_then_wait(&what, args.held.no_wait, args.held.timeout, verbose, async |wait| {
+        locks.campaign_with(&args.name, &value, &options.clone().wait(wait)).await
+    })
+    .await
 }
 
 #[derive(clap::Args, Debug)]

@@ -15,29 +15,56 @@ pub(crate) struct RunArgs {
     url: String,
     /// Lock name
     name: String,
-    /// How long the grant outlives lockkit if it dies without releasing (default: the URL's
-    /// `ttl`, else 15s)
-    #[arg(long, value_parser = duration)]
-    ttl: Option<Duration>,
-    /// Wait at most this long for the lock, then exit 75
-    #[arg(long, value_parser = duration, conflicts_with = "no_wait")]
-    timeout: Option<Duration>,
-    /// Try once: if the lock is held elsewhere, exit 75 at once
-    #[arg(long)]
-    no_wait: bool,
     /// Holder metadata stored with the grant, shown by `lockkit status` (default: host and pid)
     #[arg(long)]
     holder: Option<String>,
+    #[command(flatten)]
+    held: HoldArgs,
+}
+
+/// How a lock (or leadership) is taken and kept for a command: shared by `run` and `elect`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct HoldArgs {
+    /// How long the grant outlives lockkit if it dies without giving it back (default: the
+    /// URL's `ttl`, else 15s)
+    #[arg(long, value_parser = duration)]
+    pub(crate) ttl: Option<Duration>,
+    /// Wait at most this long, then exit 75
+    #[arg(long, value_parser = duration, conflicts_with = "no_wait")]
+    pub(crate) timeout: Option<Duration>,
+    /// Try once: if it is held elsewhere, exit 75 at once
+    #[arg(long)]
+    pub(crate) no_wait: bool,
     /// Time between SIGTERM and SIGKILL when the command must be stopped
     #[arg(long, value_parser = duration, default_value = "10s")]
-    grace: Duration,
+    pub(crate) grace: Duration,
     /// The command and its arguments
     #[arg(last = true, required = true, value_name = "COMMAND")]
-    command: Vec<String>,
+    pub(crate) command: Vec<String>,
+}
+
+impl HoldArgs {
+    /// The lock options these ask for.
+    pub(crate) fn options(&self) -> LockOptions {
+        match self.ttl {
+            Some(ttl) => LockOptions::new().ttl(ttl),
+            None => LockOptions::new(),
+        }
+    }
 }
 
 pub(crate) async fn run(args: RunArgs, verbose: bool) -> u8 {
-    let url = match LockUrl::parse(&args.url) {
+    with_handle(&args.url, async |locks, url, signals| run_locked(locks, url, &args, signals, verbose).await).await
+}
+
+/// Parses `url`, listens for signals, connects (a signal meanwhile ends it: 128 + N), runs
+/// `body` with the handle, and closes the handle before returning `body`'s status: nothing of
+/// this process (a waiter's queue entry, a lease) may linger.
+pub(crate) async fn with_handle(
+    url: &str,
+    body: impl AsyncFnOnce(&dyn DistributedLock, &LockUrl, &mut Signals) -> u8,
+) -> u8 {
+    let url = match LockUrl::parse(url) {
         Ok(url) => url,
         Err(e) => return report(&e),
     };
@@ -52,12 +79,41 @@ pub(crate) async fn run(args: RunArgs, verbose: bool) -> u8 {
         },
         number = signals.recv() => return 128 + number as u8,
     };
-    let code = run_locked(locks.as_ref(), &url, &args, &mut signals, verbose).await;
-    // Before exiting: nothing of this process (a waiter's queue entry, a lease) may linger.
+    let code = body(locks.as_ref(), &url, &mut signals).await;
     if let Ok(Err(e)) = tokio::time::timeout(locks.settings().timeout, locks.close()).await {
         eprintln!("lockkit: warning: {e}");
     }
     code
+}
+
+/// Tries once (`NoWait`), then, unless `no_wait`, waits (at most `timeout` in all) — so that
+/// `-v` can say that it waits. `what` names the lock or election in messages.
+pub(crate) async fn try_then_wait<T>(
+    what: &str,
+    no_wait: bool,
+    timeout: Option<Duration>,
+    verbose: bool,
+    attempt: impl AsyncFn(Wait) -> lockkit::Result<Option<T>>,
+) -> Result<T, u8> {
+    let started = Instant::now();
+    match attempt(Wait::NoWait).await {
+        Ok(Some(granted)) => return Ok(granted),
+        Ok(None) if no_wait => return Err(fail(&format!("{what} is held elsewhere (--no-wait)"), exit::NOT_ACQUIRED)),
+        Ok(None) => {}
+        Err(e) => return Err(report(&e)),
+    }
+    if verbose {
+        eprintln!("lockkit: {what} is held elsewhere; waiting");
+    }
+    let wait = match timeout {
+        Some(timeout) => Wait::Timeout(timeout.saturating_sub(started.elapsed())),
+        None => Wait::Forever,
+    };
+    match attempt(wait).await {
+        Ok(Some(granted)) => Ok(granted),
+        Ok(None) => Err(fail(&format!("{what} was not granted"), exit::NOT_ACQUIRED)),
+        Err(e) => Err(report(&e)),
+    }
 }
 
 /// Acquires, runs the command, releases; the exit status.
@@ -78,7 +134,7 @@ async fn run_locked(
     };
     let env = lock_env(&guard, &args.name, url);
     let what = format!("lock `{}`", args.name);
-    supervise(guard, &what, &args.command, &env, args.grace, signals).await.code
+    supervise(guard, &what, &args.held.command, &env, args.held.grace, signals).await.code
 }
 
 /// The environment a command under a lock gets.
@@ -261,32 +317,12 @@ enum Ended {
 
 /// Acquires as the arguments say; on failure, prints why and returns the exit status.
 async fn acquire(locks: &dyn DistributedLock, args: &RunArgs, verbose: bool) -> Result<LockGuard, u8> {
-    let mut options = LockOptions::new().holder(args.holder.clone().unwrap_or_else(lockkit::default_holder));
-    if let Some(ttl) = args.ttl {
-        options = options.ttl(ttl);
-    }
-    let started = Instant::now();
-    let first = options.clone().wait(Wait::NoWait);
-    match locks.acquire_with(&args.name, &first).await {
-        Ok(Some(guard)) => return Ok(guard),
-        Ok(None) if args.no_wait => {
-            return Err(fail(&format!("lock `{}` is held elsewhere (--no-wait)", args.name), exit::NOT_ACQUIRED));
-        }
-        Ok(None) => {}
-        Err(e) => return Err(report(&e)),
-    }
-    if verbose {
-        eprintln!("lockkit: lock `{}` is held elsewhere; waiting", args.name);
-    }
-    let wait = match args.timeout {
-        Some(timeout) => Wait::Timeout(timeout.saturating_sub(started.elapsed())),
-        None => Wait::Forever,
-    };
-    match locks.acquire_with(&args.name, &options.wait(wait)).await {
-        Ok(Some(guard)) => Ok(guard),
-        Ok(None) => Err(fail(&format!("lock `{}` was not granted", args.name), exit::NOT_ACQUIRED)),
-        Err(e) => Err(report(&e)),
-    }
+    let options = args.held.options().holder(args.holder.clone().unwrap_or_else(lockkit::default_holder));
+    let what = format!("lock `{}`", args.name);
+    try_then_wait(&what, args.held.no_wait, args.held.timeout, verbose, async |wait| {
+        locks.acquire_with(&args.name, &options.clone().wait(wait)).await
+    })
+    .await
 }
 
 /// Stops the descendants that left the command's group (`setsid`) and were orphaned to lockkit,

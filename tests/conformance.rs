@@ -28,21 +28,16 @@ conformance!(
 conformance!(
     redis,
     Target::redis,
-    capabilities: [server_fencing, server_expiry, crash_release, cross_process, shared_lease, push_wakeups, holder_metadata],
+    capabilities: [server_fencing, server_expiry, crash_release, cross_process, shared_lease, push_wakeups, holder_metadata, observe],
     network
 );
 #[cfg(feature = "redis")]
-conformance!(
-    redis_fair,
-    Target::redis_fair,
-    capabilities: [fair, server_fencing, server_expiry, crash_release, cross_process, shared_lease, push_wakeups, holder_metadata],
-    network
-);
+conformance!(redis_fair, Target::redis_fair, capabilities: all, network);
 #[cfg(feature = "redis")]
 conformance!(
     redlock,
     Target::redlock,
-    capabilities: [server_fencing, server_expiry, crash_release, cross_process, shared_lease, push_wakeups, holder_metadata],
+    capabilities: [server_fencing, server_expiry, crash_release, cross_process, shared_lease, push_wakeups, holder_metadata, observe],
     network
 );
 // No fault proxy: the cluster client finds every node's real address (see `Target::proxied`).
@@ -50,11 +45,7 @@ conformance!(
 conformance!(
     redis_cluster,
     Target::redis_cluster,
-    capabilities: [server_fencing, server_expiry, crash_release, cross_process, shared_lease, push_wakeups, holder_metadata]
+    capabilities: [server_fencing, server_expiry, crash_release, cross_process, shared_lease, push_wakeups, holder_metadata, observe]
 );
 #[cfg(feature = "redis")]
-conformance!(
-    redis_cluster_fair,
-    Target::redis_cluster_fair,
-    capabilities: [fair, server_fencing, server_expiry, crash_release, cross_process, shared_lease, push_wakeups, holder_metadata]
-);
+conformance!(redis_cluster_fair, Target::redis_cluster_fair, capabilities: all);

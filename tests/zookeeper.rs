@@ -528,3 +528,44 @@ async fn a_held_node_is_watched_and_released_nodes_leave_no_watch() {
     children_until(&raw, &format!("/{root}/dropped"), |n| n.is_empty()).await;
     assert_eq!(watched_nodes(), Vec::<String>::new(), "watches left on released nodes");
 }
+
+/// A leader's value that is not UTF-8 (another client's `setData` on its node) reads the same
+/// through `leader()` and `observe()`. (Found by review: `leader()` showed "", the observer
+/// U+FFFD.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_and_observe_read_a_foreign_value_alike() {
+    let server = Server::zookeeper();
+    let root = unique("z");
+    let locks = connect(&url(&server, &format!("/{root}"), "")).await;
+    let leadership = locks.campaign("utf", "a").await.unwrap();
+    let raw = Client::connector().connect(&format!("127.0.0.1:{}", server.port)).await.unwrap();
+    let directory = format!("/{root}/utf");
+    let children = raw.list_children(&directory).await.unwrap();
+    raw.set_data(&format!("{directory}/{}", children[0]), b"x\xffy", None).await.unwrap();
+    let leader = locks.leader("utf").await.unwrap().expect("a leader");
+    assert_eq!((leader.value.as_str(), leader.term), ("x\u{FFFD}y", leadership.term()));
+    let seen = locks.observe("utf").await.unwrap().next().await.unwrap();
+    assert_eq!(seen, Some(leader));
+}
+
+/// Proclaims of one leadership at once leave its `value()` the last one written, as
+/// `leader()` shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_proclaims_leave_the_value_of_the_last_write() {
+    let server = Server::zookeeper();
+    let locks = connect(&url(&server, &format!("/{}", unique("z")), "")).await;
+    let leadership = std::sync::Arc::new(locks.campaign("conc", "v").await.unwrap());
+    for round in 0..100 {
+        let proclaims: Vec<_> = (0..3)
+            .map(|i| {
+                let leadership = leadership.clone();
+                tokio::spawn(async move { leadership.proclaim(&format!("r{round}-{i}")).await })
+            })
+            .collect();
+        for proclaim in proclaims {
+            proclaim.await.unwrap().unwrap();
+        }
+        let shown = locks.leader("conc").await.unwrap().unwrap();
+        assert_eq!((leadership.value(), leadership.term()), (shown.value.clone(), shown.term), "round {round}");
+    }
+}

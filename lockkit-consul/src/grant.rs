@@ -140,6 +140,8 @@ pub(crate) struct ConsulFeed {
     pub(crate) key: String,
     pub(crate) wait: Duration,
     pub(crate) index: u64,
+    /// The index went backwards at the last read.
+    pub(crate) restarted: bool,
 }
 
 #[async_trait]
@@ -147,10 +149,15 @@ impl LeaderFeed for ConsulFeed {
     async fn next(&mut self) -> Result<Option<Leader>> {
         let blocking = (self.index > 0).then_some(Blocking { index: self.index, wait: self.wait });
         let (entry, next) = self.api.get(&self.key, blocking).await?;
-        self.index = if next < self.index { 0 } else { next };
+        self.restarted = next < self.index;
+        self.index = if self.restarted { 0 } else { next };
         Ok(entry
             .filter(|e| e.session.is_some())
             .map(|e| Leader { value: e.text().unwrap_or_default(), term: FencingToken::new(e.modify_index) }))
+    }
+
+    fn restarted(&mut self) -> bool {
+        std::mem::take(&mut self.restarted)
     }
 }
 

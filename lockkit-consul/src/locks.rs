@@ -269,7 +269,13 @@ impl LockBackend for ConsulLocks {
     }
 
     async fn observe_leader(&self, name: &LockName) -> Result<Box<dyn LeaderFeed>> {
-        Ok(Box::new(ConsulFeed { api: self.api.clone(), key: self.key(name), wait: self.wait, index: 0 }))
+        Ok(Box::new(ConsulFeed {
+            api: self.api.clone(),
+            key: self.key(name),
+            wait: self.wait,
+            index: 0,
+            restarted: false,
+        }))
     }
 
     async fn inspect(&self, name: &LockName) -> Result<LockStatus> {

@@ -50,12 +50,15 @@ pub struct Leadership {
     guard: LockGuard,
     /// The value and term observers see now.
     shown: Mutex<(String, FencingToken)>,
+    /// Held across a proclaim's write: one at a time, so that what `shown` keeps is the last
+    /// write (and its term, on Consul).
+    proclaiming: tokio::sync::Mutex<()>,
 }
 
 impl Leadership {
     pub(crate) fn new(guard: LockGuard, value: String) -> Self {
         let term = guard.fencing_token();
-        Leadership { guard, shown: Mutex::new((value, term)) }
+        Leadership { guard, shown: Mutex::new((value, term)), proclaiming: tokio::sync::Mutex::new(()) }
     }
 
     /// The election's name.
@@ -116,7 +119,10 @@ impl Leadership {
     /// [`Error::LockLost`] when leadership was lost; [`Error::NotHeld`] when the backend says
     /// another term leads now; a connection error when it could not tell (the value may then be
     /// either).
+    ///
+    /// Proclaims of one leadership run one at a time, in the order they were called.
     pub async fn proclaim(&self, value: &str) -> Result<()> {
+        let _one_at_a_time = self.proclaiming.lock().await;
         let span = tracing::info_span!("lockkit.proclaim", backend = self.guard.backend(), election = %self.election(),
             term = self.term().get());
         let _enter = span.enter();
@@ -125,7 +131,8 @@ impl Leadership {
             return Err(Error::LockLost { backend: self.guard.backend(), name: self.election().into(), reason });
         }
         let term = self.guard.proclaim(value).await?;
-        *lock(&self.shown) = (value.to_owned(), term);
+        let mut shown = lock(&self.shown);
+        *shown = (value.to_owned(), term.max(shown.1));
         tracing::debug!("proclaimed");
         Ok(())
     }
@@ -166,6 +173,13 @@ pub trait LeaderFeed: Send + 'static {
     /// # Cancel safety
     /// MUST be cancel safe.
     async fn next(&mut self) -> Result<Option<Leader>>;
+
+    /// Whether the backend's history restarted since the last call (its indexes went
+    /// backwards: Consul restored from a snapshot), so that terms below those shown before are
+    /// real: the observation then starts over instead of hiding every later leader.
+    fn restarted(&mut self) -> bool {
+        false
+    }
 }
 
 /// The changes of an election's leader, from
@@ -197,6 +211,10 @@ impl LeaderChanges {
     pub async fn next(&mut self) -> Result<Option<Leader>> {
         loop {
             let seen = self.feed.next().await?;
+            if self.feed.restarted() {
+                tracing::warn!(?seen, "the backend's history restarted; terms start over");
+                (self.shown, self.highest) = (None, FencingToken::new(0));
+            }
             if !self.is_news(seen.as_ref()) {
                 continue;
             }

@@ -9,6 +9,7 @@
 
 mod cluster;
 mod config;
+mod election;
 mod error;
 mod fence;
 mod instance;

@@ -7,10 +7,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use lockkit_core::driver::{
-    Cleanup, Grant, GrantRequest, KeepAlive, LeaseBackend, LeasePool, LockBackend, attempt, random_u64,
+    Cleanup, Grant, GrantRequest, KeepAlive, LeaderFeed, LeaseBackend, LeasePool, LockBackend, attempt, random_u64,
 };
-use lockkit_core::{Capabilities, Error, Lease, LockGuard, LockName, LockStatus, LossSignal, Result, Settings};
+use lockkit_core::{
+    Capabilities, Error, FencingToken, Lease, LockGuard, LockName, LockStatus, LossSignal, Result, Settings,
+};
 
+use crate::election::RedisFeed;
 use crate::quorum::{Attempt, Quorum};
 use crate::scripts::{self, LockKeys};
 
@@ -28,7 +31,7 @@ impl LockBackend for RedisLocks {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { fair: self.quorum.fair, observe: false, ..Capabilities::ALL }
+        Capabilities { fair: self.quorum.fair, ..Capabilities::ALL }
     }
 
     fn settings(&self) -> &Settings {
@@ -137,6 +140,7 @@ impl LockBackend for RedisLocks {
             keys,
             owner,
             name: request.name.to_string(),
+            token,
         };
         Ok(Some(request.granted(self.quorum.backend, token, lease, signal, grant)))
     }
@@ -147,6 +151,11 @@ impl LockBackend for RedisLocks {
 
     async fn inspect(&self, name: &LockName) -> Result<LockStatus> {
         self.quorum.status(&LockKeys::of(&self.settings.namespace, name)).await
+    }
+
+    async fn observe_leader(&self, name: &LockName) -> Result<Box<dyn LeaderFeed>> {
+        let keys = LockKeys::of(&self.settings.namespace, name);
+        Ok(Box::new(RedisFeed::new(self.quorum.clone(), keys)))
     }
 
     async fn evict(&self, name: &LockName) -> Result<bool> {
@@ -261,6 +270,7 @@ struct RedisGrant {
     keys: Arc<LockKeys>,
     owner: Arc<str>,
     name: String,
+    token: FencingToken,
 }
 
 #[async_trait]
@@ -275,5 +285,15 @@ impl Grant for RedisGrant {
             )),
             _ => Ok(()),
         }
+    }
+
+    /// Stores the value beside the lock's own (which refreshes and releases compare), with the
+    /// grant's owner token, on a majority of the servers.
+    async fn proclaim(&self, value: &str) -> Option<Result<FencingToken>> {
+        Some(match self.quorum.proclaim(&self.keys, &self.owner, value).await {
+            Ok(n) if n >= self.quorum.needed => Ok(self.token),
+            Ok(_) => Err(Error::not_held(self.quorum.backend, &self.name, "its key had expired or been deleted")),
+            Err(e) => Err(e),
+        })
     }
 }

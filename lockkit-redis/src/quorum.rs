@@ -64,7 +64,8 @@ impl Quorum {
     ) -> Result<Attempt, Error> {
         let started = Instant::now();
         let replies = on_all(&self.instances, |instance| async move {
-            let call = || instance.run::<AcquireReply>(scripts::acquire(keys, owner, ttl, self.fair, join));
+            let call =
+                || instance.run::<AcquireReply>(scripts::acquire(keys, owner, ttl, self.fair, join, self.sharded));
             // The script is idempotent for its owner, so a reply lost to a dropped connection
             // is recovered by asking again.
             let reply = match call().await {
@@ -220,6 +221,16 @@ impl Quorum {
             })
             .collect();
         (verdicts, first_error)
+    }
+
+    /// Stores `value` as the value this owner's grant proclaims, on every instance that holds
+    /// it: how many did.
+    pub(crate) async fn proclaim(&self, keys: &LockKeys, owner: &str, value: &str) -> Result<usize, Error> {
+        let script = |instance| Instance::run::<i64>(instance, scripts::proclaim(keys, owner, value, self.sharded));
+        let replies = on_all(&self.instances, script).await;
+        let proclaimed = replies.iter().filter(|r| matches!(r, Ok(1))).count();
+        self.enough_answered(replies.into_iter().filter_map(Result::err).collect())?;
+        Ok(proclaimed)
     }
 
     /// Deletes whatever grant there is, on every instance; `true` if any had one.

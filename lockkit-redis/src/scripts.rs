@@ -59,6 +59,12 @@ impl LockKeys {
         }
     }
 
+    /// Where the holder's proclaimed value is kept (an election's leader), with its owner token:
+    /// `K:{K}:value`. Not kept per grant: only elections need it.
+    pub(crate) fn proclaimed(&self) -> String {
+        format!("{0}:{{{0}}}:value", self.lock)
+    }
+
     /// lock, fence, queue, waiters: the KEYS of the fair scripts.
     fn fair(&self) -> [&str; 4] {
         [&self.lock, &self.fence, &self.queue, &self.waiters]
@@ -103,10 +109,11 @@ end
 "
 );
 
-/// KEYS: lock, fence, queue, waiters. ARGV: owner, ttl ms, join (0: no).
-/// Fair acquire: granted only when free and this owner is first in line (or the line is
-/// empty); otherwise, when `join`, joins the line or renews its place there for one TTL.
-/// Answers like [`ACQUIRE`] (pttl 0: free, but someone else is first in line).
+/// KEYS: lock, fence, queue, waiters. ARGV: owner, ttl ms, join (0: no), channel, publish
+/// command. Fair acquire: granted only when free and this owner is first in line (or the line
+/// is empty); otherwise, when `join`, joins the line or renews its place there for one TTL. A
+/// grant announces itself on the channel (an empty message, for observers). Answers like
+/// [`ACQUIRE`] (pttl 0: free, but someone else is first in line).
 static ACQUIRE_FAIR: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{PURGE}local fence_key = KEYS[2]\n{FENCE}{}",
@@ -123,7 +130,9 @@ if current == false and (head == false or head == ARGV[1]) then
     redis.call('ZREM', KEYS[4], ARGV[1])
   end
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return {1, mint(), 0, server_clock}
+  local token = mint()
+  redis.call(ARGV[5], ARGV[4], '')
+  return {1, token, 0, server_clock}
 end
 if ARGV[3] ~= '0' and redis.call('ZADD', KEYS[4], now + tonumber(ARGV[2]), ARGV[1]) == 1 then
   redis.call('RPUSH', KEYS[3], ARGV[1])
@@ -138,7 +147,8 @@ return {0, '0', redis.call('PTTL', KEYS[1]), server_clock}
 
 /// KEYS: lock, fence, queue, waiters. ARGV: owner, channel, publish command. Fair release:
 /// gives up this owner's grant and its place in line; when the lock is free, wakes the first
-/// in line. 1 if it held the lock.
+/// in line, and a release announces itself (an empty message, for observers). 1 if it held
+/// the lock.
 static RELEASE_FAIR: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{PURGE}{}",
@@ -154,13 +164,17 @@ local head = redis.call('LINDEX', KEYS[3], 0)
 if head and redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call(ARGV[3], ARGV[2], head)
 end
+if released == 1 then
+  redis.call(ARGV[3], ARGV[2], '')
+end
 return released
 "
     ))
 });
 
 /// KEYS: lock, fence, wakeup. ARGV: owner, ttl ms, join (0: no, else the waiter's arrival
-/// time). Answers `{1, token, 0, server_clock}` when granted (also when this owner already holds it: a
+/// time), channel, publish command; a new grant announces itself on the channel (an empty
+/// message, for observers). Answers `{1, token, 0, server_clock}` when granted (also when this owner already holds it: a
 /// retry after a lost reply), the token a string (see [`fence`](crate::fence)); else
 /// `{0, '0', pttl, server_clock}` with the pttl of the current grant (-1: no expiry); `clock` is the
 /// server's clock in µs (a string), which Redlock compares across servers, after registering the owner as a waiter to wake when
@@ -176,7 +190,9 @@ if granted or redis.call('GET', KEYS[1]) == ARGV[1] then
     redis.call('ZREM', KEYS[3], ARGV[1])
   end
   if granted then
-    return {1, mint(), 0, server_clock}
+    local token = mint()
+    redis.call(ARGV[5], ARGV[4], '')
+    return {1, token, 0, server_clock}
   end
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return {1, fence or mint(), 0, server_clock}
@@ -193,8 +209,9 @@ return {0, '0', redis.call('PTTL', KEYS[1]), server_clock}
 });
 
 /// KEYS: lock, wakeup. ARGV: owner, channel, withdraw (0/1), publish command. Deletes only this owner's grant
-/// and wakes the waiter that arrived first; with `withdraw` (an acquire given up) also takes
-/// the owner out of the waiters. 1 if it held the lock.
+/// and wakes the waiter that arrived first (observers read that message too; with no waiter
+/// it announces the release with an empty one); with `withdraw` (an acquire given up) also
+/// takes the owner out of the waiters. 1 if it held the lock.
 static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -206,9 +223,7 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then
 end
 redis.call('DEL', KEYS[1])
 local wake = redis.call('ZPOPMIN', KEYS[2])[1]
-if wake then
-  redis.call(ARGV[4], ARGV[2], wake)
-end
+redis.call(ARGV[4], ARGV[2], wake or '')
 return 1
 ",
     )
@@ -250,24 +265,48 @@ static EVICT: LazyLock<Script> = LazyLock::new(|| {
         r"
 local existed = redis.call('DEL', KEYS[1])
 local wake = redis.call('LINDEX', KEYS[3], 0) or redis.call('ZPOPMIN', KEYS[5])[1]
-if wake then
-  redis.call(ARGV[2], ARGV[1], wake)
+if wake or existed == 1 then
+  redis.call(ARGV[2], ARGV[1], wake or '')
 end
 return existed
 "
     ))
 });
 
-/// KEYS: lock, fence, waiters, wakeup. Returns `{owner|nil, fence|nil, pttl, waiting}`, waiting
-/// counting both kinds of waiters (fair ones whose place has not expired).
+/// KEYS: lock, fence, waiters, wakeup, proclaimed. Returns `{owner|nil, fence|nil, pttl,
+/// waiting}`, waiting counting both kinds of waiters (fair ones whose place has not expired).
+/// When the holder proclaimed (`proclaimed` starts with its owner token), the owner's holder
+/// part is the proclaimed value.
 static STATUS: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         now_lua!(),
         r"
 local waiting = redis.call('ZCARD', KEYS[4]) + redis.call('ZCOUNT', KEYS[3], now, '+inf')
-return {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2]), redis.call('PTTL', KEYS[1]), waiting}
+local owner = redis.call('GET', KEYS[1])
+local proclaimed = redis.call('GET', KEYS[5])
+if owner and proclaimed and #owner >= 33 and string.sub(proclaimed, 1, 33) == string.sub(owner, 1, 33) then
+  owner = proclaimed
+end
+return {owner, redis.call('GET', KEYS[2]), redis.call('PTTL', KEYS[1]), waiting}
 "
     ))
+});
+
+/// KEYS: lock, proclaimed. ARGV: owner, value, channel, publish command. While this owner
+/// holds the lock, stores its owner token and `value` as the value it proclaims (read by
+/// [`STATUS`]; the lock's own value, which refreshes and releases compare, stays) and announces
+/// it on the channel. 1 if it held the lock.
+static PROCLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+redis.call('SET', KEYS[2], string.sub(ARGV[1], 1, 33) .. ARGV[2])
+redis.call(ARGV[4], ARGV[3], '')
+return 1
+",
+    )
 });
 
 /// An invocation of one of the scripts above with its keys and arguments.
@@ -283,18 +322,21 @@ fn invoke(script: &'static Script, keys: &[&str], args: &[&str]) -> ScriptInvoca
 }
 
 /// `fair`: the script that keeps the line; `join`: when not granted, take (or renew) a place
-/// among the waiters a release wakes, ranked by this arrival time (ms since the epoch).
+/// among the waiters a release wakes, ranked by this arrival time (ms since the epoch);
+/// `sharded`: announce with sharded pub/sub.
 pub(crate) fn acquire(
     keys: &LockKeys,
     owner: &str,
     ttl: Duration,
     fair: bool,
     join: Option<u64>,
+    sharded: bool,
 ) -> ScriptInvocation<'static> {
     let (ttl, join) = (ttl.as_millis().to_string(), join.map_or_else(|| "0".to_owned(), |at| at.max(1).to_string()));
+    let args = [owner, &ttl, &join, &keys.channel, publish(sharded)];
     match fair {
-        false => invoke(&ACQUIRE, &[&keys.lock, &keys.fence, &keys.wakeup], &[owner, &ttl, &join]),
-        true => invoke(&ACQUIRE_FAIR, &keys.fair(), &[owner, &ttl, &join]),
+        false => invoke(&ACQUIRE, &[&keys.lock, &keys.fence, &keys.wakeup], &args),
+        true => invoke(&ACQUIRE_FAIR, &keys.fair(), &args),
     }
 }
 
@@ -334,7 +376,12 @@ pub(crate) fn evict(keys: &LockKeys, sharded: bool) -> ScriptInvocation<'static>
 }
 
 pub(crate) fn status(keys: &LockKeys) -> ScriptInvocation<'static> {
-    invoke(&STATUS, &[&keys.lock, &keys.fence, &keys.waiters, &keys.wakeup], &[])
+    invoke(&STATUS, &[&keys.lock, &keys.fence, &keys.waiters, &keys.wakeup, &keys.proclaimed()], &[])
+}
+
+/// `sharded`: announce with sharded pub/sub.
+pub(crate) fn proclaim(keys: &LockKeys, owner: &str, value: &str, sharded: bool) -> ScriptInvocation<'static> {
+    invoke(&PROCLAIM, &[&keys.lock, &keys.proclaimed()], &[owner, value, &keys.channel, publish(sharded)])
 }
 
 #[cfg(test)]

@@ -79,12 +79,25 @@ struct Channel {
 }
 
 impl Channel {
-    /// Wakes the waiter `owner` names, if it is one of these.
+    /// Wakes the waiter `owner` names, if it is one of these, and every observer.
     fn wake(&self, owner: &str) {
         if let Some((_, notify)) = self.watchers.iter().find(|(o, _)| o == owner) {
             notify.notify_one();
         }
+        for (_, notify) in self.watchers.iter().filter(|(o, _)| is_observer(o)) {
+            notify.notify_one();
+        }
     }
+}
+
+/// A watcher name that is woken by every message of its channel: an election's observer
+/// (lockkit's owner values start with hex digits, never with this).
+pub(crate) fn observer_name() -> String {
+    format!("*{:x}", lockkit_core::driver::random_u64())
+}
+
+fn is_observer(name: &str) -> bool {
+    name.starts_with('*')
 }
 
 impl State {

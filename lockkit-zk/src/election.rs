@@ -89,7 +89,7 @@ impl ZkFeed {
         match client.get_and_watch_data(&format!("{}/{children}", self.directory)).await {
             Ok((data, stat, watcher)) => {
                 self.watching(watcher);
-                let value = String::from_utf8_lossy(&data).into_owned();
+                let value = crate::locks::holder_of(&data).unwrap_or_default();
                 Ok(Some(Some(Leader { value, term: FencingToken::new(stat.czxid as u64) })))
             }
             Err(zookeeper_client::Error::NoNode) => Ok(None),

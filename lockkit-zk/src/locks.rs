@@ -167,7 +167,7 @@ impl LockBackend for ZkLocks {
             let path = format!("{directory}/{}", first.name);
             match client.get_data(&path).await {
                 Ok((data, stat)) => {
-                    let holder = String::from_utf8(data).ok().filter(|h| !h.is_empty());
+                    let holder = holder_of(&data);
                     let token = FencingToken::new(stat.czxid as u64);
                     return Ok(LockStatus::held(holder, Some(token), None).waiting(contenders.len() - 1));
                 }
@@ -189,6 +189,12 @@ impl LockBackend for ZkLocks {
             }
         }
     }
+}
+
+/// The holder metadata in a node's data: its text (bytes that are not UTF-8, which another
+/// client may write, shown as U+FFFD), `None` when empty.
+pub(crate) fn holder_of(data: &[u8]) -> Option<String> {
+    Some(String::from_utf8_lossy(data).into_owned()).filter(|h| !h.is_empty())
 }
 
 /// A held lock's node. It holds the session, not a client: a session given up closes.

@@ -10,6 +10,8 @@ mod lock_delay;
 
 mod attack;
 
+mod elections;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,8 @@
 //! `PUT /v1/txn`: the KV verbs lockkit sends — `check-session`, `check-index` and `lock` —
 //! applied all or none, as Consul's `Txn.Apply` does: 200 with each operation's entry (values
-//! left out), or 409 with what failed. Any other verb is refused with a 400 naming it.
+//! left out), or 409 with every operation that failed (Consul's `txnDispatch` runs them all and
+//! collects the errors; a `lock` by a session that does not exist is one of them). Any other
+//! verb is refused with a 400 naming it.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -57,6 +59,7 @@ pub(crate) async fn txn(State(shared): State<Arc<Shared>>, body: Bytes) -> Respo
     // Every check is made on the store as the operations before it left it; nothing is
     // written unless all pass.
     let mut scratch = store.kv.clone();
+    let mut errors = Vec::new();
     for (i, op) in ops.iter().enumerate() {
         let existing = scratch.get(&op.key);
         let session = op.session.clone().unwrap_or_default();
@@ -81,9 +84,7 @@ pub(crate) async fn txn(State(shared): State<Arc<Shared>>, body: Bytes) -> Respo
                 )),
                 Some(_) => None,
             },
-            _ if !store.sessions.contains_key(&session) => {
-                return (StatusCode::INTERNAL_SERVER_ERROR, format!("invalid session \"{session}\"")).into_response();
-            }
+            _ if !store.sessions.contains_key(&session) => Some(format!("invalid session {session:?}")),
             _ if existing.is_none_or(|e| e.session.is_none())
                 && store.lock_delays.get(&op.key).is_some_and(|until| *until > Instant::now()) =>
             {
@@ -113,9 +114,11 @@ pub(crate) async fn txn(State(shared): State<Arc<Shared>>, body: Bytes) -> Respo
             },
         };
         if let Some(what) = failed {
-            let errors = json!({"Results": null, "Errors": [{"OpIndex": i, "What": what}]});
-            return (StatusCode::CONFLICT, Json(errors)).into_response();
+            errors.push(json!({"OpIndex": i, "What": what}));
         }
+    }
+    if !errors.is_empty() {
+        return (StatusCode::CONFLICT, Json(json!({"Results": null, "Errors": errors}))).into_response();
     }
     let mut results = Vec::new();
     for op in &ops {

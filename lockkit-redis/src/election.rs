@@ -23,20 +23,28 @@ pub(crate) struct RedisFeed {
     watch: Option<Watch>,
     /// How long the leader last read holds unless refreshed.
     expires_in: Option<Duration>,
+    /// The last settled view.
+    shown: Option<Leader>,
 }
 
 impl RedisFeed {
     pub(crate) fn new(quorum: Arc<Quorum>, keys: LockKeys) -> Self {
-        RedisFeed { quorum, keys, watch: None, expires_in: None }
+        RedisFeed { quorum, keys, watch: None, expires_in: None, shown: None }
     }
 
+    /// The leader now. On Redlock, a grant whose servers do not agree on its token yet (the
+    /// acquire raises them all to the highest next, and announces it) is not shown until they
+    /// do: the last settled view is answered again meanwhile.
     async fn read(&mut self) -> Result<Option<Leader>> {
-        let status = self.quorum.status(&self.keys).await?;
+        let (status, settled) = self.quorum.settled_status(&self.keys).await?;
         self.expires_in = status.ttl_left.filter(|_| status.held);
-        Ok(match (status.held, status.token) {
-            (true, Some(term)) => Some(Leader { value: status.holder.unwrap_or_default(), term }),
-            _ => None,
-        })
+        if settled {
+            self.shown = match (status.held, status.token) {
+                (true, Some(term)) => Some(Leader { value: status.holder.unwrap_or_default(), term }),
+                _ => None,
+            };
+        }
+        Ok(self.shown.clone())
     }
 }
 

@@ -152,7 +152,9 @@ impl Quorum {
     /// Raises the fencing counter of every instance to `token`, so that any later majority
     /// overlaps one that has seen it. Returns the errors of those that did not confirm.
     async fn raise_fences(&self, keys: &LockKeys, token: u64) -> Vec<Error> {
-        let replies = on_all(&self.instances, |instance| instance.run::<i64>(scripts::raise_fence(keys, token))).await;
+        let replies =
+            on_all(&self.instances, |instance| instance.run::<i64>(scripts::raise_fence(keys, token, self.sharded)))
+                .await;
         replies.into_iter().filter_map(Result::err).collect()
     }
 
@@ -243,6 +245,13 @@ impl Quorum {
 
     /// The lock as a majority sees it.
     pub(crate) async fn status(&self, keys: &LockKeys) -> Result<LockStatus, Error> {
+        Ok(self.settled_status(keys).await?.0)
+    }
+
+    /// [`status`](Self::status), and whether its token is settled: a Redlock grant's servers
+    /// each mint a token and the acquire then raises them all to the highest, so until a
+    /// majority of the holders agree on it, the highest one seen may not be the grant's.
+    pub(crate) async fn settled_status(&self, keys: &LockKeys) -> Result<(LockStatus, bool), Error> {
         // The owner and counter as bytes: a counter holding garbage (even bytes that are not
         // UTF-8) shows no token (an acquire says why), another client's value no holder.
         type Reply = (Option<Vec<u8>>, Option<Vec<u8>>, i64, usize);
@@ -267,14 +276,16 @@ impl Quorum {
         waiting.sort_unstable_by(|a, b| b.cmp(a));
         let waiting = waiting.get(self.needed - 1).copied().unwrap_or_default();
         if held.len() < self.needed {
-            return Ok(LockStatus::free().waiting(waiting));
+            return Ok((LockStatus::free().waiting(waiting), true));
         }
         let holder = held.iter().find_map(|(owner, ..)| scripts::holder_of(owner)).map(str::to_owned);
         // The counter is the holder's token only when lockkit took the grant (its value names
         // a holder); a redis-py lock on the same key has no token.
         let token = holder.as_ref().and(held.iter().filter_map(|(_, f, _)| *f).max()).map(FencingToken::new);
         let ttl_left = held.iter().filter(|(.., p)| *p >= 0).map(|(.., p)| Duration::from_millis(*p as u64)).min();
-        Ok(LockStatus::held(holder, token, ttl_left).waiting(waiting))
+        let agreeing = held.iter().filter(|(_, f, _)| token.is_some_and(|t| *f == Some(t.get()))).count();
+        let settled = token.is_none() || agreeing >= self.needed;
+        Ok((LockStatus::held(holder, token, ttl_left).waiting(waiting), settled))
     }
 
     /// Fails when too few instances answered to decide: with an error that trying again will

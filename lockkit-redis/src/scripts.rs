@@ -229,14 +229,16 @@ return 1
     )
 });
 
-/// KEYS: fence. ARGV: token. Raises the counter to `token` (Redlock: the quorum's maximum);
-/// a counter holding garbage is a `BADFENCE` error.
+/// KEYS: fence. ARGV: token, channel, publish command. Raises the counter to `token`
+/// (Redlock: the quorum's maximum), and announces it (observers read the grant's token once a
+/// majority of its holders agree on it); a counter holding garbage is a `BADFENCE` error.
 static RAISE_FENCE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "local fence_key = KEYS[1]\n{FENCE}{}",
         r"
 if tonumber(fence or '0') < tonumber(ARGV[1]) then
   redis.call('SET', KEYS[1], ARGV[1])
+  redis.call(ARGV[3], ARGV[2], '')
 end
 return 1
 "
@@ -340,8 +342,9 @@ pub(crate) fn acquire(
     }
 }
 
-pub(crate) fn raise_fence(keys: &LockKeys, token: u64) -> ScriptInvocation<'static> {
-    invoke(&RAISE_FENCE, &[&keys.fence], &[&token.to_string()])
+/// `sharded`: announce with sharded pub/sub.
+pub(crate) fn raise_fence(keys: &LockKeys, token: u64, sharded: bool) -> ScriptInvocation<'static> {
+    invoke(&RAISE_FENCE, &[&keys.fence], &[&token.to_string(), &keys.channel, publish(sharded)])
 }
 
 /// The command a release wakes a waiter with: `PUBLISH`, or `SPUBLISH` when `sharded` (on a

@@ -466,8 +466,9 @@ impl RedisCluster {
         redis_cli(port, &cli)
     }
 
-    /// Waits until every running node reports `cluster_state:ok`, every master owns slots,
-    /// and every replica's link to its master is up; panics with what is missing after `bound`.
+    /// Waits until every running node reports `cluster_state:ok`, knows every other running
+    /// node, and every replica's link to its master is up; panics with what is missing after
+    /// `bound`.
     pub fn wait_until_ok(&self, bound: Duration) {
         let started = Instant::now();
         loop {
@@ -477,6 +478,18 @@ impl RedisCluster {
                     let info = self.cli(port, &["CLUSTER", "INFO"]).unwrap_or_default();
                     if !info.contains("cluster_state:ok") {
                         return Some(format!("{port}: not cluster_state:ok"));
+                    }
+                    // Gossip has told it of every running node (a test asking a master for its
+                    // replica would otherwise find none).
+                    let nodes = self.cli(port, &["CLUSTER", "NODES"]).unwrap_or_default();
+                    let knows = |other: u16| {
+                        nodes.lines().any(|line| {
+                            line.split(' ').nth(1).is_some_and(|a| a.starts_with(&format!("127.0.0.1:{other}@")))
+                                && !line.contains("handshake")
+                        })
+                    };
+                    if let Some(unknown) = self.ports().find(|other| !knows(*other)) {
+                        return Some(format!("{port}: does not know {unknown} yet"));
                     }
                     let replication = self.cli(port, &["INFO", "replication"]).unwrap_or_default();
                     let syncing = replication.contains("role:slave") && !replication.contains("master_link_status:up");

@@ -102,17 +102,21 @@ pub trait LockBackend: Send + Sync {
     /// Watches who leads the election `name` (the holder of its lock and the value it holds):
     /// a feed of the leader as the backend shows it, pushed by the backend (a watch, a blocking
     /// query, a notification), never polled. The default answers that this driver has no
-    /// observation yet.
+    /// observation (as file://, which has nothing to push).
     async fn observe_leader(&self, name: &LockName) -> Result<Box<dyn LeaderFeed>> {
-        Err(not_yet(self.backend(), &format!("observing election `{name}`")))
+        Err(unsupported(self.backend(), &format!("observing election `{name}`")))
     }
 }
 
-/// The error of an election operation a driver does not offer yet.
-pub(crate) fn not_yet(backend: &'static str, what: &str) -> crate::Error {
+/// The error of an election operation a driver does not offer (`capabilities().observe` is
+/// false).
+pub(crate) fn unsupported(backend: &'static str, what: &str) -> crate::Error {
     crate::Error::backend(
         backend,
-        format!("{what} is not supported by the {backend} driver yet; campaign, leader and resign are"),
+        format!(
+            "{what} is not supported by the {backend} driver (its capabilities().observe is false); campaign, \
+             leader and resign are"
+        ),
     )
 }
 

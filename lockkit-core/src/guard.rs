@@ -27,7 +27,7 @@ pub trait Grant: Send + Sync + 'static {
     /// election's leader proclaiming. Answers the grant's token after the write — the same one,
     /// unless the backend's token is the index of the entry's last write (Consul), which the
     /// write moved forward. [`Error::NotHeld`] when the grant is no longer there. `None` (the
-    /// default): the driver cannot do it (yet).
+    /// default): the driver cannot (`capabilities().observe` is false).
     async fn proclaim(&self, value: &str) -> Option<Result<FencingToken>> {
         let _ = value;
         None
@@ -241,9 +241,10 @@ impl LockGuard {
     /// after it.
     pub(crate) async fn proclaim(&self, value: &str) -> Result<FencingToken> {
         match &self.grant {
-            Some(grant) => {
-                grant.proclaim(value).await.unwrap_or_else(|| Err(crate::driver::not_yet(self.backend, "proclaiming")))
-            }
+            Some(grant) => grant
+                .proclaim(value)
+                .await
+                .unwrap_or_else(|| Err(crate::driver::unsupported(self.backend, "proclaiming"))),
             None => Err(Error::not_held(self.backend, self.name.as_str(), "it was released")),
         }
     }

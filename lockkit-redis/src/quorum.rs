@@ -37,6 +37,19 @@ pub(crate) enum Attempt {
     Busy(Option<Duration>),
 }
 
+/// The value most of `values` are, and how many are it (ties: the highest value, so that a
+/// counter not raised yet does not win over the raised ones).
+fn most_common<T: Ord + Copy>(values: impl Iterator<Item = T>) -> Option<(T, usize)> {
+    let mut counts: Vec<(T, usize)> = Vec::new();
+    for value in values {
+        match counts.iter_mut().find(|(v, _)| *v == value) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((value, 1)),
+        }
+    }
+    counts.into_iter().max_by_key(|&(value, n)| (n, value))
+}
+
 /// Runs `call` on every instance at once (directly when there is only one).
 async fn on_all<'a, T, F, Fut>(instances: &'a [Instance], call: F) -> Vec<T>
 where
@@ -278,13 +291,18 @@ impl Quorum {
         if held.len() < self.needed {
             return Ok((LockStatus::free().waiting(waiting), true));
         }
-        let holder = held.iter().find_map(|(owner, ..)| scripts::holder_of(owner)).map(str::to_owned);
+        // What most holders show: a proclaim one server missed, or one accepted by a minority,
+        // is not taken for the leader's value because that server answered first.
+        let owner = most_common(held.iter().map(|(owner, ..)| owner.as_str()));
+        let holder = owner.and_then(|(owner, _)| scripts::holder_of(owner)).map(str::to_owned);
         // The counter is the holder's token only when lockkit took the grant (its value names
-        // a holder); a redis-py lock on the same key has no token.
-        let token = holder.as_ref().and(held.iter().filter_map(|(_, f, _)| *f).max()).map(FencingToken::new);
+        // a holder); a redis-py lock on the same key has no token. Most holders' counter: the
+        // acquire raised them all to the grant's token, and a server left out of the vote (a
+        // clock far off) keeps the far-off token it minted, which is not the grant's.
+        let fence = most_common(held.iter().filter_map(|(_, f, _)| *f));
+        let token = holder.as_ref().and(fence).map(|(f, _)| FencingToken::new(f));
         let ttl_left = held.iter().filter(|(.., p)| *p >= 0).map(|(.., p)| Duration::from_millis(*p as u64)).min();
-        let agreeing = held.iter().filter(|(_, f, _)| token.is_some_and(|t| *f == Some(t.get()))).count();
-        let settled = token.is_none() || agreeing >= self.needed;
+        let settled = token.is_none() || fence.is_some_and(|(_, agreeing)| agreeing >= self.needed);
         Ok((LockStatus::held(holder, token, ttl_left).waiting(waiting), settled))
     }
 

@@ -245,12 +245,14 @@ return 1
     ))
 });
 
-/// KEYS: lock. ARGV: owner, ttl ms. Extends only this owner's grant; 1 if it did.
+/// KEYS: lock, proclaimed. ARGV: owner, ttl ms. Extends only this owner's grant, and the value
+/// it proclaimed if any (which so lives no longer than the grant); 1 if it did.
 pub(crate) static REFRESH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
   return 1
 end
 return 0
@@ -296,15 +298,20 @@ return {owner, redis.call('GET', KEYS[2]), redis.call('PTTL', KEYS[1]), waiting}
 
 /// KEYS: lock, proclaimed. ARGV: owner, value, channel, publish command. While this owner
 /// holds the lock, stores its owner token and `value` as the value it proclaims (read by
-/// [`STATUS`]; the lock's own value, which refreshes and releases compare, stays) and announces
-/// it on the channel. 1 if it held the lock.
+/// [`STATUS`]; the lock's own value, which refreshes and releases compare, stays), expiring
+/// with the grant (refreshes extend both), and announces it on the channel. 1 if it held the
+/// lock.
 static PROCLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return 0
 end
-redis.call('SET', KEYS[2], string.sub(ARGV[1], 1, 33) .. ARGV[2])
+local left = redis.call('PTTL', KEYS[1])
+if left <= 0 then
+  left = 1
+end
+redis.call('SET', KEYS[2], string.sub(ARGV[1], 1, 33) .. ARGV[2], 'PX', left)
 redis.call(ARGV[4], ARGV[3], '')
 return 1
 ",
@@ -370,7 +377,7 @@ pub(crate) fn release(
 }
 
 pub(crate) fn refresh(keys: &LockKeys, owner: &str, ttl: Duration) -> ScriptInvocation<'static> {
-    invoke(&REFRESH, &[&keys.lock], &[owner, &ttl.as_millis().to_string()])
+    invoke(&REFRESH, &[&keys.lock, &keys.proclaimed()], &[owner, &ttl.as_millis().to_string()])
 }
 
 pub(crate) fn evict(keys: &LockKeys, sharded: bool) -> ScriptInvocation<'static> {

@@ -2,6 +2,7 @@
 //! deletion by another client, authentication, and interop with redis-py's `Lock`.
 #![cfg(feature = "redis")]
 
+mod elections;
 mod interop;
 mod refresh;
 mod tokens;

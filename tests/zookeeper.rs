@@ -547,25 +547,3 @@ async fn leader_and_observe_read_a_foreign_value_alike() {
     let seen = locks.observe("utf").await.unwrap().next().await.unwrap();
     assert_eq!(seen, Some(leader));
 }
-
-/// Proclaims of one leadership at once leave its `value()` the last one written, as
-/// `leader()` shows it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_proclaims_leave_the_value_of_the_last_write() {
-    let server = Server::zookeeper();
-    let locks = connect(&url(&server, &format!("/{}", unique("z")), "")).await;
-    let leadership = std::sync::Arc::new(locks.campaign("conc", "v").await.unwrap());
-    for round in 0..100 {
-        let proclaims: Vec<_> = (0..3)
-            .map(|i| {
-                let leadership = leadership.clone();
-                tokio::spawn(async move { leadership.proclaim(&format!("r{round}-{i}")).await })
-            })
-            .collect();
-        for proclaim in proclaims {
-            proclaim.await.unwrap().unwrap();
-        }
-        let shown = locks.leader("conc").await.unwrap().unwrap();
-        assert_eq!((leadership.value(), leadership.term()), (shown.value.clone(), shown.term), "round {round}");
-    }
-}

@@ -21,7 +21,7 @@
 /// | `crash_release` | `a_vanished_holder_frees_the_lock_within_the_ttl` |
 /// | `shared_lease` | `revoking_a_lease_fires_every_guard_on_it` |
 /// | `holder_metadata` | `status_shows_the_holders_metadata`, and the elections that need no more (a leader's value is its holder metadata): `the_leader_shows_its_value_and_term`, `one_leader_at_a_time_with_increasing_terms`, `a_resign_or_a_drop_hands_over`, `a_cancelled_campaign_leaves_no_candidate` |
-/// | `observe` | `a_deposed_leader_cannot_proclaim`, `observers_see_every_change_in_order`, `observed_terms_only_increase` |
+/// | `observe` | `a_deposed_leader_cannot_proclaim`, `concurrent_proclaims_leave_the_last_write`, `observers_see_every_change_in_order`, `observed_terms_only_increase` |
 /// | `network` | the fault properties ([`suite`](crate::suite)`::faults`) |
 ///
 /// The line cannot lie: the test `declares_the_capabilities_it_is_tested_for` checks that it
@@ -92,6 +92,7 @@ macro_rules! conformance {
     (@capability observe $target:expr) => {
         $crate::conformance!(@tests $target;
             a_deposed_leader_cannot_proclaim,
+            concurrent_proclaims_leave_the_last_write,
             observers_see_every_change_in_order,
             observed_terms_only_increase,
         );

@@ -119,6 +119,27 @@ pub async fn a_deposed_leader_cannot_proclaim(t: &Target) {
     assert_eq!(admin.leader("deposed").await.unwrap().unwrap().value, "admin", "the refused proclaim wrote nothing");
 }
 
+/// Proclaims of one leadership at once: afterwards its `term()` and `value()` are what
+/// `leader()` shows — the last write, not whichever answer came back last. (Found by review on
+/// Consul, whose term moves with each write, and ZooKeeper.)
+pub async fn concurrent_proclaims_leave_the_last_write(t: &Target) {
+    let locks = t.connect().await;
+    let leadership = Arc::new(locks.campaign("proclaims", "v").await.unwrap());
+    for round in 0..30 {
+        let proclaims: Vec<_> = (0..3)
+            .map(|i| {
+                let leadership = leadership.clone();
+                tokio::spawn(async move { leadership.proclaim(&format!("r{round}-{i}")).await })
+            })
+            .collect();
+        for proclaim in proclaims {
+            proclaim.await.unwrap().unwrap();
+        }
+        let shown = locks.leader("proclaims").await.unwrap().expect("still the leader");
+        assert_eq!((leadership.value(), leadership.term()), (shown.value.clone(), shown.term), "round {round}");
+    }
+}
+
 /// The next change an observer sees, within [`SEEN_WITHIN`].
 async fn next_change(changes: &mut LeaderChanges) -> Option<Leader> {
     tokio::time::timeout(SEEN_WITHIN, changes.next()).await.expect("the observer saw the change").unwrap()

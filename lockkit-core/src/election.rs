@@ -7,6 +7,7 @@ use std::fmt;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use tracing::Instrument;
 
 use crate::signal::lock;
 use crate::{Error, FencingToken, Lease, LockGuard, LossSignal, Result};
@@ -122,19 +123,22 @@ impl Leadership {
     ///
     /// Proclaims of one leadership run one at a time, in the order they were called.
     pub async fn proclaim(&self, value: &str) -> Result<()> {
-        let _one_at_a_time = self.proclaiming.lock().await;
         let span = tracing::info_span!("lockkit.proclaim", backend = self.guard.backend(), election = %self.election(),
             term = self.term().get());
-        let _enter = span.enter();
-        if !self.is_leader() {
-            let reason = self.guard.loss_signal().reason().unwrap_or_else(|| "its deadline passed".into());
-            return Err(Error::LockLost { backend: self.guard.backend(), name: self.election().into(), reason });
+        async {
+            let _one_at_a_time = self.proclaiming.lock().await;
+            if !self.is_leader() {
+                let reason = self.guard.loss_signal().reason().unwrap_or_else(|| "its deadline passed".into());
+                return Err(Error::LockLost { backend: self.guard.backend(), name: self.election().into(), reason });
+            }
+            let term = self.guard.proclaim(value).await?;
+            let mut shown = lock(&self.shown);
+            *shown = (value.to_owned(), term.max(shown.1));
+            tracing::debug!("proclaimed");
+            Ok(())
         }
-        let term = self.guard.proclaim(value).await?;
-        let mut shown = lock(&self.shown);
-        *shown = (value.to_owned(), term.max(shown.1));
-        tracing::debug!("proclaimed");
-        Ok(())
+        .instrument(span)
+        .await
     }
 
     /// Steps down and waits for the backend to confirm; the next candidate then leads.

@@ -61,14 +61,16 @@ impl Slots {
         self.observed.contains_key(key).then(|| self.live.get(key).and_then(Slot::leading))
     }
 
-    /// Wakes the observers of `key` if its leader is no longer `before`.
+    /// Wakes the observers of `key` if its leader is no longer `before`; forgets the name once
+    /// its observers are gone.
     fn wake_observers(&mut self, key: &str, before: Option<Leading>) {
         let Some(before) = before else { return };
-        let now = self.live.get(key).and_then(Slot::leading);
-        if now != before
-            && let Some(notify) = self.observed.get(key).and_then(Weak::upgrade)
-        {
-            notify.notify_waiters();
+        if self.live.get(key).and_then(Slot::leading) == before {
+            return;
+        }
+        match self.observed.get(key).and_then(Weak::upgrade) {
+            Some(notify) => notify.notify_waiters(),
+            None => drop(self.observed.remove(key)),
         }
     }
 

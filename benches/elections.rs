@@ -14,7 +14,11 @@
 //!
 //! Beside lockkit's etcd rows, the same measured with etcd's own Election service (the Go
 //! `concurrency.Election` recipe, run inside etcd; `etcd-client`'s campaign / resign / proclaim
-//! / observe), each candidate with a connection and kept-alive lease of its own.
+//! / observe), each candidate with a connection and kept-alive lease of its own; beside the
+//! ZooKeeper rows, Curator's `LeaderLatch` (Java, Debian's jars, through the test kit's Curator
+//! peer): a latch closed while a second one, on a client of its own, waits — from `close()` to
+//! the second's `await()` returning, timed inside the JVM after 5 warm-up rounds — and
+//! `getLeader()` reads. `LeaderLatch` has no proclaim, and a crash is its session timeout.
 //! `LOCKKIT_BENCH_ONLY=etcd,zookeeper` runs only those backends; `LOCKKIT_BENCH_ROUNDS` sets
 //! the rounds of each measurement (default 40; crashes: a fifth of it, at least 3).
 
@@ -245,6 +249,20 @@ async fn etcd_election_service(port: u16, rounds: usize) -> Row {
     Row { backend: "etcd Election service (peer)".into(), resign, crash: Vec::new(), proclaim, read }
 }
 
+/// The same with Curator's `LeaderLatch`, timed by the Curator peer itself.
+#[cfg(feature = "zookeeper")]
+async fn curator_leader_latch(port: u16, rounds: usize) -> Row {
+    eprintln!("Curator LeaderLatch…");
+    let mut curator = lockkit_testkit::peer::Peer::curator(port);
+    let answer = curator.ask(&format!("bench /curator-latch-bench {rounds}")).await;
+    let samples = |label: &str| -> Vec<Duration> {
+        let list = answer.split(';').find_map(|part| part.strip_prefix(label)).unwrap_or_else(|| panic!("{answer}"));
+        list.split(',').map(|micros| Duration::from_micros(micros.parse().expect(&answer))).collect()
+    };
+    let (resign, read) = (samples("resign "), samples("read "));
+    Row { backend: "Curator LeaderLatch (peer)".into(), resign, crash: Vec::new(), proclaim: Vec::new(), read }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let rounds: usize = std::env::var("LOCKKIT_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(40);
@@ -266,6 +284,7 @@ async fn main() {
         let server = lockkit_testkit::servers::Server::zookeeper();
         let upstream: std::net::SocketAddr = format!("127.0.0.1:{}", server.port).parse().unwrap();
         rows.push(measure("zookeeper", &format!("zk://{upstream}"), Some(upstream), rounds).await);
+        rows.push(curator_leader_latch(server.port, rounds).await);
     }
     #[cfg(feature = "consul")]
     if wanted("consul") {

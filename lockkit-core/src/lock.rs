@@ -229,7 +229,8 @@ impl<T: LockBackend + ?Sized> DistributedLock for T {
 
     async fn campaign_with(&self, election: &str, value: &str, options: &LockOptions) -> Result<Option<Leadership>> {
         let span = tracing::info_span!("lockkit.campaign", backend = LockBackend::backend(self), election);
-        let options = options.clone().holder(value);
+        let mut options = options.clone().holder(value);
+        options.election = true;
         let guard = self.acquire_with(election, &options).instrument(span).await?;
         Ok(guard.map(|guard| Leadership::new(guard, value.to_owned())))
     }

@@ -39,6 +39,9 @@ pub struct LockOptions {
     /// Who holds the lock, stored with the grant where the backend can (default:
     /// `<hostname> pid <pid>`), shown by [`status`](crate::DistributedLock::status).
     pub holder: Option<String>,
+    /// Set by [`campaign_with`](crate::DistributedLock::campaign_with): the grant is a
+    /// candidate's ([`GrantRequest::election`]).
+    pub(crate) election: bool,
 }
 
 impl LockOptions {
@@ -206,6 +209,12 @@ pub struct GrantRequest {
     /// (A bounded wait is the core dropping the driver's future at the deadline, so every
     /// driver's wait must be cancel safe.)
     pub wait: bool,
+    /// `true` when the grant is a candidate's in the election of this name (a
+    /// [`campaign`](crate::DistributedLock::campaign)). An election and a lock of one name are
+    /// one, so a driver grants both alike; one whose backend's usual election recipe names its
+    /// contenders apart from its lock recipe (Curator's `LeaderLatch` beside `InterProcessMutex`)
+    /// names a candidate's as that recipe does, and orders both kinds in one line.
+    pub election: bool,
 }
 
 impl GrantRequest {
@@ -219,7 +228,8 @@ impl GrantRequest {
             .check_timing(options.ttl.unwrap_or(settings.ttl), options.refresh_interval.or(settings.refresh_interval))
             .map_err(|reason| crate::Error::InvalidOptions { reason: format!("lock `{name}`: {reason}") })?;
         let holder = options.holder.clone().unwrap_or_else(default_holder);
-        Ok(GrantRequest { name, ttl, refresh_interval, holder, wait: options.wait != Wait::NoWait })
+        let wait = options.wait != Wait::NoWait;
+        Ok(GrantRequest { name, ttl, refresh_interval, holder, wait, election: options.election })
     }
 
     /// The guard of this request's grant: what a driver's `grant` returns once it holds the

@@ -2,7 +2,7 @@
 //!
 //! What lockkit's tests share, as a library: the conformance suite every backend must pass
 //! ([`suite`], run by [`conformance!`]), the backends under test ([`Target`]), the servers the
-//! tests start ([`servers`]), a TCP fault proxy ([`proxy`]) and a double of Consul's HTTP API
+//! tests start ([`servers`]), a TCP fault proxy ([`proxy`]), other clients of the backends ([`peer`]) and a double of Consul's HTTP API
 //! ([`consul_double`]). A driver — lockkit's own or a third-party one — runs the whole suite
 //! with one line in an integration test:
 //!
@@ -23,6 +23,7 @@
 mod macros;
 
 pub mod consul_double;
+pub mod peer;
 pub mod proxy;
 pub mod servers;
 pub mod suite;

@@ -20,7 +20,7 @@
 /// | `cross_process` | `fencing_tokens_increase_across_connections_and_processes`, `fenced_writes_survive_pauses_and_partitions`, `fenced_leaders_survive_pauses_and_partitions` (and the helper processes they start, `$backend::child::*`) |
 /// | `crash_release` | `a_vanished_holder_frees_the_lock_within_the_ttl` |
 /// | `shared_lease` | `revoking_a_lease_fires_every_guard_on_it` |
-/// | `holder_metadata` | `status_shows_the_holders_metadata`, and the elections that need no more (a leader's value is its holder metadata): `the_leader_shows_its_value_and_term`, `one_leader_at_a_time_with_increasing_terms`, `a_resign_or_a_drop_hands_over`, `a_cancelled_campaign_leaves_no_candidate` |
+/// | `holder_metadata` | `status_shows_the_holders_metadata`, and the elections that need no more (a leader's value is its holder metadata): `the_leader_shows_its_value_and_term`, `a_lock_and_an_election_of_one_name_are_one`, `one_leader_at_a_time_with_increasing_terms`, `a_resign_or_a_drop_hands_over`, `a_cancelled_campaign_leaves_no_candidate` |
 /// | `observe` | `a_deposed_leader_cannot_proclaim`, `concurrent_proclaims_leave_the_last_write`, `observers_see_every_change_in_order`, `observed_terms_only_increase` |
 /// | `network` | the fault properties ([`suite`](crate::suite)`::faults`) |
 ///
@@ -84,6 +84,7 @@ macro_rules! conformance {
         $crate::conformance!(@tests $target;
             status_shows_the_holders_metadata,
             the_leader_shows_its_value_and_term,
+            a_lock_and_an_election_of_one_name_are_one,
             one_leader_at_a_time_with_increasing_terms,
             a_resign_or_a_drop_hands_over,
             a_cancelled_campaign_leaves_no_candidate,

@@ -78,11 +78,12 @@ impl<'a> Acquire<'a> {
         locks: &'a ZkLocks,
         session: Arc<ZkSession>,
         lease: Arc<KeptLease>,
-        name: &'a LockName,
+        request: &'a GrantRequest,
         directory: &'a str,
     ) -> Self {
         let id = u128::from(lockkit_core::driver::random_u64()) << 64 | u128::from(lockkit_core::driver::random_u64());
-        let prefix = locks.recipe.node_prefix(id);
+        let prefix = locks.recipe.node_prefix(id, request.election);
+        let name = &request.name;
         Acquire { locks, session, lease, name, directory, prefix }
     }
 

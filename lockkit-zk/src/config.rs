@@ -85,9 +85,12 @@ impl ZkConfig {
         };
         let recipe = match url.option("recipe") {
             None | Some("curator") => Recipe::Curator,
+            Some("curator-selector") => Recipe::CuratorSelector,
             Some("kazoo") => Recipe::Kazoo,
             Some(other) => {
-                return Err(url.invalid(format!("option `recipe`: `{other}` is not a recipe; use curator or kazoo")));
+                return Err(url.invalid(format!(
+                    "option `recipe`: `{other}` is not a recipe; use curator, curator-selector or kazoo"
+                )));
             }
         };
         Ok(ZkConfig {
@@ -153,7 +156,11 @@ mod tests {
             // Recipes.
             ("zk://h?recipe=kazoo", Ok("h:2181 | / |  | 15s None 5s | Kazoo Open | -")),
             ("zk://h?recipe=curator", Ok("h:2181 | / |  | 15s None 5s | Curator Open | -")),
-            ("zk://h?recipe=etcd", Err("option `recipe`: `etcd` is not a recipe; use curator or kazoo")),
+            ("zk://h?recipe=curator-selector", Ok("h:2181 | / |  | 15s None 5s | CuratorSelector Open | -")),
+            (
+                "zk://h?recipe=etcd",
+                Err("option `recipe`: `etcd` is not a recipe; use curator, curator-selector or kazoo"),
+            ),
             // Digest credentials (both or neither) and ACLs; `creator` needs credentials.
             ("zk://app:s3cret@h", Ok("h:2181 | / |  | 15s None 5s | Curator Open | app")),
             ("zk://app:s3cret@h?acl=creator", Ok("h:2181 | / |  | 15s None 5s | Curator Creator | app")),

@@ -143,7 +143,7 @@ impl LockBackend for ZkLocks {
             || self.session(request.ttl, request.refresh_interval),
             |lease, session, _| {
                 let directory = &directory;
-                async move { Acquire::new(self, session, lease, &request.name, directory).run(request).await }
+                async move { Acquire::new(self, session, lease, request, directory).run(request).await }
             },
         )
         .await

@@ -1,14 +1,20 @@
-//! Node naming: Apache Curator's `InterProcessMutex` layout (the default) or kazoo's.
+//! Node naming: Apache Curator's layouts (the default: `InterProcessMutex` for locks,
+//! `LeaderLatch` for elections) or kazoo's (`Lock`, which kazoo's `Election` is).
 
 /// Which client library's node names a lock uses (the `recipe` option).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Recipe {
-    /// Curator's `InterProcessMutex`: `_c_<uuid>-lock-<seq>`, ordered by the digits after the
-    /// last `lock-`.
+    /// Curator's `InterProcessMutex` (`_c_<uuid>-lock-<seq>`) for a lock, its `LeaderLatch`
+    /// (`_c_<uuid>-latch-<seq>`, the candidate's value as data) for an election's candidate;
+    /// both kinds are contenders, ordered by the digits after the last `lock-` or `latch-`.
     Curator,
-    /// kazoo's `Lock`: `<uuid hex>__lock__<seq>`; kazoo's read-lock nodes (`__rlock__`) are
-    /// contenders too.
+    /// Curator's `InterProcessMutex` for locks *and* elections (`recipe=curator-selector`): what
+    /// Curator's `LeaderSelector` holds, its participant id as the node's data — for fleets whose
+    /// Java services elect with `LeaderSelector` rather than `LeaderLatch`.
+    CuratorSelector,
+    /// kazoo's `Lock` (`<uuid hex>__lock__<seq>`), for locks and elections alike (kazoo's
+    /// `Election` is a `Lock`); kazoo's read-lock nodes (`__rlock__`) are contenders too.
     Kazoo,
 }
 
@@ -35,13 +41,15 @@ pub(crate) struct Place {
 }
 
 impl Recipe {
-    /// The name a new contender creates (ZooKeeper appends the sequence number). `id` is a
-    /// random 128-bit value, which finds the node again after a create whose reply was lost.
-    pub(crate) fn node_prefix(self, id: u128) -> String {
+    /// The name a new contender creates (ZooKeeper appends the sequence number): a lock's, or
+    /// an election candidate's. `id` is a random 128-bit value, which finds the node again
+    /// after a create whose reply was lost.
+    pub(crate) fn node_prefix(self, id: u128, election: bool) -> String {
         let hex = format!("{id:032x}");
         match self {
-            Recipe::Curator => {
-                format!("_c_{}-{}-{}-{}-{}-lock-", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
+            Recipe::Curator | Recipe::CuratorSelector => {
+                let kind = if election && self == Recipe::Curator { "latch-" } else { "lock-" };
+                format!("_c_{}-{}-{}-{}-{}-{kind}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
             }
             Recipe::Kazoo => format!("{hex}__lock__"),
         }
@@ -49,7 +57,7 @@ impl Recipe {
 
     fn markers(self) -> &'static [&'static str] {
         match self {
-            Recipe::Curator => &["lock-"],
+            Recipe::Curator | Recipe::CuratorSelector => &["lock-", "latch-"],
             Recipe::Kazoo => &["__lock__", "__rlock__"],
         }
     }
@@ -90,21 +98,27 @@ mod tests {
 
     #[test]
     fn curator_names_look_like_curators_and_sort_by_sequence() {
-        let prefix = Recipe::Curator.node_prefix(0x0123456789abcdef0123456789abcdef);
+        let prefix = Recipe::Curator.node_prefix(0x0123456789abcdef0123456789abcdef, false);
         assert_eq!(prefix, "_c_01234567-89ab-cdef-0123-456789abcdef-lock-");
+        let candidate = Recipe::Curator.node_prefix(0x0123456789abcdef0123456789abcdef, true);
+        assert_eq!(candidate, "_c_01234567-89ab-cdef-0123-456789abcdef-latch-", "LeaderLatch's names");
+        let selector = Recipe::CuratorSelector.node_prefix(0x0123456789abcdef0123456789abcdef, true);
+        assert_eq!(selector, prefix, "LeaderSelector holds an InterProcessMutex");
         let children = vec![
             format!("{prefix}0000000012"),
             "_c_ffffffff-0000-0000-0000-000000000000-lock-0000000003".to_owned(),
+            format!("{candidate}0000000007"),
             "leases".to_owned(),
             "x-lock-notdigits".to_owned(),
         ];
         let order: Vec<i64> = Recipe::Curator.contenders(children).iter().map(|c| c.sequence).collect();
-        assert_eq!(order, [3, 12]);
+        assert_eq!(order, [3, 7, 12], "a lock and an election of one name are one line");
     }
 
     #[test]
     fn kazoo_names_and_read_locks_count() {
-        let prefix = Recipe::Kazoo.node_prefix(7);
+        let prefix = Recipe::Kazoo.node_prefix(7, false);
+        assert_eq!(Recipe::Kazoo.node_prefix(7, true), prefix, "kazoo's Election is its Lock");
         assert_eq!(prefix, "00000000000000000000000000000007__lock__");
         let children =
             vec![format!("{prefix}0000000005"), "abc__rlock__0000000002".to_owned(), "lease_holder".to_owned()];
@@ -114,8 +128,8 @@ mod tests {
 
     #[test]
     fn every_node_with_the_prefix_is_the_acquires_own_and_the_earliest_is_its_place() {
-        let mine = Recipe::Curator.node_prefix(1);
-        let other = Recipe::Curator.node_prefix(2);
+        let mine = Recipe::Curator.node_prefix(1, false);
+        let other = Recipe::Curator.node_prefix(2, true);
         let children = vec![
             format!("{mine}0000000007"),
             format!("{other}0000000001"),
@@ -129,6 +143,6 @@ mod tests {
 
         let first = Recipe::Curator.place(children.clone(), &other).unwrap();
         assert_eq!((first.position, first.ahead, first.extra.len()), (0, None, 1));
-        assert_eq!(Recipe::Curator.place(children, &Recipe::Curator.node_prefix(3)), None);
+        assert_eq!(Recipe::Curator.place(children, &Recipe::Curator.node_prefix(3, false)), None);
     }
 }

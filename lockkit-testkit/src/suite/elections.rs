@@ -27,6 +27,28 @@ pub async fn the_leader_shows_its_value_and_term(t: &Target) {
     assert_eq!(b.leader("board").await.unwrap(), None, "nobody leads after the resign");
 }
 
+/// An election and a lock of one name are one: a lock held keeps every candidate from leading
+/// (and shows as the leader), and a leader keeps every acquire out. (On ZooKeeper a candidate
+/// names its node as Curator's `LeaderLatch` does and a lock as `InterProcessMutex` does, so
+/// this is what keeps the two kinds in one line.)
+pub async fn a_lock_and_an_election_of_one_name_are_one(t: &Target) {
+    let (a, b) = (t.connect().await, t.connect().await);
+    let guard = a.acquire("one-line").await.unwrap();
+    assert!(b.try_campaign("one-line", "candidate").await.unwrap().is_none(), "a candidate led past a held lock");
+    let seen = b.leader("one-line").await.unwrap().expect("the lock's holder shows as the leader");
+    assert_eq!(seen.term, guard.fencing_token());
+    let waiting = {
+        let b = b.clone();
+        tokio::spawn(async move { b.campaign_timeout("one-line", "candidate", 4 * TTL).await })
+    };
+    guard.release().await.unwrap();
+    let leadership = waiting.await.unwrap().expect("the candidate leads once the lock is released");
+    assert!(leadership.term() > seen.term, "the term continues the lock's tokens");
+    assert!(a.try_acquire("one-line").await.unwrap().is_none(), "a lock taken past a leader");
+    leadership.resign().await.unwrap();
+    assert!(a.try_acquire("one-line").await.unwrap().is_some(), "free once the leader resigned");
+}
+
 /// Three candidates on their own handles campaign in turns: never two leaders at once, each
 /// sees itself as the leader while it leads, and terms strictly increase in the order the
 /// leaders led.

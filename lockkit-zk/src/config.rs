@@ -85,11 +85,11 @@ impl ZkConfig {
         };
         let recipe = match url.option("recipe") {
             None | Some("curator") => Recipe::Curator,
-            Some("curator-selector") => Recipe::CuratorSelector,
+            Some("curator-latch") => Recipe::CuratorLatch,
             Some("kazoo") => Recipe::Kazoo,
             Some(other) => {
                 return Err(url.invalid(format!(
-                    "option `recipe`: `{other}` is not a recipe; use curator, curator-selector or kazoo"
+                    "option `recipe`: `{other}` is not a recipe; use curator, curator-latch or kazoo"
                 )));
             }
         };
@@ -156,11 +156,8 @@ mod tests {
             // Recipes.
             ("zk://h?recipe=kazoo", Ok("h:2181 | / |  | 15s None 5s | Kazoo Open | -")),
             ("zk://h?recipe=curator", Ok("h:2181 | / |  | 15s None 5s | Curator Open | -")),
-            ("zk://h?recipe=curator-selector", Ok("h:2181 | / |  | 15s None 5s | CuratorSelector Open | -")),
-            (
-                "zk://h?recipe=etcd",
-                Err("option `recipe`: `etcd` is not a recipe; use curator, curator-selector or kazoo"),
-            ),
+            ("zk://h?recipe=curator-latch", Ok("h:2181 | / |  | 15s None 5s | CuratorLatch Open | -")),
+            ("zk://h?recipe=etcd", Err("option `recipe`: `etcd` is not a recipe; use curator, curator-latch or kazoo")),
             // Digest credentials (both or neither) and ACLs; `creator` needs credentials.
             ("zk://app:s3cret@h", Ok("h:2181 | / |  | 15s None 5s | Curator Open | app")),
             ("zk://app:s3cret@h?acl=creator", Ok("h:2181 | / |  | 15s None 5s | Curator Creator | app")),

@@ -1,18 +1,20 @@
-//! Node naming: Apache Curator's layouts (the default: `InterProcessMutex` for locks,
-//! `LeaderLatch` for elections) or kazoo's (`Lock`, which kazoo's `Election` is).
+//! Node naming: Apache Curator's layouts (the default: `InterProcessMutex`, which its
+//! `LeaderSelector` holds too; `LeaderLatch` for elections with `recipe=curator-latch`) or
+//! kazoo's (`Lock`, which kazoo's `Election` is).
 
 /// Which client library's node names a lock uses (the `recipe` option).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Recipe {
-    /// Curator's `InterProcessMutex` (`_c_<uuid>-lock-<seq>`) for a lock, its `LeaderLatch`
-    /// (`_c_<uuid>-latch-<seq>`, the candidate's value as data) for an election's candidate;
-    /// both kinds are contenders, ordered by the digits after the last `lock-` or `latch-`.
+    /// Curator's `InterProcessMutex` (`_c_<uuid>-lock-<seq>`) for locks and elections alike
+    /// (the default): what Curator's `LeaderSelector` holds, its participant id as the node's
+    /// data. `LeaderLatch` nodes (`latch-`) are contenders too.
     Curator,
-    /// Curator's `InterProcessMutex` for locks *and* elections (`recipe=curator-selector`): what
-    /// Curator's `LeaderSelector` holds, its participant id as the node's data — for fleets whose
-    /// Java services elect with `LeaderSelector` rather than `LeaderLatch`.
-    CuratorSelector,
+    /// Curator's `InterProcessMutex` for locks, its `LeaderLatch` (`_c_<uuid>-latch-<seq>`, the
+    /// value as data) for election candidates (`recipe=curator-latch`), for fleets whose Java
+    /// services elect with `LeaderLatch`. Both kinds are contenders, ordered by the digits after
+    /// the last `lock-` or `latch-`.
+    CuratorLatch,
     /// kazoo's `Lock` (`<uuid hex>__lock__<seq>`), for locks and elections alike (kazoo's
     /// `Election` is a `Lock`); kazoo's read-lock nodes (`__rlock__`) are contenders too.
     Kazoo,
@@ -47,8 +49,8 @@ impl Recipe {
     pub(crate) fn node_prefix(self, id: u128, election: bool) -> String {
         let hex = format!("{id:032x}");
         match self {
-            Recipe::Curator | Recipe::CuratorSelector => {
-                let kind = if election && self == Recipe::Curator { "latch-" } else { "lock-" };
+            Recipe::Curator | Recipe::CuratorLatch => {
+                let kind = if election && self == Recipe::CuratorLatch { "latch-" } else { "lock-" };
                 format!("_c_{}-{}-{}-{}-{}-{kind}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
             }
             Recipe::Kazoo => format!("{hex}__lock__"),
@@ -57,7 +59,7 @@ impl Recipe {
 
     fn markers(self) -> &'static [&'static str] {
         match self {
-            Recipe::Curator | Recipe::CuratorSelector => &["lock-", "latch-"],
+            Recipe::Curator | Recipe::CuratorLatch => &["lock-", "latch-"],
             Recipe::Kazoo => &["__lock__", "__rlock__"],
         }
     }
@@ -68,7 +70,9 @@ impl Recipe {
         let mut contenders: Vec<Contender> = children
             .into_iter()
             .filter_map(|name| {
-                let digits = self.markers().iter().find_map(|m| name.rfind(m).map(|i| &name[i + m.len()..]))?;
+                // After the last marker in the name, whichever it is (as Curator reads its own).
+                let (at, marker) = self.markers().iter().filter_map(|m| Some((name.rfind(m)?, m))).max()?;
+                let digits = &name[at + marker.len()..];
                 let sequence = digits.parse().ok()?;
                 Some(Contender { name, sequence })
             })
@@ -100,19 +104,23 @@ mod tests {
     fn curator_names_look_like_curators_and_sort_by_sequence() {
         let prefix = Recipe::Curator.node_prefix(0x0123456789abcdef0123456789abcdef, false);
         assert_eq!(prefix, "_c_01234567-89ab-cdef-0123-456789abcdef-lock-");
-        let candidate = Recipe::Curator.node_prefix(0x0123456789abcdef0123456789abcdef, true);
-        assert_eq!(candidate, "_c_01234567-89ab-cdef-0123-456789abcdef-latch-", "LeaderLatch's names");
-        let selector = Recipe::CuratorSelector.node_prefix(0x0123456789abcdef0123456789abcdef, true);
+        let selector = Recipe::Curator.node_prefix(0x0123456789abcdef0123456789abcdef, true);
         assert_eq!(selector, prefix, "LeaderSelector holds an InterProcessMutex");
+        let candidate = Recipe::CuratorLatch.node_prefix(0x0123456789abcdef0123456789abcdef, true);
+        assert_eq!(candidate, "_c_01234567-89ab-cdef-0123-456789abcdef-latch-", "LeaderLatch's names");
+        assert_eq!(Recipe::CuratorLatch.node_prefix(0x0123456789abcdef0123456789abcdef, false), prefix);
         let children = vec![
             format!("{prefix}0000000012"),
             "_c_ffffffff-0000-0000-0000-000000000000-lock-0000000003".to_owned(),
             format!("{candidate}0000000007"),
+            "x-lock-5-latch-0000000009".to_owned(),
             "leases".to_owned(),
             "x-lock-notdigits".to_owned(),
         ];
-        let order: Vec<i64> = Recipe::Curator.contenders(children).iter().map(|c| c.sequence).collect();
-        assert_eq!(order, [3, 7, 12], "a lock and an election of one name are one line");
+        for recipe in [Recipe::Curator, Recipe::CuratorLatch] {
+            let order: Vec<i64> = recipe.contenders(children.clone()).iter().map(|c| c.sequence).collect();
+            assert_eq!(order, [3, 7, 9, 12], "a lock and an election of one name are one line; the last marker counts");
+        }
     }
 
     #[test]
@@ -129,7 +137,7 @@ mod tests {
     #[test]
     fn every_node_with_the_prefix_is_the_acquires_own_and_the_earliest_is_its_place() {
         let mine = Recipe::Curator.node_prefix(1, false);
-        let other = Recipe::Curator.node_prefix(2, true);
+        let other = Recipe::CuratorLatch.node_prefix(2, true);
         let children = vec![
             format!("{mine}0000000007"),
             format!("{other}0000000001"),

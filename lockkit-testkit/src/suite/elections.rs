@@ -28,9 +28,9 @@ pub async fn the_leader_shows_its_value_and_term(t: &Target) {
 }
 
 /// An election and a lock of one name are one: a lock held keeps every candidate from leading
-/// (and shows as the leader), and a leader keeps every acquire out. (On ZooKeeper a candidate
-/// names its node as Curator's `LeaderLatch` does and a lock as `InterProcessMutex` does, so
-/// this is what keeps the two kinds in one line.)
+/// (and shows as the leader), and a leader keeps every acquire out. (On ZooKeeper with
+/// `recipe=curator-latch` a candidate's node is named as Curator's `LeaderLatch` names its own,
+/// a lock's as `InterProcessMutex` does: both kinds are one line.)
 pub async fn a_lock_and_an_election_of_one_name_are_one(t: &Target) {
     let (a, b) = (t.connect().await, t.connect().await);
     let guard = a.acquire("one-line").await.unwrap();

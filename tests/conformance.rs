@@ -6,7 +6,7 @@ use lockkit_testkit::{Target, conformance};
 conformance!(
     memory,
     Target::memory,
-    capabilities: [fair, server_fencing, server_expiry, crash_release, shared_lease, push_wakeups, holder_metadata, observe]
+    capabilities: [fair, server_fencing, server_expiry, crash_release, shared_lease, push_wakeups, holder_metadata, observe, semaphores, rw_locks]
 );
 conformance!(
     file,
@@ -14,9 +14,10 @@ conformance!(
     capabilities: [server_fencing, crash_release, cross_process, shared_lease, holder_metadata]
 );
 #[cfg(feature = "etcd")]
-conformance!(etcd, Target::etcd, capabilities: all, network);
+// Semaphores and read-write locks are not on these backends yet (issue #20): `all` but them.
+conformance!(etcd, Target::etcd, capabilities: [fair, server_fencing, server_expiry, crash_release, cross_process, shared_lease, push_wakeups, holder_metadata, observe], network);
 #[cfg(feature = "zookeeper")]
-conformance!(zookeeper, Target::zookeeper, capabilities: all, network);
+conformance!(zookeeper, Target::zookeeper, capabilities: [fair, server_fencing, server_expiry, crash_release, cross_process, shared_lease, push_wakeups, holder_metadata, observe], network);
 #[cfg(feature = "consul")]
 conformance!(
     consul,
@@ -32,7 +33,7 @@ conformance!(
     network
 );
 #[cfg(feature = "redis")]
-conformance!(redis_fair, Target::redis_fair, capabilities: all, network);
+conformance!(redis_fair, Target::redis_fair, capabilities: [fair, server_fencing, server_expiry, crash_release, cross_process, shared_lease, push_wakeups, holder_metadata, observe], network);
 #[cfg(feature = "redis")]
 conformance!(
     redlock,
@@ -48,4 +49,4 @@ conformance!(
     capabilities: [server_fencing, server_expiry, crash_release, cross_process, shared_lease, push_wakeups, holder_metadata, observe]
 );
 #[cfg(feature = "redis")]
-conformance!(redis_cluster_fair, Target::redis_cluster_fair, capabilities: all);
+conformance!(redis_cluster_fair, Target::redis_cluster_fair, capabilities: [fair, server_fencing, server_expiry, crash_release, cross_process, shared_lease, push_wakeups, holder_metadata, observe]);

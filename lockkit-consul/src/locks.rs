@@ -212,7 +212,7 @@ impl LockBackend for ConsulLocks {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { fair: false, ..Capabilities::ALL }
+        Capabilities { fair: false, semaphores: false, rw_locks: false, ..Capabilities::ALL }
     }
 
     fn settings(&self) -> &Settings {

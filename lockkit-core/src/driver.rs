@@ -20,8 +20,9 @@
 //! | [`DriverError`] | how a driver's own error type says what an answer means ([`ErrorKind`]) |
 //! | [`retry_transient`] | a unary request retried through transient errors, within the request timeout |
 //!
-//! Leader elections, semaphores and read-write locks will be sibling hook sets in this module,
-//! on the same leases, tokens, guards and loss signals.
+//! Elections, semaphores and read-write locks use the same hooks: a campaign, a permit, a read
+//! and a write are grants ([`GrantRequest::kind`] says which), on the same leases, tokens,
+//! guards and loss signals; [`LockBackend::observe_leader`] follows an election.
 
 use std::sync::Arc;
 
@@ -117,6 +118,15 @@ pub(crate) fn unsupported(backend: &'static str, what: &str) -> crate::Error {
             "{what} is not supported by the {backend} driver (its capabilities().observe is false); campaign, \
              leader and resign are"
         ),
+    )
+}
+
+/// The error of a semaphore or read-write lock on a driver that has none yet
+/// (`capabilities().<capability>` is false).
+pub(crate) fn unsupported_kind(backend: &'static str, what: &str, capability: &str) -> crate::Error {
+    crate::Error::backend(
+        backend,
+        format!("{what} are not supported by the {backend} driver yet (its capabilities().{capability} is false)"),
     )
 }
 

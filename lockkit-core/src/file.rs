@@ -87,7 +87,15 @@ impl LockBackend for FileLocks {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { fair: false, server_expiry: false, push_wakeups: false, observe: false, ..Capabilities::ALL }
+        Capabilities {
+            fair: false,
+            server_expiry: false,
+            push_wakeups: false,
+            observe: false,
+            semaphores: false,
+            rw_locks: false,
+            ..Capabilities::ALL
+        }
     }
 
     fn settings(&self) -> &Settings {

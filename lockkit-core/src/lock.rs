@@ -8,7 +8,7 @@ use tracing::Instrument;
 
 use crate::driver::{GrantRequest, LockBackend};
 use crate::election::{Leader, LeaderChanges, Leadership};
-use crate::{Capabilities, Error, LockGuard, LockName, LockOptions, LockStatus, Result, Settings, Wait};
+use crate::{Capabilities, Error, GrantKind, LockGuard, LockName, LockOptions, LockStatus, Result, Settings, Wait};
 
 /// A backend handle that hands out locks by name — what [`connect`](https://docs.rs/lockkit)
 /// returns for a URL. Cheap to share (`Arc<dyn DistributedLock>`); every lock taken through one
@@ -163,8 +163,19 @@ impl<T: LockBackend + ?Sized> DistributedLock for T {
     async fn acquire_with(&self, name: &str, options: &LockOptions) -> Result<Option<LockGuard>> {
         let backend = LockBackend::backend(self);
         let request = GrantRequest::new(LockBackend::settings(self), name, options)?;
+        let capabilities = LockBackend::capabilities(self);
+        match request.kind {
+            GrantKind::Permit { .. } if !capabilities.semaphores => {
+                return Err(crate::driver::unsupported_kind(backend, "semaphores", "semaphores"));
+            }
+            GrantKind::Read | GrantKind::Write if !capabilities.rw_locks => {
+                return Err(crate::driver::unsupported_kind(backend, "read-write locks", "rw_locks"));
+            }
+            _ => {}
+        }
         let name = request.name.clone();
-        let span = tracing::info_span!("lockkit.acquire", backend, lock = %name, token = tracing::field::Empty);
+        let kind = request.kind;
+        let span = tracing::info_span!("lockkit.acquire", backend, lock = %name, ?kind, token = tracing::field::Empty);
         let started = Instant::now();
         // A waiter whose lease was lost while it waited (the handle gave the lease up, a pause
         // past the TTL) lost its place, not its wish: it queues again on a fresh lease.
@@ -230,7 +241,7 @@ impl<T: LockBackend + ?Sized> DistributedLock for T {
     async fn campaign_with(&self, election: &str, value: &str, options: &LockOptions) -> Result<Option<Leadership>> {
         let span = tracing::info_span!("lockkit.campaign", backend = LockBackend::backend(self), election);
         let mut options = options.clone().holder(value);
-        options.election = true;
+        options.kind = GrantKind::Candidate;
         let guard = self.acquire_with(election, &options).instrument(span).await?;
         Ok(guard.map(|guard| Leadership::new(guard, value.to_owned())))
     }
@@ -254,7 +265,7 @@ impl<T: LockBackend + ?Sized> DistributedLock for T {
 const MAX_REQUEUES: usize = 3;
 
 /// A waiting grant that ended without a guard: a driver bug, reported rather than panicked on.
-fn no_grant(backend: &'static str, name: &str) -> Error {
+pub(crate) fn no_grant(backend: &'static str, name: &str) -> Error {
     Error::backend(
         backend,
         format!("lock `{name}`: the driver ended a wait without a grant or an error (a bug; please report it)"),

@@ -29,10 +29,10 @@ use tokio::sync::Notify;
 use crate::driver::{Grant, GrantRequest, LeaderFeed, LockBackend};
 use crate::lease::{KeepAlive, LeaseBackend, LeasePool};
 use crate::{
-    Capabilities, DistributedLock, Error, FencingToken, Leader, Lease, LockGuard, LockName, LockStatus, LockUrl,
-    Result, Settings,
+    Capabilities, DistributedLock, Error, FencingToken, GrantKind, Holding, Leader, Lease, LockGuard, LockName,
+    LockStatus, LockUrl, Result, Settings,
 };
-use store::{Leading, Store, Waiter};
+use store::{Leading, Refused, Store, Waiter};
 
 const BACKEND: &str = "memory";
 
@@ -95,15 +95,24 @@ impl LockBackend for MemoryLocks {
             lease: lease.id().to_owned(),
             ttl: request.ttl,
             holder: request.holder.clone(),
+            kind: request.kind,
             signal: lease.grant_signal(),
             notify: Notify::new(),
         });
         let token = match self.store.acquire(&key, &waiter, request.wait).await {
             Ok(Some(token)) => token,
             Ok(None) => return Ok(None),
-            Err(reason) => {
+            Err(Refused::Lost(reason)) => {
                 let reason = format!("while waiting, its lease was lost: {reason}");
                 return Err(Error::LockLost { backend: BACKEND, name: request.name.to_string(), reason });
+            }
+            Err(Refused::UsedAs(used_as)) => {
+                let (name, asked) = (&request.name, request.kind.primitive());
+                let reason = format!(
+                    "`{name}` is in use as {used_as}, not as {asked}: give every contender of a name the same kind \
+                     (and a semaphore the same number of permits), or use another name"
+                );
+                return Err(Error::InvalidOptions { reason });
             }
         };
         let grant = MemoryGrant { store: self.store.clone(), key, grant: waiter.grant, name: request.name.to_string() };
@@ -113,23 +122,25 @@ impl LockBackend for MemoryLocks {
     async fn inspect(&self, name: &LockName) -> Result<LockStatus> {
         let key = self.settings.namespace.key(name);
         let status = self.store.with_live(&key, |slot| {
-            let status = match &slot.holder {
-                None => LockStatus::free(),
-                Some(h) => LockStatus::held(
-                    Some(h.holder.clone()),
-                    Some(FencingToken::new(h.token)),
-                    Some(h.expires_at.saturating_duration_since(Instant::now())),
-                ),
-            };
-            status.waiting(slot.waiters.len())
+            let holders = slot.holders.iter();
+            let holders =
+                holders.map(|h| Holding::new(h.kind, Some(h.holder.clone()), Some(FencingToken::new(h.token))));
+            let ttl_left = slot.holders.first().map(|h| h.expires_at.saturating_duration_since(Instant::now()));
+            let mut kinds = slot.holders.iter().map(|h| h.kind).chain(slot.waiters.iter().map(|w| w.kind));
+            let permits = kinds.find_map(|kind| match kind {
+                GrantKind::Permit { permits } => Some(permits),
+                _ => None,
+            });
+            LockStatus::holders(holders.collect(), ttl_left).permits(permits).waiting(slot.waiters.len())
         });
         Ok(status.unwrap_or_else(|| LockStatus::free().waiting(0)))
     }
 
     async fn evict(&self, name: &LockName) -> Result<bool> {
         let key = self.settings.namespace.key(name);
-        let evicted =
-            self.store.with_live(&key, |slot| slot.remove_holder("the grant was removed by force_release").is_some());
+        let evicted = self
+            .store
+            .with_live(&key, |slot| slot.remove_holders_where(|_| true, "the grant was removed by force_release") > 0);
         Ok(evicted.unwrap_or(false))
     }
 
@@ -188,7 +199,7 @@ struct MemoryLease {
 impl LeaseBackend for MemoryLease {
     async fn keep_alive(&self) -> Result<KeepAlive> {
         self.store.for_each_live(|slot| {
-            if let Some(h) = slot.holder.as_mut().filter(|h| h.lease == self.id) {
+            for h in slot.holders.iter_mut().filter(|h| h.lease == self.id) {
                 h.expires_at = Instant::now() + self.ttl;
             }
         });
@@ -197,9 +208,7 @@ impl LeaseBackend for MemoryLease {
 
     async fn revoke(&self) -> Result<()> {
         self.store.for_each_live(|slot| {
-            if slot.holder.as_ref().is_some_and(|h| h.lease == self.id) {
-                slot.remove_holder("its lease was revoked");
-            }
+            slot.remove_holders_where(|h| h.lease == self.id, "its lease was revoked");
         });
         Ok(())
     }
@@ -226,12 +235,10 @@ impl Grant for MemoryGrant {
     }
 
     async fn proclaim(&self, value: &str) -> Option<Result<FencingToken>> {
-        let proclaimed = self.store.with_live(&self.key, |slot| match &mut slot.holder {
-            Some(h) if h.grant == self.grant => {
-                h.holder = value.to_owned();
-                Some(FencingToken::new(h.token))
-            }
-            _ => None,
+        let proclaimed = self.store.with_live(&self.key, |slot| {
+            let h = slot.holders.iter_mut().find(|h| h.grant == self.grant)?;
+            h.holder = value.to_owned();
+            Some(FencingToken::new(h.token))
         });
         Some(
             proclaimed
@@ -244,6 +251,31 @@ impl Grant for MemoryGrant {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A name is one primitive: a semaphore's name refuses a lock, a read and another number
+    /// of permits, saying what it is; 0 permits is refused; a file:// handle has no semaphores
+    /// and says so.
+    #[tokio::test]
+    async fn a_name_is_one_primitive_and_a_semaphore_has_one_number_of_permits() {
+        let locks = connect(&"memory://one-primitive".parse().unwrap()).unwrap();
+        let _permit = locks.semaphore("x", 2).acquire().await.unwrap();
+        let refusals = [
+            ("3 permits", locks.semaphore("x", 3).try_acquire().await.unwrap_err()),
+            ("a lock", locks.try_acquire("x").await.unwrap_err()),
+            ("a read", locks.rw_lock("x").try_read().await.unwrap_err()),
+        ];
+        for (what, err) in refusals {
+            let said = matches!(&err, Error::InvalidOptions { reason } if reason.contains("a semaphore of 2 permits"));
+            assert!(said, "{what}: {err}");
+        }
+        assert!(locks.semaphore("x", 2).try_acquire().await.unwrap().is_some(), "the same number is taken");
+        let err = locks.semaphore("y", 0).try_acquire().await.unwrap_err();
+        assert!(err.to_string().contains("0 permits"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let files = crate::file::connect(&format!("file://{}", dir.path().display()).parse().unwrap()).unwrap();
+        let err = files.semaphore("x", 2).try_acquire().await.unwrap_err();
+        assert!(err.to_string().contains("capabilities().semaphores is false"), "{err}");
+    }
 
     /// Tokens keep increasing when every handle of a store was dropped between two grants (the
     /// store used to go with its last handle, and its counters restarted at 1).

@@ -39,9 +39,62 @@ pub struct LockOptions {
     /// Who holds the lock, stored with the grant where the backend can (default:
     /// `<hostname> pid <pid>`), shown by [`status`](crate::DistributedLock::status).
     pub holder: Option<String>,
-    /// Set by [`campaign_with`](crate::DistributedLock::campaign_with): the grant is a
-    /// candidate's ([`GrantRequest::election`]).
-    pub(crate) election: bool,
+    /// What the acquire asks for: set by [`campaign_with`](crate::DistributedLock::campaign_with),
+    /// [`Semaphore`](crate::Semaphore) and [`RwLock`](crate::RwLock) ([`GrantRequest::kind`]).
+    pub(crate) kind: GrantKind,
+}
+
+/// What a grant holds: an exclusive lock, an election's leadership, one of a semaphore's
+/// permits, or a read-write lock's shared or exclusive hold.
+///
+/// A name is used as one kind (a lock and an election of one name are one; a semaphore has one
+/// number of permits): a backend that stores what a name is refuses another kind with
+/// [`Error::InvalidOptions`](crate::Error::InvalidOptions).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum GrantKind {
+    /// An exclusive lock ([`acquire`](crate::DistributedLock::acquire)).
+    #[default]
+    Lock,
+    /// A candidate of the election of this name ([`campaign`](crate::DistributedLock::campaign)):
+    /// a lock whose holder leads. A driver grants it as a lock; one whose backend's usual
+    /// election recipe names its contenders apart from its lock recipe may name it as that
+    /// recipe does (ZooKeeper's `recipe=curator-latch`), ordering both kinds in one line.
+    Candidate,
+    /// One of `permits` permits of a counting semaphore ([`Semaphore`](crate::Semaphore)).
+    Permit {
+        /// How many may hold at once.
+        permits: u32,
+    },
+    /// A shared hold of a read-write lock ([`RwLock::read`](crate::RwLock::read)).
+    Read,
+    /// The exclusive hold of a read-write lock ([`RwLock::write`](crate::RwLock::write)).
+    Write,
+}
+
+impl GrantKind {
+    /// Whether a holder of `self` may hold beside a holder of `other`, both of one name.
+    pub fn shares_with(self, other: GrantKind) -> bool {
+        match (self, other) {
+            (GrantKind::Permit { .. }, GrantKind::Permit { .. }) | (GrantKind::Read, GrantKind::Read) => true,
+            _ => false,
+        }
+    }
+
+    /// Whether `self` and `other` are holds of the same kind of primitive with the same shape
+    /// (a lock or an election; a semaphore of the same number of permits; a read-write lock).
+    pub fn same_primitive(self, other: GrantKind) -> bool {
+        self.primitive() == other.primitive()
+    }
+
+    /// What a name used this way is, for messages: `a lock`, `a semaphore of 4 permits`, …
+    pub fn primitive(self) -> String {
+        match self {
+            GrantKind::Lock | GrantKind::Candidate => "a lock (or election)".into(),
+            GrantKind::Permit { permits } => format!("a semaphore of {permits} permits"),
+            GrantKind::Read | GrantKind::Write => "a read-write lock".into(),
+        }
+    }
 }
 
 impl LockOptions {
@@ -209,12 +262,10 @@ pub struct GrantRequest {
     /// (A bounded wait is the core dropping the driver's future at the deadline, so every
     /// driver's wait must be cancel safe.)
     pub wait: bool,
-    /// `true` when the grant is a candidate's in the election of this name (a
-    /// [`campaign`](crate::DistributedLock::campaign)). An election and a lock of one name are
-    /// one, so a driver grants both alike; one whose backend's usual election recipe names its
-    /// contenders apart from its lock recipe (Curator's `LeaderLatch` beside `InterProcessMutex`)
-    /// names a candidate's as that recipe does, and orders both kinds in one line.
-    pub election: bool,
+    /// What the grant holds. The core hands a driver only the kinds its
+    /// [`capabilities`](crate::driver::LockBackend::capabilities) declare (`semaphores`,
+    /// `rw_locks`); [`Lock`](GrantKind::Lock) and [`Candidate`](GrantKind::Candidate) always.
+    pub kind: GrantKind,
 }
 
 impl GrantRequest {
@@ -229,7 +280,12 @@ impl GrantRequest {
             .map_err(|reason| crate::Error::InvalidOptions { reason: format!("lock `{name}`: {reason}") })?;
         let holder = options.holder.clone().unwrap_or_else(default_holder);
         let wait = options.wait != Wait::NoWait;
-        Ok(GrantRequest { name, ttl, refresh_interval, holder, wait, election: options.election })
+        if options.kind == (GrantKind::Permit { permits: 0 }) {
+            return Err(crate::Error::InvalidOptions {
+                reason: format!("semaphore `{name}`: 0 permits would never grant one; give at least 1"),
+            });
+        }
+        Ok(GrantRequest { name, ttl, refresh_interval, holder, wait, kind: options.kind })
     }
 
     /// The guard of this request's grant: what a driver's `grant` returns once it holds the
@@ -273,6 +329,10 @@ pub struct Capabilities {
     /// [`proclaim`](crate::Leadership::proclaim) a new value. (Campaigning, `leader` and
     /// resigning work on every backend.)
     pub observe: bool,
+    /// Counting semaphores ([`DistributedLock::semaphore`](crate::DistributedLock::semaphore)).
+    pub semaphores: bool,
+    /// Read-write locks ([`DistributedLock::rw_lock`](crate::DistributedLock::rw_lock)).
+    pub rw_locks: bool,
 }
 
 impl Capabilities {
@@ -287,6 +347,8 @@ impl Capabilities {
         push_wakeups: true,
         holder_metadata: true,
         observe: true,
+        semaphores: true,
+        rw_locks: true,
     };
 }
 
@@ -305,6 +367,30 @@ pub struct LockStatus {
     /// How many contenders wait in line for it, where the backend keeps a line (etcd,
     /// ZooKeeper, Redis, memory; not Consul or file).
     pub waiting: Option<usize>,
+    /// Every holder, where the backend lists them: a semaphore's permits, a read-write lock's
+    /// readers or writer (`holder` and `token` are the first of them), a lock's one holder.
+    pub holders: Vec<Holding>,
+    /// A semaphore's number of permits, where the backend stores it.
+    pub permits: Option<u32>,
+}
+
+/// One holder of a name, as [`LockStatus::holders`] lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Holding {
+    /// What it holds.
+    pub kind: GrantKind,
+    /// Its holder metadata, where the backend stores it.
+    pub holder: Option<String>,
+    /// Its fencing token, where the backend can tell.
+    pub token: Option<FencingToken>,
+}
+
+impl Holding {
+    /// A holder of `kind`.
+    pub fn new(kind: GrantKind, holder: Option<String>, token: Option<FencingToken>) -> Self {
+        Holding { kind, holder, token }
+    }
 }
 
 impl LockStatus {
@@ -315,7 +401,26 @@ impl LockStatus {
 
     /// Someone holds it.
     pub fn held(holder: Option<String>, token: Option<FencingToken>, ttl_left: Option<Duration>) -> Self {
-        LockStatus { held: true, holder, token, ttl_left, waiting: None }
+        LockStatus { held: true, holder, token, ttl_left, ..Self::default() }
+    }
+
+    /// The status of a name with these holders (none: free), first holder first; `holder`,
+    /// `token` and `held` follow from them.
+    pub fn holders(holders: Vec<Holding>, ttl_left: Option<Duration>) -> Self {
+        let first = holders.first();
+        LockStatus {
+            held: first.is_some(),
+            holder: first.and_then(|h| h.holder.clone()),
+            token: first.and_then(|h| h.token),
+            ttl_left: first.and(ttl_left),
+            holders,
+            ..Self::default()
+        }
+    }
+
+    /// The same, with a semaphore's number of permits.
+    pub fn permits(self, permits: Option<u32>) -> Self {
+        LockStatus { permits, ..self }
     }
 
     /// The same, with how many wait in line.

@@ -410,7 +410,8 @@ impl LockBackend for EtcdLocks {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::ALL
+        // Semaphores and read-write locks: not yet (issue #20).
+        Capabilities { semaphores: false, rw_locks: false, ..Capabilities::ALL }
     }
 
     fn settings(&self) -> &Settings {

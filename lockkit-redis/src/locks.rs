@@ -31,7 +31,7 @@ impl LockBackend for RedisLocks {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { fair: self.quorum.fair, ..Capabilities::ALL }
+        Capabilities { fair: self.quorum.fair, semaphores: false, rw_locks: false, ..Capabilities::ALL }
     }
 
     fn settings(&self) -> &Settings {

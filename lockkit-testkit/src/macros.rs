@@ -22,6 +22,8 @@
 /// | `shared_lease` | `revoking_a_lease_fires_every_guard_on_it` |
 /// | `holder_metadata` | `status_shows_the_holders_metadata`, and the elections that need no more (a leader's value is its holder metadata): `the_leader_shows_its_value_and_term`, `a_lock_and_an_election_of_one_name_are_one`, `one_leader_at_a_time_with_increasing_terms`, `a_resign_or_a_drop_hands_over`, `a_cancelled_campaign_leaves_no_candidate` |
 /// | `observe` | `a_deposed_leader_cannot_proclaim`, `concurrent_proclaims_leave_the_last_write`, `observers_see_every_change_in_order`, `observed_terms_only_increase` |
+/// | `semaphores` | `never_more_than_n_permits_are_held`, `a_released_permit_wakes_one_waiter_with_a_later_token`, `a_vanished_permit_holder_returns_its_permit_within_the_ttl`, `a_cancelled_permit_wait_leaves_nothing_behind` |
+/// | `rw_locks` | `readers_share_and_a_writer_excludes_everyone`, `a_waiting_writer_is_not_starved_by_later_readers`, `a_cancelled_read_or_write_wait_leaves_nothing_behind` |
 /// | `network` | the fault properties ([`suite`](crate::suite)`::faults`) |
 ///
 /// The line cannot lie: the test `declares_the_capabilities_it_is_tested_for` checks that it
@@ -98,6 +100,21 @@ macro_rules! conformance {
             observed_terms_only_increase,
         );
     };
+    (@capability semaphores $target:expr) => {
+        $crate::conformance!(@tests $target;
+            never_more_than_n_permits_are_held,
+            a_released_permit_wakes_one_waiter_with_a_later_token,
+            a_vanished_permit_holder_returns_its_permit_within_the_ttl,
+            a_cancelled_permit_wait_leaves_nothing_behind,
+        );
+    };
+    (@capability rw_locks $target:expr) => {
+        $crate::conformance!(@tests $target;
+            readers_share_and_a_writer_excludes_everyone,
+            a_waiting_writer_is_not_starved_by_later_readers,
+            a_cancelled_read_or_write_wait_leaves_nothing_behind,
+        );
+    };
     // No property needs these alone (`declares_the_capabilities_it_is_tested_for` checks them).
     (@capability server_fencing $target:expr) => {};
     (@capability server_expiry $target:expr) => {};
@@ -123,7 +140,9 @@ macro_rules! conformance {
                 shared_lease,
                 push_wakeups,
                 holder_metadata,
-                observe
+                observe,
+                semaphores,
+                rw_locks
             ]
             $(, $network)?
         );

@@ -18,6 +18,9 @@ pub use system::*;
 // Elections on the lock machinery.
 mod elections;
 pub use elections::*;
+// Semaphores and read-write locks on the lock machinery.
+mod shared;
+pub use shared::*;
 
 /// The `conformance!` line of `t` lists the capabilities its backend has (`declared`), and
 /// `network` exactly when the target has a fault proxy: the line decides which properties run,

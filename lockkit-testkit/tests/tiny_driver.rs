@@ -94,7 +94,14 @@ impl LockBackend for Tiny {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { fair: false, cross_process: false, observe: false, ..Capabilities::ALL }
+        Capabilities {
+            fair: false,
+            cross_process: false,
+            observe: false,
+            semaphores: false,
+            rw_locks: false,
+            ..Capabilities::ALL
+        }
     }
 
     fn settings(&self) -> &Settings {

@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use lockkit_core::driver::{Cleanup, GrantRequest, KeptLease, attempt};
-use lockkit_core::{Error, FencingToken, Lease, LockGuard, LockName};
+use lockkit_core::{Error, FencingToken, GrantKind, Lease, LockGuard, LockName};
 use zookeeper_client::{EventType, OneshotWatcher, Stat, WatchedEvent};
 
 use crate::BACKEND;
@@ -82,7 +82,7 @@ impl<'a> Acquire<'a> {
         directory: &'a str,
     ) -> Self {
         let id = u128::from(lockkit_core::driver::random_u64()) << 64 | u128::from(lockkit_core::driver::random_u64());
-        let prefix = locks.recipe.node_prefix(id, request.election);
+        let prefix = locks.recipe.node_prefix(id, request.kind == GrantKind::Candidate);
         let name = &request.name;
         Acquire { locks, session, lease, name, directory, prefix }
     }

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use crate::LossSignal;
 use crate::driver::DropGuard;
 use crate::signal::lock;
+use crate::{GrantKind, LossSignal};
 
 /// One store: what every handle connected to the same store name shares.
 pub(super) struct Store {
@@ -144,7 +144,7 @@ impl Store {
 
     /// Who leads `key` now, and until when unless refreshed.
     pub(super) fn leader(&self, key: &str) -> (Leading, Option<Instant>) {
-        self.with_live(key, |slot| (slot.leading(), slot.holder.as_ref().map(|h| h.expires_at))).unwrap_or_default()
+        self.with_live(key, |slot| (slot.leading(), slot.holders.first().map(|h| h.expires_at))).unwrap_or_default()
     }
 
     /// How many names are held or waited for (the others keep only their counters).
@@ -153,21 +153,25 @@ impl Store {
         lock(&self.slots).live.len()
     }
 
-    /// Grants `key` to `waiter` now, or (if `wait`) queues it and waits for the handoff: the
-    /// token, `None` when held and not waiting, or why the waiter's lease was lost meanwhile.
-    pub(super) async fn acquire(&self, key: &str, waiter: &Arc<Waiter>, wait: bool) -> Result<Option<u64>, String> {
+    /// Grants `key` to `waiter` now, or (if `wait`) queues it and waits for its turn: the
+    /// token, `None` when held and not waiting, or why it was refused.
+    pub(super) async fn acquire(&self, key: &str, waiter: &Arc<Waiter>, wait: bool) -> Result<Option<u64>, Refused> {
         {
             let mut slots = lock(&self.slots);
             // A lease revoked meanwhile (the handle closed while this acquire was under way)
             // holds nothing: its revoke fires the signal before it clears the store, so a
             // grant made here after that clear would outlive it.
             if let Some(reason) = waiter.signal.reason() {
-                return Err(reason);
+                return Err(Refused::Lost(reason));
             }
             let before = slots.observed_leader(key);
             let slot = slots.open(key);
             slot.expire();
-            let granted = (slot.holder.is_none() && slot.waiters.is_empty()).then(|| slot.hand_to(waiter));
+            if let Some(used_as) = slot.conflict(waiter.kind) {
+                slots.settle(key);
+                return Err(Refused::UsedAs(used_as));
+            }
+            let granted = (slot.waiters.is_empty() && slot.admits(waiter.kind)).then(|| slot.hand_to(waiter));
             if granted.is_none() && wait {
                 slot.waiters.push_back(waiter.clone());
             }
@@ -178,32 +182,30 @@ impl Store {
             }
         }
         // A waiter that gives up (its future dropped, its lease lost) leaves the queue — or, if
-        // the lock was handed to it meanwhile, hands the lock on.
+        // it was granted meanwhile, gives the grant back.
         let queued = DropGuard::new((), |()| self.leave_queue(key, waiter.grant));
         loop {
             let notified = waiter.notify.notified();
             if let Some(reason) = waiter.signal.reason() {
                 // Lost while in line (the handle was closed, a pause past the deadline): the
                 // queue entry goes with `queued`.
-                return Err(reason);
+                return Err(Refused::Lost(reason));
             }
             let expiry = {
                 let mut slots = lock(&self.slots);
                 let before = slots.observed_leader(key);
                 let slot = slots.open(key);
                 slot.expire();
-                let holder = slot.holder.as_ref().map(|h| (h.grant, h.token, h.expires_at));
+                let granted = slot.holders.iter().find(|h| h.grant == waiter.grant).map(|h| h.token);
                 let first = slot.waiters.front().is_some_and(|w| w.grant == waiter.grant);
+                let expiry = if first { slot.holders.iter().map(|h| h.expires_at).min() } else { None };
                 slots.wake_observers(key, before);
-                match holder {
-                    Some((grant, token, _)) if grant == waiter.grant => {
-                        queued.disarm();
-                        return Ok(Some(token));
-                    }
-                    // Only the first waiter watches the holder's expiry; the rest are woken in turn.
-                    Some((_, _, expires_at)) if first => Some(expires_at),
-                    _ => None,
+                if let Some(token) = granted {
+                    queued.disarm();
+                    return Ok(Some(token));
                 }
+                // Only the first waiter watches the holders' expiry; the rest are woken in turn.
+                expiry
             };
             match expiry {
                 Some(at) => tokio::select! {
@@ -220,12 +222,21 @@ impl Store {
     }
 }
 
-/// A contender: what it needs to become the holder when the lock is handed to it.
+/// Why an acquire got no grant.
+pub(super) enum Refused {
+    /// Its lease was lost (why).
+    Lost(String),
+    /// The name is used as another kind of primitive (what it is used as).
+    UsedAs(String),
+}
+
+/// A contender: what it needs to become a holder when its turn comes.
 pub(super) struct Waiter {
     pub(super) grant: u64,
     pub(super) lease: String,
     pub(super) ttl: Duration,
     pub(super) holder: String,
+    pub(super) kind: GrantKind,
     pub(super) signal: LossSignal,
     pub(super) notify: Notify,
 }
@@ -236,70 +247,103 @@ pub(super) struct Holder {
     pub(super) token: u64,
     pub(super) expires_at: Instant,
     pub(super) holder: String,
+    pub(super) kind: GrantKind,
     signal: LossSignal,
 }
 
+/// A name held or waited for: its holders (one for a lock or a write; a semaphore's permits;
+/// readers), oldest first, and its line.
 #[derive(Default)]
 pub(super) struct Slot {
     fence: u64,
-    pub(super) holder: Option<Holder>,
+    pub(super) holders: Vec<Holder>,
     pub(super) waiters: VecDeque<Arc<Waiter>>,
 }
 
 impl Slot {
     fn idle(&self) -> bool {
-        self.holder.is_none() && self.waiters.is_empty()
+        self.holders.is_empty() && self.waiters.is_empty()
     }
 
-    /// Who leads: the holder's token and metadata.
+    /// Who leads: a lock's (an election's) holder, its token and metadata.
     fn leading(&self) -> Leading {
-        self.holder.as_ref().map(|h| (h.token, h.holder.clone()))
+        let holder = self.holders.first().filter(|h| matches!(h.kind, GrantKind::Lock | GrantKind::Candidate));
+        holder.map(|h| (h.token, h.holder.clone()))
     }
 
-    /// Makes `waiter` the holder with a new fencing token.
+    /// What the name is used as, when its holders or waiters use it as another primitive than
+    /// `kind` (another kind, or a semaphore of another number of permits).
+    fn conflict(&self, kind: GrantKind) -> Option<String> {
+        let mut kinds = self.holders.iter().map(|h| h.kind).chain(self.waiters.iter().map(|w| w.kind));
+        kinds.find(|other| !other.same_primitive(kind)).map(GrantKind::primitive)
+    }
+
+    /// Whether a hold of `kind` may join the holders now.
+    fn admits(&self, kind: GrantKind) -> bool {
+        match kind {
+            GrantKind::Permit { permits } => self.holders.len() < permits as usize,
+            _ => self.holders.iter().all(|h| kind.shares_with(h.kind)),
+        }
+    }
+
+    /// Makes `waiter` a holder with a new fencing token.
     fn hand_to(&mut self, waiter: &Waiter) -> u64 {
         self.fence += 1;
-        self.holder = Some(Holder {
+        self.holders.push(Holder {
             grant: waiter.grant,
             lease: waiter.lease.clone(),
             token: self.fence,
             expires_at: Instant::now() + waiter.ttl,
             holder: waiter.holder.clone(),
+            kind: waiter.kind,
             signal: waiter.signal.clone(),
         });
         waiter.notify.notify_one();
         self.fence
     }
 
-    /// Drops the holder if its TTL ran out.
+    /// Drops the holders whose TTL ran out.
     fn expire(&mut self) {
-        if self.holder.as_ref().is_some_and(|h| Instant::now() >= h.expires_at) {
-            self.remove_holder("its TTL ran out on the server before a refresh arrived");
+        let now = Instant::now();
+        self.remove_holders_where(|h| now >= h.expires_at, "its TTL ran out on the server before a refresh arrived");
+    }
+
+    /// Removes the holders `which` picks (firing their loss signals) and lets waiters in:
+    /// how many it removed.
+    pub(super) fn remove_holders_where(&mut self, which: impl Fn(&Holder) -> bool, reason: &str) -> usize {
+        let before = self.holders.len();
+        self.holders.retain(|h| {
+            let remove = which(h);
+            if remove {
+                h.signal.lose(reason);
+            }
+            !remove
+        });
+        let removed = before - self.holders.len();
+        if removed > 0 {
+            self.promote();
         }
+        removed
     }
 
-    /// Removes the holder (firing its loss signal) and hands the lock to the first waiter.
-    pub(super) fn remove_holder(&mut self, reason: &str) -> Option<Holder> {
-        let holder = self.holder.take()?;
-        holder.signal.lose(reason);
-        self.promote();
-        Some(holder)
-    }
-
-    /// Removes the holder if it is the grant `grant` (quietly: its owner gave it up).
+    /// Removes the holder of the grant `grant` (quietly: its owner gave it up).
     pub(super) fn give_back(&mut self, grant: u64) -> bool {
-        if self.holder.as_ref().is_none_or(|h| h.grant != grant) {
-            return false;
-        }
-        self.holder = None;
+        let Some(at) = self.holders.iter().position(|h| h.grant == grant) else { return false };
+        self.holders.remove(at);
         self.promote();
         true
     }
 
+    /// Lets in the waiters at the front of the line while there is room for them, in order:
+    /// a waiting writer (or lock) keeps the readers behind it waiting.
     fn promote(&mut self) {
-        if self.holder.is_none()
-            && let Some(next) = self.waiters.pop_front()
-        {
+        while let Some(next) = self.waiters.front() {
+            if !self.admits(next.kind) {
+                // The first waiter watches the holders' expiry: wake it to look again.
+                next.notify.notify_one();
+                return;
+            }
+            let next = self.waiters.pop_front().expect("a front");
             self.hand_to(&next);
         }
     }
@@ -315,8 +359,8 @@ impl Store {
             }
             let was_first = slot.waiters.front().is_some_and(|w| w.grant == grant);
             slot.waiters.retain(|w| w.grant != grant);
-            if was_first && let Some(next) = slot.waiters.front() {
-                next.notify.notify_one();
+            if was_first {
+                slot.promote(); // the next in line may fit beside the holders where it did not
             }
         });
     }

@@ -46,9 +46,9 @@ use std::sync::Arc;
 #[cfg_attr(docsrs, doc(cfg(feature = "consul")))]
 pub use lockkit_consul as consul;
 pub use lockkit_core::{
-    COMMON_OPTIONS, Capabilities, DistributedLock, Error, FencingToken, Leader, LeaderChanges, Leadership, Lease,
-    LockGuard, LockName, LockOptions, LockStatus, LockUrl, LossSignal, MAX_NAME_LEN, Result, Scheme, Settings, Wait,
-    default_holder, parse_duration,
+    COMMON_OPTIONS, Capabilities, DistributedLock, Error, FencingToken, GrantKind, Holding, Leader, LeaderChanges,
+    Leadership, Lease, LockGuard, LockName, LockOptions, LockStatus, LockUrl, LossSignal, MAX_NAME_LEN, Result, RwLock,
+    Scheme, Semaphore, Settings, Wait, default_holder, parse_duration,
 };
 pub use lockkit_core::{file, memory};
 /// The etcd driver's extras (e.g. `ownership`, for guarding your own transactions).

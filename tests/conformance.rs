@@ -11,7 +11,7 @@ conformance!(
 conformance!(
     file,
     Target::file,
-    capabilities: [server_fencing, crash_release, cross_process, shared_lease, holder_metadata]
+    capabilities: [server_fencing, crash_release, cross_process, shared_lease, holder_metadata, semaphores, rw_locks]
 );
 #[cfg(feature = "etcd")]
 // Semaphores and read-write locks are not on these backends yet (issue #20): `all` but them.

@@ -18,8 +18,31 @@ pub(crate) struct RunArgs {
     /// Holder metadata stored with the grant, shown by `lockkit status` (default: host and pid)
     #[arg(long)]
     holder: Option<String>,
+    /// Run under one of N permits of the semaphore NAME instead (every contender must give
+    /// the same N)
+    #[arg(long, value_name = "N", conflicts_with_all = ["read", "write"])]
+    permits: Option<u32>,
+    /// Run under a shared hold of the read-write lock NAME: with other readers, never with a writer
+    #[arg(long, conflicts_with = "write")]
+    read: bool,
+    /// Run under the exclusive hold of the read-write lock NAME: no reader, no other writer
+    #[arg(long)]
+    write: bool,
     #[command(flatten)]
     held: HoldArgs,
+}
+
+impl RunArgs {
+    /// What is taken, for messages: `lock `x``, `a permit of semaphore `x``, …
+    fn what(&self) -> String {
+        let name = &self.name;
+        match (self.permits, self.read, self.write) {
+            (Some(permits), ..) => format!("a permit of semaphore `{name}` ({permits} permits)"),
+            (_, true, _) => format!("a read of read-write lock `{name}`"),
+            (_, _, true) => format!("the write of read-write lock `{name}`"),
+            _ => format!("lock `{name}`"),
+        }
+    }
 }
 
 /// How a lock (or leadership) is taken and kept for a command: shared by `run` and `elect`.
@@ -318,9 +341,14 @@ enum Ended {
 /// Acquires as the arguments say; on failure, prints why and returns the exit status.
 async fn acquire(locks: &dyn DistributedLock, args: &RunArgs, verbose: bool) -> Result<LockGuard, u8> {
     let options = args.held.options().holder(args.holder.clone().unwrap_or_else(lockkit::default_holder));
-    let what = format!("lock `{}`", args.name);
-    try_then_wait(&what, args.held.no_wait, args.held.timeout, verbose, async |wait| {
-        locks.acquire_with(&args.name, &options.clone().wait(wait)).await
+    try_then_wait(&args.what(), args.held.no_wait, args.held.timeout, verbose, async |wait| {
+        let options = options.clone().wait(wait);
+        match (args.permits, args.read, args.write) {
+            (Some(permits), ..) => locks.semaphore(&args.name, permits).acquire_with(&options).await,
+            (_, true, _) => locks.rw_lock(&args.name).read_with(&options).await,
+            (_, _, true) => locks.rw_lock(&args.name).write_with(&options).await,
+            _ => locks.acquire_with(&args.name, &options).await,
+        }
     })
     .await
 }

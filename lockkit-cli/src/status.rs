@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use lockkit::LockStatus;
+use lockkit::{GrantKind, LockStatus};
 
 use crate::{exit, report};
 
@@ -12,8 +12,8 @@ pub(crate) struct StatusArgs {
     url: String,
     /// Lock name
     name: String,
-    /// Print one JSON object: {"name", "held", "holder", "token", "ttl_left_ms", "waiting"}
-    /// (null where the backend cannot tell)
+    /// Print one JSON object: {"name", "held", "holder", "token", "ttl_left_ms", "waiting",
+    /// "permits", "holders": [{"kind", "holder", "token"}]} (null where the backend cannot tell)
     #[arg(long)]
     json: bool,
 }
@@ -40,6 +40,9 @@ fn text(name: &str, status: &LockStatus) -> String {
         Some(n) if n > 0 => format!("; {n} waiting"),
         _ => String::new(),
     };
+    if let Some(shared) = shared(name, status) {
+        return shared + &waiting;
+    }
     if !status.held {
         return format!("lock `{name}`: free{waiting}");
     }
@@ -56,6 +59,40 @@ fn text(name: &str, status: &LockStatus) -> String {
     line + &waiting
 }
 
+/// A semaphore's or read-write lock's line (`None`: a lock's), every holder listed.
+fn shared(name: &str, status: &LockStatus) -> Option<String> {
+    let kind = status.holders.first().map(|h| h.kind);
+    let holders = || {
+        let each = status.holders.iter().map(|h| {
+            let holder = h.holder.as_deref().unwrap_or("?");
+            h.token.map_or_else(|| holder.to_owned(), |token| format!("{holder} (token {token})"))
+        });
+        each.collect::<Vec<_>>().join(", ")
+    };
+    match (status.permits, kind) {
+        (Some(permits), _) if status.holders.is_empty() => {
+            Some(format!("semaphore `{name}`: 0 of {permits} permits held"))
+        }
+        (Some(permits), _) => {
+            Some(format!("semaphore `{name}`: {} of {permits} permits held by {}", status.holders.len(), holders()))
+        }
+        (None, Some(GrantKind::Read)) => Some(format!("read-write lock `{name}`: read by {}", holders())),
+        (None, Some(GrantKind::Write)) => Some(format!("read-write lock `{name}`: written by {}", holders())),
+        _ => None,
+    }
+}
+
+/// A hold's kind in JSON: "lock", "candidate", "permit", "read", "write".
+fn kind(kind: GrantKind) -> &'static str {
+    match kind {
+        GrantKind::Candidate => "candidate",
+        GrantKind::Permit { .. } => "permit",
+        GrantKind::Read => "read",
+        GrantKind::Write => "write",
+        _ => "lock",
+    }
+}
+
 fn json(name: &str, status: &LockStatus) -> serde_json::Value {
     serde_json::json!({
         "name": name,
@@ -64,11 +101,19 @@ fn json(name: &str, status: &LockStatus) -> serde_json::Value {
         "token": status.token.map(|t| t.get()),
         "ttl_left_ms": status.ttl_left.as_ref().map(Duration::as_millis),
         "waiting": status.waiting,
+        "permits": status.permits,
+        "holders": status.holders.iter().map(|h| serde_json::json!({
+            "kind": kind(h.kind),
+            "holder": h.holder,
+            "token": h.token.map(|t| t.get()),
+        })).collect::<Vec<_>>(),
     })
 }
 
 #[cfg(test)]
 mod tests {
+    use lockkit::{FencingToken, Holding};
+
     use super::*;
 
     #[test]
@@ -78,5 +123,25 @@ mod tests {
         assert_eq!(json("job", &status)["waiting"], 2);
         assert_eq!(text("job", &LockStatus::free().waiting(0)), "lock `job`: free");
         assert!(json("job", &LockStatus::free())["waiting"].is_null(), "null where the backend cannot tell");
+    }
+
+    #[test]
+    fn semaphores_and_read_write_locks_list_every_holder() {
+        let permit = |holder: &str, token| {
+            Holding::new(GrantKind::Permit { permits: 3 }, Some(holder.into()), Some(FencingToken::new(token)))
+        };
+        let status = LockStatus::holders(vec![permit("a", 4), permit("b", 7)], None).permits(Some(3)).waiting(1);
+        assert_eq!(
+            text("pool", &status),
+            "semaphore `pool`: 2 of 3 permits held by a (token 4), b (token 7); 1 waiting"
+        );
+        assert_eq!(json("pool", &status)["holders"][1]["token"], 7);
+        assert_eq!(json("pool", &status)["permits"], 3);
+        let free = LockStatus::holders(Vec::new(), None).permits(Some(3));
+        assert_eq!(text("pool", &free), "semaphore `pool`: 0 of 3 permits held");
+        let reader = Holding::new(GrantKind::Read, Some("r".into()), None);
+        let status = LockStatus::holders(vec![reader], None);
+        assert_eq!(text("doc", &status), "read-write lock `doc`: read by r");
+        assert_eq!(json("doc", &status)["holders"][0]["kind"], "read");
     }
 }

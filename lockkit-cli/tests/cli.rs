@@ -673,3 +673,35 @@ async fn consul_acl_token_from_the_environment() {
     assert_eq!(wrong.status.code(), Some(69), "{stderr}");
     assert!(stderr.contains("permission denied") && !stderr.contains("not-it"), "{stderr}");
 }
+
+/// `--permits N` runs commands under one of N permits (N at once, the next `--no-wait` exits
+/// 75, `status` lists the holders); `--read` commands share, a `--write` waits for them;
+/// `--permits` with `--read` is a usage error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permits_and_read_write_holds_from_the_command_line() {
+    let url = Target::file().url();
+    let (mut first, a) = holder(&url, &["--permits", "2"]).await;
+    let (mut second, b) = holder(&url, &["--permits", "2"]).await;
+    assert_ne!(a, b, "each permit has its own token");
+    let (status, _, stderr) = output(lockkit(&["run", &url, "job", "--permits", "2", "--no-wait", "--", "true"])).await;
+    assert_eq!(status.code(), Some(75), "{stderr}");
+    assert!(stderr.contains("permit of semaphore `job`"), "{stderr}");
+    let (status, stdout, _) = output(lockkit(&["status", &url, "job"])).await;
+    assert_eq!(status.code(), Some(0));
+    assert!(stdout.starts_with("semaphore `job`: 2 of 2 permits held by"), "{stdout}");
+    first.kill().await.unwrap();
+    second.kill().await.unwrap();
+
+    let url = Target::file().url();
+    let (mut reader, _) = holder(&url, &["--read"]).await;
+    let (mut other_reader, _) = holder(&url, &["--read"]).await;
+    let (status, _, stderr) = output(lockkit(&["run", &url, "job", "--write", "--no-wait", "--", "true"])).await;
+    assert_eq!(status.code(), Some(75), "a write beside readers: {stderr}");
+    reader.kill().await.unwrap();
+    other_reader.kill().await.unwrap();
+    let (status, _, stderr) = output(lockkit(&["run", &url, "job", "--write", "--timeout", "10s", "--", "true"])).await;
+    assert!(status.success(), "{stderr}");
+
+    let (status, _, stderr) = output(lockkit(&["run", &url, "job", "--permits", "2", "--read", "--", "true"])).await;
+    assert_eq!(status.code(), Some(64), "{stderr}");
+}

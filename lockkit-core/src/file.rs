@@ -19,11 +19,15 @@
 //!   wait for an advisory lock.
 //! - There is no expiry: a live process keeps its locks until it releases them or exits. The
 //!   TTL only sets how often holders check their files.
+//! - Semaphores and read-write locks lock other files of the name (`<escaped NAME>@permit-<i>.lock`
+//!   slots, `@rw.lock`, a writer's `@turnstile.lock`, readers' `@reader-<i>.lock` slots; see
+//!   `kinds`), with the same fencing counter, so tokens increase across every kind of hold.
 //! - Safe in a directory shared with other local users (see the README's file:// section): the directory is checked
 //!   at connect like sshd checks a home, files are opened relative to it without following
 //!   symbolic links and checked before they are written, and created with `mode=` (`0600`).
 
 mod dir;
+mod kinds;
 
 use std::collections::HashMap;
 use std::fs::{File, TryLockError};
@@ -40,8 +44,8 @@ use crate::driver::{Grant, GrantRequest, LockBackend, random_u64};
 use crate::lease::{KeepAlive, LeaseBackend, LeasePool};
 use crate::signal::lock;
 use crate::{
-    Capabilities, DistributedLock, Error, FencingToken, Lease, LockGuard, LockName, LockStatus, LockUrl, LossSignal,
-    Namespace, Result, Settings,
+    Capabilities, DistributedLock, Error, FencingToken, GrantKind, Holding, Lease, LockGuard, LockName, LockStatus,
+    LockUrl, LossSignal, Namespace, Result, Settings,
 };
 use dir::LockDir;
 
@@ -74,12 +78,6 @@ struct FileLocks {
     pool: LeasePool,
 }
 
-/// The lock file's and the fencing counter's names in the lock directory.
-fn file_names(name: &LockName) -> (String, String) {
-    let stem = name.file_stem();
-    (format!("{stem}.lock"), format!("{stem}.fence"))
-}
-
 #[async_trait]
 impl LockBackend for FileLocks {
     fn backend(&self) -> &'static str {
@@ -87,15 +85,7 @@ impl LockBackend for FileLocks {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            fair: false,
-            server_expiry: false,
-            push_wakeups: false,
-            observe: false,
-            semaphores: false,
-            rw_locks: false,
-            ..Capabilities::ALL
-        }
+        Capabilities { fair: false, server_expiry: false, push_wakeups: false, observe: false, ..Capabilities::ALL }
     }
 
     fn settings(&self) -> &Settings {
@@ -111,21 +101,25 @@ impl LockBackend for FileLocks {
                 Ok((Arc::new(FileLease { holdings, id: id.clone(), ttl }) as Arc<dyn LeaseBackend>, id))
             })
             .await?;
-        let (lock_name, fence_name) = file_names(&request.name);
+        let fence_name = format!("{}.fence", request.name.file_stem());
         let dir = &self.dir;
+        if let GrantKind::Permit { permits } = request.kind {
+            kinds::check_permits(dir, &request.name, permits)?;
+        }
         let mut backoff = Duration::from_millis(2);
         let mut tries_left = 2;
-        let (file, token) = loop {
+        let mut tries = kinds::Tries::default();
+        let (taken, token) = loop {
             let released = RELEASED.notified();
-            if let Some(file) = try_lock(dir, &lock_name)
-                .map_err(|e| io_error(&format!("cannot lock {}", dir.path(&lock_name).display()), e))?
-            {
+            let lock_error =
+                |e| io_error(&format!("cannot lock the files of `{}` in {}", request.name, dir.path("").display()), e);
+            if let Some(taken) = kinds::try_take(dir, &request.name, request.kind, &mut tries).map_err(lock_error)? {
                 let fence_error =
                     |e| io_error(&format!("cannot update the fencing counter {}", dir.path(&fence_name).display()), e);
                 let token = bump_fence(dir, &fence_name).map_err(fence_error)?;
-                write_holder(&file, token, &request.holder)
-                    .map_err(|e| io_error(&format!("cannot write {}", dir.path(&lock_name).display()), e))?;
-                break (file, token);
+                write_holder(&taken.file, token, &request.holder)
+                    .map_err(|e| io_error(&format!("cannot write {}", dir.path(&taken.name).display()), e))?;
+                break (taken, token);
             }
             if !request.wait {
                 if tries_left == 0 {
@@ -151,9 +145,10 @@ impl LockBackend for FileLocks {
         let signal = lease.grant_signal();
         let id = self.holdings.next_id();
         let held = Held {
-            file: Arc::new(file),
+            file: Arc::new(taken.file),
+            shared: taken.shared,
             dir: self.dir.clone(),
-            name: lock_name,
+            name: taken.name,
             lease: lease.id().to_owned(),
             signal: signal.clone(),
         };
@@ -173,28 +168,15 @@ impl LockBackend for FileLocks {
     }
 
     async fn inspect(&self, name: &LockName) -> Result<LockStatus> {
-        let (lock_name, _) = file_names(name);
-        let read = || -> io::Result<LockStatus> {
-            let mut file = match self.dir.open_for_reading(&lock_name, false) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(LockStatus::free()),
-                other => other?,
-            };
-            let mut text = String::new();
-            file.read_to_string(&mut text)?;
-            // A release empties the file before it unlocks it: an empty file is free, and is
-            // not locked here even for a moment (a shared lock would make a concurrent try fail).
-            if text.trim().is_empty() {
-                return Ok(LockStatus::free());
+        let permits = kinds::recorded_permits(&self.dir, name).map_err(|e| self.unreadable(name, e))?;
+        let mut holders = Vec::new();
+        for (file, kind) in kinds::status_files(&self.dir, name, permits) {
+            let read = read_holder(&self.dir, &file).map_err(|e| self.unreadable(name, e))?;
+            if let Some((token, holder)) = read {
+                holders.push(Holding::new(kind, holder, token));
             }
-            match file.try_lock_shared() {
-                Ok(()) => return Ok(LockStatus::free()), // left by a holder that died
-                Err(TryLockError::WouldBlock) => {}
-                Err(TryLockError::Error(e)) => return Err(e),
-            }
-            let (token, holder) = parse_holder(&text);
-            Ok(LockStatus::held(holder, token, None))
-        };
-        read().map_err(|e| io_error(&format!("cannot read {}", self.dir.path(&lock_name).display()), e))
+        }
+        Ok(LockStatus::holders(holders, None).permits(permits))
     }
 
     /// Revokes the handle's leases: every grant on them is released and fires its guard.
@@ -202,36 +184,48 @@ impl LockBackend for FileLocks {
         self.pool.close().await
     }
 
+    /// Removes every held file of the name (the lock, the write, the readers', the permits'):
+    /// the next contenders create new ones; the evicted holders notice at their next check.
     async fn evict(&self, name: &LockName) -> Result<bool> {
-        let (lock_name, _) = file_names(name);
-        if matches!(self.inspect(name).await?, LockStatus { held: false, .. }) {
-            return Ok(false);
+        let permits = kinds::recorded_permits(&self.dir, name).map_err(|e| self.unreadable(name, e))?;
+        let mut evicted = false;
+        for (file, _) in kinds::status_files(&self.dir, name, permits) {
+            if read_holder(&self.dir, &file).map_err(|e| self.unreadable(name, e))?.is_none() {
+                continue;
+            }
+            match self.dir.remove(&file) {
+                Ok(()) => evicted = true,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_error(&format!("cannot remove {}", self.dir.path(&file).display()), e)),
+            }
         }
-        match self.dir.remove(&lock_name) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(io_error(&format!("cannot remove {}", self.dir.path(&lock_name).display()), e)),
-        }
+        Ok(evicted)
     }
 }
 
-/// Opens and locks the lock file `name`, making sure the locked file is still the one of that
-/// name (it may have been removed by `force_release` between open and lock). `None` when held
-/// elsewhere.
-fn try_lock(dir: &LockDir, name: &str) -> io::Result<Option<File>> {
-    loop {
-        let file = dir.open_for_update(name)?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => return Ok(None),
-            Err(TryLockError::Error(e)) => return Err(e),
-        }
-        match dir.holds(name, &file) {
-            Ok(true) => return Ok(Some(file)),
-            Ok(false) => continue,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        }
+impl FileLocks {
+    fn unreadable(&self, name: &LockName, e: io::Error) -> Error {
+        io_error(&format!("cannot read the files of `{name}` in {}", self.dir.path("").display()), e)
+    }
+}
+
+/// The token and metadata a held file shows (`None`: free, or left by a holder that died).
+fn read_holder(dir: &LockDir, file: &str) -> io::Result<Option<(Option<FencingToken>, Option<String>)>> {
+    let mut opened = match dir.open_for_reading(file, false) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        other => other?,
+    };
+    let mut text = String::new();
+    opened.read_to_string(&mut text)?;
+    // A release empties the file before it unlocks it: an empty file is free, and is not
+    // locked here even for a moment (a shared lock would make a concurrent try fail).
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    match opened.try_lock_shared() {
+        Ok(()) => Ok(None), // left by a holder that died
+        Err(TryLockError::WouldBlock) => Ok(Some(parse_holder(&text))),
+        Err(TryLockError::Error(e)) => Err(e),
     }
 }
 
@@ -317,7 +311,10 @@ struct Holdings {
 }
 
 struct Held {
+    /// The file with the grant's token and metadata, locked exclusively.
     file: Arc<File>,
+    /// A read's read-write lock file, locked shared.
+    shared: Option<File>,
     dir: Arc<LockDir>,
     /// The lock file's name in `dir`.
     name: String,
@@ -330,6 +327,9 @@ impl Held {
     fn empty_and_unlock(&self) {
         let _ = self.file.set_len(0);
         let _ = self.file.unlock();
+        if let Some(shared) = &self.shared {
+            let _ = shared.unlock();
+        }
     }
 
     fn intact(&self) -> bool {
@@ -407,6 +407,9 @@ impl FileGrant {
         let intact = held.intact();
         let _ = held.file.set_len(0); // so that `status` sees it free without locking it
         let unlocked = held.file.unlock();
+        if let Some(shared) = &held.shared {
+            let _ = shared.unlock();
+        }
         drop(held);
         RELEASED.notify_waiters();
         if !intact {
@@ -451,6 +454,29 @@ mod tests {
         let err = bump_fence(&locks, "x.fence").unwrap_err().to_string();
         assert!(err.contains("not a number"), "{err}");
         assert_eq!(fs::read_to_string(&path).unwrap(), "garbage");
+    }
+
+    /// A semaphore's number of permits is recorded by its first contender and another number
+    /// refused; `status` lists a semaphore's permits and a read-write lock's readers and writer.
+    #[tokio::test]
+    async fn semaphores_keep_their_permits_and_status_lists_every_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let url: LockUrl = format!("file://{}", dir.path().display()).parse().unwrap();
+        let (a, b) = (connect(&url).unwrap(), connect(&url).unwrap());
+        let permit = a.semaphore("s", 2).acquire().await.unwrap();
+        let err = b.semaphore("s", 3).try_acquire().await.unwrap_err().to_string();
+        assert!(err.contains("has 2 permits") && err.contains("not 3"), "{err}");
+        let status = b.status("s").await.unwrap();
+        assert_eq!((status.permits, status.holders.len(), status.token), (Some(2), 1, Some(permit.fencing_token())));
+        let (r1, r2) = (a.rw_lock("rw").read().await.unwrap(), b.rw_lock("rw").read().await.unwrap());
+        let status = b.status("rw").await.unwrap();
+        let readers: Vec<_> = status.holders.iter().map(|h| (h.kind, h.token)).collect();
+        assert_eq!(readers, [(GrantKind::Read, Some(r1.fencing_token())), (GrantKind::Read, Some(r2.fencing_token()))]);
+        drop((r1, r2));
+        let writer = a.rw_lock("rw").write().await.unwrap();
+        let status = b.status("rw").await.unwrap();
+        assert_eq!(status.holders.iter().map(|h| h.kind).collect::<Vec<_>>(), [GrantKind::Write]);
+        assert_eq!(status.token, Some(writer.fencing_token()));
     }
 
     #[test]

@@ -248,6 +248,10 @@ impl<T: LockBackend + ?Sized> DistributedLock for T {
 
     async fn leader(&self, election: &str) -> Result<Option<Leader>> {
         let status = self.status(election).await?;
+        // A semaphore's or read-write lock's holders lead nothing (as `observe` sees it).
+        if status.holders.first().is_some_and(|h| !matches!(h.kind, GrantKind::Lock | GrantKind::Candidate)) {
+            return Ok(None);
+        }
         Ok(match (status.held, status.token) {
             (true, Some(term)) => Some(Leader { value: status.holder.unwrap_or_default(), term }),
             _ => None,

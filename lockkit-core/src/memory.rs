@@ -253,8 +253,7 @@ mod tests {
     use super::*;
 
     /// A name is one primitive: a semaphore's name refuses a lock, a read and another number
-    /// of permits, saying what it is; 0 permits is refused; a file:// handle has no semaphores
-    /// and says so.
+    /// of permits, saying what it is; 0 permits is refused.
     #[tokio::test]
     async fn a_name_is_one_primitive_and_a_semaphore_has_one_number_of_permits() {
         let locks = connect(&"memory://one-primitive".parse().unwrap()).unwrap();
@@ -269,12 +268,12 @@ mod tests {
             assert!(said, "{what}: {err}");
         }
         assert!(locks.semaphore("x", 2).try_acquire().await.unwrap().is_some(), "the same number is taken");
+        assert!(matches!(locks.try_campaign("x", "me").await, Err(Error::InvalidOptions { .. })));
+        assert_eq!(locks.leader("x").await.unwrap(), None, "a semaphore's holders lead nothing (found by review)");
+        let _reader = locks.rw_lock("rw").read().await.unwrap();
+        assert_eq!(locks.leader("rw").await.unwrap(), None);
         let err = locks.semaphore("y", 0).try_acquire().await.unwrap_err();
         assert!(err.to_string().contains("0 permits"), "{err}");
-        let dir = tempfile::tempdir().unwrap();
-        let files = crate::file::connect(&format!("file://{}", dir.path().display()).parse().unwrap()).unwrap();
-        let err = files.semaphore("x", 2).try_acquire().await.unwrap_err();
-        assert!(err.to_string().contains("capabilities().semaphores is false"), "{err}");
     }
 
     /// Tokens keep increasing when every handle of a store was dropped between two grants (the

@@ -75,10 +75,10 @@ pub enum GrantKind {
 impl GrantKind {
     /// Whether a holder of `self` may hold beside a holder of `other`, both of one name.
     pub fn shares_with(self, other: GrantKind) -> bool {
-        match (self, other) {
-            (GrantKind::Permit { .. }, GrantKind::Permit { .. }) | (GrantKind::Read, GrantKind::Read) => true,
-            _ => false,
-        }
+        matches!(
+            (self, other),
+            (GrantKind::Permit { .. }, GrantKind::Permit { .. }) | (GrantKind::Read, GrantKind::Read)
+        )
     }
 
     /// Whether `self` and `other` are holds of the same kind of primitive with the same shape
@@ -329,9 +329,9 @@ pub struct Capabilities {
     /// [`proclaim`](crate::Leadership::proclaim) a new value. (Campaigning, `leader` and
     /// resigning work on every backend.)
     pub observe: bool,
-    /// Counting semaphores ([`DistributedLock::semaphore`](crate::DistributedLock::semaphore)).
+    /// Counting semaphores (`locks.semaphore(name, permits)`, a [`Semaphore`](crate::Semaphore)).
     pub semaphores: bool,
-    /// Read-write locks ([`DistributedLock::rw_lock`](crate::DistributedLock::rw_lock)).
+    /// Read-write locks (`locks.rw_lock(name)`, an [`RwLock`](crate::RwLock)).
     pub rw_locks: bool,
 }
 

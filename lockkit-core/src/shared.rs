@@ -9,7 +9,7 @@ use crate::lock::no_grant;
 use crate::options::GrantKind;
 use crate::{DistributedLock, LockGuard, LockOptions, LockStatus, Result, Wait};
 
-impl dyn DistributedLock {
+impl<'h> dyn DistributedLock + 'h {
     /// The counting semaphore `name` with `permits` permits: at most `permits` holders at
     /// once. Every contender of one semaphore must give the same number: a backend that stores
     /// it refuses another with [`Error::InvalidOptions`](crate::Error::InvalidOptions).
@@ -49,10 +49,15 @@ impl dyn DistributedLock {
 }
 
 /// A name on a handle, held as one kind.
-#[derive(Debug)]
 struct Hold<'a> {
-    locks: &'a (dyn DistributedLock + 'static),
+    locks: &'a (dyn DistributedLock + 'a),
     name: String,
+}
+
+impl std::fmt::Debug for Hold<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hold").field("backend", &self.locks.backend()).field("name", &self.name).finish()
+    }
 }
 
 impl Hold<'_> {
@@ -68,7 +73,7 @@ impl Hold<'_> {
     }
 }
 
-/// A counting semaphore of a backend handle ([`semaphore`](trait.DistributedLock.html#method.semaphore)):
+/// A counting semaphore of a backend handle (`locks.semaphore(name, permits)`):
 /// each permit is a [`LockGuard`] — its own fencing token (strictly increasing across all the
 /// semaphore's permits), loss signal and refresh, released when dropped; a crashed holder's
 /// permit returns at its TTL.
@@ -108,7 +113,7 @@ impl Semaphore<'_> {
     }
 }
 
-/// A read-write lock of a backend handle ([`rw_lock`](trait.DistributedLock.html#method.rw_lock)):
+/// A read-write lock of a backend handle (`locks.rw_lock(name)`):
 /// each read or write is a [`LockGuard`] with its own fencing token (strictly increasing across
 /// reads and writes of the name), loss signal and refresh, released when dropped.
 #[derive(Debug)]

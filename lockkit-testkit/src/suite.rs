@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use lockkit::{DistributedLock, Error, FencingToken, LockOptions};
 
 use crate::Target;
-use crate::support::{AfterAcquire, CriticalSection, TTL, connect_with, holder_process, in_line};
+use crate::support::{AfterAcquire, CriticalSection, TTL, holder_process, in_line, vanished_in_a_thread};
 
 // The fault properties (a proxy between a handle and its server), run by the same macro.
 mod faults;
@@ -130,20 +130,7 @@ pub async fn a_vanished_holder_frees_the_lock_within_the_ttl(t: &Target) {
         holder.child.wait().await.unwrap();
         holder.token
     } else {
-        let (url, connector) = (t.url(), t.connector());
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            let token = runtime.block_on(async {
-                let guard = connect_with(connector, &url).await.acquire("vanishing").await.unwrap();
-                let token = guard.fencing_token();
-                std::mem::forget(guard);
-                token
-            });
-            drop(runtime);
-            token
-        })
-        .join()
-        .unwrap()
+        vanished_in_a_thread(t, "vanishing", None)
     };
     let next = b.acquire_timeout("vanishing", TTL + Duration::from_secs(3)).await.expect("freed within TTL + slack");
     assert!(next.fencing_token() > vanished_token, "{:?} after {vanished_token:?}", next.fencing_token());

@@ -63,11 +63,17 @@ pub enum AfterAcquire {
 
 /// Starts a process that acquires `name` in the target's namespace and reports its token.
 pub async fn holder_process(t: &Target, name: &str, after: AfterAcquire) -> HolderProcess {
+    holder_process_of(t, name, after, None).await
+}
+
+/// [`holder_process`], acquiring one of `permits` permits of the semaphore `name` when given.
+pub async fn holder_process_of(t: &Target, name: &str, after: AfterAcquire, permits: Option<u32>) -> HolderProcess {
     let mut child = Command::new(std::env::current_exe().expect("the test binary"))
         .args(["--exact", &t.helper("holder"), "--ignored", "--nocapture", "--test-threads=1", "-q"])
         .env("LOCKKIT_CHILD_URL", t.url())
         .env("LOCKKIT_CHILD_NAME", name)
         .env("LOCKKIT_CHILD_HOLD", matches!(after, AfterAcquire::Hold).to_string())
+        .env("LOCKKIT_CHILD_PERMITS", permits.map(|p| p.to_string()).unwrap_or_default())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -87,6 +93,31 @@ pub async fn holder_process(t: &Target, name: &str, after: AfterAcquire) -> Hold
     HolderProcess { child, token }
 }
 
+/// The token of a grant of `name` (one of `permits` permits when given) taken in a thread whose
+/// runtime is then dropped with the guard forgotten: never released, no longer refreshed — a
+/// holder that vanished without a word, within this process.
+pub fn vanished_in_a_thread(t: &Target, name: &str, permits: Option<u32>) -> FencingToken {
+    let (url, connector, name) = (t.url(), t.connector(), name.to_owned());
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        let token = runtime.block_on(async {
+            let locks = connect_with(connector, &url).await;
+            let guard = match permits {
+                Some(permits) => locks.semaphore(&name, permits).acquire().await,
+                None => locks.acquire(&name).await,
+            };
+            let guard = guard.expect("the vanishing holder acquires");
+            let token = guard.fencing_token();
+            std::mem::forget(guard);
+            token
+        });
+        drop(runtime);
+        token
+    })
+    .join()
+    .expect("the vanishing holder's thread")
+}
+
 /// The body of the `child::holder` helper: acquire (connecting with `connector`), print the
 /// token, then release or hold. Does nothing unless [`holder_process`] started it.
 pub fn run_holder_child(connector: Connector) {
@@ -97,7 +128,12 @@ pub fn run_holder_child(connector: Connector) {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
     runtime.block_on(async {
         let locks = connect_with(connector, &url).await;
-        let guard = locks.acquire(&name).await.expect("the child acquires");
+        let permits = std::env::var("LOCKKIT_CHILD_PERMITS").ok().and_then(|p| p.parse().ok());
+        let guard = match permits {
+            Some(permits) => locks.semaphore(&name, permits).acquire().await,
+            None => locks.acquire(&name).await,
+        };
+        let guard = guard.expect("the child acquires");
         println!("LOCKKIT-TOKEN {}", guard.fencing_token());
         if hold {
             std::future::pending::<()>().await;

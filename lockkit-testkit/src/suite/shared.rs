@@ -7,7 +7,7 @@ use std::time::Duration;
 use lockkit::{DistributedLock, Error, LockGuard};
 
 use crate::Target;
-use crate::support::{TTL, connect_with};
+use crate::support::{AfterAcquire, TTL, holder_process_of, vanished_in_a_thread};
 
 /// A short wait that is meant to run out.
 const BRIEF: Duration = Duration::from_millis(50);
@@ -97,24 +97,20 @@ async fn futures_select<T>(mut tasks: Vec<tokio::task::JoinHandle<T>>) -> (T, us
     }
 }
 
-/// A permit whose holder vanished (its runtime gone, never released) returns within the TTL,
-/// and the next permit's token is above it.
+/// A permit whose holder vanished (its process killed, or its runtime gone and the guard never
+/// released) returns within the TTL, and the next permit's token is above it.
 pub async fn a_vanished_permit_holder_returns_its_permit_within_the_ttl(t: &Target) {
     let b = t.connect().await;
-    let (url, connector) = (t.url(), t.connector());
-    let vanished = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let token = runtime.block_on(async {
-            let permit = connect_with(connector, &url).await.semaphore("vanishing", 1).acquire().await.unwrap();
-            let token = permit.fencing_token();
-            std::mem::forget(permit);
-            token
-        });
-        drop(runtime);
-        token
-    })
-    .join()
-    .unwrap();
+    let vanished = if b.capabilities().cross_process {
+        // A process that dies, however it dies (file:// has no TTL: its locks go with the process).
+        let mut holder = holder_process_of(t, "vanishing", AfterAcquire::Hold, Some(1)).await;
+        assert!(b.semaphore("vanishing", 1).try_acquire().await.unwrap().is_none(), "the child holds the permit");
+        holder.child.start_kill().unwrap();
+        holder.child.wait().await.unwrap();
+        holder.token
+    } else {
+        vanished_in_a_thread(t, "vanishing", Some(1))
+    };
     let next = b.semaphore("vanishing", 1).acquire_timeout(TTL + Duration::from_secs(3)).await;
     let next = next.expect("the permit returns within TTL + slack");
     assert!(next.fencing_token() > vanished);

@@ -274,6 +274,24 @@ mod unix {
             self.handle.sync_all()
         }
 
+        /// Moves `from` to `to`, both in the directory, only if `to` does not exist
+        /// (`AlreadyExists` otherwise), and syncs the directory: a file appears whole or not at all.
+        pub(in crate::file) fn rename_new_and_sync(&self, from: &str, to: &str) -> io::Result<()> {
+            let (from, to) = (c_name(from)?, c_name(to)?);
+            let fd = self.handle.as_raw_fd();
+            #[cfg(target_os = "linux")]
+            // SAFETY: a valid descriptor and NUL-terminated names.
+            cvt(unsafe { libc::renameat2(fd, from.as_ptr(), fd, to.as_ptr(), libc::RENAME_NOREPLACE) })?;
+            #[cfg(not(target_os = "linux"))]
+            {
+                // SAFETY: a valid descriptor and NUL-terminated names.
+                cvt(unsafe { libc::linkat(fd, from.as_ptr(), fd, to.as_ptr(), 0) })?;
+                // SAFETY: as above.
+                cvt(unsafe { libc::unlinkat(fd, from.as_ptr(), 0) })?;
+            }
+            self.handle.sync_all()
+        }
+
         fn open_at(&self, name: &str, flags: libc::c_int) -> io::Result<File> {
             let c = c_name(name)?;
             // O_NONBLOCK: a FIFO planted under the name must not hang the open.
@@ -463,6 +481,11 @@ mod other {
 
         pub(in crate::file) fn rename_and_sync(&self, from: &str, to: &str) -> io::Result<()> {
             fs::rename(self.path(from), self.path(to))
+        }
+
+        pub(in crate::file) fn rename_new_and_sync(&self, from: &str, to: &str) -> io::Result<()> {
+            fs::hard_link(self.path(from), self.path(to))?;
+            fs::remove_file(self.path(from))
         }
     }
 }

@@ -2,14 +2,18 @@
 //! the ones below add `@`, which no stem contains, so they cannot be another name's files.
 //! - a lock (or an election): `<stem>.lock`, exclusively;
 //! - a semaphore's permit: the first free of the slot files `<stem>@permit-<i>.lock`
-//!   (`i < permits`), exclusively; the number of permits is kept in `<stem>@permits`, written
-//!   by the first contender, and another number is refused;
+//!   (`i < permits`), exclusively;
 //! - a read-write lock's write: `<stem>@rw.lock`, exclusively, taken while holding
 //!   `<stem>@turnstile.lock`, which a waiting writer keeps so that later readers wait behind it
 //!   (writers are not starved);
 //! - a read: `<stem>@rw.lock` shared (passing the turnstile shared, for a moment), and, for
 //!   `status`, the first free reader slot `<stem>@reader-<i>.lock` exclusively, holding the
 //!   reader's token and metadata.
+//!
+//! What a name is — `lock` (an election too), `semaphore <permits>` or `rw` — is recorded in
+//! `<stem>@kind` by its first contender (written whole: a temporary file moved into place only
+//! if none is there), and a contender asking for another is refused: a name is one primitive.
+//! Remove `<stem>@kind`, with nothing held, to use the name otherwise.
 //!
 //! The file that holds the grant's token and metadata is the one `status` reads; slots are
 //! used from 0 up, and stay (a few bytes each), so `status` finds them by counting up.
@@ -36,11 +40,14 @@ pub(super) struct Tries {
     turnstile: Option<File>,
 }
 
-/// Takes the files of a grant of `kind` on `name` if they are free now.
+/// Takes the files of a grant of `kind` on `name` if they are free now. A writer that will
+/// `wait` keeps the turnstile between its tries; one that only tries never takes it (a failed
+/// try must not hold readers up).
 pub(super) fn try_take(
     dir: &LockDir,
     name: &LockName,
     kind: GrantKind,
+    wait: bool,
     tries: &mut Tries,
 ) -> io::Result<Option<Taken>> {
     let stem = name.file_stem();
@@ -67,6 +74,7 @@ pub(super) fn try_take(
                 slot += 1;
             }
         }
+        GrantKind::Write if !wait => exclusive(format!("{stem}@rw.lock")),
         GrantKind::Write => {
             if tries.turnstile.is_none() {
                 let Some(gate) = try_lock(dir, &format!("{stem}@turnstile.lock"), false)? else { return Ok(None) };
@@ -103,49 +111,90 @@ pub(super) fn try_lock(dir: &LockDir, name: &str, shared: bool) -> io::Result<Op
     }
 }
 
-/// Checks that `name`'s semaphore has `permits` permits, recording the number if it is the
-/// first to use the name as a semaphore.
-pub(super) fn check_permits(dir: &LockDir, name: &LockName, permits: u32) -> Result<()> {
-    let file = format!("{}@permits", name.file_stem());
-    let recorded = match dir.create_new(&file) {
-        Ok(mut created) => {
-            let written = created.write_all(permits.to_string().as_bytes()).and_then(|()| created.sync_data());
-            return written.map_err(|e| super::io_error(&format!("cannot write {}", dir.path(&file).display()), e));
-        }
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => recorded_permits(dir, name),
-        Err(e) => return Err(super::io_error(&format!("cannot create {}", dir.path(&file).display()), e)),
-    };
-    match recorded {
-        // Empty: its creator is writing it; the number is checked by the next acquire.
-        Ok(None) => Ok(()),
-        Ok(Some(recorded)) if recorded == permits => Ok(()),
-        Ok(Some(recorded)) => Err(Error::InvalidOptions {
-            reason: format!(
-                "semaphore `{name}` has {recorded} permits (recorded in {}), not {permits}: give every contender \
-                 the same number, or use another name",
-                dir.path(&file).display()
-            ),
-        }),
-        Err(e) => Err(super::io_error(&format!("cannot read {}", dir.path(&file).display()), e)),
+/// What `kind` records in `<stem>@kind`.
+fn tag(kind: GrantKind) -> String {
+    match kind {
+        GrantKind::Permit { permits } => format!("semaphore {permits}"),
+        GrantKind::Read | GrantKind::Write => "rw".into(),
+        _ => "lock".into(),
     }
 }
 
-/// The number of permits recorded for `name` (`None`: not a semaphore, or being recorded).
-pub(super) fn recorded_permits(dir: &LockDir, name: &LockName) -> io::Result<Option<u32>> {
-    let file = format!("{}@permits", name.file_stem());
+/// Checks that `name` is used as `kind`'s primitive, recording it if it is the first use.
+pub(super) fn check_kind(dir: &LockDir, name: &LockName, kind: GrantKind) -> Result<()> {
+    let file = format!("{}@kind", name.file_stem());
+    let wanted = tag(kind);
+    let recorded = match recorded(dir, name) {
+        Ok(Some(recorded)) => recorded,
+        Ok(None) => match record(dir, &file, &wanted) {
+            Ok(()) => return Ok(()),
+            // Recorded meanwhile by another contender: compare with theirs.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => match recorded(dir, name) {
+                Ok(recorded) => recorded.unwrap_or_default(),
+                Err(e) => return Err(super::io_error(&format!("cannot read {}", dir.path(&file).display()), e)),
+            },
+            Err(e) => return Err(super::io_error(&format!("cannot record {}", dir.path(&file).display()), e)),
+        },
+        Err(e) => return Err(super::io_error(&format!("cannot read {}", dir.path(&file).display()), e)),
+    };
+    if recorded == wanted {
+        return Ok(());
+    }
+    let is = |tag: &str| match tag.strip_prefix("semaphore ") {
+        Some(permits) => format!("a semaphore of {permits} permits"),
+        None if tag == "rw" => "a read-write lock".into(),
+        None => "a lock (or election)".into(),
+    };
+    Err(Error::InvalidOptions {
+        reason: format!(
+            "`{name}` is recorded as {} (in {}), not {}: give every contender of a name the same kind (and a \
+             semaphore the same number of permits), or use another name",
+            is(&recorded),
+            dir.path(&file).display(),
+            is(&wanted)
+        ),
+    })
+}
+
+/// Writes `tag` into `file` whole, unless `file` exists (`AlreadyExists`).
+fn record(dir: &LockDir, file: &str, tag: &str) -> io::Result<()> {
+    let tmp = format!("{file}.{}-{:x}", std::process::id(), crate::driver::random_u64());
+    let written = dir.create_new(&tmp).and_then(|mut created| {
+        created.write_all(tag.as_bytes())?;
+        created.sync_data()
+    });
+    let moved = written.and_then(|()| dir.rename_new_and_sync(&tmp, file));
+    if moved.is_err() {
+        let _ = dir.remove(&tmp);
+    }
+    moved
+}
+
+/// What `name` is recorded as (`None`: not recorded yet).
+fn recorded(dir: &LockDir, name: &LockName) -> io::Result<Option<String>> {
+    let file = format!("{}@kind", name.file_stem());
     let mut text = String::new();
     match dir.open_for_reading(&file, true) {
         Ok(mut opened) => opened.read_to_string(&mut text)?,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    if text.trim().is_empty() {
-        return Ok(None);
+    let tag = text.trim();
+    let known =
+        tag == "lock" || tag == "rw" || tag.strip_prefix("semaphore ").is_some_and(|n| n.parse::<u32>().is_ok());
+    if !known {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("it holds {tag:?}, not `lock`, `rw` or `semaphore <permits>`; remove it if nothing holds the name"),
+        ));
     }
-    let permits = text.trim().parse().map_err(|_| {
-        io::Error::new(io::ErrorKind::InvalidData, format!("it holds {:?}, not a number of permits", text.trim()))
-    })?;
-    Ok(Some(permits))
+    Ok(Some(tag.to_owned()))
+}
+
+/// The number of permits recorded for `name` (`None`: not a semaphore).
+pub(super) fn recorded_permits(dir: &LockDir, name: &LockName) -> io::Result<Option<u32>> {
+    let recorded = recorded(dir, name)?;
+    Ok(recorded.as_deref().and_then(|tag| tag.strip_prefix("semaphore ")).and_then(|n| n.parse().ok()))
 }
 
 /// The files whose holders `status` lists for `name`, in the order it lists them: the lock,

@@ -52,7 +52,7 @@ impl Keys {
 type Enqueued = Result<(i64, bool, Option<Around>), EtcdError>;
 
 /// My key and the contender right before it, as read at `revision`.
-struct Around {
+pub(crate) struct Around {
     revision: i64,
     /// Mine, then my predecessor's if there is one.
     contenders: Vec<KeyValue>,
@@ -82,7 +82,7 @@ fn responses(txn: &TxnResponse) -> Vec<Vec<KeyValue>> {
 
 impl EtcdLocks {
     /// A unary call, bounded by the request timeout, tried again on connection trouble.
-    async fn call<T, F, Fut>(&self, call: F) -> Result<T>
+    pub(crate) async fn call<T, F, Fut>(&self, call: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
@@ -90,12 +90,12 @@ impl EtcdLocks {
         Ok(crate::retry(self.settings.timeout, &self.endpoints, call).await?)
     }
 
-    async fn get(&self, key: &str, options: GetOptions) -> Result<Vec<KeyValue>> {
+    pub(crate) async fn get(&self, key: &str, options: GetOptions) -> Result<Vec<KeyValue>> {
         Ok(self.range(key, options).await?.1)
     }
 
     /// A get, with the revision it was read at.
-    async fn range(&self, key: &str, options: GetOptions) -> Result<(i64, Vec<KeyValue>)> {
+    pub(crate) async fn range(&self, key: &str, options: GetOptions) -> Result<(i64, Vec<KeyValue>)> {
         let response = self
             .call(|| {
                 let (mut client, key, options) = (Client::clone(&self.client), key.to_owned(), options.clone());
@@ -137,7 +137,7 @@ impl EtcdLocks {
     /// mine left over from an earlier grant (whose release failed) is deleted first, so every
     /// grant gets a new revision, hence a new token. (This process's turn on the key keeps
     /// every other acquire of it out, so deleting it by name is safe.)
-    async fn enqueue(&self, keys: &Keys, lease: i64, holder: &str, cleanup: &mut Cleanup) -> Enqueued {
+    pub(crate) async fn enqueue(&self, keys: &Keys, lease: i64, holder: &str, cleanup: &mut Cleanup) -> Enqueued {
         let enqueued = self.try_enqueue(keys, lease, holder, cleanup).await?;
         if enqueued.0 > 0 {
             return Ok(enqueued);
@@ -306,10 +306,22 @@ impl EtcdLocks {
     /// it if the acquire fails or is dropped (see [`Cleanup`] for what happens when that
     /// removal cannot be confirmed).
     async fn grant_on(&self, lease: &Arc<KeptLease>, request: &GrantRequest) -> Result<Option<LockGuard>, EtcdError> {
-        let lease_id =
-            i64::from_str_radix(lease.id(), 16).map_err(|_| Error::backend(BACKEND, "a lease id is not hex"))?;
+        if let lockkit_core::GrantKind::Permit { permits } = request.kind {
+            return self.grant_permit(lease, request, permits).await;
+        }
         let prefix = format!("{}/", self.settings.namespace.key(&request.name));
-        let keys = Keys { mine: format!("{prefix}{}", lease.id()), prefix };
+        self.grant_keys(lease, request, Keys { mine: format!("{prefix}{}", lease.id()), prefix }).await
+    }
+
+    /// [`grant_on`](Self::grant_on) with the lock's keys given: a lock's, or a semaphore's
+    /// internal mutex.
+    pub(crate) async fn grant_keys(
+        &self,
+        lease: &Arc<KeptLease>,
+        request: &GrantRequest,
+        keys: Keys,
+    ) -> Result<Option<LockGuard>, EtcdError> {
+        let lease_id = lease_id(lease)?;
         let Some(turn) = self.local.take(&keys.mine, request.wait).await else { return Ok(None) };
         let made_at = Arc::new(AtomicI64::new(0));
         let what = format!("the key {} of lock {:?}", keys.mine, request.name.as_str());
@@ -341,26 +353,41 @@ impl EtcdLocks {
                 .into());
             }
         };
+        let turn = cleanup.disarm();
+        Ok(Some(self.guard(request, lease, keys.mine, revision, (watch, signal), turn)?))
+    }
+
+    /// The guard of `request`'s grant: the key `key`, made at `revision` on `lease`, watched by
+    /// `watch` (which fires `signal` at its deletion).
+    pub(crate) fn guard(
+        &self,
+        request: &GrantRequest,
+        lease: &Arc<KeptLease>,
+        key: String,
+        revision: i64,
+        (watch, signal): (i64, lockkit_core::LossSignal),
+        turn: Option<Turn>,
+    ) -> Result<LockGuard, EtcdError> {
         let grant = EtcdGrant {
             client: self.client.clone(),
             watches: self.watches.clone(),
             watch,
             idled: AtomicBool::new(false),
-            key: keys.mine,
+            key,
             revision,
-            lease: lease_id,
+            lease: lease_id(lease)?,
             name: request.name.to_string(),
             endpoints: self.endpoints.clone(),
             timeout: self.settings.timeout,
-            _turn: cleanup.disarm(),
+            _turn: turn,
         };
-        Ok(Some(request.granted(BACKEND, FencingToken::new(revision as u64), lease.clone(), signal, grant)))
+        Ok(request.granted(BACKEND, FencingToken::new(revision as u64), lease.clone(), signal, grant))
     }
 
     /// One attempt at removing my `key`: compared on its create revision once that is known
     /// (`made_at`, 0 until then; this process's turn on the key keeps every other acquire of it
     /// out meanwhile), so a key made anew is left alone. A key gone already counts as removed.
-    fn removal(&self, key: &str, made_at: Arc<AtomicI64>) -> Attempt {
+    pub(crate) fn removal(&self, key: &str, made_at: Arc<AtomicI64>) -> Attempt {
         let (client, key, endpoints, timeout) =
             (Client::clone(&self.client), key.to_owned(), self.endpoints.clone(), self.settings.timeout);
         lockkit_core::driver::attempt(move || {
@@ -380,13 +407,18 @@ impl EtcdLocks {
         })
     }
 
-    fn unwatch_later(&self, ids: Vec<i64>) -> Unwatch {
+    pub(crate) fn unwatch_later(&self, ids: Vec<i64>) -> Unwatch {
         Unwatch(self.watches.clone(), ids)
     }
 }
 
+/// The id of a kept lease (its hex name).
+pub(crate) fn lease_id(lease: &KeptLease) -> Result<i64, EtcdError> {
+    Ok(i64::from_str_radix(lease.id(), 16).map_err(|_| Error::backend(BACKEND, "a lease id is not hex"))?)
+}
+
 /// Cancels watches when dropped.
-struct Unwatch(Arc<Watches>, Vec<i64>);
+pub(crate) struct Unwatch(Arc<Watches>, Vec<i64>);
 
 impl Unwatch {
     /// The (first) watch, kept.
@@ -410,8 +442,8 @@ impl LockBackend for EtcdLocks {
     }
 
     fn capabilities(&self) -> Capabilities {
-        // Semaphores and read-write locks: not yet (issue #20).
-        Capabilities { semaphores: false, rw_locks: false, ..Capabilities::ALL }
+        // Read-write locks: not yet (issue #20).
+        Capabilities { rw_locks: false, ..Capabilities::ALL }
     }
 
     fn settings(&self) -> &Settings {
@@ -445,6 +477,9 @@ impl LockBackend for EtcdLocks {
         let keys = Keys { mine: String::new(), prefix };
         // Every contender, first in line first: the holder, then the waiters.
         let all = self.get(&keys.prefix, first(SortOrder::Ascend)).await?;
+        if let Some(status) = self.semaphore_status(name, &all) {
+            return Ok(status);
+        }
         let mut contenders = all.into_iter().filter(|kv| keys.contender(kv));
         let Some(holder) = contenders.next() else { return Ok(LockStatus::free().waiting(0)) };
         let waiting = contenders.count();
@@ -473,6 +508,24 @@ impl LockBackend for EtcdLocks {
         let prefix = format!("{}/", self.settings.namespace.key(name));
         let keys = Keys { mine: String::new(), prefix };
         let options = first(SortOrder::Ascend);
+        let all = self.get(&keys.prefix, options.clone()).await?;
+        if let Some(holders) = self.semaphore_holders(name, &all) {
+            // Every permit's key, each compared on its create revision (a newer one is left alone).
+            let deletes = holders.iter().map(|(key, revision)| {
+                Txn::new()
+                    .when([Compare::create_revision(key.clone(), CompareOp::Equal, *revision)])
+                    .and_then([TxnOp::delete(key.clone(), None)])
+            });
+            let mut evicted = false;
+            for txn in deletes {
+                let (timeout, mut client) = (self.settings.timeout, Client::clone(&self.client));
+                match tokio::time::timeout(timeout, client.txn(txn)).await {
+                    Ok(answer) => evicted |= answer.map_err(|e| error(&self.endpoints, e))?.succeeded(),
+                    Err(_) => return Err(no_answer(&self.endpoints, "force release", timeout)),
+                }
+            }
+            return Ok(evicted);
+        }
         for _ in 0..EVICT_TRIES {
             let head = self.get(&keys.prefix, options.clone().with_limit(1)).await?;
             let Some(holder) = self.first_contender(&keys, head, options.clone()).await? else { return Ok(false) };

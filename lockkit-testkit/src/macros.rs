@@ -24,6 +24,7 @@
 /// | `observe` | `a_deposed_leader_cannot_proclaim`, `concurrent_proclaims_leave_the_last_write`, `observers_see_every_change_in_order`, `observed_terms_only_increase` |
 /// | `semaphores` | `never_more_than_n_permits_are_held`, `a_released_permit_wakes_one_waiter_with_a_later_token`, `a_vanished_permit_holder_returns_its_permit_within_the_ttl`, `a_cancelled_permit_wait_leaves_nothing_behind` |
 /// | `rw_locks` | `readers_share_and_a_writer_excludes_everyone`, `a_waiting_writer_is_not_starved_by_later_readers`, `a_cancelled_read_or_write_wait_leaves_nothing_behind` |
+/// | `semaphores` and `network` | `a_permit_release_that_timed_out_still_frees_the_permit`, `a_dropped_permit_release_still_frees_the_permit`, `a_permit_waiter_that_timed_out_in_a_held_connection_leaves_no_entry` |
 /// | `network` | the fault properties ([`suite`](crate::suite)`::faults`) |
 ///
 /// The line cannot lie: the test `declares_the_capabilities_it_is_tested_for` checks that it
@@ -46,10 +47,10 @@ macro_rules! conformance {
             }
         )*
     };
-    (@capability fair $target:expr) => {
+    (@capability fair $target:expr, $net:tt) => {
         $crate::conformance!(@tests $target; a_fair_backend_grants_in_arrival_order);
     };
-    (@capability cross_process $target:expr) => {
+    (@capability cross_process $target:expr, $net:tt) => {
         $crate::conformance!(@tests $target;
             fencing_tokens_increase_across_connections_and_processes,
             fenced_writes_survive_pauses_and_partitions,
@@ -76,13 +77,13 @@ macro_rules! conformance {
             }
         }
     };
-    (@capability crash_release $target:expr) => {
+    (@capability crash_release $target:expr, $net:tt) => {
         $crate::conformance!(@tests $target; a_vanished_holder_frees_the_lock_within_the_ttl);
     };
-    (@capability shared_lease $target:expr) => {
+    (@capability shared_lease $target:expr, $net:tt) => {
         $crate::conformance!(@tests $target; revoking_a_lease_fires_every_guard_on_it);
     };
-    (@capability holder_metadata $target:expr) => {
+    (@capability holder_metadata $target:expr, $net:tt) => {
         $crate::conformance!(@tests $target;
             status_shows_the_holders_metadata,
             the_leader_shows_its_value_and_term,
@@ -92,7 +93,7 @@ macro_rules! conformance {
             a_cancelled_campaign_leaves_no_candidate,
         );
     };
-    (@capability observe $target:expr) => {
+    (@capability observe $target:expr, $net:tt) => {
         $crate::conformance!(@tests $target;
             a_deposed_leader_cannot_proclaim,
             concurrent_proclaims_leave_the_last_write,
@@ -100,15 +101,25 @@ macro_rules! conformance {
             observed_terms_only_increase,
         );
     };
-    (@capability semaphores $target:expr) => {
+    (@capability semaphores $target:expr, $net:tt) => {
         $crate::conformance!(@tests $target;
             never_more_than_n_permits_are_held,
             a_released_permit_wakes_one_waiter_with_a_later_token,
             a_vanished_permit_holder_returns_its_permit_within_the_ttl,
             a_cancelled_permit_wait_leaves_nothing_behind,
         );
+        $crate::conformance!(@permit_faults $net $target);
     };
-    (@capability rw_locks $target:expr) => {
+    // Semaphores through the fault proxy: where there is one.
+    (@permit_faults network $target:expr) => {
+        $crate::conformance!(@tests $target;
+            a_permit_release_that_timed_out_still_frees_the_permit,
+            a_dropped_permit_release_still_frees_the_permit,
+            a_permit_waiter_that_timed_out_in_a_held_connection_leaves_no_entry,
+        );
+    };
+    (@permit_faults none $target:expr) => {};
+    (@capability rw_locks $target:expr, $net:tt) => {
         $crate::conformance!(@tests $target;
             readers_share_and_a_writer_excludes_everyone,
             a_waiting_writer_is_not_starved_by_later_readers,
@@ -116,9 +127,10 @@ macro_rules! conformance {
         );
     };
     // No property needs these alone (`declares_the_capabilities_it_is_tested_for` checks them).
-    (@capability server_fencing $target:expr) => {};
-    (@capability server_expiry $target:expr) => {};
-    (@capability push_wakeups $target:expr) => {};
+    (@capability server_fencing $target:expr, $net:tt) => {};
+    (@capability server_expiry $target:expr, $net:tt) => {};
+    (@capability push_wakeups $target:expr, $net:tt) => {};
+    (@network none $target:expr) => {};
     (@network network $target:expr) => {
         $crate::conformance!(@tests $target;
             a_release_that_timed_out_still_frees_the_lock,
@@ -147,7 +159,14 @@ macro_rules! conformance {
             $(, $network)?
         );
     };
-    ($backend:ident, $target:expr, capabilities: [$($capability:ident),* $(,)?] $(, $network:ident)? $(,)?) => {
+    ($backend:ident, $target:expr, capabilities: [$($capability:ident),* $(,)?], network $(,)?) => {
+        $crate::conformance!(@module $backend, $target, [$($capability),*], network);
+    };
+    ($backend:ident, $target:expr, capabilities: [$($capability:ident),* $(,)?] $(,)?) => {
+        $crate::conformance!(@module $backend, $target, [$($capability),*], none);
+    };
+    // `$net`: `network` (the target has a fault proxy) or `none`.
+    (@module $backend:ident, $target:expr, [$($capability:ident),*], $net:tt) => {
         mod $backend {
             #[allow(unused_imports)]
             use super::*;
@@ -173,8 +192,8 @@ macro_rules! conformance {
                 the_same_name_twice_through_one_handle_waits_for_the_first_guard,
                 waiters_in_line_are_all_granted,
             );
-            $($crate::conformance!(@capability $capability $target);)*
-            $($crate::conformance!(@network $network $target);)?
+            $($crate::conformance!(@capability $capability $target, $net);)*
+            $crate::conformance!(@network $net $target);
 
             #[test]
             fn declares_the_capabilities_it_is_tested_for() {
@@ -183,7 +202,7 @@ macro_rules! conformance {
                     #[allow(unused_mut)]
                     let mut declared = <$crate::lockkit::Capabilities as ::std::default::Default>::default();
                     $(declared.$capability = true;)*
-                    let network = false $(|| stringify!($network) == "network")?;
+                    let network = stringify!($net) == "network";
                     $crate::suite::declares_the_capabilities_it_is_tested_for(&target, declared, network).await;
                 });
             }

@@ -54,11 +54,18 @@ struct Handles {
     target: String,
     /// `key=value` details appended to the matrix line.
     notes: std::sync::Mutex<Vec<String>>,
+    /// `Some(n)`: the property takes permits of semaphores of `n` permits instead of locks.
+    permits: Option<u32>,
 }
 
 impl Handles {
     /// Panics for a target without a fault proxy (its `conformance!` line declares no `network`).
     async fn new(t: &Target, fault: &str) -> Handles {
+        Handles::taking(t, fault, None).await
+    }
+
+    /// [`new`](Self::new), taking permits of semaphores of `permits` permits when given.
+    async fn taking(t: &Target, fault: &str, permits: Option<u32>) -> Handles {
         // `LOCKKIT_TEST_LOG=lockkit=debug,zookeeper_client=debug` shows what the drivers did.
         if let Ok(filter) = std::env::var("LOCKKIT_TEST_LOG") {
             let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
@@ -80,6 +87,15 @@ impl Handles {
             other,
             target: t.label(),
             notes: Default::default(),
+            permits,
+        }
+    }
+
+    /// `name`'s lock, or a permit of the semaphore `name`, through `locks`, within `wait`.
+    async fn hold(&self, locks: &dyn DistributedLock, name: &str, wait: Duration) -> lockkit::Result<LockGuard> {
+        match self.permits {
+            Some(permits) => locks.semaphore(name, permits).acquire_timeout(wait).await,
+            None => locks.acquire_timeout(name, wait).await,
         }
     }
 
@@ -107,7 +123,7 @@ impl Handles {
 
     /// A guard of the proxied handle, while its network works.
     async fn take(&self, name: &str) -> Result<LockGuard, Failure> {
-        match self.proxied.acquire_timeout(name, USABLE).await {
+        match self.hold(&*self.proxied, name, USABLE).await {
             Ok(guard) => Ok(guard),
             Err(e) => fail("setup", format!("the proxied handle did not acquire `{name}` before the fault: {e}")),
         }
@@ -122,7 +138,7 @@ impl Handles {
         deadline: Instant,
     ) -> Result<Duration, Failure> {
         let wait = deadline.saturating_duration_since(Instant::now());
-        match by.acquire_timeout(name, wait).await {
+        match self.hold(by, name, wait).await {
             Ok(guard) => {
                 let after = since.elapsed();
                 let _ = guard.release().await;
@@ -143,7 +159,7 @@ impl Handles {
     }
 
     async fn usable(&self, name: &str) -> Result<(), Failure> {
-        match self.proxied.acquire_timeout(name, USABLE).await {
+        match self.hold(&*self.proxied, name, USABLE).await {
             Ok(guard) if guard.is_held() => {
                 let _ = guard.release().await;
                 Ok(())
@@ -180,8 +196,17 @@ async fn poll_once<F: Future + Unpin>(future: &mut F) -> std::task::Poll<F::Outp
 /// T + R of the release call (the release is retried, or the grant expires), and the handle
 /// is still usable.
 pub async fn a_release_that_timed_out_still_frees_the_lock(t: &Target) {
-    let fault = "release-held";
-    let h = Handles::new(t, fault).await;
+    held_release(t, None).await
+}
+
+/// [`a_release_that_timed_out_still_frees_the_lock`] for a permit of a semaphore.
+pub async fn a_permit_release_that_timed_out_still_frees_the_permit(t: &Target) {
+    held_release(t, Some(1)).await
+}
+
+async fn held_release(t: &Target, permits: Option<u32>) {
+    let fault = if permits.is_some() { "permit-release-held" } else { "release-held" };
+    let h = Handles::taking(t, fault, permits).await;
     let outcome = async {
         let guard = h.take("held-release").await?;
         h.proxies.hold(Direction::ToServer);
@@ -211,8 +236,17 @@ pub async fn a_release_that_timed_out_still_frees_the_lock(t: &Target) {
 /// the lock is still given back — within T + R of the drop, once the network works again —
 /// and the handle is still usable.
 pub async fn a_dropped_release_still_frees_the_lock(t: &Target) {
-    let fault = "release-dropped";
-    let h = Handles::new(t, fault).await;
+    dropped_release(t, None).await
+}
+
+/// [`a_dropped_release_still_frees_the_lock`] for a permit of a semaphore.
+pub async fn a_dropped_permit_release_still_frees_the_permit(t: &Target) {
+    dropped_release(t, Some(1)).await
+}
+
+async fn dropped_release(t: &Target, permits: Option<u32>) {
+    let fault = if permits.is_some() { "permit-release-dropped" } else { "release-dropped" };
+    let h = Handles::taking(t, fault, permits).await;
     let outcome = async {
         let guard = h.take("dropped-release").await?;
         h.proxies.hold(Direction::ToServer);
@@ -240,19 +274,30 @@ pub async fn a_dropped_release_still_frees_the_lock(t: &Target) {
 /// handle acquires within T + R — no abandoned waiter entry is ahead of it — and the waiter's
 /// handle is still usable.
 pub async fn a_waiter_that_timed_out_in_a_held_connection_leaves_no_entry(t: &Target) {
-    let fault = "waiter-timeout-held";
-    let h = Handles::new(t, fault).await;
+    held_waiter(t, None).await
+}
+
+/// [`a_waiter_that_timed_out_in_a_held_connection_leaves_no_entry`] for a permit of a semaphore.
+pub async fn a_permit_waiter_that_timed_out_in_a_held_connection_leaves_no_entry(t: &Target) {
+    held_waiter(t, Some(1)).await
+}
+
+async fn held_waiter(t: &Target, permits: Option<u32>) {
+    let fault = if permits.is_some() { "permit-waiter-timeout-held" } else { "waiter-timeout-held" };
+    let h = Arc::new(Handles::taking(t, fault, permits).await);
     let outcome = async {
         let name = "held-waiter";
-        let holder = match h.direct.acquire_timeout(name, USABLE).await {
+        let holder = match h.hold(&*h.direct, name, USABLE).await {
             Ok(guard) => guard,
             Err(e) => return fail("setup", format!("the holder did not acquire: {e}")),
         };
         // Short, so that the hold below stays far shorter than the TTL: the waiter's entry must be
         // removed by its handle, not by the server's expiry.
         let wait = Duration::from_millis(800);
-        let proxied = h.proxied.clone();
-        let waiter = tokio::spawn(async move { proxied.acquire_timeout(name, wait).await.map(|g| g.fencing_token()) });
+        let waiting = h.clone();
+        let waiter = tokio::spawn(async move {
+            waiting.hold(&*waiting.proxied, name, wait).await.map(|g| g.fencing_token())
+        });
         if h.direct.status(name).await.is_ok_and(|s| s.waiting.is_some()) {
             crate::support::in_line(&*h.direct, name, 1).await;
         } else {

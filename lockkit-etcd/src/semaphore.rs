@@ -1,0 +1,185 @@
+//! Counting semaphores, after Apache Curator's `InterProcessSemaphoreV2` (etcd has no semaphore
+//! recipe of its own). Under the semaphore's key `NAME`:
+//! - `NAME/leases/<lease hex>-<random>`: one key per permit or waiter, on the handle's lease,
+//!   valued with the holder metadata. The first `permits` of them by create revision hold; a
+//!   permit's create revision is its fencing token (strictly increasing across all permits).
+//! - `NAME/locks/<lease hex>-<random>`: the semaphore's internal mutex (the lock protocol: FIFO, each
+//!   waiter watching only its predecessor). A waiter takes it before it puts its permit key
+//!   and gives it back once it holds: so only one waiter at a time watches the holders (no
+//!   herd), and the others queue behind it. A try takes no mutex: its key holds if fewer than
+//!   `permits` keys are before it, and is deleted otherwise.
+//! - `NAME/semaphore/permits`: the number of permits, put (without a lease) by the first
+//!   contender; another number is refused.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use etcd_client::{Client, Compare, CompareOp, KeyValue, SortOrder, Txn, TxnOp, TxnOpResponse};
+use lockkit_core::driver::{Cleanup, GrantRequest, KeptLease, random_u64};
+use lockkit_core::{Error, FencingToken, GrantKind, Holding, Lease, LockGuard, LockName, LockStatus};
+
+use crate::BACKEND;
+use crate::error::EtcdError;
+use crate::locks::{EtcdLocks, Keys, first, holder_of, lease_id};
+use crate::watches::{OnDelete, Woken};
+
+/// Where the keys of the semaphore whose key is `base` live, relative to `base/`.
+const LEASES: &str = "leases/";
+const LOCKS: &str = "locks/";
+const PERMITS: &str = "semaphore/permits";
+
+impl EtcdLocks {
+    /// A permit of the semaphore `request.name` with `permits` permits, on `lease`.
+    pub(crate) async fn grant_permit(
+        &self,
+        lease: &Arc<KeptLease>,
+        request: &GrantRequest,
+        permits: u32,
+    ) -> Result<Option<LockGuard>, EtcdError> {
+        let base = self.settings.namespace.key(&request.name);
+        self.check_permits(&base, &request.name, permits).await?;
+        // Waiters queue on the mutex, held until this one holds a permit (or gives up).
+        let mutex = match request.wait {
+            false => None,
+            true => {
+                // A key of its own per acquire (not per lease): two waiters of one handle are
+                // two in line, as `status` counts them.
+                let prefix = format!("{base}/{LOCKS}");
+                let keys = Keys { mine: format!("{prefix}{}-{:016x}", lease.id(), random_u64()), prefix };
+                let Some(mutex) = self.grant_keys(lease, request, keys).await? else { return Ok(None) };
+                Some(mutex)
+            }
+        };
+        let prefix = format!("{base}/{LEASES}");
+        let keys = Keys { mine: format!("{prefix}{}-{:016x}", lease.id(), random_u64()), prefix };
+        let made_at = Arc::new(AtomicI64::new(0));
+        let what = format!("the permit key {} of semaphore {:?}", keys.mine, request.name.as_str());
+        let mut cleanup = Cleanup::new(lease, what, self.removal(&keys.mine, made_at.clone()));
+        let (revision, ..) = self.enqueue(&keys, lease_id(lease)?, &request.holder, &mut cleanup).await?;
+        made_at.store(revision, Ordering::SeqCst);
+        if !self.wait_for_permit(&keys, revision, permits, request.wait, lease.as_ref()).await? {
+            return match cleanup.now().await {
+                Ok(()) | Err(Error::LockLost { .. }) => Ok(None),
+                Err(e) => Err(e.into()),
+            };
+        }
+        let signal = lease.grant_signal();
+        let watch = self.watches.reuse_or_watch(&keys.mine, revision, OnDelete::Lose(signal.clone())).await;
+        let turn = cleanup.disarm();
+        let guard = self.guard(request, lease, keys.mine, revision, (watch, signal), turn)?;
+        if let Some(mutex) = mutex {
+            // A release that fails is retried by the core; the permit is held either way.
+            let _ = mutex.release().await;
+        }
+        Ok(Some(guard))
+    }
+
+    /// Whether the permit key `keys.mine` (made at `mine`) is among the first `permits`; with
+    /// `wait`, waits until it is, watching the keys before it (the holders: this is the one
+    /// waiter that holds the mutex).
+    async fn wait_for_permit(
+        &self,
+        keys: &Keys,
+        mine: i64,
+        permits: u32,
+        wait: bool,
+        lease: &dyn Lease,
+    ) -> Result<bool, EtcdError> {
+        let lost = |reason: &str| Error::LockLost {
+            backend: BACKEND,
+            name: keys.prefix.trim_end_matches(LEASES).trim_end_matches('/').to_owned(),
+            reason: format!("while waiting for a permit, {reason}"),
+        };
+        loop {
+            let (revision, all) = self.range(&keys.prefix, first(SortOrder::Ascend)).await?;
+            let contenders: Vec<KeyValue> = all.into_iter().filter(|kv| keys.contender(kv)).collect();
+            let mine_at = contenders.iter().position(|kv| kv.key() == keys.mine.as_bytes() && kv.create_revision() == mine);
+            let Some(position) = mine_at else {
+                return Err(lost("its key disappeared (lease expired or revoked, or the key deleted)").into());
+            };
+            if position < permits as usize {
+                return Ok(true);
+            }
+            if !wait {
+                return Ok(false);
+            }
+            if lease.is_lost() {
+                return Err(lost("its lease was lost").into());
+            }
+            // Any key before mine going lets me move up: watch each of them (from after the read).
+            let woken = Arc::new(Woken::default());
+            let mut ids = Vec::with_capacity(position);
+            for kv in &contenders[..position] {
+                let key = kv.key_str().unwrap_or_default();
+                ids.push(self.watches.watch(key, kv.create_revision(), revision + 1, OnDelete::Wake(woken.clone())).await.id);
+            }
+            let _unwatch = self.unwatch_later(ids);
+            tokio::select! {
+                _ = woken.notify.notified() => {}
+                _ = lease.lost() => return Err(lost("its lease was lost").into()),
+            }
+        }
+    }
+
+    /// Records the semaphore's number of permits if it is the first to use it, or checks it.
+    async fn check_permits(&self, base: &str, name: &LockName, permits: u32) -> Result<(), EtcdError> {
+        let key = format!("{base}/{PERMITS}");
+        let txn = Txn::new()
+            .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.clone(), permits.to_string(), None)])
+            .or_else([TxnOp::get(key.clone(), None)]);
+        let response = self
+            .call(|| {
+                let (mut client, txn) = (Client::clone(&self.client), txn.clone());
+                async move { client.txn(txn).await }
+            })
+            .await?;
+        if response.succeeded() {
+            return Ok(());
+        }
+        let recorded = response.op_responses().into_iter().find_map(|op| match op {
+            TxnOpResponse::Get(get) => get.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
+            _ => None,
+        });
+        match recorded {
+            Some(recorded) if recorded.trim() == permits.to_string() => Ok(()),
+            recorded => Err(Error::InvalidOptions {
+                reason: format!(
+                    "semaphore `{name}` has {:?} permits (recorded in etcd at {key}), not {permits}: give every \
+                     contender the same number, or delete {key} while nothing holds the semaphore",
+                    recorded.unwrap_or_default()
+                ),
+            }
+            .into()),
+        }
+    }
+
+    /// A semaphore's status from every key under its name (`all`, first created first), when
+    /// the name is a semaphore's (its number of permits recorded).
+    pub(crate) fn semaphore_status(&self, name: &LockName, all: &[KeyValue]) -> Option<LockStatus> {
+        let base = format!("{}/", self.settings.namespace.key(name));
+        let under = |kv: &KeyValue, dir: &str| {
+            kv.key_str().ok().and_then(|k| k.strip_prefix(&base)?.strip_prefix(dir)).is_some_and(|rest| !rest.contains('/'))
+        };
+        let permits: u32 = all
+            .iter()
+            .find(|kv| kv.key_str().ok().and_then(|k| k.strip_prefix(&base)) == Some(PERMITS))
+            .and_then(|kv| String::from_utf8_lossy(kv.value()).trim().parse().ok())?;
+        let leases: Vec<&KeyValue> = all.iter().filter(|kv| under(kv, LEASES)).collect();
+        let holders = leases.iter().take(permits as usize).map(|kv| {
+            let token = FencingToken::new(kv.create_revision() as u64);
+            Holding::new(GrantKind::Permit { permits }, holder_of(kv), Some(token))
+        });
+        let queued = all.iter().filter(|kv| under(kv, LOCKS)).count();
+        let waiting = queued.max(leases.len().saturating_sub(permits as usize));
+        Some(LockStatus::holders(holders.collect(), None).permits(Some(permits)).waiting(waiting))
+    }
+
+    /// The keys of the semaphore's current holders, to evict (`None`: not a semaphore).
+    pub(crate) fn semaphore_holders(&self, name: &LockName, all: &[KeyValue]) -> Option<Vec<(Vec<u8>, i64)>> {
+        let status = self.semaphore_status(name, all)?;
+        let tokens: Vec<i64> = status.holders.iter().filter_map(|h| h.token).map(|t| t.get() as i64).collect();
+        let keys = all.iter().filter(|kv| tokens.contains(&kv.create_revision()));
+        Some(keys.map(|kv| (kv.key().to_vec(), kv.create_revision())).collect())
+    }
+}

@@ -9,7 +9,8 @@
 //! - **90 % readers**: 8 tasks on 4 handles, each operation a read (9 in 10) or a write,
 //!   back to back: operations per second.
 //!
-//! `LOCKKIT_BENCH_ROUNDS` sets the uncontended rounds (default 2000).
+//! `LOCKKIT_BENCH_ROUNDS` sets the uncontended rounds (default 2000). With `--features etcd`
+//! (or `full`), etcd runs too, on a server the bench starts.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -368,11 +368,13 @@ impl EtcdLocks {
         (watch, signal): (i64, lockkit_core::LossSignal),
         turn: Option<Turn>,
     ) -> Result<LockGuard, EtcdError> {
+        let reusable = key.rsplit('/').next() == Some(lease.id());
         let grant = EtcdGrant {
             client: self.client.clone(),
             watches: self.watches.clone(),
             watch,
             idled: AtomicBool::new(false),
+            reusable,
             key,
             revision,
             lease: lease_id(lease)?,
@@ -566,8 +568,11 @@ struct EtcdGrant {
     client: Arc<Client>,
     watches: Arc<Watches>,
     watch: i64,
-    /// Whether the watch was kept for the key's next grant (by the first release attempt).
+    /// Whether the watch was kept for the key's next grant, or ended (by the first release
+    /// attempt).
     idled: AtomicBool,
+    /// Whether a later grant may take the key (`<prefix>/<lease>`) and its watch over.
+    reusable: bool,
     key: String,
     revision: i64,
     lease: i64,
@@ -584,7 +589,12 @@ impl Grant for EtcdGrant {
         // The watch stays, idle, for the next grant of this key (the release's own deletion
         // is ignored: it comes before that grant's revision).
         if !self.idled.swap(true, Ordering::SeqCst) {
-            self.watches.idle(self.watch).await;
+            match self.reusable {
+                true => self.watches.idle(self.watch).await,
+                // A key of one grant only (a permit's, a semaphore's mutex'): no later grant
+                // can take its watch over.
+                false => self.watches.unwatch(self.watch),
+            }
         }
         let txn = Txn::new()
             .when([Compare::create_revision(self.key.clone(), CompareOp::Equal, self.revision)])
@@ -630,6 +640,7 @@ mod tests {
             watches: watches.clone(),
             watch,
             idled: AtomicBool::new(false),
+            reusable: true,
             key: "lock/1".into(),
             revision: 1,
             lease: 1,

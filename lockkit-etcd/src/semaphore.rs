@@ -1,15 +1,18 @@
 //! Counting semaphores, after Apache Curator's `InterProcessSemaphoreV2` (etcd has no semaphore
 //! recipe of its own). Under the semaphore's key `NAME`:
-//! - `NAME/leases/<lease hex>-<random>`: one key per permit or waiter, on the handle's lease,
+//! - `NAME/@leases/<lease hex>-<random>`: one key per permit or waiter, on the handle's lease,
 //!   valued with the holder metadata. The first `permits` of them by create revision hold; a
 //!   permit's create revision is its fencing token (strictly increasing across all permits).
-//! - `NAME/locks/<lease hex>-<random>`: the semaphore's internal mutex (the lock protocol: FIFO, each
+//! - `NAME/@locks/<lease hex>-<random>`: the semaphore's internal mutex (the lock protocol: FIFO, each
 //!   waiter watching only its predecessor). A waiter takes it before it puts its permit key
 //!   and gives it back once it holds: so only one waiter at a time watches the holders (no
 //!   herd), and the others queue behind it. A try takes no mutex: its key holds if fewer than
 //!   `permits` keys are before it, and is deleted otherwise.
-//! - `NAME/semaphore/permits`: the number of permits, put (without a lease) by the first
-//!   contender; another number is refused.
+//! - `NAME/@permits`: the number of permits, put (without a lease) by the first contender;
+//!   another number is refused.
+//!
+//! (`@`, which no escaped name or namespace segment contains, keeps these keys apart from the
+//! locks of a namespace nested below the semaphore's name.)
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -23,10 +26,12 @@ use crate::error::EtcdError;
 use crate::locks::{EtcdLocks, Keys, first, holder_of, lease_id};
 use crate::watches::{OnDelete, Woken};
 
-/// Where the keys of the semaphore whose key is `base` live, relative to `base/`.
-const LEASES: &str = "leases/";
-const LOCKS: &str = "locks/";
-const PERMITS: &str = "semaphore/permits";
+/// Where the keys of the semaphore whose key is `base` live, relative to `base/`. `@` never
+/// appears in an escaped name or namespace segment, so no lock of a nested namespace (a lock
+/// `leases` in the namespace `ns/NAME`) can have these keys.
+const LEASES: &str = "@leases/";
+const LOCKS: &str = "@locks/";
+const PERMITS: &str = "@permits";
 
 impl EtcdLocks {
     /// A permit of the semaphore `request.name` with `permits` permits, on `lease`.
@@ -93,7 +98,8 @@ impl EtcdLocks {
         loop {
             let (revision, all) = self.range(&keys.prefix, first(SortOrder::Ascend)).await?;
             let contenders: Vec<KeyValue> = all.into_iter().filter(|kv| keys.contender(kv)).collect();
-            let mine_at = contenders.iter().position(|kv| kv.key() == keys.mine.as_bytes() && kv.create_revision() == mine);
+            let mine_at =
+                contenders.iter().position(|kv| kv.key() == keys.mine.as_bytes() && kv.create_revision() == mine);
             let Some(position) = mine_at else {
                 return Err(lost("its key disappeared (lease expired or revoked, or the key deleted)").into());
             };
@@ -111,7 +117,9 @@ impl EtcdLocks {
             let mut ids = Vec::with_capacity(position);
             for kv in &contenders[..position] {
                 let key = kv.key_str().unwrap_or_default();
-                ids.push(self.watches.watch(key, kv.create_revision(), revision + 1, OnDelete::Wake(woken.clone())).await.id);
+                ids.push(
+                    self.watches.watch(key, kv.create_revision(), revision + 1, OnDelete::Wake(woken.clone())).await.id,
+                );
             }
             let _unwatch = self.unwatch_later(ids);
             tokio::select! {
@@ -142,7 +150,7 @@ impl EtcdLocks {
             _ => None,
         });
         match recorded {
-            Some(recorded) if recorded.trim() == permits.to_string() => Ok(()),
+            Some(recorded) if recorded.trim().parse::<u32>().ok() == Some(permits) => Ok(()),
             recorded => Err(Error::InvalidOptions {
                 reason: format!(
                     "semaphore `{name}` has {:?} permits (recorded in etcd at {key}), not {permits}: give every \
@@ -159,20 +167,24 @@ impl EtcdLocks {
     pub(crate) fn semaphore_status(&self, name: &LockName, all: &[KeyValue]) -> Option<LockStatus> {
         let base = format!("{}/", self.settings.namespace.key(name));
         let under = |kv: &KeyValue, dir: &str| {
-            kv.key_str().ok().and_then(|k| k.strip_prefix(&base)?.strip_prefix(dir)).is_some_and(|rest| !rest.contains('/'))
+            kv.key_str()
+                .ok()
+                .and_then(|k| k.strip_prefix(&base)?.strip_prefix(dir))
+                .is_some_and(|rest| !rest.contains('/'))
         };
-        let permits: u32 = all
-            .iter()
-            .find(|kv| kv.key_str().ok().and_then(|k| k.strip_prefix(&base)) == Some(PERMITS))
-            .and_then(|kv| String::from_utf8_lossy(kv.value()).trim().parse().ok())?;
+        let record = all.iter().find(|kv| kv.key_str().ok().and_then(|k| k.strip_prefix(&base)) == Some(PERMITS))?;
+        // A record that is not a number (written by hand): every permit key is listed, so that
+        // `status` shows them and `force_release` removes them.
+        let permits: Option<u32> = String::from_utf8_lossy(record.value()).trim().parse().ok();
         let leases: Vec<&KeyValue> = all.iter().filter(|kv| under(kv, LEASES)).collect();
-        let holders = leases.iter().take(permits as usize).map(|kv| {
+        let holding = permits.map_or(leases.len(), |permits| permits as usize);
+        let holders = leases.iter().take(holding).map(|kv| {
             let token = FencingToken::new(kv.create_revision() as u64);
-            Holding::new(GrantKind::Permit { permits }, holder_of(kv), Some(token))
+            Holding::new(GrantKind::Permit { permits: permits.unwrap_or(0) }, holder_of(kv), Some(token))
         });
         let queued = all.iter().filter(|kv| under(kv, LOCKS)).count();
-        let waiting = queued.max(leases.len().saturating_sub(permits as usize));
-        Some(LockStatus::holders(holders.collect(), None).permits(Some(permits)).waiting(waiting))
+        let waiting = queued.max(leases.len().saturating_sub(holding));
+        Some(LockStatus::holders(holders.collect(), None).permits(permits).waiting(waiting))
     }
 
     /// The keys of the semaphore's current holders, to evict (`None`: not a semaphore).

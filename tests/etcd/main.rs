@@ -4,6 +4,7 @@
 #![cfg(feature = "etcd")]
 
 mod elections;
+mod semaphores;
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};

@@ -295,9 +295,8 @@ async fn held_waiter(t: &Target, permits: Option<u32>) {
         // removed by its handle, not by the server's expiry.
         let wait = Duration::from_millis(800);
         let waiting = h.clone();
-        let waiter = tokio::spawn(async move {
-            waiting.hold(&*waiting.proxied, name, wait).await.map(|g| g.fencing_token())
-        });
+        let waiter =
+            tokio::spawn(async move { waiting.hold(&*waiting.proxied, name, wait).await.map(|g| g.fencing_token()) });
         if h.direct.status(name).await.is_ok_and(|s| s.waiting.is_some()) {
             crate::support::in_line(&*h.direct, name, 1).await;
         } else {

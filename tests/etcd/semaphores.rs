@@ -1,0 +1,121 @@
+//! Semaphores on etcd: the layout (Curator's `InterProcessSemaphoreV2` design), the recorded
+//! number of permits, status and force release, and one waiter at a time watching the holders.
+
+use std::time::Duration;
+
+use lockkit::Error;
+use lockkit::etcd::etcd_client::{Client, GetOptions};
+use lockkit_testkit::servers::Server;
+use lockkit_testkit::support::{connect, unique};
+
+use super::{TTL, url};
+
+/// The keys under `prefix`, as text.
+async fn keys(server: &Server, prefix: &str) -> Vec<String> {
+    let mut client = Client::connect([format!("127.0.0.1:{}", server.port)], None).await.unwrap();
+    let answer = client.get(prefix, Some(GetOptions::new().with_prefix().with_keys_only())).await.unwrap();
+    answer.kvs().iter().map(|kv| kv.key_str().unwrap().to_owned()).collect()
+}
+
+/// Two permits are two `leases/` keys on the handle's lease; the number of permits is recorded
+/// and another refused; `status` lists both holders with their tokens; `force_release` frees
+/// both (their loss signals fire) and the next acquires get in at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permits_are_keys_the_number_is_recorded_and_force_release_frees_them() {
+    let server = Server::etcd();
+    let ns = unique("sem");
+    let (a, b) = (connect(&url(&server, &ns)).await, connect(&url(&server, &ns)).await);
+    let first = a.semaphore("exports", 2).acquire().await.unwrap();
+    let second = a.semaphore("exports", 2).acquire().await.unwrap();
+    let layout = keys(&server, &format!("{ns}/exports/")).await;
+    let permits: Vec<&String> = layout.iter().filter(|k| k.starts_with(&format!("{ns}/exports/@leases/"))).collect();
+    assert_eq!(permits.len(), 2, "{layout:?}");
+    assert!(layout.contains(&format!("{ns}/exports/@permits")), "{layout:?}");
+    let err = b.semaphore("exports", 3).try_acquire().await.unwrap_err();
+    assert!(matches!(&err, Error::InvalidOptions { reason } if reason.contains("\"2\" permits")), "{err}");
+    let status = b.status("exports").await.unwrap();
+    let tokens: Vec<_> = status.holders.iter().map(|h| h.token).collect();
+    assert_eq!((status.permits, tokens), (Some(2), vec![Some(first.fencing_token()), Some(second.fencing_token())]));
+    assert!(b.semaphore("exports", 2).try_acquire().await.unwrap().is_none(), "a third permit of 2");
+    assert!(b.force_release("exports").await.unwrap());
+    for guard in [&first, &second] {
+        let lost = tokio::time::timeout(2 * TTL, guard.lost()).await;
+        assert!(lost.is_ok(), "an evicted permit's loss signal fired");
+    }
+    let next = b.semaphore("exports", 2).acquire_timeout(TTL).await.unwrap();
+    assert!(next.fencing_token() > second.fencing_token());
+}
+
+/// With both permits held and five waiters in line, only one waiter has a permit key (the one
+/// holding the internal mutex, which watches the holders); the others wait on the mutex, each
+/// watching its predecessor. Each release lets the next one in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_waiter_at_a_time_watches_the_holders() {
+    let server = Server::etcd();
+    let ns = unique("sem");
+    let holders = connect(&url(&server, &ns)).await;
+    let held =
+        [holders.semaphore("pool", 2).acquire().await.unwrap(), holders.semaphore("pool", 2).acquire().await.unwrap()];
+    let mut waiters = Vec::new();
+    for _ in 0..5 {
+        let locks = connect(&url(&server, &ns)).await;
+        waiters.push(tokio::spawn(async move {
+            let permit = locks.semaphore("pool", 2).acquire_timeout(Duration::from_secs(20)).await.unwrap();
+            permit.release().await.unwrap();
+        }));
+    }
+    while holders.status("pool").await.unwrap().waiting < Some(5) {
+        tokio::task::yield_now().await;
+    }
+    let layout = keys(&server, &format!("{ns}/pool/")).await;
+    let count = |dir: &str| layout.iter().filter(|k| k.starts_with(&format!("{ns}/pool/{dir}/"))).count();
+    assert_eq!(
+        (count("@leases"), count("@locks")),
+        (3, 5),
+        "2 holders + the mutex holder's key; 5 in the mutex's line"
+    );
+    drop(held);
+    for waiter in waiters {
+        waiter.await.unwrap();
+    }
+    let layout = keys(&server, &format!("{ns}/pool/")).await;
+    assert_eq!(layout, [format!("{ns}/pool/@permits")], "nothing left but the recorded number");
+}
+
+/// Review findings, each failing before its fix: a lock of a namespace nested below a
+/// semaphore's name (`leases`, `semaphore` in `ns/S`) shared the semaphore's keys (the lock
+/// took a permit, or the recorded number held the lock forever); a record that is not a
+/// number hid the semaphore's holders from `status` and `force_release`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nested_namespaces_and_a_garbage_record_do_not_confuse_a_semaphore() {
+    let server = Server::etcd();
+    let ns = unique("sem");
+    let outer = connect(&url(&server, &ns)).await;
+    let inner = connect(&url(&server, &format!("{ns}/S"))).await;
+    let locks: Vec<_> = ["leases", "locks", "semaphore", "permits"]
+        .into_iter()
+        .map(|name| async { inner.acquire(name).await.unwrap() })
+        .collect();
+    let mut held = Vec::new();
+    for lock in locks {
+        held.push(lock.await);
+    }
+    let permit = outer.semaphore("S", 1).try_acquire().await.unwrap().expect("the nested locks are not permits");
+    for lock in held {
+        lock.release().await.unwrap();
+    }
+    for name in ["leases", "locks", "semaphore", "permits"] {
+        assert!(inner.try_acquire(name).await.unwrap().is_some(), "lock `{name}` kept by the semaphore's keys");
+    }
+    permit.release().await.unwrap();
+
+    let permit = outer.semaphore("g", 2).acquire().await.unwrap();
+    let mut client = Client::connect([format!("127.0.0.1:{}", server.port)], None).await.unwrap();
+    client.put(format!("{ns}/g/@permits"), "garbage", None).await.unwrap();
+    let status = outer.status("g").await.unwrap();
+    assert_eq!(status.holders.len(), 1, "the holder is still listed: {status:?}");
+    let err = outer.semaphore("g", 2).try_acquire().await.unwrap_err();
+    assert!(matches!(&err, Error::InvalidOptions { reason } if reason.contains("garbage")), "{err}");
+    assert!(outer.force_release("g").await.unwrap(), "force release finds the holder");
+    assert!(tokio::time::timeout(2 * TTL, permit.lost()).await.is_ok());
+}

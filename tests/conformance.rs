@@ -14,8 +14,8 @@ conformance!(
     capabilities: [server_fencing, crash_release, cross_process, shared_lease, holder_metadata, semaphores, rw_locks]
 );
 #[cfg(feature = "etcd")]
+conformance!(etcd, Target::etcd, capabilities: all, network);
 // Semaphores and read-write locks are not on these backends yet (issue #20): `all` but them.
-conformance!(etcd, Target::etcd, capabilities: [fair, server_fencing, server_expiry, crash_release, cross_process, shared_lease, push_wakeups, holder_metadata, observe, semaphores], network);
 #[cfg(feature = "zookeeper")]
 conformance!(zookeeper, Target::zookeeper, capabilities: [fair, server_fencing, server_expiry, crash_release, cross_process, shared_lease, push_wakeups, holder_metadata, observe], network);
 #[cfg(feature = "consul")]

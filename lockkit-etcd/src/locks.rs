@@ -306,8 +306,12 @@ impl EtcdLocks {
     /// it if the acquire fails or is dropped (see [`Cleanup`] for what happens when that
     /// removal cannot be confirmed).
     async fn grant_on(&self, lease: &Arc<KeptLease>, request: &GrantRequest) -> Result<Option<LockGuard>, EtcdError> {
-        if let lockkit_core::GrantKind::Permit { permits } = request.kind {
-            return self.grant_permit(lease, request, permits).await;
+        match request.kind {
+            lockkit_core::GrantKind::Permit { permits } => return self.grant_permit(lease, request, permits).await,
+            lockkit_core::GrantKind::Read | lockkit_core::GrantKind::Write => {
+                return self.grant_rw(lease, request).await;
+            }
+            _ => {}
         }
         let prefix = format!("{}/", self.settings.namespace.key(&request.name));
         self.grant_keys(lease, request, Keys { mine: format!("{prefix}{}", lease.id()), prefix }).await
@@ -444,8 +448,7 @@ impl LockBackend for EtcdLocks {
     }
 
     fn capabilities(&self) -> Capabilities {
-        // Read-write locks: not yet (issue #20).
-        Capabilities { rw_locks: false, ..Capabilities::ALL }
+        Capabilities::ALL
     }
 
     fn settings(&self) -> &Settings {
@@ -479,7 +482,7 @@ impl LockBackend for EtcdLocks {
         let keys = Keys { mine: String::new(), prefix };
         // Every contender, first in line first: the holder, then the waiters.
         let all = self.get(&keys.prefix, first(SortOrder::Ascend)).await?;
-        if let Some(status) = self.semaphore_status(name, &all) {
+        if let Some(status) = self.semaphore_status(name, &all).or_else(|| self.rw_status(name, &all)) {
             return Ok(status);
         }
         let mut contenders = all.into_iter().filter(|kv| keys.contender(kv));
@@ -511,8 +514,9 @@ impl LockBackend for EtcdLocks {
         let keys = Keys { mine: String::new(), prefix };
         let options = first(SortOrder::Ascend);
         let all = self.get(&keys.prefix, options.clone()).await?;
-        if let Some(holders) = self.semaphore_holders(name, &all) {
-            // Every permit's key, each compared on its create revision (a newer one is left alone).
+        if let Some(holders) = self.semaphore_holders(name, &all).or_else(|| self.rw_holders(name, &all)) {
+            // Every permit's or reader's (or the writer's) key, each compared on its create
+            // revision (a newer one is left alone).
             let deletes = holders.iter().map(|(key, revision)| {
                 Txn::new()
                     .when([Compare::create_revision(key.clone(), CompareOp::Equal, *revision)])

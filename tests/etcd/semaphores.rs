@@ -119,3 +119,49 @@ async fn nested_namespaces_and_a_garbage_record_do_not_confuse_a_semaphore() {
     assert!(outer.force_release("g").await.unwrap(), "force release finds the holder");
     assert!(tokio::time::timeout(2 * TTL, permit.lost()).await.is_ok());
 }
+
+/// Read-write locks take Go's `recipes.RWMutex` layout: readers' keys under `NAME/read/`, a
+/// writer's under `NAME/write/`. A writer key put as Go's recipe puts it (any name under
+/// `write/`, on a lease) keeps lockkit readers out until it goes; `status` lists the readers;
+/// `force_release` of the readers lets a waiting writer in at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_write_locks_take_gos_rwmutex_layout() {
+    let server = Server::etcd();
+    let ns = unique("rw");
+    let (a, b) = (connect(&url(&server, &ns)).await, connect(&url(&server, &ns)).await);
+    let (r1, r2) = (a.rw_lock("doc").read().await.unwrap(), b.rw_lock("doc").read().await.unwrap());
+    let layout = keys(&server, &format!("{ns}/doc/")).await;
+    assert_eq!(layout.iter().filter(|k| k.starts_with(&format!("{ns}/doc/read/"))).count(), 2, "{layout:?}");
+    let status = a.status("doc").await.unwrap();
+    assert_eq!(
+        status.holders.iter().map(|h| h.token).collect::<Vec<_>>(),
+        [Some(r1.fencing_token()), Some(r2.fencing_token())]
+    );
+    let writer = tokio::spawn({
+        let b = b.clone();
+        async move { b.rw_lock("doc").write_timeout(Duration::from_secs(20)).await }
+    });
+    while a.status("doc").await.unwrap().waiting < Some(1) {
+        tokio::task::yield_now().await;
+    }
+    assert!(a.force_release("doc").await.unwrap());
+    let writer = writer.await.unwrap().expect("the writer got in once the readers were evicted");
+    assert!(writer.fencing_token() > r2.fencing_token());
+    writer.release().await.unwrap();
+
+    let mut client = Client::connect([format!("127.0.0.1:{}", server.port)], None).await.unwrap();
+    let lease = client.lease_grant(30, None).await.unwrap().id();
+    let foreign = format!("{ns}/doc/write/1700000000000000000");
+    let options = lockkit::etcd::etcd_client::PutOptions::new().with_lease(lease);
+    client.put(foreign.clone(), "", Some(options)).await.unwrap();
+    assert!(a.rw_lock("doc").try_read().await.unwrap().is_none(), "a read beside Go's writer key");
+    let reader = tokio::spawn({
+        let a = a.clone();
+        async move { a.rw_lock("doc").read_timeout(Duration::from_secs(20)).await }
+    });
+    while a.status("doc").await.unwrap().waiting < Some(1) {
+        tokio::task::yield_now().await;
+    }
+    client.delete(foreign, None).await.unwrap();
+    assert!(reader.await.unwrap().is_ok(), "the reader got in once the writer key went");
+}

@@ -30,7 +30,7 @@ const WRITE: &str = "write/";
 /// each with whether it is a write.
 fn rw_keys<'a>(base: &str, all: &'a [KeyValue]) -> Vec<(&'a KeyValue, bool)> {
     let under = |kv: &KeyValue, dir: &str| {
-        kv.key_str().ok().and_then(|k| k.strip_prefix(base)?.strip_prefix(dir)).is_some_and(|rest| !rest.contains('/'))
+        kv.key_str().ok().and_then(|k| k.strip_prefix(base)?.strip_prefix(dir)).is_some_and(is_rw_key_name)
     };
     let mut keys: Vec<(&KeyValue, bool)> = all
         .iter()
@@ -42,6 +42,17 @@ fn rw_keys<'a>(base: &str, all: &'a [KeyValue]) -> Vec<(&'a KeyValue, bool)> {
         .collect();
     keys.sort_by_key(|(kv, _)| kv.create_revision());
     keys
+}
+
+/// Whether a name under `read/` or `write/` is a read-write lock's key: lockkit's
+/// (`<lease hex>-<16 hex digits>`) or Go's recipe's (the time in nanoseconds: 19 or more decimal
+/// digits). A lock of a namespace nested below the name (`read` in `ns/NAME`) has a key of the
+/// lease's hex alone (at most 16 digits), which is neither.
+fn is_rw_key_name(name: &str) -> bool {
+    let hex = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let lockkit = name.split_once('-').is_some_and(|(lease, random)| hex(lease) && random.len() == 16 && hex(random));
+    let go = name.len() >= 19 && name.bytes().all(|b| b.is_ascii_digit());
+    lockkit || go
 }
 
 /// How many of `keys` hold: the first write alone, or the reads before the first write.
@@ -114,10 +125,12 @@ impl EtcdLocks {
             if lease.is_lost() {
                 return Err(lost("its lease was lost").into());
             }
+            // The blocker's deletion lets me move up; my own key's means I lost my place.
             let woken = Arc::new(Woken::default());
             let (key, made) = (blocker.key_str().unwrap_or_default(), blocker.create_revision());
             let watch = self.watches.watch(key, made, revision + 1, OnDelete::Wake(woken.clone())).await;
-            let _unwatch = self.unwatch_later(vec![watch.id]);
+            let own = self.watches.watch(mine_key, mine, revision + 1, OnDelete::Wake(woken.clone())).await;
+            let _unwatch = self.unwatch_later(vec![watch.id, own.id]);
             tokio::select! {
                 _ = woken.notify.notified() => {}
                 _ = lease.lost() => return Err(lost("its lease was lost").into()),
@@ -150,5 +163,19 @@ impl EtcdLocks {
         }
         let held = holding(&keys);
         Some(keys[..held].iter().map(|(kv, _)| (kv.key().to_vec(), kv.create_revision())).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_rw_key_name;
+
+    #[test]
+    fn rw_keys_are_lockkits_or_gos_and_never_a_nested_locks() {
+        assert!(is_rw_key_name("694d8a1b2c3d4e5f-00000000deadbeef"), "lockkit's");
+        assert!(is_rw_key_name("1700000000000000000"), "Go's nanoseconds");
+        assert!(!is_rw_key_name("694d8a1b2c3d4e5f"), "a nested lock's lease key");
+        assert!(!is_rw_key_name("1234567890123456"), "a lease key of decimal digits only");
+        assert!(!is_rw_key_name("x-00000000deadbeef") && !is_rw_key_name(""));
     }
 }

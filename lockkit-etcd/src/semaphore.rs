@@ -121,6 +121,9 @@ impl EtcdLocks {
                     self.watches.watch(key, kv.create_revision(), revision + 1, OnDelete::Wake(woken.clone())).await.id,
                 );
             }
+            // My own key going (lease revoked, key deleted) means I lost my place: look again.
+            let own = self.watches.watch(&keys.mine, mine, revision + 1, OnDelete::Wake(woken.clone())).await;
+            ids.push(own.id);
             let _unwatch = self.unwatch_later(ids);
             tokio::select! {
                 _ = woken.notify.notified() => {}

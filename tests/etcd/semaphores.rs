@@ -165,3 +165,48 @@ async fn read_write_locks_take_gos_rwmutex_layout() {
     client.delete(foreign, None).await.unwrap();
     assert!(reader.await.unwrap().is_ok(), "the reader got in once the writer key went");
 }
+
+/// Review findings, each failing before its fix: a lock named `read` or `write` in a namespace
+/// nested below a read-write lock's name counted as its reader or writer (it kept writers out
+/// and was evicted with the readers); a waiting reader whose lease was revoked waited on a key
+/// that was gone (for its whole timeout) instead of queueing again at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nested_locks_are_not_readers_and_a_waiter_hears_its_key_go() {
+    let server = Server::etcd();
+    let ns = unique("rw");
+    let outer = connect(&url(&server, &ns)).await;
+    let inner = connect(&url(&server, &format!("{ns}/doc"))).await;
+    let nested = inner.acquire("read").await.unwrap();
+    assert!(outer.rw_lock("doc").try_write().await.unwrap().is_some(), "a nested lock counted as a reader");
+    assert!(!outer.force_release("doc").await.unwrap(), "nothing of the rw lock is held");
+    assert!(nested.is_held());
+
+    let writer = outer.rw_lock("doc").write().await.unwrap();
+    let waiting = connect(&url(&server, &ns)).await;
+    let reader = tokio::spawn({
+        let waiting = waiting.clone();
+        async move { waiting.rw_lock("doc").read_timeout(Duration::from_secs(30)).await }
+    });
+    while outer.status("doc").await.unwrap().waiting < Some(1) {
+        tokio::task::yield_now().await;
+    }
+    let mut client = Client::connect([format!("127.0.0.1:{}", server.port)], None).await.unwrap();
+    let all = client.get(format!("{ns}/doc/read/"), Some(GetOptions::new().with_prefix())).await.unwrap();
+    let lease = all.kvs()[0].lease();
+    client.lease_revoke(lease).await.unwrap();
+    // The waiter hears its key go and queues again on a fresh lease (the core's rule for a
+    // waiter whose lease is lost), instead of waiting on a key that no longer exists.
+    let requeued = async {
+        loop {
+            let read = client.get(format!("{ns}/doc/read/"), Some(GetOptions::new().with_prefix())).await.unwrap();
+            if read.kvs().iter().any(|kv| kv.lease() != lease) {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), requeued).await.expect("the waiter queued again on a fresh lease");
+    writer.release().await.unwrap();
+    let read = tokio::time::timeout(Duration::from_secs(10), reader).await.expect("the reader got in");
+    assert!(read.unwrap().is_ok(), "the requeued reader reads once the writer is gone");
+}

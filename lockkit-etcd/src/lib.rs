@@ -9,6 +9,7 @@ mod election;
 mod error;
 mod lease;
 mod locks;
+mod own_key;
 mod rwlock;
 mod semaphore;
 mod watches;

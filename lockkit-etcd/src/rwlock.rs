@@ -12,16 +12,14 @@
 //! is the key's create revision.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 
-use etcd_client::{KeyValue, SortOrder};
-use lockkit_core::driver::{Cleanup, GrantRequest, KeptLease, random_u64};
-use lockkit_core::{Error, FencingToken, GrantKind, Holding, Lease, LockGuard, LockName, LockStatus};
+use etcd_client::KeyValue;
+use lockkit_core::driver::{GrantRequest, KeptLease};
+use lockkit_core::{FencingToken, GrantKind, Holding, LockGuard, LockName, LockStatus};
 
-use crate::BACKEND;
 use crate::error::EtcdError;
-use crate::locks::{EtcdLocks, Keys, first, holder_of, lease_id};
-use crate::watches::{OnDelete, Woken};
+use crate::locks::{EtcdLocks, holder_of};
+use crate::own_key::{OwnKey, Place};
 
 const READ: &str = "read/";
 const WRITE: &str = "write/";
@@ -73,69 +71,17 @@ impl EtcdLocks {
         let base = format!("{}/", self.settings.namespace.key(&request.name));
         let writing = request.kind == GrantKind::Write;
         let prefix = format!("{base}{}", if writing { WRITE } else { READ });
-        let keys = Keys { mine: format!("{prefix}{}-{:016x}", lease.id(), random_u64()), prefix };
-        let made_at = Arc::new(AtomicI64::new(0));
-        let what = format!("the key {} of read-write lock {:?}", keys.mine, request.name.as_str());
-        let mut cleanup = Cleanup::new(lease, what, self.removal(&keys.mine, made_at.clone()));
-        let (revision, ..) = self.enqueue(&keys, lease_id(lease)?, &request.holder, &mut cleanup).await?;
-        made_at.store(revision, Ordering::SeqCst);
-        if !self.wait_for_rw(&base, &keys.mine, revision, writing, request.wait, lease.as_ref()).await? {
-            return match cleanup.now().await {
-                Ok(()) | Err(Error::LockLost { .. }) => Ok(None),
-                Err(e) => Err(e.into()),
-            };
-        }
-        let signal = lease.grant_signal();
-        let watch = self.watches.reuse_or_watch(&keys.mine, revision, OnDelete::Lose(signal.clone())).await;
-        let turn = cleanup.disarm();
-        Ok(Some(self.guard(request, lease, keys.mine, revision, (watch, signal), turn)?))
-    }
-
-    /// Whether my key (`mine_key`, made at `mine`) holds: no write (for a read) or no key at all
-    /// (for a write) made before it is left. With `wait`, waits until it holds, watching the
-    /// newest of those.
-    async fn wait_for_rw(
-        &self,
-        base: &str,
-        mine_key: &str,
-        mine: i64,
-        writing: bool,
-        wait: bool,
-        lease: &dyn Lease,
-    ) -> Result<bool, EtcdError> {
-        let lost = |reason: &str| Error::LockLost {
-            backend: BACKEND,
-            name: base.trim_end_matches('/').to_owned(),
-            reason: format!("while waiting, {reason}"),
-        };
-        loop {
-            let (revision, all) = self.range(base, first(SortOrder::Ascend)).await?;
-            let keys = rw_keys(base, &all);
-            let mine_at =
-                keys.iter().position(|(kv, _)| kv.key() == mine_key.as_bytes() && kv.create_revision() == mine);
-            let Some(at) = mine_at else {
-                return Err(lost("its key disappeared (lease expired or revoked, or the key deleted)").into());
-            };
-            let Some((blocker, _)) = keys[..at].iter().rev().find(|(_, write)| writing || *write) else {
-                return Ok(true);
-            };
-            if !wait {
-                return Ok(false);
+        let own = OwnKey { prefix, read: &base, what: "read-write lock" };
+        self.grant_own_key(lease, request, own, |all, mine| {
+            // A read waits for the newest write before it, a write for the newest key before it.
+            let keys = rw_keys(&base, all);
+            let at = keys.iter().position(|(kv, _)| kv.create_revision() == mine).unwrap_or(keys.len());
+            match keys[..at].iter().rev().find(|(_, write)| writing || *write) {
+                Some((blocker, _)) => Place::Behind(vec![*blocker]),
+                None => Place::Holds,
             }
-            if lease.is_lost() {
-                return Err(lost("its lease was lost").into());
-            }
-            // The blocker's deletion lets me move up; my own key's means I lost my place.
-            let woken = Arc::new(Woken::default());
-            let (key, made) = (blocker.key_str().unwrap_or_default(), blocker.create_revision());
-            let watch = self.watches.watch(key, made, revision + 1, OnDelete::Wake(woken.clone())).await;
-            let own = self.watches.watch(mine_key, mine, revision + 1, OnDelete::Wake(woken.clone())).await;
-            let _unwatch = self.unwatch_later(vec![watch.id, own.id]);
-            tokio::select! {
-                _ = woken.notify.notified() => {}
-                _ = lease.lost() => return Err(lost("its lease was lost").into()),
-            }
-        }
+        })
+        .await
     }
 
     /// A read-write lock's status from every key under its name (`all`), when it has read or

@@ -15,16 +15,14 @@
 //! locks of a namespace nested below the semaphore's name.)
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 
-use etcd_client::{Client, Compare, CompareOp, KeyValue, SortOrder, Txn, TxnOp, TxnOpResponse};
-use lockkit_core::driver::{Cleanup, GrantRequest, KeptLease, random_u64};
+use etcd_client::{Client, Compare, CompareOp, KeyValue, Txn, TxnOp, TxnOpResponse};
+use lockkit_core::driver::{GrantRequest, KeptLease, random_u64};
 use lockkit_core::{Error, FencingToken, GrantKind, Holding, Lease, LockGuard, LockName, LockStatus};
 
-use crate::BACKEND;
 use crate::error::EtcdError;
-use crate::locks::{EtcdLocks, Keys, first, holder_of, lease_id};
-use crate::watches::{OnDelete, Woken};
+use crate::locks::{EtcdLocks, Keys, holder_of};
+use crate::own_key::{OwnKey, Place};
 
 /// Where the keys of the semaphore whose key is `base` live, relative to `base/`. `@` never
 /// appears in an escaped name or namespace segment, so no lock of a nested namespace (a lock
@@ -56,80 +54,24 @@ impl EtcdLocks {
             }
         };
         let prefix = format!("{base}/{LEASES}");
-        let keys = Keys { mine: format!("{prefix}{}-{:016x}", lease.id(), random_u64()), prefix };
-        let made_at = Arc::new(AtomicI64::new(0));
-        let what = format!("the permit key {} of semaphore {:?}", keys.mine, request.name.as_str());
-        let mut cleanup = Cleanup::new(lease, what, self.removal(&keys.mine, made_at.clone()));
-        let (revision, ..) = self.enqueue(&keys, lease_id(lease)?, &request.holder, &mut cleanup).await?;
-        made_at.store(revision, Ordering::SeqCst);
-        if !self.wait_for_permit(&keys, revision, permits, request.wait, lease.as_ref()).await? {
-            return match cleanup.now().await {
-                Ok(()) | Err(Error::LockLost { .. }) => Ok(None),
-                Err(e) => Err(e.into()),
-            };
-        }
-        let signal = lease.grant_signal();
-        let watch = self.watches.reuse_or_watch(&keys.mine, revision, OnDelete::Lose(signal.clone())).await;
-        let turn = cleanup.disarm();
-        let guard = self.guard(request, lease, keys.mine, revision, (watch, signal), turn)?;
+        let own = OwnKey { prefix: prefix.clone(), read: &prefix, what: "permit" };
+        let keys = Keys { mine: String::new(), prefix: prefix.clone() };
+        let guard = self
+            .grant_own_key(lease, request, own, |all, mine| {
+                // The first `permits` keys hold; a waiter waits for any key before its own.
+                let contenders: Vec<&KeyValue> = all.iter().filter(|kv| keys.contender(kv)).collect();
+                match contenders.iter().position(|kv| kv.create_revision() == mine) {
+                    Some(at) if at >= permits as usize => Place::Behind(contenders[..at].to_vec()),
+                    _ => Place::Holds,
+                }
+            })
+            .await?;
+        let Some(guard) = guard else { return Ok(None) };
         if let Some(mutex) = mutex {
             // A release that fails is retried by the core; the permit is held either way.
             let _ = mutex.release().await;
         }
         Ok(Some(guard))
-    }
-
-    /// Whether the permit key `keys.mine` (made at `mine`) is among the first `permits`; with
-    /// `wait`, waits until it is, watching the keys before it (the holders: this is the one
-    /// waiter that holds the mutex).
-    async fn wait_for_permit(
-        &self,
-        keys: &Keys,
-        mine: i64,
-        permits: u32,
-        wait: bool,
-        lease: &dyn Lease,
-    ) -> Result<bool, EtcdError> {
-        let lost = |reason: &str| Error::LockLost {
-            backend: BACKEND,
-            name: keys.prefix.trim_end_matches(LEASES).trim_end_matches('/').to_owned(),
-            reason: format!("while waiting for a permit, {reason}"),
-        };
-        loop {
-            let (revision, all) = self.range(&keys.prefix, first(SortOrder::Ascend)).await?;
-            let contenders: Vec<KeyValue> = all.into_iter().filter(|kv| keys.contender(kv)).collect();
-            let mine_at =
-                contenders.iter().position(|kv| kv.key() == keys.mine.as_bytes() && kv.create_revision() == mine);
-            let Some(position) = mine_at else {
-                return Err(lost("its key disappeared (lease expired or revoked, or the key deleted)").into());
-            };
-            if position < permits as usize {
-                return Ok(true);
-            }
-            if !wait {
-                return Ok(false);
-            }
-            if lease.is_lost() {
-                return Err(lost("its lease was lost").into());
-            }
-            // Any key before mine going lets me move up: watch each of them (from after the read).
-            let woken = Arc::new(Woken::default());
-            let mut ids = Vec::with_capacity(position);
-            for kv in &contenders[..position] {
-                let key = kv.key_str().unwrap_or_default();
-                ids.push(
-                    self.watches.watch(key, kv.create_revision(), revision + 1, OnDelete::Wake(woken.clone())).await.id,
-                );
-            }
-            // My own key going (lease revoked, key deleted) means I lost my place: look again.
-            let own = self.watches.watch(&keys.mine, mine, revision + 1, OnDelete::Wake(woken.clone())).await;
-            ids.push(own.id);
-            let _unwatch = self.unwatch_later(ids);
-            tokio::select! {
-                _ = woken.notify.notified() => {}
-                _ = lease.lost() => return Err(lost("its lease was lost").into()),
-            }
-        }
     }
 
     /// Records the semaphore's number of permits if it is the first to use it, or checks it.

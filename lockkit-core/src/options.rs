@@ -84,7 +84,12 @@ impl GrantKind {
     /// Whether `self` and `other` are holds of the same kind of primitive with the same shape
     /// (a lock or an election; a semaphore of the same number of permits; a read-write lock).
     pub fn same_primitive(self, other: GrantKind) -> bool {
-        self.primitive() == other.primitive()
+        use GrantKind::*;
+        match (self, other) {
+            (Permit { permits: a }, Permit { permits: b }) => a == b,
+            (Lock | Candidate, Lock | Candidate) | (Read | Write, Read | Write) => true,
+            _ => false,
+        }
     }
 
     /// What a name used this way is, for messages: `a lock`, `a semaphore of 4 permits`, …

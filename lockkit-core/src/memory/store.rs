@@ -272,10 +272,12 @@ impl Slot {
     }
 
     /// What the name is used as, when its holders or waiters use it as another primitive than
-    /// `kind` (another kind, or a semaphore of another number of permits).
+    /// `kind` (another kind, or a semaphore of another number of permits). Every holder and
+    /// waiter of a name uses it as one primitive (this check admits no other), so the first
+    /// one tells.
     fn conflict(&self, kind: GrantKind) -> Option<String> {
-        let mut kinds = self.holders.iter().map(|h| h.kind).chain(self.waiters.iter().map(|w| w.kind));
-        kinds.find(|other| !other.same_primitive(kind)).map(GrantKind::primitive)
+        let first = self.holders.first().map(|h| h.kind).or_else(|| self.waiters.front().map(|w| w.kind));
+        first.filter(|other| !other.same_primitive(kind)).map(GrantKind::primitive)
     }
 
     /// Whether a hold of `kind` may join the holders now.
